@@ -1,0 +1,3 @@
+//! tally: multi-tenant Stripe Connect balance aggregation.
+pub mod sim;
+pub mod stripe;

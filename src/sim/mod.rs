@@ -1,0 +1,1 @@
+//! The Stripe simulator (DESIGN §6).

@@ -1,0 +1,1 @@
+//! The outbound Stripe client (DESIGN §1, §5).
