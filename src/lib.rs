@@ -1,3 +1,15 @@
 //! tally: multi-tenant Stripe Connect balance aggregation.
+//!
+//! Layout follows the architecture (DESIGN §2): `http` serves the admin API,
+//! `stripe` talks to Stripe, `store` is the only place that speaks SQL, `sim` stands
+//! in for Stripe offline, `commands` implements the CLI.
+
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
 pub mod sim;
+pub mod store;
 pub mod stripe;
+pub mod telemetry;

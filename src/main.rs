@@ -1,1 +1,174 @@
-fn main() {}
+//! The `tally` CLI (DESIGN §8). Thin: parse, load settings, init tracing, call the
+//! library. Results go to stdout, progress and logs to stderr; failures exit
+//! non-zero with a one-line reason.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+
+use tally::commands::{self, tenant::TenantSpec};
+use tally::config::Settings;
+use tally::crypto::MasterKey;
+use tally::domain::Role;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Stripe Connect balance aggregation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Serve the admin API (applies pending migrations first).
+    Serve {
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Manage tenants (one Stripe credential each).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant; the kind is inferred from the key's prefix.
+    Add {
+        slug: String,
+        /// Environment variable holding the Stripe key (keys never go on the command line).
+        #[arg(long, value_name = "VAR")]
+        key_env: String,
+        /// Organization keys: a platform in the organization (repeatable).
+        #[arg(long = "platform", value_name = "acct_P")]
+        platforms: Vec<String>,
+        /// Organization keys: an account directly in the organization (repeatable).
+        #[arg(long = "account", value_name = "acct_X")]
+        accounts: Vec<String>,
+        /// Stripe API base URL (the simulator's, for example).
+        #[arg(long, value_name = "URL")]
+        api_base: Option<String>,
+        /// Stripe-Version pinned for this tenant (default from config stripe.api_version).
+        #[arg(long, value_name = "V")]
+        api_version: Option<String>,
+        /// Requests per second to Stripe for this credential.
+        #[arg(long, value_name = "PER_SECOND")]
+        rate_limit: Option<u32>,
+        /// Environment variable holding the webhook endpoint secret (whsec_…).
+        #[arg(long, value_name = "VAR")]
+        webhook_secret_env: Option<String>,
+    },
+    /// List tenants (keys shown as last four only).
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (only once; only its hash is stored).
+    Create {
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long, value_name = "SLUG")]
+        tenant: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = Settings::load()
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            tally::telemetry::init(settings.log.format, &settings.log.level);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(run(cli.command, settings))
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tally: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a secret from the environment variable the operator named.
+fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
+    let value =
+        std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+    anyhow::ensure!(
+        !value.trim().is_empty(),
+        "environment variable {var} is empty"
+    );
+    Ok(SecretString::from(value))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            commands::connect_and_migrate(&settings).await?;
+            println!("migrations applied");
+        }
+        Command::Serve { bind } => commands::serve::run(settings, bind).await?,
+        Command::Tenant(TenantCommand::Add {
+            slug,
+            key_env,
+            platforms,
+            accounts,
+            api_base,
+            api_version,
+            rate_limit,
+            webhook_secret_env,
+        }) => {
+            let master = MasterKey::from_env()?;
+            let spec = TenantSpec {
+                slug,
+                key: secret_from_env(&key_env)?,
+                platforms,
+                accounts,
+                api_base,
+                api_version,
+                rate_limit,
+                webhook_secret: webhook_secret_env
+                    .as_deref()
+                    .map(secret_from_env)
+                    .transpose()?,
+            };
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let tenant = commands::tenant::add(&pool, &master, &settings, spec).await?;
+            println!(
+                "tenant {} added: {} key …{}, Stripe-Version {}",
+                tenant.slug, tenant.kind, tenant.key_last4, tenant.api_version
+            );
+        }
+        Command::Tenant(TenantCommand::List { format }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let tenants = commands::tenant::list(&pool).await?;
+            match format {
+                ListFormat::Table => print!("{}", commands::tenant::render_table(&tenants)),
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tenants)?),
+            }
+        }
+        Command::Token(TokenCommand::Create { role, tenant }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let token = commands::token::create(&pool, role, tenant.as_deref()).await?;
+            println!("{}", token.expose_secret());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Typed settings, layered as DESIGN §2 says: `config/default.toml`, then
+//! `config/{TALLY_ENV}.toml`, then `TALLY__SECTION__KEY` variables, then the
+//! well-known `DATABASE_URL` and `PAGE_SIZE`. Validated once, at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The defaults ship inside the binary so `tally` works from any directory;
+/// a `config/default.toml` on disk is still read on top of them.
+const EMBEDDED_DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub accounts: AccountSettings,
+    pub stripe: StripeSettings,
+    pub refresh: RefreshSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub bind: SocketAddr,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// A secret: the URL may carry a password.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub page_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountSettings {
+    pub owner_metadata_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StripeSettings {
+    pub api_base: String,
+    pub api_version: String,
+    pub rate_limit: u32,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefreshSettings {
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Loads settings from the process environment and `TALLY_CONFIG_DIR` (default `config/`).
+    pub fn load() -> Result<Settings, SettingsError> {
+        let dir = std::env::var_os("TALLY_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let environment = std::env::var("TALLY_ENV").unwrap_or_else(|_| "local".to_owned());
+        Self::load_from(&dir, &environment)
+    }
+
+    pub fn load_from(dir: &Path, environment: &str) -> Result<Settings, SettingsError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(EMBEDDED_DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(dir.join("default.toml")).required(false))
+            .add_source(File::from(dir.join(format!("{environment}.toml"))).required(false))
+            .add_source(
+                Environment::with_prefix("TALLY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .set_override_option("database.url", std::env::var("DATABASE_URL").ok())?
+            .set_override_option("api.page_size", std::env::var("PAGE_SIZE").ok())?
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        fn invalid(key: &'static str, reason: &str) -> Result<(), SettingsError> {
+            Err(SettingsError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        }
+        if self.api.page_size < 1 {
+            return invalid("api.page_size (PAGE_SIZE)", "must be at least 1");
+        }
+        if self.database.max_connections < 1 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.stripe.rate_limit < 1 {
+            return invalid("stripe.rate_limit", "must be at least 1 request per second");
+        }
+        if self.stripe.max_in_flight < 1 {
+            return invalid("stripe.max_in_flight", "must be at least 1");
+        }
+        if self.stripe.max_attempts < 1 {
+            return invalid("stripe.max_attempts", "must be at least 1");
+        }
+        if url::Url::parse(&self.stripe.api_base).is_err() {
+            return invalid("stripe.api_base", "must be an absolute URL");
+        }
+        if self.stripe.api_version.trim().is_empty() {
+            return invalid("stripe.api_version", "must not be empty");
+        }
+        if self.accounts.owner_metadata_key.trim().is_empty() {
+            return invalid("accounts.owner_metadata_key", "must not be empty");
+        }
+        if self.refresh.interval_secs < 1 {
+            return invalid("refresh.interval_secs", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "is not a valid tracing filter directive");
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_secs)
+    }
+}

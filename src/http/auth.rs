@@ -1,0 +1,168 @@
+//! Bearer-token authentication and tenant scope as extractors: a handler's
+//! signature says who may call it (DESIGN §3).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::crypto::hash_token;
+use crate::domain::Role;
+use crate::store;
+
+/// Any valid token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub role: Role,
+    /// The tenant an admin or reader token is bound to; `None` for owners.
+    pub tenant: Option<TenantRef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantRef {
+    pub id: i64,
+    pub slug: String,
+}
+
+/// A caller allowed to read one tenant: an owner naming it with `?tenant=`, or that
+/// tenant's own admin or reader token.
+#[derive(Debug, Clone)]
+pub struct TenantScope {
+    pub role: Role,
+    pub tenant: TenantRef,
+}
+
+/// A caller allowed to change one tenant's state (sync, refresh): owner or admin.
+#[derive(Debug, Clone)]
+pub struct TenantAdmin(pub TenantScope);
+
+/// An owner token.
+#[derive(Debug, Clone)]
+pub struct Owner;
+
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(
+            "missing Authorization: Bearer <token>",
+        ))?
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(ApiError::Unauthorized("malformed Authorization header"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthorized(
+            "expected Authorization: Bearer <token>",
+        ));
+    }
+    Ok(token.trim())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let token = bearer_token(parts)?;
+        let grant = store::tokens::find_by_hash(&state.pool, &hash_token(token))
+            .await?
+            .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        let role = Role::parse(&grant.role)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
+        let tenant = match (grant.tenant_id, grant.tenant_slug) {
+            (Some(id), Some(slug)) => Some(TenantRef { id, slug }),
+            _ => None,
+        };
+        let caller = Caller { role, tenant };
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+/// The `tenant` query parameter, if any, without disturbing the handler's own parsing.
+fn tenant_param(parts: &Parts) -> Option<String> {
+    let query = parts.uri.query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(key, value)| key == "tenant" && !value.is_empty())
+        .map(|(_, value)| value)
+}
+
+fn unknown_tenant() -> ApiError {
+    ApiError::not_found("invalid-tenant", "no such tenant")
+}
+
+impl FromRequestParts<AppState> for TenantScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<TenantScope, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let requested = tenant_param(parts);
+        let tenant = match (caller.role, caller.tenant) {
+            (Role::Owner, _) => {
+                let slug = requested.ok_or_else(|| {
+                    ApiError::invalid(
+                        "missing-tenant",
+                        "an owner token names the tenant with ?tenant=<slug>",
+                    )
+                })?;
+                let tenant = store::tenants::find_by_slug(&state.pool, &slug)
+                    .await?
+                    .ok_or_else(unknown_tenant)?;
+                TenantRef {
+                    id: tenant.id,
+                    slug: tenant.slug,
+                }
+            }
+            (_, Some(own)) => match requested {
+                // Another tenant's slug gets exactly the answer an unknown one gets.
+                Some(slug) if slug != own.slug => return Err(unknown_tenant()),
+                _ => own,
+            },
+            (_, None) => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "tenant token without a tenant"
+                )))
+            }
+        };
+        Ok(TenantScope {
+            role: caller.role,
+            tenant,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for TenantAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<TenantAdmin, ApiError> {
+        let scope = TenantScope::from_request_parts(parts, state).await?;
+        match scope.role {
+            Role::Owner | Role::Admin => Ok(TenantAdmin(scope)),
+            Role::Reader => Err(ApiError::Forbidden("this needs an admin or owner token")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Owner, ApiError> {
+        match Caller::from_request_parts(parts, state).await?.role {
+            Role::Owner => Ok(Owner),
+            _ => Err(ApiError::Forbidden("this needs an owner token")),
+        }
+    }
+}

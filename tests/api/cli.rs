@@ -1,0 +1,71 @@
+//! `tally serve` as an operator runs it: PAGE_SIZE from the environment,
+//! migrations at start, graceful stop on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tally::domain::Role;
+
+use crate::helpers::{account_object, ids, spawn_app};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+#[tokio::test]
+async fn serve_honours_page_size_and_stops_on_sigterm() {
+    let app = spawn_app().await;
+    let tenant_id = app.add_tenant("acme").await;
+    let objects: Vec<Value> = (0..5)
+        .map(|i| account_object(&format!("acct_1Page{i}"), 1_700_000_000 + i, None))
+        .collect();
+    app.store_accounts(tenant_id, &objects).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &app.db.url)
+        .env("PAGE_SIZE", "3")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let url = format!("http://127.0.0.1:{port}/api/administrator/connect/stripe-accounts");
+    let mut body = None;
+    for _ in 0..100 {
+        if let Ok(response) = app.client.get(&url).bearer_auth(&token).send().await {
+            body = Some(response.json::<Value>().await.expect("json"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = body.expect("tally serve answered");
+    assert_eq!(ids(&body), ["acct_1Page4", "acct_1Page3", "acct_1Page2"]);
+
+    let pid = server.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = server.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.expect("tally serve stopped within 10 s of SIGTERM");
+    assert!(status.success(), "graceful stop exits 0: {status}");
+}

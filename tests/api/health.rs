@@ -1,0 +1,89 @@
+//! Probes, request ids and the fallback.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use tally::http::AppState;
+
+use crate::helpers::{spawn_app, test_settings};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_the_database_is_up() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_database_is_unreachable() {
+    let mut settings = test_settings();
+    // Nothing listens on port 1: the pool can never connect.
+    settings.database.url = SecretString::from("postgres://postgres@127.0.0.1:1/none".to_owned());
+    settings.database.acquire_timeout_secs = 1;
+    let pool = tally::store::pool(&settings.database).expect("lazy pool");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let state = AppState {
+        pool,
+        settings: Arc::new(settings),
+    };
+    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["code"], "database-unavailable");
+    let response = client
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        response.status(),
+        200,
+        "liveness does not depend on the database"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_keeps_the_callers() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .expect("sent");
+    let generated = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let response = app
+        .client
+        .get(format!("{}/nope", app.address))
+        .header("x-request-id", "ops-trace-42")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"], "ops-trace-42");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["object"], "error");
+    assert_eq!(body["code"], "not-found");
+}

@@ -1,0 +1,221 @@
+//! Test harness: every test gets its own Postgres database (dropped afterwards) and
+//! a real tally server on port 0.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tally::commands::tenant::TenantSpec;
+use tally::config::Settings;
+use tally::crypto::MasterKey;
+use tally::domain::Role;
+use tally::http::AppState;
+use tally::store;
+use tally::store::accounts::AccountInput;
+
+/// The server Postgres runs on; tests create and drop their own databases in it.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("connect to Postgres");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create test database");
+        let base = admin_url();
+        let url = match base.rfind('/') {
+            Some(slash) => format!("{}/{name}", &base[..slash]),
+            None => panic!("TEST_DATABASE_URL needs a database path"),
+        };
+        TestDb { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we can rely on: use a private runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for cleanup");
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+                    let _ = admin
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn test_settings() -> Settings {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    Settings::load_from(&dir, "test").expect("test settings")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub master: MasterKey,
+    pub settings: Settings,
+    // Last: dropped after the pool.
+    pub db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::create().await;
+    let mut settings = test_settings();
+    settings.database.url = SecretString::from(db.url.clone());
+    configure(&mut settings);
+    let pool = store::pool(&settings.database).expect("pool");
+    store::migrate(&pool).await.expect("migrations apply");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let state = AppState {
+        pool: pool.clone(),
+        settings: Arc::new(settings.clone()),
+    };
+    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    TestApp {
+        address,
+        pool,
+        client: reqwest::Client::new(),
+        master: MasterKey::from_base64(&MasterKey::generate_base64()).expect("master key"),
+        settings,
+        db,
+    }
+}
+
+pub const PLATFORM_KEY: &str = "sk_test_51PlatformSecretKeyValue0001";
+
+impl TestApp {
+    /// Adds a platform tenant through the same code path as `tally tenant add`.
+    pub async fn add_tenant(&self, slug: &str) -> i64 {
+        self.add_tenant_with_key(slug, PLATFORM_KEY).await;
+        store::tenants::find_by_slug(&self.pool, slug)
+            .await
+            .expect("query")
+            .expect("tenant exists")
+            .id
+    }
+
+    pub async fn add_tenant_with_key(&self, slug: &str, key: &str) {
+        let spec = TenantSpec {
+            slug: slug.to_owned(),
+            key: SecretString::from(key.to_owned()),
+            platforms: vec![],
+            accounts: vec![],
+            api_base: None,
+            api_version: None,
+            rate_limit: None,
+            webhook_secret: None,
+        };
+        tally::commands::tenant::add(&self.pool, &self.master, &self.settings, spec)
+            .await
+            .expect("tenant added");
+    }
+
+    pub async fn token(&self, role: Role, tenant: Option<&str>) -> String {
+        use secrecy::ExposeSecret;
+        tally::commands::token::create(&self.pool, role, tenant)
+            .await
+            .expect("token created")
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// Stores accounts the way sync will: through the store's upsert.
+    pub async fn store_accounts(&self, tenant_id: i64, objects: &[Value]) {
+        let inputs: Vec<AccountInput> = objects
+            .iter()
+            .map(|object| {
+                AccountInput::from_stripe_object(
+                    object,
+                    None,
+                    &self.settings.accounts.owner_metadata_key,
+                )
+                .expect("valid account object")
+            })
+            .collect();
+        store::accounts::upsert(&self.pool, tenant_id, &inputs)
+            .await
+            .expect("upsert");
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{}", self.address, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self.get(path, token).await;
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.expect("JSON body");
+        (status, body)
+    }
+}
+
+/// A Stripe account object in Stripe's shape (trimmed), owned by `owner`.
+pub fn account_object(id: &str, created: i64, owner: Option<&str>) -> Value {
+    let metadata = match owner {
+        Some(owner) => json!({"accountid": owner}),
+        None => json!({}),
+    };
+    json!({
+        "id": id,
+        "object": "account",
+        "business_profile": {"mcc": null, "name": null, "url": null},
+        "business_type": "company",
+        "capabilities": {"card_payments": "inactive", "transfers": "inactive"},
+        "charges_enabled": false,
+        "country": "US",
+        "created": created,
+        "default_currency": "usd",
+        "details_submitted": false,
+        "email": null,
+        "external_accounts": {"object": "list", "data": [], "has_more": false,
+                              "total_count": 0, "url": format!("/v1/accounts/{id}/external_accounts")},
+        "metadata": metadata,
+        "payouts_enabled": false,
+        "type": "custom"
+    })
+}
+
+pub fn ids(body: &Value) -> Vec<String> {
+    body.as_array()
+        .expect("an array")
+        .iter()
+        .map(|record| record["stripeid"].as_str().expect("stripeid").to_owned())
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the admin API against a real Postgres.
+
+mod accounts;
+mod auth;
+mod cli;
+mod health;
+mod helpers;
+mod tenants;

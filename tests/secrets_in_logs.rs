@@ -1,0 +1,71 @@
+//! No secret (Stripe key, API token) appears in a response or in any log line,
+//! with every log level on. Its own test binary, so its subscriber is process-wide.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tally::domain::Role;
+use tracing_subscriber::fmt::MakeWriter;
+
+use helpers::{account_object, spawn_app, PLATFORM_KEY};
+
+/// Collects everything tracing writes, for the no-secret-in-logs check.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn no_key_or_token_appears_in_a_response_or_a_log_line() {
+    let captured = Captured::default();
+    // The only test in this binary, so a process-wide subscriber sees every thread.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .init();
+
+    let app = spawn_app().await;
+    let tenant_id = app.add_tenant("acme").await;
+    app.store_accounts(tenant_id, &[account_object("acct_1A", 1, Some("o"))])
+        .await;
+    let token = app.token(Role::Admin, Some("acme")).await;
+    let mut bodies = String::new();
+    for path in [
+        "/api/administrator/connect/stripe-accounts",
+        "/api/administrator/connect/stripe-accounts?all=true",
+        "/api/administrator/connect/stripe-account?stripeid=acct_1A",
+        "/api/administrator/connect/stripe-accounts?offset=bad",
+    ] {
+        let response = app.get(path, &token).await;
+        bodies.push_str(&format!("{:?}", response.headers()));
+        bodies.push_str(&response.text().await.expect("body"));
+    }
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    assert!(
+        logs.contains("request"),
+        "the subscriber captured the server spans: {logs}"
+    );
+    for secret in [PLATFORM_KEY, token.as_str()] {
+        assert!(!bodies.contains(secret), "a response leaked a secret");
+        assert!(!logs.contains(secret), "a log line leaked a secret");
+    }
+}
