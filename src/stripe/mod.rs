@@ -1,4 +1,1 @@
-//! TEMP until the stripe-client branch merges.
-#[allow(dead_code)]
-pub mod credential;
-pub use credential::*;
+//! The outbound Stripe client (DESIGN §1, §5).
