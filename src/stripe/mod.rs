@@ -1,1 +1,20 @@
-//! The outbound Stripe client (DESIGN §1, §5).
+//! The outbound Stripe client (DESIGN §1, §5): credentials, the per-request account header,
+//! retries, per-tenant rate limits, response types and errors. It knows nothing about
+//! Postgres or tenants beyond the credential it is given.
+
+pub mod client;
+pub mod credential;
+pub mod error;
+pub mod headers;
+mod limiter;
+pub mod retry;
+pub mod types;
+
+pub use client::{ClientSettings, Fetched, RateSettings, StripeClient, TenantClient};
+pub use credential::{
+    key_last4, Credential, CredentialKind, UnknownCredentialKind, UnknownKeyPrefix,
+};
+pub use error::{ApiErrorBody, StripeError};
+pub use headers::{account_header, AccountHeader};
+pub use retry::backoff_delay;
+pub use types::{Balance, BalanceAmount, IssuingBalance, List, RefundAndDisputePrefunding};

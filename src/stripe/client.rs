@@ -1,0 +1,462 @@
+//! The HTTP client: one shared connection pool, one [`TenantClient`] per credential with its
+//! own rate limit and in-flight cap, and the endpoints tally calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tracing::Span;
+
+use crate::stripe::credential::{Credential, CredentialKind};
+use crate::stripe::error::{decode_success, error_from_response, StripeError};
+use crate::stripe::headers::{
+    account_header, AccountHeader, IDEMPOTENCY_KEY, REQUEST_ID, STRIPE_VERSION,
+};
+use crate::stripe::limiter::AdaptiveRate;
+use crate::stripe::retry::{
+    backoff_delay, random_jitter, should_retry, stripe_should_retry, AttemptOutcome,
+};
+use crate::stripe::types::{parse_balance, parse_list, parse_object, Balance, List};
+
+/// Timeouts and retry policy, shared by every tenant.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    /// Per attempt, from connecting until the body has arrived.
+    pub request_timeout: Duration,
+    /// Attempts including the first.
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 4,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-tenant pacing (DESIGN §5).
+#[derive(Debug, Clone)]
+pub struct RateSettings {
+    /// Requests started per second, never exceeded in any one-second window. The default
+    /// stays under Stripe's 25/s per endpoint in sandbox. Zero is treated as 1.
+    pub per_second: u32,
+    /// Requests in flight at once. Zero is treated as 1.
+    pub max_in_flight: usize,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        RateSettings {
+            per_second: 20,
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// The process-wide client. Cheap to clone; all clones share one connection pool.
+#[derive(Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    settings: Arc<ClientSettings>,
+}
+
+impl StripeClient {
+    pub fn new(settings: ClientSettings) -> Result<Self, StripeError> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| StripeError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(StripeClient {
+            http,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// A client acting with `credential`. Each call creates a new rate limit; clone the
+    /// returned [`TenantClient`] (not call this again) to share it.
+    pub fn tenant(&self, credential: Credential, rate: RateSettings) -> TenantClient {
+        TenantClient {
+            inner: Arc::new(Tenant {
+                http: self.http.clone(),
+                settings: self.settings.clone(),
+                limiter: AdaptiveRate::new(rate.per_second),
+                in_flight: Semaphore::new(rate.max_in_flight.max(1)),
+                credential,
+            }),
+        }
+    }
+}
+
+/// One tenant's view of Stripe. Clones share the rate limit and the in-flight cap.
+#[derive(Clone)]
+pub struct TenantClient {
+    inner: Arc<Tenant>,
+}
+
+struct Tenant {
+    http: reqwest::Client,
+    settings: Arc<ClientSettings>,
+    credential: Credential,
+    limiter: AdaptiveRate,
+    in_flight: Semaphore,
+}
+
+/// A decoded Stripe object with what came with it.
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    pub value: T,
+    /// Exactly what Stripe returned, unknown fields included (for storing).
+    pub raw: Value,
+    pub request_id: Option<String>,
+    /// Attempts it took, 1 when the first one succeeded.
+    pub attempts: u32,
+}
+
+/// One logical request, retried as a unit.
+struct Call {
+    method: Method,
+    path: Vec<String>,
+    query: Vec<(&'static str, String)>,
+    form: Option<String>,
+    account: Option<AccountHeader>,
+    /// What a successful body is, for error messages ("balance", "account", "list").
+    what: &'static str,
+}
+
+/// A response, fully read.
+struct Answer {
+    status: u16,
+    request_id: Option<String>,
+    content_type: Option<String>,
+    should_retry: Option<bool>,
+    body: bytes::Bytes,
+}
+
+impl TenantClient {
+    /// `GET /v1/balance` for `account`, which `platform` controls (`None` if it is directly
+    /// in the organization, or for a platform key).
+    #[tracing::instrument(name = "stripe.retrieve_balance", skip_all, fields(account = %account, attempt))]
+    pub async fn retrieve_balance(
+        &self,
+        account: &str,
+        platform: Option<&str>,
+    ) -> Result<Fetched<Balance>, StripeError> {
+        let call = Call {
+            method: Method::GET,
+            path: segments(&["balance"]),
+            query: Vec::new(),
+            form: None,
+            account: Some(self.header_for(account, platform)),
+            what: "balance",
+        };
+        self.execute(call, parse_balance).await
+    }
+
+    /// `GET /v1/accounts/{account}`, sent with the same account header as its balance.
+    #[tracing::instrument(name = "stripe.retrieve_account", skip_all, fields(account = %account, attempt))]
+    pub async fn retrieve_account(
+        &self,
+        account: &str,
+        platform: Option<&str>,
+    ) -> Result<Fetched<Value>, StripeError> {
+        let call = Call {
+            method: Method::GET,
+            path: segments(&["accounts", account]),
+            query: Vec::new(),
+            form: None,
+            account: Some(self.header_for(account, platform)),
+            what: "account",
+        };
+        self.execute(call, |v| parse_object(v, "account")).await
+    }
+
+    /// One page of `GET /v1/accounts`, newest first. An organization key lists one
+    /// platform's connected accounts (`Stripe-Context: platform`), so `platform` is required
+    /// there; a platform key lists its own and ignores `platform`. `limit` is 1..=100.
+    #[tracing::instrument(name = "stripe.list_accounts", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    pub async fn list_accounts_page(
+        &self,
+        platform: Option<&str>,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<Fetched<List<Value>>, StripeError> {
+        if !(1..=100).contains(&limit) {
+            return Err(StripeError::Config(format!(
+                "list limit must be between 1 and 100, got {limit}"
+            )));
+        }
+        let account = match (self.inner.credential.kind, platform) {
+            (CredentialKind::Platform, _) => None,
+            (CredentialKind::Organization, Some(p)) => {
+                Some(account_header(CredentialKind::Organization, p, None))
+            }
+            (CredentialKind::Organization, None) => {
+                return Err(StripeError::Config(
+                    "listing accounts with an organization key needs the platform whose \
+                     accounts to list (sent as Stripe-Context)"
+                        .to_owned(),
+                ))
+            }
+        };
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(id) = starting_after {
+            query.push(("starting_after", id.to_owned()));
+        }
+        let call = Call {
+            method: Method::GET,
+            path: segments(&["accounts"]),
+            query,
+            form: None,
+            account,
+            what: "list",
+        };
+        self.execute(call, parse_list).await
+    }
+
+    /// `POST /v1/accounts` with form-encoded `params` (Stripe's bracket syntax, e.g.
+    /// `("capabilities[transfers][requested]", "true")`). Sent without an account header: the
+    /// account is created under the credential's own account. One `Idempotency-Key` covers
+    /// every retry, so a retried POST can never create two accounts.
+    #[tracing::instrument(name = "stripe.create_account", skip_all, fields(attempt))]
+    pub async fn create_account(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<Fetched<Value>, StripeError> {
+        let form = serde_urlencoded::to_string(params)
+            .map_err(|e| StripeError::Config(format!("cannot encode account parameters: {e}")))?;
+        let call = Call {
+            method: Method::POST,
+            path: segments(&["accounts"]),
+            query: Vec::new(),
+            form: Some(form),
+            account: None,
+            what: "account",
+        };
+        self.execute(call, |v| parse_object(v, "account")).await
+    }
+
+    /// Requests per second in force now: the configured rate, or less for a while after a 429.
+    pub fn rate(&self) -> u32 {
+        self.inner.limiter.current()
+    }
+
+    /// The rate the tenant was configured with, which [`TenantClient::rate`] returns to.
+    pub fn configured_rate(&self) -> u32 {
+        self.inner.limiter.configured()
+    }
+
+    pub fn kind(&self) -> CredentialKind {
+        self.inner.credential.kind
+    }
+
+    fn header_for(&self, account: &str, platform: Option<&str>) -> AccountHeader {
+        account_header(self.inner.credential.kind, account, platform)
+    }
+
+    /// Runs `call` with retries, decoding a successful body with `parse`.
+    async fn execute<T>(
+        &self,
+        call: Call,
+        parse: impl Fn(&Value) -> Result<T, String>,
+    ) -> Result<Fetched<T>, StripeError> {
+        let key = self.inner.credential.key.expose_secret();
+        let (url, headers) = self.prepare(&call).map_err(|e| e.redact(key))?;
+        let settings = &self.inner.settings;
+        let max_attempts = settings.max_attempts.max(1);
+        for attempt in 1.. {
+            Span::current().record("attempt", attempt);
+            let (error, outcome) = match self.send_once(&call, &url, &headers).await {
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    let (value, raw) = decode_success(
+                        answer.status,
+                        answer.request_id.as_deref(),
+                        answer.content_type.as_deref(),
+                        &answer.body,
+                        call.what,
+                        &parse,
+                    )
+                    .map_err(|e| e.redact(key))?;
+                    return Ok(Fetched {
+                        value,
+                        raw,
+                        request_id: answer.request_id,
+                        attempts: attempt,
+                    });
+                }
+                Ok(answer) => {
+                    if answer.status == 429 {
+                        self.inner.limiter.throttled();
+                    }
+                    let outcome = AttemptOutcome::Response {
+                        status: answer.status,
+                        should_retry: answer.should_retry,
+                    };
+                    let error = error_from_response(
+                        answer.status,
+                        answer.request_id,
+                        answer.content_type.as_deref(),
+                        &answer.body,
+                    );
+                    (error, outcome)
+                }
+                Err((error, retryable)) => (error, AttemptOutcome::Transport { retryable }),
+            };
+            let error = error.redact(key);
+            if attempt >= max_attempts || !should_retry(outcome) {
+                tracing::debug!(attempt, error = %error, "Stripe request failed");
+                return Err(error);
+            }
+            let delay = backoff_delay(attempt, settings, random_jitter());
+            tracing::warn!(
+                attempt,
+                status = error.status(),
+                request_id = error.request_id(),
+                error_type = error.error_type(),
+                delay_ms = delay.as_millis() as u64,
+                rate = self.inner.limiter.current(),
+                "retrying Stripe request"
+            );
+            metrics::counter!("stripe_retries_total").increment(1);
+            tokio::time::sleep(delay).await;
+        }
+        unreachable!("the attempt loop only ends by returning")
+    }
+
+    /// URL and headers, built once per call and reused by every attempt.
+    fn prepare(&self, call: &Call) -> Result<(url::Url, HeaderMap), StripeError> {
+        let credential = &self.inner.credential;
+        let mut url = credential.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| StripeError::Config("the Stripe base URL cannot take a path".into()))?
+            .pop_if_empty()
+            .push("v1")
+            .extend(&call.path);
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&call.query);
+        }
+
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", credential.key.expose_secret()))
+            .map_err(|_| {
+                StripeError::Config("the API key has characters a header cannot carry".into())
+            })?;
+        auth.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, auth);
+        if credential.api_version.is_empty() {
+            return Err(StripeError::Config(
+                "no Stripe API version configured".into(),
+            ));
+        }
+        headers.insert(
+            STRIPE_VERSION,
+            header_value(&credential.api_version, STRIPE_VERSION)?,
+        );
+        if let Some(account) = &call.account {
+            headers.insert(
+                account.name(),
+                header_value(account.value(), account.name())?,
+            );
+        }
+        if call.form.is_some() {
+            // Generated once here, so every retry of this POST carries the same key.
+            let key = uuid::Uuid::new_v4().to_string();
+            headers.insert(IDEMPOTENCY_KEY, header_value(&key, IDEMPOTENCY_KEY)?);
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+        }
+        Ok((url, headers))
+    }
+
+    /// One attempt: wait for an in-flight slot, then for the rate limit, then send and read
+    /// the whole body. The slot comes first so a token is never held while queueing (tokens
+    /// taken early and spent late would bunch up and break the per-second bound). On failure,
+    /// also says whether a retry could help.
+    async fn send_once(
+        &self,
+        call: &Call,
+        url: &url::Url,
+        headers: &HeaderMap,
+    ) -> Result<Answer, (StripeError, bool)> {
+        let inner = &self.inner;
+        let _slot = inner.in_flight.acquire().await.map_err(|_| {
+            (
+                StripeError::Config("the tenant client was shut down".into()),
+                false,
+            )
+        })?;
+        inner.limiter.acquire().await;
+
+        let mut request = inner
+            .http
+            .request(call.method.clone(), url.clone())
+            .headers(headers.clone());
+        if let Some(form) = &call.form {
+            request = request.body(form.clone());
+        }
+        let response = request.send().await.map_err(|e| {
+            count_request("error");
+            (
+                StripeError::transport(&e),
+                !e.is_builder() && !e.is_redirect(),
+            )
+        })?;
+
+        let status = response.status().as_u16();
+        count_request(&status.to_string());
+        let headers = response.headers();
+        let request_id = header_text(headers, REQUEST_ID);
+        let content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
+        let should_retry = stripe_should_retry(headers);
+        // A body cut off mid-read is a network failure like any other: retryable.
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| (StripeError::transport(&e), true))?;
+        tracing::debug!(
+            status,
+            request_id = request_id.as_deref(),
+            "Stripe answered"
+        );
+        Ok(Answer {
+            status,
+            request_id,
+            content_type,
+            should_retry,
+            body,
+        })
+    }
+}
+
+fn segments(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| (*p).to_owned()).collect()
+}
+
+fn header_value(value: &str, name: &str) -> Result<HeaderValue, StripeError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| StripeError::Config(format!("{name} has characters a header cannot carry")))
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+fn count_request(status: &str) {
+    metrics::counter!("stripe_requests_total", "status" => status.to_owned()).increment(1);
+}
