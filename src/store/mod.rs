@@ -2,6 +2,7 @@
 //! an executor so callers choose the transaction.
 
 pub mod accounts;
+pub mod snapshots;
 pub mod tenants;
 pub mod tokens;
 

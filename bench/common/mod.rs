@@ -1,0 +1,181 @@
+//! Shared pieces of the benchmarks: a scratch database, a closed-loop HTTP load
+//! generator, and latency statistics.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor, PgConnection};
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A database for one benchmark run, dropped at the end.
+pub struct ScratchDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl ScratchDb {
+    pub async fn create(prefix: &str) -> ScratchDb {
+        let name = format!("{prefix}_{}", std::process::id());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("connect to Postgres");
+        admin
+            .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+            .await
+            .expect("drop old");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create database");
+        let base = admin_url();
+        let slash = base.rfind('/').expect("database path in URL");
+        let url = format!("{}/{name}", &base[..slash]);
+        ScratchDb { name, url }
+    }
+
+    pub async fn drop_now(&self) {
+        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
+                )
+                .await;
+        }
+    }
+}
+
+/// Latency percentiles and throughput of one load run.
+pub struct LoadReport {
+    pub requests: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl LoadReport {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<34} {:>8.0} req/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} requests, {} errors)",
+            self.rps(),
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max),
+            self.requests,
+            self.errors
+        )
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Runs `clients` closed-loop clients for `duration`, each calling `url_for(i)` for
+/// its i-th request, and reports. A response counts as an error unless it is 2xx
+/// and its body was read completely.
+pub async fn closed_loop(
+    client: &reqwest::Client,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    url_for: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> LoadReport {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..clients {
+        let client = client.clone();
+        let token = token.to_owned();
+        let url_for = url_for.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let url = url_for(i);
+                i += clients;
+                let sent = Instant::now();
+                let ok = match client.get(&url).bearer_auth(&token).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        response.bytes().await.is_ok()
+                    }
+                    _ => false,
+                };
+                latencies.push(sent.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await.expect("client task");
+        all.extend(latencies);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    LoadReport {
+        requests: all.len(),
+        errors,
+        elapsed,
+        p50: percentile(&all, 50.0),
+        p90: percentile(&all, 90.0),
+        p99: percentile(&all, 99.0),
+        max: all.last().copied().unwrap_or_default(),
+    }
+}
+
+fn proc_status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Peak resident memory of this process so far (Linux VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM:")
+}
+
+/// Current resident memory (VmRSS), in MiB.
+pub fn rss_mib() -> f64 {
+    proc_status_mib("VmRSS:")
+}

@@ -1,0 +1,267 @@
+//! Benchmark: the stripe-accounts listing over a million-account tenant, against
+//! what Postgres alone serves for the same query (pgbench, same clients, same run).
+//!
+//!   cargo bench --bench list_accounts
+//!   BENCH_ACCOUNTS=200000 BENCH_SECONDS=3 cargo bench --bench list_accounts
+//!
+//! Prints latency percentiles and requests/s per scenario at two table sizes (to show
+//! the first page does not grow with the table), and tally's rate over pgbench's.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{closed_loop, env_usize, ms, peak_rss_mib, rss_mib, ScratchDb};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tally::commands::tenant::TenantSpec;
+use tally::config::Settings;
+use tally::crypto::MasterKey;
+use tally::domain::Role;
+use tally::http::AppState;
+use tally::store;
+use tally::store::accounts::AccountInput;
+
+const BATCH: usize = 5_000;
+
+fn account(i: usize) -> serde_json::Value {
+    let id = format!("acct_1Bench{i:010}");
+    json!({
+        "id": id, "object": "account", "business_type": "company",
+        "capabilities": {"card_payments": "active", "transfers": "active"},
+        "charges_enabled": true, "country": "US",
+        // Several accounts per second, so ties on `created` are exercised too.
+        "created": 1_600_000_000 + (i / 3) as i64,
+        "default_currency": "usd", "details_submitted": true, "email": null,
+        "metadata": {"accountid": format!("owner_{}", i / 2)},
+        "payouts_enabled": true, "type": "express"
+    })
+}
+
+async fn load(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usize) {
+    let mut i = from;
+    while i < to {
+        let end = (i + BATCH).min(to);
+        let inputs: Vec<AccountInput> = (i..end)
+            .map(|n| {
+                AccountInput::from_stripe_object(&account(n), None, "accountid").expect("valid")
+            })
+            .collect();
+        store::accounts::upsert(pool, tenant_id, &inputs)
+            .await
+            .expect("upsert");
+        i = end;
+    }
+    sqlx::query("VACUUM ANALYZE stripe_accounts")
+        .execute(pool)
+        .await
+        .expect("analyze");
+}
+
+/// Runs pgbench with `clients` clients for `seconds` and returns its tps.
+fn pgbench(db_url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
+    let path = std::env::temp_dir().join(format!("tally-pgbench-{}.sql", std::process::id()));
+    std::fs::write(&path, script).expect("write pgbench script");
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&path)
+        .arg(db_url)
+        .output()
+        .expect("pgbench runs (package postgresql-contrib / postgresql client)");
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|tps| tps.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+const COLUMNS: &str =
+    "stripeid, accountid, platform_id, stripe_object::text, created_at, updated_at, removed_at";
+
+#[tokio::main]
+async fn main() {
+    let total = env_usize("BENCH_ACCOUNTS", 1_000_000);
+    let clients = env_usize("BENCH_CLIENTS", 16);
+    let seconds = env_usize("BENCH_SECONDS", 5) as u64;
+    let sizes = [total / 10, total];
+    println!(
+        "list_accounts: {total} accounts, {clients} concurrent clients, {seconds} s per scenario\n"
+    );
+
+    let db = ScratchDb::create("tally_bench_list").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = Settings::load_from(&dir, "test").expect("settings");
+    settings.database.url = SecretString::from(db.url.clone());
+    settings.database.max_connections = clients as u32;
+    let pool = store::pool(&settings.database).expect("pool");
+    store::migrate(&pool).await.expect("migrate");
+    let master = MasterKey::from_base64(&MasterKey::generate_base64()).expect("key");
+    let spec = TenantSpec {
+        slug: "bench".into(),
+        key: SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
+        platforms: vec![],
+        accounts: vec![],
+        api_base: None,
+        api_version: None,
+        rate_limit: None,
+        webhook_secret: None,
+    };
+    tally::commands::tenant::add(&pool, &master, &settings, spec)
+        .await
+        .expect("tenant");
+    let tenant_id = store::tenants::find_by_slug(&pool, "bench")
+        .await
+        .expect("q")
+        .expect("t")
+        .id;
+    let token = tally::commands::token::create(&pool, Role::Reader, Some("bench"))
+        .await
+        .expect("token")
+        .expose_secret()
+        .to_owned();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!(
+        "http://{}/api/administrator/connect/stripe-accounts",
+        listener.local_addr().expect("addr")
+    );
+    let state = AppState {
+        pool: pool.clone(),
+        settings: Arc::new(settings),
+    };
+    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .expect("client");
+    let duration = Duration::from_secs(seconds);
+
+    let mut loaded = 0;
+    let mut ratios = Vec::new();
+    for size in sizes {
+        let started = Instant::now();
+        load(&pool, tenant_id, loaded, size).await;
+        println!(
+            "loaded {} accounts in {:.1} s (through the store's upsert)",
+            size - loaded,
+            started.elapsed().as_secs_f64()
+        );
+        loaded = size;
+        let owners = size / 2;
+        let deep = size / 2;
+
+        let first_page = closed_loop(
+            &client,
+            &token,
+            clients,
+            duration,
+            Arc::new({
+                let base = base.clone();
+                move |_| base.clone()
+            }),
+        )
+        .await;
+        let owner_page = closed_loop(
+            &client,
+            &token,
+            clients,
+            duration,
+            Arc::new({
+                let base = base.clone();
+                move |i| format!("{base}?accountid=owner_{}", (i * 7919) % owners)
+            }),
+        )
+        .await;
+        let deep_page = closed_loop(
+            &client,
+            &token,
+            clients,
+            duration,
+            Arc::new({
+                let base = base.clone();
+                move |_| format!("{base}?offset={deep}")
+            }),
+        )
+        .await;
+
+        let pg_first = pgbench(&db.url, &format!(
+            "SELECT {COLUMNS} FROM stripe_accounts WHERE tenant_id = {tenant_id} AND removed_at IS NULL ORDER BY created_at DESC, stripeid OFFSET 0 LIMIT 10;\n"), clients, seconds);
+        let pg_owner = pgbench(&db.url, &format!(
+            "\\set n random(0, {})\nSELECT {COLUMNS} FROM stripe_accounts WHERE tenant_id = {tenant_id} AND accountid = 'owner_' || :n AND removed_at IS NULL ORDER BY created_at DESC, stripeid OFFSET 0 LIMIT 10;\n", owners - 1), clients, seconds);
+        let pg_deep = pgbench(&db.url, &format!(
+            "SELECT {COLUMNS} FROM stripe_accounts WHERE tenant_id = {tenant_id} AND removed_at IS NULL ORDER BY created_at DESC, stripeid OFFSET {deep} LIMIT 10;\n"), clients, seconds);
+
+        println!("\n-- {size} accounts --");
+        for (name, report, pg) in [
+            ("first page (limit 10)", &first_page, pg_first),
+            ("accountid page", &owner_page, pg_owner),
+            (&*format!("deep offset ({deep})"), &deep_page, pg_deep),
+        ] {
+            println!("{}", report.line(name));
+            println!(
+                "{:<34} {:>8.0} tps (pgbench, same query)   tally / Postgres = {:.2}",
+                "",
+                pg,
+                report.rps() / pg
+            );
+            ratios.push((format!("{name} @ {size}"), report.p99, report.rps() / pg));
+        }
+
+        let rss_before = rss_mib();
+        let started = Instant::now();
+        let response = client
+            .get(format!("{base}?all=true"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("all");
+        let mut bytes = 0usize;
+        let mut stream = response;
+        while let Some(chunk) = stream.chunk().await.expect("chunk") {
+            bytes += chunk.len();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "all=true streaming                 {size} records, {:.1} MiB in {:.2} s = {:.0} records/s; RSS {:.0} -> {:.0} MiB (peak {:.0})",
+            bytes as f64 / 1048576.0,
+            elapsed.as_secs_f64(),
+            size as f64 / elapsed.as_secs_f64(),
+            rss_before,
+            rss_mib(),
+            peak_rss_mib()
+        );
+        println!();
+    }
+    println!("summary (p99 target <= 10 ms for first and accountid pages; ratio target >= 0.5):");
+    for (name, p99, ratio) in ratios {
+        println!(
+            "  {name:<40} p99 {:>7.2} ms   tally/Postgres {ratio:.2}",
+            ms(p99)
+        );
+    }
+    pool.close().await;
+    db.drop_now().await;
+}

@@ -1,0 +1,241 @@
+//! Money: integer minor units, summed per currency with overflow checks, never
+//! floats. Every sum tally reports is made here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stripe::{Balance, BalanceAmount};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("amounts in {0} overflow a 64-bit integer of minor units")]
+pub struct MoneyOverflow(pub &'static str);
+
+/// The four balance kinds tally totals, for one currency, in minor units.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amounts {
+    pub available: i64,
+    pub pending: i64,
+    pub connect_reserved: i64,
+    pub instant_available: i64,
+}
+
+impl Amounts {
+    fn combine(self, other: Amounts, op: fn(i64, i64) -> Option<i64>) -> Result<Amounts, MoneyOverflow> {
+        Ok(Amounts {
+            available: op(self.available, other.available).ok_or(MoneyOverflow("available"))?,
+            pending: op(self.pending, other.pending).ok_or(MoneyOverflow("pending"))?,
+            connect_reserved: op(self.connect_reserved, other.connect_reserved)
+                .ok_or(MoneyOverflow("connect_reserved"))?,
+            instant_available: op(self.instant_available, other.instant_available)
+                .ok_or(MoneyOverflow("instant_available"))?,
+        })
+    }
+
+    pub fn checked_add(self, other: Amounts) -> Result<Amounts, MoneyOverflow> {
+        self.combine(other, i64::checked_add)
+    }
+
+    pub fn checked_sub(self, other: Amounts) -> Result<Amounts, MoneyOverflow> {
+        self.combine(other, i64::checked_sub)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Amounts::default()
+    }
+}
+
+/// One currency's row, as stored beside a snapshot and as the API reports totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrencyAmounts {
+    pub currency: String,
+    #[serde(flatten)]
+    pub amounts: Amounts,
+}
+
+/// Amounts per lowercase currency code.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals(BTreeMap<String, Amounts>);
+
+impl Totals {
+    /// One account's balance, per currency. Several entries of one currency (Stripe
+    /// splits some by source) are summed.
+    pub fn from_balance(balance: &Balance) -> Result<Totals, MoneyOverflow> {
+        let mut totals = Totals::default();
+        let kinds: [(&[BalanceAmount], fn(&mut Amounts) -> &mut i64); 4] = [
+            (&balance.available, |a| &mut a.available),
+            (&balance.pending, |a| &mut a.pending),
+            (balance.connect_reserved.as_deref().unwrap_or_default(), |a| &mut a.connect_reserved),
+            (balance.instant_available.as_deref().unwrap_or_default(), |a| &mut a.instant_available),
+        ];
+        for (entries, field) in kinds {
+            for entry in entries {
+                let amounts = totals.0.entry(entry.currency.to_ascii_lowercase()).or_default();
+                let slot = field(amounts);
+                *slot = slot.checked_add(entry.amount).ok_or(MoneyOverflow("a balance"))?;
+            }
+        }
+        Ok(totals)
+    }
+
+    pub fn from_rows(rows: Vec<CurrencyAmounts>) -> Result<Totals, MoneyOverflow> {
+        let mut totals = Totals::default();
+        for row in rows {
+            totals.add_currency(&row.currency, row.amounts)?;
+        }
+        Ok(totals)
+    }
+
+    pub fn add_currency(&mut self, currency: &str, amounts: Amounts) -> Result<(), MoneyOverflow> {
+        let slot = self.0.entry(currency.to_owned()).or_default();
+        *slot = slot.checked_add(amounts)?;
+        Ok(())
+    }
+
+    pub fn add(&mut self, other: &Totals) -> Result<(), MoneyOverflow> {
+        for (currency, amounts) in &other.0 {
+            self.add_currency(currency, *amounts)?;
+        }
+        Ok(())
+    }
+
+    /// `new - old` per currency, for moving stored totals from one snapshot to the next.
+    /// Each entry says whether the currency appears (+1), disappears (-1) or stays (0).
+    pub fn delta(new: &Totals, old: &Totals) -> Result<Vec<(String, Amounts, i64)>, MoneyOverflow> {
+        let mut currencies: Vec<&String> = new.0.keys().chain(old.0.keys()).collect();
+        currencies.sort_unstable();
+        currencies.dedup();
+        let mut out = Vec::new();
+        for currency in currencies {
+            let (n, o) = (new.0.get(currency), old.0.get(currency));
+            let change = n.copied().unwrap_or_default().checked_sub(o.copied().unwrap_or_default())?;
+            let holders = i64::from(n.is_some()) - i64::from(o.is_some());
+            if !change.is_zero() || holders != 0 {
+                out.push((currency.clone(), change, holders));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn rows(&self) -> Vec<CurrencyAmounts> {
+        self.0
+            .iter()
+            .map(|(currency, amounts)| CurrencyAmounts {
+                currency: currency.clone(),
+                amounts: *amounts,
+            })
+            .collect()
+    }
+
+    pub fn get(&self, currency: &str) -> Option<&Amounts> {
+        self.0.get(currency)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Digits after the decimal point in a currency's major unit, per Stripe's list of
+/// zero-decimal and three-decimal currencies.
+pub fn minor_digits(currency: &str) -> u32 {
+    const ZERO: [&str; 16] = [
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+        "xaf", "xof", "xpf",
+    ];
+    const THREE: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+    if ZERO.contains(&currency) {
+        0
+    } else if THREE.contains(&currency) {
+        3
+    } else {
+        2
+    }
+}
+
+/// `123456` usd → `"1234.56"`, jpy → `"123456"`, kwd → `"123.456"`; exact, no floats.
+pub fn format_minor(amount: i64, currency: &str) -> String {
+    let digits = minor_digits(currency);
+    if digits == 0 {
+        return amount.to_string();
+    }
+    let sign = if amount < 0 { "-" } else { "" };
+    let magnitude = amount.unsigned_abs();
+    let scale = 10u64.pow(digits);
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / scale,
+        magnitude % scale,
+        width = digits as usize
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(amount: i64, currency: &str) -> BalanceAmount {
+        BalanceAmount {
+            amount,
+            currency: currency.into(),
+            source_types: None,
+            net_available: None,
+        }
+    }
+
+    fn balance(available: Vec<BalanceAmount>, pending: Vec<BalanceAmount>) -> Balance {
+        Balance {
+            object: "balance".into(),
+            livemode: false,
+            available,
+            pending,
+            connect_reserved: Some(vec![entry(5, "usd")]),
+            instant_available: None,
+            issuing: None,
+            refund_and_dispute_prefunding: None,
+        }
+    }
+
+    #[test]
+    fn a_balance_sums_per_currency_and_kind_with_negatives() {
+        let b = balance(
+            vec![entry(100, "usd"), entry(-30, "usd"), entry(7, "jpy")],
+            vec![entry(-5, "eur")],
+        );
+        let totals = Totals::from_balance(&b).expect("no overflow");
+        assert_eq!(
+            totals.get("usd"),
+            Some(&Amounts { available: 70, pending: 0, connect_reserved: 5, instant_available: 0 })
+        );
+        assert_eq!(totals.get("eur").map(|a| a.pending), Some(-5));
+        assert_eq!(totals.get("jpy").map(|a| a.available), Some(7));
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        let b = balance(vec![entry(i64::MAX, "usd"), entry(1, "usd")], vec![]);
+        assert!(Totals::from_balance(&b).is_err());
+        let mut t = Totals::from_balance(&balance(vec![entry(i64::MAX, "usd")], vec![])).expect("ok");
+        assert!(t.add(&Totals::from_balance(&balance(vec![entry(1, "usd")], vec![])).expect("ok")).is_err());
+    }
+
+    #[test]
+    fn delta_moves_totals_between_snapshots() {
+        let old = Totals::from_balance(&balance(vec![entry(100, "usd"), entry(9, "gbp")], vec![])).expect("ok");
+        let new = Totals::from_balance(&balance(vec![entry(40, "usd"), entry(3, "eur")], vec![])).expect("ok");
+        let delta = Totals::delta(&new, &old).expect("ok");
+        let find = |c: &str| delta.iter().find(|(cur, _, _)| cur == c).cloned();
+        assert_eq!(find("usd").map(|(_, a, h)| (a.available, h)), Some((-60, 0)));
+        assert_eq!(find("gbp").map(|(_, a, h)| (a.available, h)), Some((-9, -1)));
+        assert_eq!(find("eur").map(|(_, a, h)| (a.available, h)), Some((3, 1)));
+    }
+
+    #[test]
+    fn amounts_format_in_each_currencys_decimals() {
+        assert_eq!(format_minor(123456, "usd"), "1234.56");
+        assert_eq!(format_minor(-5, "usd"), "-0.05");
+        assert_eq!(format_minor(123456, "jpy"), "123456");
+        assert_eq!(format_minor(123456, "kwd"), "123.456");
+        assert_eq!(format_minor(i64::MIN, "usd"), "-92233720368547758.08");
+    }
+}

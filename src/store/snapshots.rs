@@ -1,0 +1,408 @@
+//! Balance snapshots, each account's latest, and the per-tenant totals kept in step
+//! with them in the same transaction (DESIGN §4, §5).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
+
+use crate::money::{CurrencyAmounts, MoneyOverflow, Totals};
+
+/// What a fetch produced for one account.
+pub enum SnapshotOutcome<'a> {
+    /// The balance as Stripe returned it, and its per-currency amounts.
+    Balance { raw: &'a Value, totals: &'a Totals },
+    /// Why it could not be read (status, type, code, message, requestId, hint).
+    Error(&'a Value),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Overflow(#[from] MoneyOverflow),
+    #[error("stored amounts are malformed: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored and now the account's latest.
+    Latest(i64),
+    /// Stored in history; a newer snapshot was already the latest.
+    HistoryOnly(i64),
+    /// The tenant has no such account; nothing stored.
+    UnknownAccount,
+}
+
+/// Stores a snapshot and, if it is the newest, makes it the account's latest and
+/// moves the tenant's totals and counts by the difference — all in one transaction.
+pub async fn record(
+    conn: &mut PgConnection,
+    tenant_id: i64,
+    stripeid: &str,
+    fetched_at: DateTime<Utc>,
+    source: &str,
+    outcome: SnapshotOutcome<'_>,
+) -> Result<Recorded, SnapshotError> {
+    let mut tx = conn.begin().await?;
+    // Locks the account so a concurrent removal cannot interleave with the totals.
+    let listed = sqlx::query_scalar!(
+        r#"SELECT removed_at IS NULL AS "listed!" FROM stripe_accounts
+           WHERE tenant_id = $1 AND stripeid = $2 FOR UPDATE"#,
+        tenant_id,
+        stripeid
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(listed) = listed else {
+        return Ok(Recorded::UnknownAccount);
+    };
+    let (balance, error, new_totals) = match &outcome {
+        SnapshotOutcome::Balance { raw, totals } => (Some(*raw), None, Some(*totals)),
+        SnapshotOutcome::Error(error) => (None, Some(*error), None),
+    };
+    let snapshot_id = sqlx::query_scalar!(
+        r#"INSERT INTO balance_snapshots (tenant_id, stripeid, fetched_at, source, balance, error)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"#,
+        tenant_id,
+        stripeid,
+        fetched_at,
+        source,
+        balance,
+        error
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let previous = sqlx::query!(
+        r#"SELECT fetched_at, ok, amounts FROM latest_balances
+           WHERE tenant_id = $1 AND stripeid = $2"#,
+        tenant_id,
+        stripeid
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if previous.as_ref().is_some_and(|p| p.fetched_at > fetched_at) {
+        tx.commit().await?;
+        return Ok(Recorded::HistoryOnly(snapshot_id));
+    }
+    let new_rows = new_totals.map(Totals::rows).unwrap_or_default();
+    sqlx::query!(
+        r#"INSERT INTO latest_balances (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (tenant_id, stripeid) DO UPDATE SET
+               snapshot_id = EXCLUDED.snapshot_id, fetched_at = EXCLUDED.fetched_at,
+               ok = EXCLUDED.ok, amounts = EXCLUDED.amounts"#,
+        tenant_id,
+        stripeid,
+        snapshot_id,
+        fetched_at,
+        new_totals.is_some(),
+        serde_json::to_value(&new_rows)?
+    )
+    .execute(&mut *tx)
+    .await?;
+    if listed {
+        let old = match &previous {
+            Some(p) => Some((p.ok, stored_totals(&p.amounts)?)),
+            None => None,
+        };
+        let new = Some((new_totals.is_some(), new_totals.cloned().unwrap_or_default()));
+        move_tenant_totals(&mut tx, tenant_id, old, new).await?;
+    }
+    tx.commit().await?;
+    Ok(Recorded::Latest(snapshot_id))
+}
+
+fn stored_totals(amounts: &Value) -> Result<Totals, SnapshotError> {
+    let rows: Vec<CurrencyAmounts> = serde_json::from_value(amounts.clone())?;
+    Ok(Totals::from_rows(rows)?)
+}
+
+/// Moves the tenant's totals and ok/failed counts from an account's `old` latest
+/// state to its `new` one (`None`: no snapshot counted).
+async fn move_tenant_totals(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    tenant_id: i64,
+    old: Option<(bool, Totals)>,
+    new: Option<(bool, Totals)>,
+) -> Result<(), SnapshotError> {
+    let empty = Totals::default();
+    let old_totals = old.as_ref().map_or(&empty, |(_, t)| t);
+    let new_totals = new.as_ref().map_or(&empty, |(_, t)| t);
+    let delta = Totals::delta(new_totals, old_totals)?;
+    if !delta.is_empty() {
+        let mut currencies = Vec::new();
+        let (mut available, mut pending, mut reserved, mut instant, mut holders) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (currency, amounts, holder_change) in delta {
+            currencies.push(currency);
+            available.push(amounts.available);
+            pending.push(amounts.pending);
+            reserved.push(amounts.connect_reserved);
+            instant.push(amounts.instant_available);
+            holders.push(holder_change);
+        }
+        // Postgres refuses a bigint overflow, so a total can never wrap.
+        sqlx::query!(
+            r#"INSERT INTO tenant_balance_totals AS t
+                   (tenant_id, currency, available, pending, connect_reserved, instant_available, holders)
+               SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                        $6::bigint[], $7::bigint[])
+               ON CONFLICT (tenant_id, currency) DO UPDATE SET
+                   available = t.available + EXCLUDED.available,
+                   pending = t.pending + EXCLUDED.pending,
+                   connect_reserved = t.connect_reserved + EXCLUDED.connect_reserved,
+                   instant_available = t.instant_available + EXCLUDED.instant_available,
+                   holders = t.holders + EXCLUDED.holders"#,
+            tenant_id,
+            &currencies,
+            &available,
+            &pending,
+            &reserved,
+            &instant,
+            &holders
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    let count = |state: &Option<(bool, Totals)>, ok: bool| {
+        i64::from(state.as_ref().is_some_and(|(is_ok, _)| *is_ok == ok))
+    };
+    let ok_change = count(&new, true) - count(&old, true);
+    let failed_change = count(&new, false) - count(&old, false);
+    if ok_change != 0 || failed_change != 0 {
+        sqlx::query!(
+            r#"INSERT INTO tenant_balance_counts AS c (tenant_id, ok, failed) VALUES ($1, $2, $3)
+               ON CONFLICT (tenant_id) DO UPDATE SET ok = c.ok + EXCLUDED.ok,
+                                                     failed = c.failed + EXCLUDED.failed"#,
+            tenant_id,
+            ok_change,
+            failed_change
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes accounts that are being removed out of the tenant's totals and counts and
+/// drops their latest pointer (their history stays). Call in the transaction that
+/// marks them removed.
+pub async fn forget_latest(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    tenant_id: i64,
+    stripeids: &[String],
+) -> Result<(), SnapshotError> {
+    let removed = sqlx::query!(
+        r#"DELETE FROM latest_balances WHERE tenant_id = $1 AND stripeid = ANY($2)
+           RETURNING ok, amounts"#,
+        tenant_id,
+        stripeids
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in removed {
+        let old = Some((row.ok, stored_totals(&row.amounts)?));
+        move_tenant_totals(tx, tenant_id, old, None).await?;
+    }
+    Ok(())
+}
+
+/// The whole tenant's state: accounts with a balance, with an error, and the oldest
+/// latest snapshot. Index lookups only.
+#[derive(Debug, Clone)]
+pub struct TenantFreshness {
+    pub ok: i64,
+    pub failed: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+pub async fn tenant_freshness(
+    db: impl PgExecutor<'_> + Copy,
+    tenant_id: i64,
+) -> Result<TenantFreshness, sqlx::Error> {
+    let counts = sqlx::query!(
+        "SELECT ok, failed FROM tenant_balance_counts WHERE tenant_id = $1",
+        tenant_id
+    )
+    .fetch_optional(db)
+    .await?;
+    let oldest = sqlx::query_scalar!(
+        "SELECT min(fetched_at) FROM latest_balances WHERE tenant_id = $1",
+        tenant_id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(TenantFreshness {
+        ok: counts.as_ref().map_or(0, |c| c.ok),
+        failed: counts.as_ref().map_or(0, |c| c.failed),
+        oldest,
+    })
+}
+
+pub async fn tenant_totals(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Vec<CurrencyAmounts>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT currency, available, pending, connect_reserved, instant_available
+           FROM tenant_balance_totals WHERE tenant_id = $1 AND holders > 0 ORDER BY currency"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CurrencyAmounts {
+            currency: r.currency,
+            amounts: crate::money::Amounts {
+                available: r.available,
+                pending: r.pending,
+                connect_reserved: r.connect_reserved,
+                instant_available: r.instant_available,
+            },
+        })
+        .collect())
+}
+
+/// A listed account and its latest snapshot, if any.
+#[derive(Debug, Clone)]
+pub struct AccountLatest {
+    pub stripeid: String,
+    pub accountid: Option<String>,
+    pub platform_id: Option<String>,
+    pub fetched_at: Option<DateTime<Utc>>,
+    pub ok: Option<bool>,
+    pub amounts: Option<Value>,
+    pub error: Option<Value>,
+}
+
+impl AccountLatest {
+    pub fn totals(&self) -> Result<Totals, SnapshotError> {
+        match (&self.ok, &self.amounts) {
+            (Some(true), Some(amounts)) => stored_totals(amounts),
+            _ => Ok(Totals::default()),
+        }
+    }
+}
+
+/// Listed accounts of a tenant (or of one owner) with their latest snapshots, in
+/// listing order.
+pub async fn scope_latest(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    owner: Option<&str>,
+) -> Result<Vec<AccountLatest>, sqlx::Error> {
+    sqlx::query_as!(
+        AccountLatest,
+        r#"SELECT a.stripeid, a.accountid, a.platform_id,
+                  l.fetched_at AS "fetched_at?", l.ok AS "ok?", l.amounts AS "amounts?",
+                  s.error AS "error?"
+           FROM stripe_accounts a
+           LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
+           LEFT JOIN balance_snapshots s ON s.id = l.snapshot_id AND NOT l.ok
+           WHERE a.tenant_id = $1 AND a.removed_at IS NULL
+             AND ($2::text IS NULL OR a.accountid = $2)
+           ORDER BY a.created_at DESC, a.stripeid"#,
+        tenant_id,
+        owner
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Listed accounts of the scope with no snapshot, or only one older than `cutoff`.
+pub async fn stale_accounts(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    owner: Option<&str>,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT a.stripeid, a.platform_id
+           FROM stripe_accounts a
+           LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
+           WHERE a.tenant_id = $1 AND a.removed_at IS NULL
+             AND ($2::text IS NULL OR a.accountid = $2)
+             AND (l.fetched_at IS NULL OR l.fetched_at < $3)
+           ORDER BY a.created_at DESC, a.stripeid"#,
+        tenant_id,
+        owner,
+        cutoff
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.stripeid, r.platform_id)).collect())
+}
+
+/// The whole tenant's failed accounts (latest snapshot is an error).
+pub async fn tenant_failures(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Vec<(String, Value)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT l.stripeid, s.error AS "error!"
+           FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
+           WHERE l.tenant_id = $1 AND NOT l.ok
+           ORDER BY l.stripeid"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.stripeid, r.error)).collect())
+}
+
+/// One stored snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: i64,
+    pub fetched_at: DateTime<Utc>,
+    pub source: String,
+    pub balance: Option<Value>,
+    pub error: Option<Value>,
+}
+
+/// An account's latest snapshot.
+pub async fn latest(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+) -> Result<Option<Snapshot>, sqlx::Error> {
+    sqlx::query_as!(
+        Snapshot,
+        r#"SELECT s.id, s.fetched_at, s.source, s.balance, s.error
+           FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
+           WHERE l.tenant_id = $1 AND l.stripeid = $2"#,
+        tenant_id,
+        stripeid
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Stored snapshots of one account between `from` and `to`, newest first.
+pub async fn history(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Snapshot>, sqlx::Error> {
+    sqlx::query_as!(
+        Snapshot,
+        r#"SELECT id, fetched_at, source, balance, error FROM balance_snapshots
+           WHERE tenant_id = $1 AND stripeid = $2
+             AND ($3::timestamptz IS NULL OR fetched_at >= $3)
+             AND ($4::timestamptz IS NULL OR fetched_at <= $4)
+           ORDER BY fetched_at DESC, id DESC LIMIT $5"#,
+        tenant_id,
+        stripeid,
+        from,
+        to,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
