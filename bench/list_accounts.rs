@@ -148,9 +148,13 @@ async fn main() {
         "http://{}/api/administrator/connect/stripe-accounts",
         listener.local_addr().expect("addr")
     );
+    let stripe = Arc::new(
+        tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
+    );
     let state = AppState {
         pool: pool.clone(),
         settings: Arc::new(settings),
+        stripe,
     };
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
     let client = reqwest::Client::builder()

@@ -14,3 +14,4 @@ pub mod sim;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+pub mod tenants;

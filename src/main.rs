@@ -36,6 +36,40 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run the Stripe simulator (an organization, its platforms and accounts) offline.
+    StripeSim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:12111")]
+    bind: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    platforms: usize,
+    #[arg(long, default_value_t = 50)]
+    accounts_per_platform: usize,
+    #[arg(long, default_value_t = 3)]
+    org_accounts: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Requests per second per key answered before 429s (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// Fraction of requests answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Fraction of requests answered slowly (after --slow-ms).
+    #[arg(long, default_value_t = 0.0)]
+    slow_rate: f64,
+    #[arg(long, default_value_t = 2000)]
+    slow_ms: u64,
+    /// Write the keys and account ids the simulator serves, as JSON.
+    #[arg(long, value_name = "PATH")]
+    keys_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +197,31 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 ListFormat::Table => print!("{}", commands::tenant::render_table(&tenants)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tenants)?),
             }
+        }
+        Command::StripeSim(args) => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&args.error_rate) && (0.0..=1.0).contains(&args.slow_rate),
+                "--error-rate and --slow-rate are fractions between 0 and 1"
+            );
+            let config = tally::sim::SimConfig {
+                platforms: args.platforms,
+                accounts_per_platform: args.accounts_per_platform,
+                org_accounts: args.org_accounts,
+                seed: args.seed,
+                latency_ms: args.latency_ms,
+                jitter_ms: args.jitter_ms,
+                rate_limit: args.rate_limit,
+                error_rate: args.error_rate,
+                slow_rate: args.slow_rate,
+                slow_ms: args.slow_ms,
+            };
+            tally::sim::serve(
+                config,
+                args.bind,
+                args.keys_file,
+                tally::http::shutdown_signal(),
+            )
+            .await?;
         }
         Command::Token(TokenCommand::Create { role, tenant }) => {
             let pool = commands::connect_and_migrate(&settings).await?;

@@ -21,7 +21,11 @@ pub struct Amounts {
 }
 
 impl Amounts {
-    fn combine(self, other: Amounts, op: fn(i64, i64) -> Option<i64>) -> Result<Amounts, MoneyOverflow> {
+    fn combine(
+        self,
+        other: Amounts,
+        op: fn(i64, i64) -> Option<i64>,
+    ) -> Result<Amounts, MoneyOverflow> {
         Ok(Amounts {
             available: op(self.available, other.available).ok_or(MoneyOverflow("available"))?,
             pending: op(self.pending, other.pending).ok_or(MoneyOverflow("pending"))?,
@@ -53,6 +57,9 @@ pub struct CurrencyAmounts {
     pub amounts: Amounts,
 }
 
+/// Picks one of the four kinds out of an [`Amounts`].
+type AmountField = fn(&mut Amounts) -> &mut i64;
+
 /// Amounts per lowercase currency code.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals(BTreeMap<String, Amounts>);
@@ -62,17 +69,28 @@ impl Totals {
     /// splits some by source) are summed.
     pub fn from_balance(balance: &Balance) -> Result<Totals, MoneyOverflow> {
         let mut totals = Totals::default();
-        let kinds: [(&[BalanceAmount], fn(&mut Amounts) -> &mut i64); 4] = [
+        let kinds: [(&[BalanceAmount], AmountField); 4] = [
             (&balance.available, |a| &mut a.available),
             (&balance.pending, |a| &mut a.pending),
-            (balance.connect_reserved.as_deref().unwrap_or_default(), |a| &mut a.connect_reserved),
-            (balance.instant_available.as_deref().unwrap_or_default(), |a| &mut a.instant_available),
+            (
+                balance.connect_reserved.as_deref().unwrap_or_default(),
+                |a| &mut a.connect_reserved,
+            ),
+            (
+                balance.instant_available.as_deref().unwrap_or_default(),
+                |a| &mut a.instant_available,
+            ),
         ];
         for (entries, field) in kinds {
             for entry in entries {
-                let amounts = totals.0.entry(entry.currency.to_ascii_lowercase()).or_default();
+                let amounts = totals
+                    .0
+                    .entry(entry.currency.to_ascii_lowercase())
+                    .or_default();
                 let slot = field(amounts);
-                *slot = slot.checked_add(entry.amount).ok_or(MoneyOverflow("a balance"))?;
+                *slot = slot
+                    .checked_add(entry.amount)
+                    .ok_or(MoneyOverflow("a balance"))?;
             }
         }
         Ok(totals)
@@ -108,7 +126,10 @@ impl Totals {
         let mut out = Vec::new();
         for currency in currencies {
             let (n, o) = (new.0.get(currency), old.0.get(currency));
-            let change = n.copied().unwrap_or_default().checked_sub(o.copied().unwrap_or_default())?;
+            let change = n
+                .copied()
+                .unwrap_or_default()
+                .checked_sub(o.copied().unwrap_or_default())?;
             let holders = i64::from(n.is_some()) - i64::from(o.is_some());
             if !change.is_zero() || holders != 0 {
                 out.push((currency.clone(), change, holders));
@@ -205,7 +226,12 @@ mod tests {
         let totals = Totals::from_balance(&b).expect("no overflow");
         assert_eq!(
             totals.get("usd"),
-            Some(&Amounts { available: 70, pending: 0, connect_reserved: 5, instant_available: 0 })
+            Some(&Amounts {
+                available: 70,
+                pending: 0,
+                connect_reserved: 5,
+                instant_available: 0
+            })
         );
         assert_eq!(totals.get("eur").map(|a| a.pending), Some(-5));
         assert_eq!(totals.get("jpy").map(|a| a.available), Some(7));
@@ -215,18 +241,29 @@ mod tests {
     fn overflow_is_an_error_not_a_wrap() {
         let b = balance(vec![entry(i64::MAX, "usd"), entry(1, "usd")], vec![]);
         assert!(Totals::from_balance(&b).is_err());
-        let mut t = Totals::from_balance(&balance(vec![entry(i64::MAX, "usd")], vec![])).expect("ok");
-        assert!(t.add(&Totals::from_balance(&balance(vec![entry(1, "usd")], vec![])).expect("ok")).is_err());
+        let mut t =
+            Totals::from_balance(&balance(vec![entry(i64::MAX, "usd")], vec![])).expect("ok");
+        assert!(t
+            .add(&Totals::from_balance(&balance(vec![entry(1, "usd")], vec![])).expect("ok"))
+            .is_err());
     }
 
     #[test]
     fn delta_moves_totals_between_snapshots() {
-        let old = Totals::from_balance(&balance(vec![entry(100, "usd"), entry(9, "gbp")], vec![])).expect("ok");
-        let new = Totals::from_balance(&balance(vec![entry(40, "usd"), entry(3, "eur")], vec![])).expect("ok");
+        let old = Totals::from_balance(&balance(vec![entry(100, "usd"), entry(9, "gbp")], vec![]))
+            .expect("ok");
+        let new = Totals::from_balance(&balance(vec![entry(40, "usd"), entry(3, "eur")], vec![]))
+            .expect("ok");
         let delta = Totals::delta(&new, &old).expect("ok");
         let find = |c: &str| delta.iter().find(|(cur, _, _)| cur == c).cloned();
-        assert_eq!(find("usd").map(|(_, a, h)| (a.available, h)), Some((-60, 0)));
-        assert_eq!(find("gbp").map(|(_, a, h)| (a.available, h)), Some((-9, -1)));
+        assert_eq!(
+            find("usd").map(|(_, a, h)| (a.available, h)),
+            Some((-60, 0))
+        );
+        assert_eq!(
+            find("gbp").map(|(_, a, h)| (a.available, h)),
+            Some((-9, -1))
+        );
         assert_eq!(find("eur").map(|(_, a, h)| (a.available, h)), Some((3, 1)));
     }
 

@@ -6,9 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Settings;
+use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
+use crate::tenants::StripeTenants;
 
 pub async fn run(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {
+    // Checked first: every Stripe call needs it, so fail before binding anything.
+    let master = Arc::new(MasterKey::from_env()?);
+    let stripe = Arc::new(StripeTenants::new(&settings.stripe, master)?);
     let pool = super::connect_and_migrate(&settings).await?;
     let bind = bind.unwrap_or(settings.server.bind);
     let listener = tokio::net::TcpListener::bind(bind)
@@ -18,6 +23,7 @@ pub async fn run(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result
     let state = AppState {
         pool: pool.clone(),
         settings: Arc::new(settings),
+        stripe,
     };
     http::serve(listener, state, http::shutdown_signal())
         .await

@@ -23,12 +23,15 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::config::Settings;
+use crate::tenants::StripeTenants;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// Stripe access per tenant (sealed keys open with the master key).
+    pub stripe: Arc<StripeTenants>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -107,7 +107,10 @@ pub async fn record(
             Some(p) => Some((p.ok, stored_totals(&p.amounts)?)),
             None => None,
         };
-        let new = Some((new_totals.is_some(), new_totals.cloned().unwrap_or_default()));
+        let new = Some((
+            new_totals.is_some(),
+            new_totals.cloned().unwrap_or_default(),
+        ));
         move_tenant_totals(&mut tx, tenant_id, old, new).await?;
     }
     tx.commit().await?;
@@ -333,7 +336,10 @@ pub async fn stale_accounts(
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.stripeid, r.platform_id)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.stripeid, r.platform_id))
+        .collect())
 }
 
 /// The whole tenant's failed accounts (latest snapshot is an error).

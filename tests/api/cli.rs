@@ -32,6 +32,7 @@ async fn serve_honours_page_size_and_stops_on_sigterm() {
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &app.db.url)
         .env("PAGE_SIZE", "3")
+        .env("TALLY_MASTER_KEY", &app.master_base64)
         .env(
             "TALLY_CONFIG_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config"),

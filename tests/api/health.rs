@@ -33,9 +33,16 @@ async fn readyz_fails_while_the_database_is_unreachable() {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
+    let master =
+        tally::crypto::MasterKey::from_base64(&tally::crypto::MasterKey::generate_base64())
+            .expect("master key");
+    let stripe = Arc::new(
+        tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
+    );
     let state = AppState {
         pool,
         settings: Arc::new(settings),
+        stripe,
     };
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
 

@@ -13,6 +13,7 @@ use tally::domain::Role;
 use tally::http::AppState;
 use tally::store;
 use tally::store::accounts::AccountInput;
+use tally::tenants::StripeTenants;
 
 /// The server Postgres runs on; tests create and drop their own databases in it.
 pub fn admin_url() -> String {
@@ -78,6 +79,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub master: MasterKey,
+    /// The same key, base64, for running the CLI against this app's database.
+    pub master_base64: String,
     pub settings: Settings,
     // Last: dropped after the pool.
     pub db: TestDb,
@@ -98,16 +101,27 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));
+    let master_base64 = MasterKey::generate_base64();
+    let master = MasterKey::from_base64(&master_base64).expect("master key");
+    let stripe = Arc::new(
+        StripeTenants::new(
+            &settings.stripe,
+            Arc::new(MasterKey::from_base64(&master_base64).expect("master key")),
+        )
+        .expect("stripe client"),
+    );
     let state = AppState {
         pool: pool.clone(),
         settings: Arc::new(settings.clone()),
+        stripe,
     };
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
     TestApp {
         address,
         pool,
         client: reqwest::Client::new(),
-        master: MasterKey::from_base64(&MasterKey::generate_base64()).expect("master key"),
+        master,
+        master_base64,
         settings,
         db,
     }

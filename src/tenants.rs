@@ -1,0 +1,107 @@
+//! Live tenants: a stored tenant opened into a Stripe client. One `TenantClient` per
+//! tenant per process, so sync, fan-out and API requests share one rate limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::config::StripeSettings;
+use crate::crypto::{CryptoError, MasterKey};
+use crate::store::tenants::Tenant;
+use crate::stripe::{
+    ClientSettings, Credential, CredentialKind, RateSettings, StripeClient, StripeError,
+    TenantClient,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantClientError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("tenant {slug}: {reason}")]
+    Invalid { slug: String, reason: String },
+}
+
+/// The process's Stripe access for every tenant.
+pub struct StripeTenants {
+    stripe: StripeClient,
+    master: Arc<MasterKey>,
+    defaults: StripeSettings,
+    clients: Mutex<HashMap<i64, TenantClient>>,
+}
+
+impl StripeTenants {
+    pub fn new(
+        defaults: &StripeSettings,
+        master: Arc<MasterKey>,
+    ) -> Result<StripeTenants, StripeError> {
+        let stripe = StripeClient::new(ClientSettings {
+            connect_timeout: Duration::from_millis(defaults.connect_timeout_ms),
+            request_timeout: Duration::from_millis(defaults.request_timeout_ms),
+            max_attempts: defaults.max_attempts,
+            ..ClientSettings::default()
+        })?;
+        Ok(StripeTenants {
+            stripe,
+            master,
+            defaults: defaults.clone(),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The tenant's client, created on first use and shared afterwards.
+    pub fn client_for(&self, tenant: &Tenant) -> Result<TenantClient, TenantClientError> {
+        if let Some(client) = self.lock().get(&tenant.id) {
+            return Ok(client.clone());
+        }
+        let invalid = |reason: String| TenantClientError::Invalid {
+            slug: tenant.slug.clone(),
+            reason,
+        };
+        let key = self.master.open(&tenant.slug, &tenant.key_ciphertext)?;
+        let base = tenant
+            .api_base
+            .as_deref()
+            .unwrap_or(&self.defaults.api_base);
+        let base_url =
+            Url::parse(base).map_err(|_| invalid(format!("api base {base:?} is not a URL")))?;
+        let credential = Credential::new(key, tenant.api_version.clone(), base_url)
+            .map_err(|error| invalid(error.to_string()))?;
+        let rate = RateSettings {
+            per_second: tenant
+                .rate_limit
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(self.defaults.rate_limit),
+            max_in_flight: self.defaults.max_in_flight,
+        };
+        let client = self.stripe.tenant(credential, rate);
+        Ok(self.lock().entry(tenant.id).or_insert(client).clone())
+    }
+
+    /// The tenant's webhook endpoint secret, if one was configured.
+    pub fn webhook_secret(&self, tenant: &Tenant) -> Result<Option<SecretString>, CryptoError> {
+        tenant
+            .webhook_secret_ciphertext
+            .as_deref()
+            .map(|sealed| self.master.open(&tenant.slug, sealed))
+            .transpose()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, TenantClient>> {
+        // A panic while holding this lock cannot leave the map half-written.
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The tenant's credential kind as stored.
+pub fn credential_kind(tenant: &Tenant) -> Option<CredentialKind> {
+    tenant.credential_kind.parse().ok()
+}
