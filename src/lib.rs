@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod fanout;
 pub mod http;
 pub mod money;
 pub mod sim;

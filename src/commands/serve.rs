@@ -20,11 +20,7 @@ pub async fn run(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result
         .await
         .with_context(|| format!("binding {bind}"))?;
     tracing::info!(address = %listener.local_addr()?, "tally is serving");
-    let state = AppState {
-        pool: pool.clone(),
-        settings: Arc::new(settings),
-        stripe,
-    };
+    let state = AppState::new(pool.clone(), Arc::new(settings), stripe);
     http::serve(listener, state, http::shutdown_signal())
         .await
         .context("serving HTTP")?;

@@ -125,26 +125,49 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), state.settings.api.page_size)?;
-    let total = listed_count(&state, scope.tenant.id, query.owner.as_deref()).await?;
-    let mut response = if query.all {
-        stream_records(&state, &scope, query.owner, 0, None)
-    } else if query.limit > STREAM_ABOVE {
-        stream_records(&state, &scope, query.owner, query.offset, Some(query.limit))
-    } else {
-        let rows = store::accounts::list_page(
-            &state.pool,
-            scope.tenant.id,
-            query.owner.as_deref(),
-            query.offset,
-            query.limit,
-        )
-        .await?;
-        let records = rows
-            .iter()
-            .map(|row| StripeAccountRecord::new(row, &scope.tenant.slug))
-            .collect::<Result<Vec<_>, _>>()?;
-        Json(records).into_response()
+    let streamed = query.all || query.limit > STREAM_ABOVE;
+    let (total, rows) = match (&query.owner, streamed) {
+        (_, true) => {
+            let total = listed_count(&state, scope.tenant.id, query.owner.as_deref()).await?;
+            let (offset, limit) = if query.all {
+                (0, None)
+            } else {
+                (query.offset, Some(query.limit))
+            };
+            let mut response = stream_records(&state, &scope, query.owner, offset, limit);
+            response
+                .headers_mut()
+                .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
+            return Ok(response);
+        }
+        (None, false) => {
+            let page = store::accounts::page_with_total(
+                &state.pool,
+                scope.tenant.id,
+                query.offset,
+                query.limit,
+            )
+            .await?;
+            (page.total, page.rows)
+        }
+        (Some(owner), false) => {
+            let total = listed_count(&state, scope.tenant.id, Some(owner)).await?;
+            let rows = store::accounts::owner_page(
+                &state.pool,
+                scope.tenant.id,
+                owner,
+                query.offset,
+                query.limit,
+            )
+            .await?;
+            (total, rows)
+        }
     };
+    let records = rows
+        .iter()
+        .map(|row| StripeAccountRecord::new(row, &scope.tenant.slug))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut response = Json(records).into_response();
     response
         .headers_mut()
         .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));

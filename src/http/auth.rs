@@ -1,6 +1,10 @@
 //! Bearer-token authentication and tenant scope as extractors: a handler's
 //! signature says who may call it (DESIGN §3).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -61,6 +65,38 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// Recently verified tokens, so a dashboard or poller does not cost a database
+/// round trip per request. Entries live [`TOKEN_CACHE_TTL`]; that bounds how long a
+/// token deleted from the database keeps working in this process.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+}
+
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    fn get(&self, hash: &[u8]) -> Option<Caller> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, caller: Caller) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            if entries.len() >= TOKEN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (caller, Instant::now()));
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -68,8 +104,12 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let token = bearer_token(parts)?;
-        let grant = store::tokens::find_by_hash(&state.pool, &hash_token(token))
+        let hash = hash_token(bearer_token(parts)?);
+        if let Some(caller) = state.tokens.get(&hash) {
+            parts.extensions.insert(caller.clone());
+            return Ok(caller);
+        }
+        let grant = store::tokens::find_by_hash(&state.pool, &hash)
             .await?
             .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
         let role = Role::parse(&grant.role)
@@ -79,6 +119,7 @@ impl FromRequestParts<AppState> for Caller {
             _ => None,
         };
         let caller = Caller { role, tenant };
+        state.tokens.put(hash, caller.clone());
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

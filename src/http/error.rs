@@ -20,6 +20,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Stripe could not give us what was asked; the body carries Stripe's error and a hint.
+    #[error("Stripe did not return the balance; see failure")]
+    Upstream(serde_json::Value),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -31,6 +34,9 @@ struct ErrorBody<'a> {
     object: &'static str,
     code: &'a str,
     message: &'a str,
+    /// Only on `stripe-request-failed`: Stripe's error, request id and a hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
@@ -55,6 +61,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -67,6 +74,7 @@ impl ApiError {
             | ApiError::Conflict { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Upstream(_) => "stripe-request-failed",
             ApiError::Unavailable(_) => "database-unavailable",
             ApiError::Internal(_) => "internal-error",
         }
@@ -92,10 +100,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?self, code = self.code(), "request failed");
         }
         let message = self.to_string();
+        let failure = match &self {
+            ApiError::Upstream(failure) => Some(failure),
+            _ => None,
+        };
         let body = ErrorBody {
             object: "error",
             code: self.code(),
             message: &message,
+            failure,
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod balances;
 pub mod error;
 pub mod health;
 mod query;
@@ -23,6 +24,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::config::Settings;
+use crate::fanout::Fanout;
 use crate::tenants::StripeTenants;
 
 /// What every handler can reach.
@@ -32,6 +34,22 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Stripe access per tenant (sealed keys open with the master key).
     pub stripe: Arc<StripeTenants>,
+    /// The balance fan-out, shared so identical concurrent requests share one run.
+    pub fanout: Fanout,
+    tokens: Arc<auth::TokenCache>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Arc<Settings>, stripe: Arc<StripeTenants>) -> AppState {
+        let fanout = Fanout::new(pool.clone(), stripe.clone(), settings.stripe.max_in_flight);
+        AppState {
+            pool,
+            settings,
+            stripe,
+            fanout,
+            tokens: Arc::new(auth::TokenCache::default()),
+        }
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -71,6 +89,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(accounts::router())
+        .merge(balances::router())
         .fallback(not_found)
         .layer(stack)
         .with_state(state)

@@ -151,51 +151,89 @@ pub struct AccountRow {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
-/// One page, newest `created_at` first, ties by `stripeid`; optionally one owner's.
-pub async fn list_page(
+/// A page of the whole tenant and the tenant's listed total.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub total: i64,
+    pub rows: Vec<AccountRow>,
+}
+
+/// One page of the whole tenant, newest `created_at` first, ties by `stripeid`, with
+/// the total, in one round trip. The page's keys come from an index-only scan and
+/// only the rows on the page are joined for their objects, so a deep `offset` does
+/// not render every skipped object.
+pub async fn page_with_total(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    offset: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0)
+                      AS "total!",
+                  a.stripeid AS "stripeid?", a.accountid, a.platform_id,
+                  a.stripe_object::text AS "stripe_object?", a.created_at AS "created_at?",
+                  a.updated_at AS "updated_at?", a.removed_at
+           FROM (SELECT 1) AS one
+           LEFT JOIN LATERAL (
+               SELECT a.* FROM (
+                   SELECT stripeid FROM stripe_accounts
+                   WHERE tenant_id = $1 AND removed_at IS NULL
+                   ORDER BY created_at DESC, stripeid
+                   OFFSET $2 LIMIT $3
+               ) AS page
+               JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
+           ) AS a ON true
+           ORDER BY a.created_at DESC, a.stripeid"#,
+        tenant_id,
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    let total = rows.first().map_or(0, |row| row.total);
+    let rows = rows
+        .into_iter()
+        .filter_map(|row| {
+            Some(AccountRow {
+                stripeid: row.stripeid?,
+                accountid: row.accountid,
+                platform_id: row.platform_id,
+                stripe_object: row.stripe_object?,
+                created_at: row.created_at?,
+                updated_at: row.updated_at?,
+                removed_at: row.removed_at,
+            })
+        })
+        .collect();
+    Ok(Page { total, rows })
+}
+
+/// One page of one owner's records, in listing order (keys first, as above).
+pub async fn owner_page(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    owner: &str,
     offset: i64,
     limit: i64,
 ) -> Result<Vec<AccountRow>, sqlx::Error> {
-    // Two statements rather than `($4 IS NULL OR accountid = $4)`, so each gets a
-    // plan that walks its own index.
-    match owner {
-        None => {
-            sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND removed_at IS NULL
-                   ORDER BY created_at DESC, stripeid
-                   OFFSET $2 LIMIT $3"#,
-                tenant_id,
-                offset,
-                limit
-            )
-            .fetch_all(db)
-            .await
-        }
-        Some(owner) => {
-            sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
-                   ORDER BY created_at DESC, stripeid
-                   OFFSET $3 LIMIT $4"#,
-                tenant_id,
-                owner,
-                offset,
-                limit
-            )
-            .fetch_all(db)
-            .await
-        }
-    }
+    sqlx::query_as!(
+        AccountRow,
+        r#"SELECT a.stripeid, a.accountid, a.platform_id, a.stripe_object::text AS "stripe_object!",
+                  a.created_at, a.updated_at, a.removed_at
+           FROM (SELECT stripeid FROM stripe_accounts
+                 WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
+                 ORDER BY created_at DESC, stripeid
+                 OFFSET $3 LIMIT $4) AS page
+           JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
+           ORDER BY a.created_at DESC, a.stripeid"#,
+        tenant_id,
+        owner,
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Every listed record in page order, as a stream: `all=true` never holds the

@@ -39,11 +39,7 @@ async fn readyz_fails_while_the_database_is_unreachable() {
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
-    let state = AppState {
-        pool,
-        settings: Arc::new(settings),
-        stripe,
-    };
+    let state = AppState::new(pool, Arc::new(settings), stripe);
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
 
     let client = reqwest::Client::new();

@@ -110,11 +110,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         )
         .expect("stripe client"),
     );
-    let state = AppState {
-        pool: pool.clone(),
-        settings: Arc::new(settings.clone()),
-        stripe,
-    };
+    let state = AppState::new(pool.clone(), Arc::new(settings.clone()), stripe);
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
     TestApp {
         address,
@@ -232,4 +228,92 @@ pub fn ids(body: &Value) -> Vec<String> {
         .iter()
         .map(|record| record["stripeid"].as_str().expect("stripeid").to_owned())
         .collect()
+}
+
+/// The Stripe simulator, in-process on port 0.
+pub async fn spawn_sim(config: tally::sim::SimConfig) -> tally::sim::SimHandle {
+    tally::sim::spawn(config).await.expect("simulator starts")
+}
+
+impl TestApp {
+    /// A platform tenant for the simulator's `index`-th platform.
+    pub async fn add_sim_platform_tenant(
+        &self,
+        slug: &str,
+        sim: &tally::sim::SimHandle,
+        index: usize,
+    ) -> i64 {
+        let platform = &sim.keys().platforms[index];
+        self.add_sim_tenant(slug, sim, &platform.key, vec![], vec![])
+            .await
+    }
+
+    /// An organization tenant with every platform and org account of the simulator.
+    pub async fn add_sim_org_tenant(&self, slug: &str, sim: &tally::sim::SimHandle) -> i64 {
+        let keys = sim.keys();
+        let platforms = keys.platforms.iter().map(|p| p.id.clone()).collect();
+        self.add_sim_tenant(
+            slug,
+            sim,
+            &keys.organization_key,
+            platforms,
+            keys.org_accounts.clone(),
+        )
+        .await
+    }
+
+    async fn add_sim_tenant(
+        &self,
+        slug: &str,
+        sim: &tally::sim::SimHandle,
+        key: &str,
+        platforms: Vec<String>,
+        accounts: Vec<String>,
+    ) -> i64 {
+        let spec = TenantSpec {
+            slug: slug.to_owned(),
+            key: SecretString::from(key.to_owned()),
+            platforms,
+            accounts,
+            api_base: Some(sim.base_url()),
+            api_version: None,
+            rate_limit: Some(1000),
+            webhook_secret: None,
+        };
+        tally::commands::tenant::add(&self.pool, &self.master, &self.settings, spec)
+            .await
+            .expect("tenant added");
+        store::tenants::find_by_slug(&self.pool, slug)
+            .await
+            .expect("query")
+            .expect("tenant exists")
+            .id
+    }
+
+    /// Stores the simulator's account objects as tally's records, controlled by `platform`.
+    pub async fn store_sim_accounts(
+        &self,
+        tenant_id: i64,
+        sim: &tally::sim::SimHandle,
+        ids: &[String],
+        platform: Option<&str>,
+    ) {
+        let inputs: Vec<AccountInput> = ids
+            .iter()
+            .map(|id| {
+                let object = sim
+                    .account_object(id)
+                    .expect("the simulator holds the account");
+                AccountInput::from_stripe_object(
+                    &object,
+                    platform,
+                    &self.settings.accounts.owner_metadata_key,
+                )
+                .expect("valid account object")
+            })
+            .collect();
+        store::accounts::upsert(&self.pool, tenant_id, &inputs)
+            .await
+            .expect("upsert");
+    }
 }

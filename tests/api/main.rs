@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod balances;
 mod cli;
 mod health;
 mod helpers;

@@ -1,0 +1,186 @@
+//! Reading the per-currency aggregate from the latest snapshots. The whole tenant is
+//! read from the kept totals (no scan); one owner's accounts are summed here.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::FanoutError;
+use crate::money::{CurrencyAmounts, Totals};
+use crate::store;
+
+/// The balances endpoint's body.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Aggregate {
+    pub object: &'static str,
+    pub tenant: String,
+    pub accountid: Option<String>,
+    pub as_of: DateTime<Utc>,
+    /// The oldest snapshot that contributed: how stale the totals can be.
+    pub oldest_fetched_at: Option<DateTime<Utc>>,
+    pub accounts: AccountCounts,
+    /// True only if every listed account contributed a balance.
+    pub complete: bool,
+    pub totals: Vec<TotalRow>,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct AccountCounts {
+    pub total: i64,
+    pub ok: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalRow {
+    pub currency: String,
+    pub available: i64,
+    pub pending: i64,
+    pub connect_reserved: i64,
+    pub instant_available: i64,
+}
+
+impl From<CurrencyAmounts> for TotalRow {
+    fn from(row: CurrencyAmounts) -> TotalRow {
+        TotalRow {
+            currency: row.currency,
+            available: row.amounts.available,
+            pending: row.amounts.pending,
+            connect_reserved: row.amounts.connect_reserved,
+            instant_available: row.amounts.instant_available,
+        }
+    }
+}
+
+/// An account that did not contribute, and why.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub stripeid: String,
+    pub status: Option<u16>,
+    #[serde(rename = "type")]
+    pub error_type: Option<String>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+    pub hint: Option<String>,
+    pub fetched_at: Option<DateTime<Utc>>,
+}
+
+impl Failure {
+    pub fn from_stored(
+        stripeid: String,
+        error: &Value,
+        fetched_at: Option<DateTime<Utc>>,
+    ) -> Failure {
+        let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
+        Failure {
+            stripeid,
+            status: error
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok()),
+            error_type: text("type"),
+            code: text("code"),
+            message: text("message"),
+            request_id: text("requestId"),
+            hint: text("hint"),
+            fetched_at,
+        }
+    }
+
+    fn never_fetched(stripeid: String) -> Failure {
+        Failure {
+            stripeid,
+            status: None,
+            error_type: Some("tally_error".into()),
+            code: Some("not-fetched".into()),
+            message: Some("no balance has been fetched for this account yet".into()),
+            request_id: None,
+            hint: Some("Request the balances again (max_age=0) to fetch it.".into()),
+            fetched_at: None,
+        }
+    }
+}
+
+/// Reads the aggregate of the whole tenant, or of one owner's accounts, optionally
+/// only one currency.
+pub async fn read(
+    pool: &PgPool,
+    tenant_id: i64,
+    slug: &str,
+    owner: Option<&str>,
+    currency: Option<&str>,
+) -> Result<Aggregate, FanoutError> {
+    let (counts, oldest, totals, failures) = match owner {
+        None => {
+            let listed = store::accounts::count(pool, tenant_id).await?;
+            let freshness = store::snapshots::tenant_freshness(pool, tenant_id).await?;
+            let totals = store::snapshots::tenant_totals(pool, tenant_id).await?;
+            let failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
+                .await?
+                .into_iter()
+                .map(|(stripeid, error)| Failure::from_stored(stripeid, &error, None))
+                .collect();
+            let counts = AccountCounts {
+                total: listed,
+                ok: freshness.ok,
+                failed: listed - freshness.ok,
+            };
+            (counts, freshness.oldest, totals, failures)
+        }
+        Some(owner) => {
+            let rows = store::snapshots::scope_latest(pool, tenant_id, Some(owner)).await?;
+            let mut totals = Totals::default();
+            let mut failures = Vec::new();
+            let mut ok = 0;
+            let mut oldest: Option<DateTime<Utc>> = None;
+            for row in &rows {
+                if let Some(at) = row.fetched_at {
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+                match (row.ok, &row.error) {
+                    (Some(true), _) => {
+                        ok += 1;
+                        totals
+                            .add(&row.totals()?)
+                            .map_err(store::snapshots::SnapshotError::from)?;
+                    }
+                    (Some(false), Some(error)) => failures.push(Failure::from_stored(
+                        row.stripeid.clone(),
+                        error,
+                        row.fetched_at,
+                    )),
+                    _ => failures.push(Failure::never_fetched(row.stripeid.clone())),
+                }
+            }
+            let total = rows.len() as i64;
+            let counts = AccountCounts {
+                total,
+                ok,
+                failed: total - ok,
+            };
+            (counts, oldest, totals.rows(), failures)
+        }
+    };
+    let totals = totals
+        .into_iter()
+        .filter(|row| currency.is_none_or(|c| row.currency == c))
+        .map(TotalRow::from)
+        .collect();
+    Ok(Aggregate {
+        object: "balance_aggregate",
+        tenant: slug.to_owned(),
+        accountid: owner.map(str::to_owned),
+        as_of: Utc::now(),
+        oldest_fetched_at: oldest,
+        complete: counts.ok == counts.total,
+        accounts: counts,
+        totals,
+        failures,
+    })
+}

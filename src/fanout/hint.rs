@@ -1,0 +1,61 @@
+//! What to do about a failed balance fetch, in words an operator can act on.
+
+use crate::stripe::{CredentialKind, StripeError};
+
+/// The hint for `error` when fetching `account` (controlled by `platform`, if any)
+/// with a credential of `kind`.
+pub fn hint(
+    kind: CredentialKind,
+    account: &str,
+    platform: Option<&str>,
+    error: &StripeError,
+) -> String {
+    let status = error.status();
+    let code = error.code();
+    match (kind, status, code) {
+        (_, Some(401), _) => "Stripe rejected the tenant's key: it was rolled or revoked. Add the tenant again \
+             with the current key (tally tenant add)."
+            .to_owned(),
+        (CredentialKind::Platform, Some(403), Some("account_invalid")) => format!(
+            "The platform key has no access to {account}: it is not connected to this platform, or the \
+             platform's access was revoked (deauthorized). Run `tally sync` to mark it removed, or check \
+             the account id."
+        ),
+        (CredentialKind::Organization, Some(403), _) => match platform {
+            None => format!(
+                "The organization key cannot reach {account} as an account directly in the organization. \
+                 If it is a connected account under a platform, its Stripe-Context must be \
+                 platform/account: add the platform to the tenant (--platform acct_P) and sync, so the \
+                 account is recorded with its platform."
+            ),
+            Some(platform) => format!(
+                "The organization key cannot reach {account} under platform {platform} \
+                 (Stripe-Context: {platform}/{account}): check that the platform is in the organization \
+                 and the account is still connected to it."
+            ),
+        },
+        (_, Some(403), _) => format!("Stripe refused access to {account}; check the key's permissions."),
+        (_, Some(404), _) => format!("Stripe does not know {account}; run `tally sync` to refresh the account list."),
+        (_, Some(429), _) => "Still rate limited by Stripe after every retry: lower the tenant's rate \
+             (--rate-limit) or spread refreshes out; the next request retries it."
+            .to_owned(),
+        (_, Some(status), _) if status >= 500 => "Stripe answered with a server error after every retry; \
+             it is usually transient, so the next refresh retries it."
+            .to_owned(),
+        (_, Some(400), _) => "Stripe refused the request as malformed; check the tenant's API version and \
+             API base URL."
+            .to_owned(),
+        _ => match error {
+            StripeError::Transport { timeout: true, .. } => "Stripe did not answer in time after every \
+                 retry; check network egress to the API base URL."
+                .to_owned(),
+            StripeError::Transport { .. } => "Stripe could not be reached (connection failed) after every \
+                 retry; check network egress and the tenant's API base URL."
+                .to_owned(),
+            StripeError::Decode { .. } => "Stripe's answer was not a balance object (a proxy in the way, \
+                 or an API version tally does not read); check the API base URL and version."
+                .to_owned(),
+            _ => "See the message; the next refresh retries the account.".to_owned(),
+        },
+    }
+}

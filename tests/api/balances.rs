@@ -1,0 +1,369 @@
+//! Balance fan-out and aggregation against the simulator over real HTTP.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tally::domain::Role;
+use tally::sim::{SimConfig, SimHandle};
+
+use crate::helpers::{spawn_app, spawn_sim, TestApp};
+
+const BALANCES: &str = "/api/administrator/connect/balances";
+const ONE: &str = "/api/administrator/connect/stripe-account/balance";
+const HISTORY: &str = "/api/administrator/connect/balances/history";
+
+/// What the simulator holds for `accounts`, summed here independently of tally:
+/// currency -> (available, pending, connect_reserved, instant_available).
+fn expected_totals(sim: &SimHandle, accounts: &[String]) -> BTreeMap<String, [i64; 4]> {
+    let mut totals: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for account in accounts {
+        let balance = sim.balance_of(account).expect("sim balance");
+        for (index, kind) in [
+            "available",
+            "pending",
+            "connect_reserved",
+            "instant_available",
+        ]
+        .iter()
+        .enumerate()
+        {
+            for entry in balance[*kind].as_array().into_iter().flatten() {
+                let currency = entry["currency"].as_str().expect("currency").to_owned();
+                totals.entry(currency).or_default()[index] +=
+                    entry["amount"].as_i64().expect("amount");
+            }
+        }
+    }
+    totals
+}
+
+fn reported_totals(body: &Value) -> BTreeMap<String, [i64; 4]> {
+    body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|row| {
+            let n = |k: &str| row[k].as_i64().expect("integer minor units");
+            (
+                row["currency"].as_str().expect("currency").to_owned(),
+                [
+                    n("available"),
+                    n("pending"),
+                    n("connectReserved"),
+                    n("instantAvailable"),
+                ],
+            )
+        })
+        .collect()
+}
+
+async fn platform_setup(accounts: usize) -> (TestApp, SimHandle, Vec<String>, String) {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: accounts,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app().await;
+    let tenant = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(tenant, &sim, &ids, None).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    (app, sim, ids, token)
+}
+
+#[tokio::test]
+async fn totals_equal_the_sum_of_what_the_simulator_holds() {
+    let (app, sim, ids, token) = platform_setup(40).await;
+    let expected = expected_totals(&sim, &ids);
+    assert!(expected.len() >= 3, "several currencies: {expected:?}");
+    assert!(
+        ids.iter().any(|id| sim
+            .balance_of(id)
+            .expect("b")
+            .to_string()
+            .contains("\"amount\":-")),
+        "the fixture has negative amounts"
+    );
+    let (status, body) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reported_totals(&body), expected);
+    assert_eq!(body["complete"], true);
+    assert_eq!(
+        body["accounts"],
+        serde_json::json!({"total": 40, "ok": 40, "failed": 0})
+    );
+    assert_eq!(body["failures"], serde_json::json!([]));
+    assert!(body["oldestFetchedAt"].is_string() && body["asOf"].is_string());
+    assert_eq!(sim.stats().header_violations, 0);
+}
+
+#[tokio::test]
+async fn failing_accounts_are_explained_and_the_rest_still_sum_exactly() {
+    let (app, sim, ids, token) = platform_setup(20).await;
+    sim.fail_account(&ids[0], 500);
+    sim.revoke(&ids[1]);
+    let (_, body) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(body["complete"], false);
+    assert_eq!(
+        body["accounts"],
+        serde_json::json!({"total": 20, "ok": 18, "failed": 2})
+    );
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &ids[2..]));
+    let failures = body["failures"].as_array().expect("failures");
+    let failure = |id: &str| {
+        failures
+            .iter()
+            .find(|f| f["stripeid"] == id)
+            .cloned()
+            .expect("listed")
+    };
+    let server = failure(&ids[0]);
+    assert_eq!(server["status"], 500);
+    assert!(server["requestId"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("req_")));
+    assert!(server["hint"]
+        .as_str()
+        .expect("hint")
+        .contains("server error"));
+    let revoked = failure(&ids[1]);
+    assert_eq!(revoked["status"], 403);
+    assert_eq!(revoked["code"], "account_invalid");
+    assert!(revoked["hint"]
+        .as_str()
+        .expect("hint")
+        .contains("not connected"));
+}
+
+#[tokio::test]
+async fn an_org_key_reads_every_account_with_the_right_context_and_explains_the_classic_failure() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 2,
+        accounts_per_platform: 5,
+        org_accounts: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app().await;
+    let tenant = app.add_sim_org_tenant("org", &sim).await;
+    let keys = sim.keys().clone();
+    for platform in &keys.platforms {
+        app.store_sim_accounts(tenant, &sim, &platform.accounts, Some(&platform.id))
+            .await;
+    }
+    app.store_sim_accounts(tenant, &sim, &keys.org_accounts, None)
+        .await;
+    let token = app.token(Role::Reader, Some("org")).await;
+    let (_, body) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    let mut all: Vec<String> = keys
+        .platforms
+        .iter()
+        .flat_map(|p| p.accounts.clone())
+        .collect();
+    all.extend(keys.org_accounts.clone());
+    assert_eq!(body["complete"], true, "{body}");
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &all));
+    assert_eq!(sim.stats().header_violations, 0);
+
+    // The classic failure: an account under a platform recorded without its platform
+    // gets `Stripe-Context: acct_X` and is refused; the hint says what to do.
+    let misfiled = keys.platforms[0].accounts[0].clone();
+    app.store_sim_accounts(tenant, &sim, std::slice::from_ref(&misfiled), None)
+        .await;
+    let (_, body) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(body["complete"], false);
+    let failure = &body["failures"][0];
+    assert_eq!(failure["stripeid"], misfiled.as_str());
+    assert_eq!(failure["status"], 403);
+    assert!(
+        failure["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("platform/account"),
+        "{failure}"
+    );
+    let rest: Vec<String> = all.into_iter().filter(|id| *id != misfiled).collect();
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &rest));
+}
+
+#[tokio::test]
+async fn max_age_serves_snapshots_without_calling_stripe() {
+    let (app, sim, _, token) = platform_setup(10).await;
+    let (_, first) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    sim.reset_stats();
+    let (_, cached) = app
+        .get_json(&format!("{BALANCES}?max_age=3600"), &token)
+        .await;
+    assert_eq!(sim.stats().total_requests, 0, "served from snapshots");
+    assert_eq!(cached["totals"], first["totals"]);
+    assert_eq!(cached["oldestFetchedAt"], first["oldestFetchedAt"]);
+    let (_, refreshed) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(
+        sim.stats().total_requests,
+        10,
+        "max_age=0 fetches every account"
+    );
+    assert_ne!(refreshed["oldestFetchedAt"], first["oldestFetchedAt"]);
+}
+
+#[tokio::test]
+async fn concurrent_identical_requests_share_one_fan_out() {
+    let (app, sim, _, token) = platform_setup(12).await;
+    sim.set_knobs(|k| k.latency_ms = 50);
+    let url = format!("{}{BALANCES}?max_age=0", app.address);
+    let requests = (0..5).map(|_| app.client.get(&url).bearer_auth(&token).send());
+    let responses = futures::future::join_all(requests).await;
+    for response in responses {
+        assert_eq!(response.expect("sent").status(), 200);
+    }
+    assert_eq!(
+        sim.stats().total_requests,
+        12,
+        "one fetch per account, not one per request"
+    );
+}
+
+#[tokio::test]
+async fn csv_has_one_row_per_account_and_currency_and_parses() {
+    let (app, sim, ids, token) = platform_setup(8).await;
+    sim.fail_account(&ids[0], 500);
+    let response = app
+        .client
+        .get(format!("{}{BALANCES}?max_age=0", app.address))
+        .bearer_auth(&token)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .expect("sent");
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/csv"));
+    let text = response.text().await.expect("body");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut sums: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for record in reader.deserialize::<BTreeMap<String, String>>() {
+        let record = record.expect("a CSV row");
+        if record["status"] == "failed" {
+            failed.push(record["stripeid"].clone());
+            continue;
+        }
+        let n = |k: &str| record[k].parse::<i64>().expect("integer");
+        let row = sums.entry(record["currency"].clone()).or_default();
+        row[0] += n("available");
+        row[1] += n("pending");
+        row[2] += n("connect_reserved");
+        row[3] += n("instant_available");
+    }
+    assert_eq!(failed, [ids[0].clone()]);
+    assert_eq!(sums, expected_totals(&sim, &ids[1..]));
+}
+
+#[tokio::test]
+async fn one_accounts_balance_is_fetched_then_served_from_its_snapshot() {
+    let (app, sim, ids, token) = platform_setup(3).await;
+    let path = format!("{ONE}?stripeid={}&max_age=60", ids[1]);
+    let (status, body) = app.get_json(&path, &token).await;
+    assert_eq!(status, 200, "{body}");
+    let expected = sim.balance_of(&ids[1]).expect("balance");
+    assert_eq!(body["available"], expected["available"]);
+    assert_eq!(body["object"], "balance");
+    assert!(body["fetchedAt"].is_string());
+    sim.reset_stats();
+    let (_, again) = app.get_json(&path, &token).await;
+    assert_eq!(sim.stats().total_requests, 0);
+    assert_eq!(again["fetchedAt"], body["fetchedAt"]);
+
+    let (_, _) = app
+        .get_json(&format!("{ONE}?stripeid={}&max_age=0", ids[1]), &token)
+        .await;
+    let (status, history) = app
+        .get_json(&format!("{HISTORY}?stripeid={}", ids[1]), &token)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history.as_array().map(Vec::len), Some(2));
+
+    sim.fail_account(&ids[2], 503);
+    let (status, failed) = app
+        .get_json(&format!("{ONE}?stripeid={}&max_age=0", ids[2]), &token)
+        .await;
+    assert_eq!(status, 502);
+    assert_eq!(failed["code"], "stripe-request-failed");
+    assert_eq!(failed["failure"]["status"], 503);
+
+    for (query, code) in [
+        ("?stripeid=nope", "invalid-stripeid"),
+        ("?stripeid=acct_1Nope", "invalid-stripeid"),
+    ] {
+        let (_, body) = app.get_json(&format!("{ONE}{query}"), &token).await;
+        assert_eq!(body["code"], code);
+    }
+    let (status, body) = app
+        .get_json(&format!("{BALANCES}?max_age=soon"), &token)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-max-age"))
+    );
+}
+
+#[tokio::test]
+async fn an_owners_aggregate_sums_only_that_owners_accounts() {
+    let (app, sim, ids, token) = platform_setup(30).await;
+    let owner_of = |id: &String| {
+        sim.account_object(id)
+            .and_then(|o| o["metadata"]["accountid"].as_str().map(str::to_owned))
+    };
+    let owner = ids.iter().filter_map(owner_of).next().expect("an owner");
+    let owned: Vec<String> = ids
+        .iter()
+        .filter(|id| owner_of(id).as_deref() == Some(owner.as_str()))
+        .cloned()
+        .collect();
+    let (_, body) = app
+        .get_json(&format!("{BALANCES}?max_age=0&accountid={owner}"), &token)
+        .await;
+    assert_eq!(body["accounts"]["total"], owned.len());
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &owned));
+    let (status, body) = app
+        .get_json(&format!("{BALANCES}?accountid=nobody"), &token)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("invalid-accountid"))
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_never_sees_another_tenants_balances() {
+    let (app, sim, ids, token) = platform_setup(4).await;
+    app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    let other_sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 2,
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
+    app.add_sim_platform_tenant("globex", &other_sim, 0).await;
+    let globex = app.token(Role::Admin, Some("globex")).await;
+    let (_, body) = app
+        .get_json(&format!("{BALANCES}?max_age=3600"), &globex)
+        .await;
+    assert_eq!(body["accounts"]["total"], 0);
+    assert_eq!(body["totals"], serde_json::json!([]));
+    let theirs = app
+        .get_json(&format!("{ONE}?stripeid={}", ids[0]), &globex)
+        .await;
+    let missing = app
+        .get_json(&format!("{ONE}?stripeid=acct_1Missing"), &globex)
+        .await;
+    assert_eq!(theirs, missing);
+    let theirs = app
+        .get_json(&format!("{HISTORY}?stripeid={}", ids[0]), &globex)
+        .await;
+    assert_eq!(theirs.1["code"], "invalid-stripeid");
+    drop(sim);
+}
