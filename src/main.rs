@@ -36,6 +36,16 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Refresh balances older than --max-age and print per-currency totals; exits
+    /// non-zero when any account failed.
+    Balances {
+        slug: String,
+        /// Serve snapshots younger than this many seconds; fetch the rest live.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        max_age: u64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: commands::balances::OutputFormat,
+    },
     /// Run the Stripe simulator (an organization, its platforms and accounts) offline.
     StripeSim(SimArgs),
 }
@@ -197,6 +207,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 ListFormat::Table => print!("{}", commands::tenant::render_table(&tenants)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tenants)?),
             }
+        }
+        Command::Balances {
+            slug,
+            max_age,
+            format,
+        } => {
+            let (pool, stripe) = commands::stripe_context(&settings).await?;
+            let fanout =
+                tally::fanout::Fanout::new(pool.clone(), stripe, settings.stripe.max_in_flight);
+            let output = commands::balances::run(
+                &pool,
+                &fanout,
+                &slug,
+                std::time::Duration::from_secs(max_age),
+                format,
+            )
+            .await?;
+            print!("{}", output.text);
+            anyhow::ensure!(
+                output.complete,
+                "{} of {} accounts could not be read (see failures)",
+                output.failed,
+                output.total
+            );
         }
         Command::StripeSim(args) => {
             anyhow::ensure!(

@@ -1,5 +1,7 @@
 //! What the CLI's subcommands do, as library functions the demo and tests call too.
 
+pub mod balances;
+pub mod pgcluster;
 pub mod serve;
 pub mod tenant;
 pub mod token;
@@ -17,4 +19,18 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> 
         .await
         .context("applying database migrations (is Postgres reachable at DATABASE_URL?)")?;
     Ok(pool)
+}
+
+/// What commands that talk to Stripe need: the database, and Stripe access opened
+/// with the master key.
+pub async fn stripe_context(
+    settings: &Settings,
+) -> anyhow::Result<(PgPool, std::sync::Arc<crate::tenants::StripeTenants>)> {
+    let master = std::sync::Arc::new(crate::crypto::MasterKey::from_env()?);
+    let stripe = std::sync::Arc::new(crate::tenants::StripeTenants::new(
+        &settings.stripe,
+        master,
+    )?);
+    let pool = connect_and_migrate(settings).await?;
+    Ok((pool, stripe))
 }

@@ -118,8 +118,8 @@ pub async fn read(
 ) -> Result<Aggregate, FanoutError> {
     let (counts, oldest, totals, failures) = match owner {
         None => {
-            let listed = store::accounts::count(pool, tenant_id).await?;
             let freshness = store::snapshots::tenant_freshness(pool, tenant_id).await?;
+            let listed = freshness.listed;
             let totals = store::snapshots::tenant_totals(pool, tenant_id).await?;
             let failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
                 .await?
@@ -183,4 +183,84 @@ pub async fn read(
         totals,
         failures,
     })
+}
+
+/// The aggregate's detail as CSV: one row per account and currency; an account that
+/// did not contribute is one row with its error code and no amounts.
+pub async fn csv(
+    pool: &PgPool,
+    tenant_id: i64,
+    owner: Option<&str>,
+    currency: Option<&str>,
+) -> Result<Vec<u8>, FanoutError> {
+    let rows = store::snapshots::scope_latest(pool, tenant_id, owner).await?;
+    let mut out = ::csv::Writer::from_writer(Vec::new());
+    out.write_record([
+        "stripeid",
+        "accountid",
+        "platformid",
+        "currency",
+        "available",
+        "pending",
+        "connect_reserved",
+        "instant_available",
+        "fetched_at",
+        "status",
+        "error_code",
+    ])?;
+    for row in rows {
+        let fetched_at = row
+            .fetched_at
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        let accountid = row.accountid.clone().unwrap_or_default();
+        let platform = row.platform_id.clone().unwrap_or_default();
+        if row.ok == Some(true) {
+            for total in row.totals()?.rows() {
+                if currency.is_some_and(|c| c != total.currency) {
+                    continue;
+                }
+                let a = total.amounts;
+                out.write_record([
+                    row.stripeid.as_str(),
+                    &accountid,
+                    &platform,
+                    &total.currency,
+                    &a.available.to_string(),
+                    &a.pending.to_string(),
+                    &a.connect_reserved.to_string(),
+                    &a.instant_available.to_string(),
+                    &fetched_at,
+                    "ok",
+                    "",
+                ])?;
+            }
+        } else {
+            let code = row
+                .error
+                .as_ref()
+                .and_then(|e| {
+                    e.get("code")
+                        .and_then(Value::as_str)
+                        .or_else(|| e.get("type").and_then(Value::as_str))
+                })
+                .unwrap_or("not-fetched")
+                .to_owned();
+            out.write_record([
+                row.stripeid.as_str(),
+                &accountid,
+                &platform,
+                "",
+                "",
+                "",
+                "",
+                "",
+                &fetched_at,
+                "failed",
+                &code,
+            ])?;
+        }
+    }
+    out.into_inner()
+        .map_err(|error| FanoutError::Csv(error.into_error().into()))
 }

@@ -35,6 +35,8 @@ pub enum FanoutError {
     Tenant(#[from] TenantClientError),
     #[error(transparent)]
     Snapshot(#[from] store::snapshots::SnapshotError),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
     #[error("the fan-out task stopped unexpectedly")]
     Aborted,
 }
@@ -172,7 +174,7 @@ impl Inner {
     ) -> Result<RefreshSummary, FanoutError> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-        if owner.is_none() && self.tenant_is_fresh(tenant.id, cutoff).await? {
+        if owner.is_none() && tenant_is_fresh(&self.pool, tenant.id, cutoff).await? {
             progress.started(0);
             return Ok(RefreshSummary::default());
         }
@@ -202,19 +204,6 @@ impl Inner {
         }
         tracing::info!(tenant = %tenant.slug, fetched = summary.fetched, failed = summary.failed, "balances refreshed");
         Ok(summary)
-    }
-
-    /// True when every listed account has a snapshot younger than `cutoff`: decided
-    /// from the kept counts and the oldest latest snapshot, without scanning.
-    async fn tenant_is_fresh(
-        &self,
-        tenant_id: i64,
-        cutoff: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
-        let listed = store::accounts::count(&self.pool, tenant_id).await?;
-        let freshness = store::snapshots::tenant_freshness(&self.pool, tenant_id).await?;
-        Ok(freshness.ok + freshness.failed == listed
-            && freshness.oldest.is_none_or(|oldest| oldest >= cutoff))
     }
 
     async fn fetch_and_record(
@@ -279,6 +268,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// True when every listed account of the tenant has a snapshot younger than
+/// `cutoff`: decided from the kept counts and the oldest latest snapshot, without
+/// scanning accounts. Lets a cached aggregate skip the fan-out machinery entirely.
+pub async fn tenant_is_fresh(
+    pool: &PgPool,
+    tenant_id: i64,
+    cutoff: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let state = store::snapshots::tenant_freshness(pool, tenant_id).await?;
+    Ok(state.ok + state.failed == state.listed
+        && state.oldest.is_none_or(|oldest| oldest >= cutoff))
 }
 
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.

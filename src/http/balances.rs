@@ -153,14 +153,24 @@ async fn aggregate(
             ));
         }
     }
-    let tenant = tenant_row(&state, &scope).await?;
-    state
-        .fanout
-        .refresh(&tenant, owner, max_age, Arc::new(Silent))
-        .await
-        .map_err(|error| ApiError::Internal(anyhow::anyhow!("balance fan-out failed: {error}")))?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    // The polling case: everything is fresh enough, so answer from the kept totals.
+    let fresh =
+        owner.is_none() && fanout::tenant_is_fresh(&state.pool, scope.tenant.id, cutoff).await?;
+    if !fresh {
+        let tenant = tenant_row(&state, &scope).await?;
+        state
+            .fanout
+            .refresh(&tenant, owner, max_age, Arc::new(Silent))
+            .await
+            .map_err(|error| {
+                ApiError::Internal(anyhow::anyhow!("balance fan-out failed: {error}"))
+            })?;
+    }
     if wants_csv(&headers) {
-        let csv = csv_rows(&state, scope.tenant.id, owner, currency.as_deref()).await?;
+        let csv = fanout::aggregate::csv(&state.pool, scope.tenant.id, owner, currency.as_deref())
+            .await
+            .map_err(|error| ApiError::Internal(error.into()))?;
         return Ok((
             [(
                 header::CONTENT_TYPE,
@@ -180,90 +190,6 @@ async fn aggregate(
     .await
     .map_err(|error| ApiError::Internal(error.into()))?;
     Ok(Json(aggregate).into_response())
-}
-
-/// One row per account and currency; an account that failed is one row with its
-/// error code and no amounts.
-async fn csv_rows(
-    state: &AppState,
-    tenant_id: i64,
-    owner: Option<&str>,
-    currency: Option<&str>,
-) -> Result<Vec<u8>, ApiError> {
-    let rows = store::snapshots::scope_latest(&state.pool, tenant_id, owner).await?;
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let internal = |error: csv::Error| ApiError::Internal(error.into());
-    out.write_record([
-        "stripeid",
-        "accountid",
-        "platformid",
-        "currency",
-        "available",
-        "pending",
-        "connect_reserved",
-        "instant_available",
-        "fetched_at",
-        "status",
-        "error_code",
-    ])
-    .map_err(internal)?;
-    for row in rows {
-        let fetched_at = row.fetched_at.as_ref().map(timestamp).unwrap_or_default();
-        let accountid = row.accountid.clone().unwrap_or_default();
-        let platform = row.platform_id.clone().unwrap_or_default();
-        if row.ok == Some(true) {
-            let totals = row
-                .totals()
-                .map_err(|error| ApiError::Internal(error.into()))?;
-            for total in totals.rows() {
-                if currency.is_some_and(|c| c != total.currency) {
-                    continue;
-                }
-                let a = total.amounts;
-                out.write_record([
-                    row.stripeid.as_str(),
-                    &accountid,
-                    &platform,
-                    &total.currency,
-                    &a.available.to_string(),
-                    &a.pending.to_string(),
-                    &a.connect_reserved.to_string(),
-                    &a.instant_available.to_string(),
-                    &fetched_at,
-                    "ok",
-                    "",
-                ])
-                .map_err(internal)?;
-            }
-        } else {
-            let code = row
-                .error
-                .as_ref()
-                .and_then(|e| {
-                    e.get("code")
-                        .and_then(Value::as_str)
-                        .or_else(|| e.get("type").and_then(Value::as_str))
-                })
-                .unwrap_or("not-fetched")
-                .to_owned();
-            out.write_record([
-                row.stripeid.as_str(),
-                &accountid,
-                &platform,
-                "",
-                "",
-                "",
-                "",
-                "",
-                &fetched_at,
-                "failed",
-                &code,
-            ])
-            .map_err(internal)?;
-        }
-    }
-    out.into_inner()
-        .map_err(|error| ApiError::Internal(anyhow::anyhow!("csv: {error}")))
 }
 
 fn parse_time(

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod balances;
 pub mod error;
 pub mod health;
+mod metrics;
 mod query;
 
 use std::sync::Arc;
@@ -90,7 +91,9 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(accounts::router())
         .merge(balances::router())
+        .merge(metrics::router())
         .fallback(not_found)
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(stack)
         .with_state(state)
 }

@@ -212,36 +212,31 @@ pub async fn forget_latest(
     Ok(())
 }
 
-/// The whole tenant's state: accounts with a balance, with an error, and the oldest
-/// latest snapshot. Index lookups only.
+/// The whole tenant's state: listed accounts, those whose latest snapshot is a
+/// balance (ok) or an error (failed), and the oldest latest snapshot. One round
+/// trip of index lookups, however many accounts.
 #[derive(Debug, Clone)]
 pub struct TenantFreshness {
+    pub listed: i64,
     pub ok: i64,
     pub failed: i64,
     pub oldest: Option<DateTime<Utc>>,
 }
 
 pub async fn tenant_freshness(
-    db: impl PgExecutor<'_> + Copy,
+    db: impl PgExecutor<'_>,
     tenant_id: i64,
 ) -> Result<TenantFreshness, sqlx::Error> {
-    let counts = sqlx::query!(
-        "SELECT ok, failed FROM tenant_balance_counts WHERE tenant_id = $1",
-        tenant_id
-    )
-    .fetch_optional(db)
-    .await?;
-    let oldest = sqlx::query_scalar!(
-        "SELECT min(fetched_at) FROM latest_balances WHERE tenant_id = $1",
+    sqlx::query_as!(
+        TenantFreshness,
+        r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
+                  COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "ok!",
+                  COALESCE((SELECT failed FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "failed!",
+                  (SELECT min(fetched_at) FROM latest_balances WHERE tenant_id = $1) AS oldest"#,
         tenant_id
     )
     .fetch_one(db)
-    .await?;
-    Ok(TenantFreshness {
-        ok: counts.as_ref().map_or(0, |c| c.ok),
-        failed: counts.as_ref().map_or(0, |c| c.failed),
-        oldest,
-    })
+    .await
 }
 
 pub async fn tenant_totals(

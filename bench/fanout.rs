@@ -1,0 +1,313 @@
+//! Benchmark: the balance fan-out against the simulator, and the cached whole-tenant
+//! aggregate at scale.
+//!
+//!   cargo bench --bench fanout
+//!   FANOUT_ACCOUNTS=2000 FANOUT_LATENCY_MS=50 FANOUT_RATE=200 FANOUT_IN_FLIGHT=16 \
+//!   AGGREGATE_SIZES=100000,1000000 cargo bench --bench fanout
+//!
+//! Part 1 prints the wall time of a fan-out of N accounts with simulator latency L,
+//! tally rate R (the simulator limits each key to R as well) and in-flight cap C, the
+//! bound max(N/R, N*L/C), their ratio, the 429s seen, and the speed-up over a
+//! sequential baseline (one request at a time) measured on the same simulator.
+//! Part 2 loads 100k / 1M accounts with latest snapshots and measures the cached
+//! whole-tenant aggregate (max_age large, so no Stripe calls) under 16 clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{closed_loop, env_usize, ScratchDb};
+use secrecy::{ExposeSecret, SecretString};
+use tally::commands::tenant::TenantSpec;
+use tally::config::Settings;
+use tally::crypto::MasterKey;
+use tally::domain::Role;
+use tally::fanout::{Fanout, Silent};
+use tally::http::AppState;
+use tally::sim::SimConfig;
+use tally::store;
+use tally::store::accounts::AccountInput;
+use tally::tenants::StripeTenants;
+
+struct Env {
+    pool: sqlx::PgPool,
+    settings: Settings,
+    master_base64: String,
+}
+
+async fn env(db: &ScratchDb, in_flight: usize) -> Env {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = Settings::load_from(&dir, "test").expect("settings");
+    settings.database.url = SecretString::from(db.url.clone());
+    settings.database.max_connections = 24;
+    settings.stripe.max_in_flight = in_flight;
+    let pool = store::pool(&settings.database).expect("pool");
+    store::migrate(&pool).await.expect("migrate");
+    Env {
+        pool,
+        settings,
+        master_base64: MasterKey::generate_base64(),
+    }
+}
+
+impl Env {
+    fn master(&self) -> MasterKey {
+        MasterKey::from_base64(&self.master_base64).expect("key")
+    }
+
+    fn stripe(&self) -> Arc<StripeTenants> {
+        Arc::new(
+            StripeTenants::new(&self.settings.stripe, Arc::new(self.master())).expect("stripe"),
+        )
+    }
+
+    async fn tenant(
+        &self,
+        slug: &str,
+        key: &str,
+        base: String,
+        rate: u32,
+    ) -> store::tenants::Tenant {
+        let spec = TenantSpec {
+            slug: slug.into(),
+            key: SecretString::from(key.to_owned()),
+            platforms: vec![],
+            accounts: vec![],
+            api_base: Some(base),
+            api_version: None,
+            rate_limit: Some(rate),
+            webhook_secret: None,
+        };
+        tally::commands::tenant::add(&self.pool, &self.master(), &self.settings, spec)
+            .await
+            .expect("tenant");
+        store::tenants::find_by_slug(&self.pool, slug)
+            .await
+            .expect("q")
+            .expect("tenant")
+    }
+}
+
+async fn fanout_part() {
+    let n = env_usize("FANOUT_ACCOUNTS", 2000);
+    let latency = env_usize("FANOUT_LATENCY_MS", 50) as u64;
+    let rate = env_usize("FANOUT_RATE", 200) as u32;
+    let in_flight = env_usize("FANOUT_IN_FLIGHT", 16);
+    let db = ScratchDb::create("tally_bench_fanout").await;
+    let env = env(&db, in_flight).await;
+    let sim = tally::sim::spawn(SimConfig {
+        platforms: 2,
+        accounts_per_platform: n,
+        org_accounts: 0,
+        latency_ms: latency,
+        rate_limit: rate,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let keys = sim.keys().clone();
+    let owner_key = env.settings.accounts.owner_metadata_key.clone();
+
+    let tenant = env
+        .tenant("fan", &keys.platforms[0].key, sim.base_url(), rate)
+        .await;
+    let inputs: Vec<AccountInput> = keys.platforms[0]
+        .accounts
+        .iter()
+        .map(|id| {
+            AccountInput::from_stripe_object(&sim.account_object(id).expect("o"), None, &owner_key)
+                .expect("v")
+        })
+        .collect();
+    store::accounts::upsert(&env.pool, tenant.id, &inputs)
+        .await
+        .expect("upsert");
+
+    println!("fan-out: N={n} accounts, latency L={latency} ms, rate R={rate}/s (simulator limit {rate}/s per key), in-flight C={in_flight}");
+    let fanout = Fanout::new(env.pool.clone(), env.stripe(), in_flight);
+    sim.reset_stats();
+    let started = Instant::now();
+    let summary = fanout
+        .refresh(&tenant, None, Duration::ZERO, Arc::new(Silent))
+        .await
+        .expect("fan-out");
+    let wall = started.elapsed().as_secs_f64();
+    let stats = sim.stats();
+    let bound = (n as f64 / rate as f64).max(n as f64 * latency as f64 / 1000.0 / in_flight as f64);
+    println!(
+        "  wall {wall:.2} s, bound max(N/R, N*L/C) = {bound:.2} s, wall/bound = {:.3}; fetched {}, failed {}; 429s {}; max observed rate {:?}/s; max in flight {}",
+        wall / bound,
+        summary.fetched,
+        summary.failed,
+        stats.rate_limited,
+        stats.max_rate_per_key.values().max(),
+        stats.max_in_flight
+    );
+
+    // Sequential baseline: the second platform's accounts, one request at a time,
+    // on the same simulator (a sample, scaled to N).
+    let sample = env_usize("FANOUT_SEQUENTIAL_SAMPLE", 100).min(n);
+    let sequential_tenant = env
+        .tenant("seq", &keys.platforms[1].key, sim.base_url(), rate)
+        .await;
+    let client = tally::stripe::StripeClient::new(Default::default())
+        .expect("client")
+        .tenant(
+            tally::stripe::Credential::new(
+                SecretString::from(keys.platforms[1].key.clone()),
+                sequential_tenant.api_version.clone(),
+                url::Url::parse(&sim.base_url()).expect("url"),
+            )
+            .expect("credential"),
+            tally::stripe::RateSettings {
+                per_second: rate,
+                max_in_flight: 1,
+            },
+        );
+    let started = Instant::now();
+    for id in keys.platforms[1].accounts.iter().take(sample) {
+        client.retrieve_balance(id, None).await.expect("balance");
+    }
+    let per_account = started.elapsed().as_secs_f64() / sample as f64;
+    let sequential = per_account * n as f64;
+    println!(
+        "  sequential baseline: {:.1} ms per account ({sample} measured) -> {sequential:.1} s for N; fan-out speed-up = {:.1}x",
+        per_account * 1000.0,
+        sequential / wall
+    );
+    drop(sim);
+    env.pool.close().await;
+    db.drop_now().await;
+}
+
+/// Loads `size` accounts with a latest snapshot each. Accounts go through the store's
+/// upsert; the snapshots are written in bulk SQL (the per-account path would take
+/// hours at a million) with totals computed from them, which is what the read measures.
+async fn load_snapshots(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usize) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 5000).min(to);
+        let inputs: Vec<AccountInput> = (i..end)
+            .map(|n| {
+                let object = serde_json::json!({"id": format!("acct_1Agg{n:010}"), "object": "account",
+                    "created": 1_600_000_000 + n as i64, "metadata": {"accountid": format!("owner_{}", n / 2)}});
+                AccountInput::from_stripe_object(&object, None, "accountid").expect("valid")
+            })
+            .collect();
+        store::accounts::upsert(pool, tenant_id, &inputs)
+            .await
+            .expect("upsert");
+        i = end;
+    }
+    let statements = [
+        format!(
+            "INSERT INTO balance_snapshots (tenant_id, stripeid, fetched_at, source, balance)
+             SELECT {tenant_id}, 'acct_1Agg' || lpad(n::text, 10, '0'), now(), 'fetch',
+                    jsonb_build_object('object', 'balance', 'livemode', false,
+                        'available', jsonb_build_array(jsonb_build_object('amount', n % 1000 - 100, 'currency', 'usd')),
+                        'pending', jsonb_build_array(jsonb_build_object('amount', n % 77, 'currency', 'eur')))
+             FROM generate_series({from}, {} ) AS n", to - 1),
+        format!(
+            "INSERT INTO latest_balances (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts)
+             SELECT tenant_id, stripeid, id, fetched_at, true, '[]' FROM balance_snapshots
+             WHERE tenant_id = {tenant_id} ON CONFLICT DO NOTHING"),
+        format!(
+            "INSERT INTO tenant_balance_counts (tenant_id, ok) VALUES ({tenant_id}, {to})
+             ON CONFLICT (tenant_id) DO UPDATE SET ok = {to}"),
+        format!(
+            "INSERT INTO tenant_balance_totals (tenant_id, currency, available, pending, holders)
+             VALUES ({tenant_id}, 'usd', 1, 0, {to}), ({tenant_id}, 'eur', 0, 1, {to})
+             ON CONFLICT (tenant_id, currency) DO UPDATE SET holders = {to}"),
+        "VACUUM ANALYZE".to_owned(),
+    ];
+    for statement in statements {
+        sqlx::query(&statement)
+            .execute(pool)
+            .await
+            .expect("bulk snapshot load");
+    }
+}
+
+async fn aggregate_part() {
+    let sizes: Vec<usize> = std::env::var("AGGREGATE_SIZES")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let clients = env_usize("BENCH_CLIENTS", 16);
+    let seconds = env_usize("BENCH_SECONDS", 5) as u64;
+    let db = ScratchDb::create("tally_bench_aggregate").await;
+    let env = env(&db, 16).await;
+    let tenant = env
+        .tenant(
+            "agg",
+            "sk_test_51AggregateBenchKey00",
+            "http://127.0.0.1:9".into(),
+            20,
+        )
+        .await;
+    let token = tally::commands::token::create(&env.pool, Role::Reader, Some("agg"))
+        .await
+        .expect("token")
+        .expose_secret()
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/api/administrator/connect/balances?max_age=86400",
+        listener.local_addr().expect("a")
+    );
+    let state = AppState::new(
+        env.pool.clone(),
+        Arc::new(env.settings.clone()),
+        env.stripe(),
+    );
+    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::new();
+    let mut loaded = 0;
+    println!("\ncached whole-tenant aggregate, {clients} clients, {seconds} s (target p99 <= 20 ms at 1,000,000):");
+    for size in sizes {
+        load_snapshots(&env.pool, tenant.id, loaded, size).await;
+        loaded = size;
+        let body: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            body["accounts"]["total"], size,
+            "every account counted: {body}"
+        );
+        assert_eq!(body["complete"], true);
+        let report = closed_loop(
+            &client,
+            &token,
+            clients,
+            Duration::from_secs(seconds),
+            Arc::new({
+                let url = url.clone();
+                move |_| url.clone()
+            }),
+        )
+        .await;
+        println!("  {}", report.line(&format!("{size} accounts")));
+    }
+    env.pool.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var("SKIP_FANOUT").is_err() {
+        fanout_part().await;
+    }
+    if std::env::var("SKIP_AGGREGATE").is_err() {
+        aggregate_part().await;
+    }
+}
