@@ -159,3 +159,40 @@ impl Settings {
         Duration::from_secs(self.server.request_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(environment_file: &str) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("check.toml"), environment_file).expect("write");
+        Settings::load_from(dir.path(), "check")
+    }
+
+    #[test]
+    fn the_environment_file_layers_over_the_defaults() {
+        let settings = load_with("[api]\npage_size = 25\n").expect("valid");
+        assert_eq!(settings.api.page_size, 25);
+        assert_eq!(
+            settings.accounts.owner_metadata_key, "accountid",
+            "defaults stay"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_its_key() {
+        let error = load_with("[api]\npage_size = 0\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("api.page_size"), "{error}");
+        let error = load_with("[stripe]\napi_base = \"not a url\"\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("stripe.api_base"), "{error}");
+        let error = load_with("[server]\nbind = \"nowhere\"\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("bind"), "{error}");
+    }
+}

@@ -90,3 +90,24 @@ async fn every_response_carries_a_request_id_and_keeps_the_callers() {
     assert_eq!(body["object"], "error");
     assert_eq!(body["code"], "not-found");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let app = spawn_app().await;
+    app.client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .expect("sent");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("tally_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/healthz\""), "{text}");
+}
