@@ -36,6 +36,8 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Import a tenant's connected accounts from Stripe (progress on stderr).
+    Sync { slug: String },
     /// Run the Stripe simulator (an organization, its platforms and accounts) offline.
     StripeSim(SimArgs),
 }
@@ -159,6 +161,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Serve { bind } => commands::serve::run(settings, bind).await?,
+        Command::Sync { slug } => {
+            let summary = commands::sync::run(&settings, &slug).await?;
+            println!("{}", commands::sync::summary_line(&slug, &summary));
+        }
         Command::Tenant(TenantCommand::Add {
             slug,
             key_env,

@@ -1,6 +1,7 @@
 //! What the CLI's subcommands do, as library functions the demo and tests call too.
 
 pub mod serve;
+pub mod sync;
 pub mod tenant;
 pub mod token;
 

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod error;
 pub mod health;
 mod query;
+pub mod sync;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -71,6 +73,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(accounts::router())
+        .merge(sync::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .layer(stack)
         .with_state(state)

@@ -148,7 +148,11 @@ pub async fn finish(
     counts: &RunCounts,
     error: Option<&str>,
 ) -> Result<Option<SyncRun>, sqlx::Error> {
-    let status = if error.is_some() { "failed" } else { "succeeded" };
+    let status = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    };
     sqlx::query_as!(
         SyncRun,
         r#"UPDATE sync_runs
