@@ -14,5 +14,6 @@ pub mod money;
 pub mod sim;
 pub mod store;
 pub mod stripe;
+pub mod sync;
 pub mod telemetry;
 pub mod tenants;

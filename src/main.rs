@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: commands::balances::OutputFormat,
     },
+    /// Import a tenant's connected accounts from Stripe (progress on stderr).
+    Sync { slug: String },
+    /// Run everything offline: simulator, database, tenants, sync, balances, server.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Use a private PostgreSQL cluster even when a server answers.
+        #[arg(long)]
+        private_db: bool,
+    },
     /// Run the Stripe simulator (an organization, its platforms and accounts) offline.
     StripeSim(SimArgs),
 }
@@ -169,6 +179,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Serve { bind } => commands::serve::run(settings, bind).await?,
+        Command::Sync { slug } => {
+            let summary = commands::sync::run(&settings, &slug).await?;
+            println!("{}", commands::sync::summary_line(&slug, &summary));
+        }
         Command::Tenant(TenantCommand::Add {
             slug,
             key_env,
@@ -231,6 +245,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 output.failed,
                 output.total
             );
+        }
+        Command::Demo { bind, private_db } => {
+            commands::demo::run(settings, bind, private_db).await?
         }
         Command::StripeSim(args) => {
             anyhow::ensure!(

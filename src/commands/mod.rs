@@ -1,8 +1,10 @@
 //! What the CLI's subcommands do, as library functions the demo and tests call too.
 
 pub mod balances;
+pub mod demo;
 pub mod pgcluster;
 pub mod serve;
+pub mod sync;
 pub mod tenant;
 pub mod token;
 

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 mod metrics;
 mod query;
+pub mod sync;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -91,6 +93,8 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(accounts::router())
         .merge(balances::router())
+        .merge(sync::router())
+        .merge(webhooks::router())
         .merge(metrics::router())
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn(metrics::track))

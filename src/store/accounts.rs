@@ -321,6 +321,65 @@ pub async fn get(
     .await
 }
 
+/// Listed (not removed) accounts of one sync scope — the accounts `platform` controls,
+/// or with `None` those directly in the org (every account of a platform tenant) —
+/// last written before `before`. Sync compares them with what Stripe listed.
+pub fn listed_ids_in_scope<'a>(
+    db: impl PgExecutor<'a> + 'a,
+    tenant_id: i64,
+    platform: Option<&'a str>,
+    before: DateTime<Utc>,
+) -> BoxStream<'a, Result<String, sqlx::Error>> {
+    sqlx::query_scalar!(
+        r#"SELECT stripeid FROM stripe_accounts
+           WHERE tenant_id = $1 AND platform_id IS NOT DISTINCT FROM $2
+             AND removed_at IS NULL AND updated_at < $3"#,
+        tenant_id,
+        platform,
+        before
+    )
+    .fetch(db)
+    .boxed()
+}
+
+/// Marks accounts removed (kept, but left out of listings and aggregates) and returns
+/// the ids that were listed until now. With `unchanged_since`, an account written at or
+/// after that instant is left alone: a webhook stored it while a sync was listing.
+/// Call in the transaction that also runs `snapshots::forget_latest` for them.
+pub async fn mark_removed(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeids: &[String],
+    unchanged_since: Option<DateTime<Utc>>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"UPDATE stripe_accounts SET removed_at = now(), updated_at = now()
+           WHERE tenant_id = $1 AND stripeid = ANY($2) AND removed_at IS NULL
+             AND ($3::timestamptz IS NULL OR updated_at < $3)
+           RETURNING stripeid"#,
+        tenant_id,
+        stripeids,
+        unchanged_since
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The platform recorded for a stored account (`Some(None)`: directly in the org).
+pub async fn platform_of(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT platform_id FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2",
+        tenant_id,
+        stripeid
+    )
+    .fetch_optional(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,10 @@
 
 pub mod accounts;
 pub mod snapshots;
+pub mod sync_runs;
 pub mod tenants;
 pub mod tokens;
+pub mod webhook_events;
 
 use std::time::Duration;
 

@@ -1,0 +1,114 @@
+//! Account sync over the API: `POST /api/administrator/connect/sync` starts one in
+//! the background; `GET /api/administrator/connect/sync/{id}` shows how it goes.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::auth::{TenantAdmin, TenantScope};
+use super::error::ApiError;
+use super::AppState;
+use crate::store;
+use crate::store::sync_runs::{Claim, SyncRun};
+use crate::sync::{self, SyncError, SyncOptions};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/administrator/connect/sync", post(start))
+        .route("/api/administrator/connect/sync/{id}", get(show))
+}
+
+/// Starts a sync: 202 with the new run, or 200 with the run already going (one sync
+/// per tenant at a time; asking again while it runs is not an error).
+async fn start(
+    TenantAdmin(scope): TenantAdmin,
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<SyncRunRecord>), ApiError> {
+    let tenant = store::tenants::find_by_id(&state.pool, scope.tenant.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))?;
+    let client = state
+        .stripe
+        .client_for(&tenant)
+        .map_err(|error| ApiError::Internal(error.into()))?;
+    let options = SyncOptions::from_settings(&state.settings);
+    let claim = sync::start_in_background(state.pool.clone(), client, tenant, options)
+        .await
+        .map_err(|error| match error {
+            SyncError::Database(error) => ApiError::from(error),
+            other => ApiError::Internal(other.into()),
+        })?;
+    Ok(match claim {
+        Claim::Started(run) => (
+            StatusCode::ACCEPTED,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+        Claim::Running(run) => (
+            StatusCode::OK,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+    })
+}
+
+/// One run of the caller's tenant; another tenant's run answers as a missing one.
+async fn show(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SyncRunRecord>, ApiError> {
+    let missing = || ApiError::not_found("invalid-syncid", "no sync run has that id");
+    let id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let run = store::sync_runs::get(&state.pool, scope.tenant.id, id)
+        .await?
+        .ok_or_else(missing)?;
+    Ok(Json(SyncRunRecord::new(&run, &scope.tenant.slug)))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRunRecord {
+    id: Uuid,
+    object: &'static str,
+    appid: String,
+    /// `running`, `succeeded` or `failed`.
+    status: String,
+    pages: i64,
+    accounts_seen: i64,
+    inserted: i64,
+    updated: i64,
+    unchanged: i64,
+    removed: i64,
+    error: Option<String>,
+    started_at: String,
+    heartbeat_at: String,
+    finished_at: Option<String>,
+}
+
+fn timestamp(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl SyncRunRecord {
+    fn new(run: &SyncRun, appid: &str) -> SyncRunRecord {
+        SyncRunRecord {
+            id: run.id,
+            object: "syncRun",
+            appid: appid.to_owned(),
+            status: run.status.clone(),
+            pages: run.pages,
+            accounts_seen: run.accounts_seen,
+            inserted: run.inserted,
+            updated: run.updated,
+            unchanged: run.unchanged,
+            removed: run.removed,
+            error: run.error.clone(),
+            started_at: timestamp(&run.started_at),
+            heartbeat_at: timestamp(&run.heartbeat_at),
+            finished_at: run.finished_at.as_ref().map(timestamp),
+        }
+    }
+}

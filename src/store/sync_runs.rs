@@ -1,0 +1,194 @@
+//! Account sync runs: one running per tenant (a partial unique index enforces it across
+//! replicas), with counts and a heartbeat so a run whose process died stops blocking.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// What a run has done so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    pub pages: i64,
+    pub accounts_seen: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub removed: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncRun {
+    pub id: Uuid,
+    pub tenant_id: i64,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub pages: i64,
+    pub accounts_seen: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub removed: i64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl SyncRun {
+    pub fn counts(&self) -> RunCounts {
+        RunCounts {
+            pages: self.pages,
+            accounts_seen: self.accounts_seen,
+            inserted: self.inserted,
+            updated: self.updated,
+            unchanged: self.unchanged,
+            removed: self.removed,
+        }
+    }
+}
+
+/// The outcome of asking to start a run.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// A new run, now `running`, owned by the caller.
+    Started(SyncRun),
+    /// Another run of the tenant is running (and still beating).
+    Running(SyncRun),
+}
+
+/// Starts a run unless one is running. A running row whose heartbeat is older than
+/// `stale_after` belonged to a process that died: it is marked failed and replaced.
+pub async fn claim(
+    pool: &PgPool,
+    tenant_id: i64,
+    stale_after: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let stale_secs = stale_after.as_secs_f64();
+    // The running row may finish between the failed insert and the select; then the
+    // next round can insert.
+    for _ in 0..3 {
+        let mut tx = pool.begin().await?;
+        sqlx::query!(
+            r#"UPDATE sync_runs
+               SET status = 'failed', finished_at = now(),
+                   error = 'abandoned: no heartbeat since ' || heartbeat_at::text
+               WHERE tenant_id = $1 AND status = 'running'
+                 AND heartbeat_at < now() - make_interval(secs => $2)"#,
+            tenant_id,
+            stale_secs
+        )
+        .execute(&mut *tx)
+        .await?;
+        let started = sqlx::query_as!(
+            SyncRun,
+            r#"INSERT INTO sync_runs (id, tenant_id, status) VALUES ($1, $2, 'running')
+               ON CONFLICT (tenant_id) WHERE status = 'running' DO NOTHING
+               RETURNING id, tenant_id, status, pages, accounts_seen, inserted, updated,
+                         unchanged, removed, error, started_at, heartbeat_at, finished_at"#,
+            Uuid::new_v4(),
+            tenant_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(run) = started {
+            tx.commit().await?;
+            return Ok(Claim::Started(run));
+        }
+        let running = sqlx::query_as!(
+            SyncRun,
+            r#"SELECT id, tenant_id, status, pages, accounts_seen, inserted, updated,
+                      unchanged, removed, error, started_at, heartbeat_at, finished_at
+               FROM sync_runs WHERE tenant_id = $1 AND status = 'running'"#,
+            tenant_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if let Some(run) = running {
+            return Ok(Claim::Running(run));
+        }
+    }
+    Err(sqlx::Error::Protocol(
+        "sync run kept finishing while another was being claimed".to_owned(),
+    ))
+}
+
+/// Records progress and proves the run is alive. False when the run is no longer
+/// running (another process declared it abandoned and took over).
+pub async fn heartbeat(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    counts: &RunCounts,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        r#"UPDATE sync_runs
+           SET pages = $2, accounts_seen = $3, inserted = $4, updated = $5, unchanged = $6,
+               removed = $7, heartbeat_at = now()
+           WHERE id = $1 AND status = 'running'"#,
+        run_id,
+        counts.pages,
+        counts.accounts_seen,
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        counts.removed
+    )
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Ends a running run as `succeeded` (no error) or `failed`. `None` when the run was
+/// no longer running.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    counts: &RunCounts,
+    error: Option<&str>,
+) -> Result<Option<SyncRun>, sqlx::Error> {
+    let status = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    sqlx::query_as!(
+        SyncRun,
+        r#"UPDATE sync_runs
+           SET status = $2, pages = $3, accounts_seen = $4, inserted = $5, updated = $6,
+               unchanged = $7, removed = $8, error = $9, heartbeat_at = now(), finished_at = now()
+           WHERE id = $1 AND status = 'running'
+           RETURNING id, tenant_id, status, pages, accounts_seen, inserted, updated,
+                     unchanged, removed, error, started_at, heartbeat_at, finished_at"#,
+        run_id,
+        status,
+        counts.pages,
+        counts.accounts_seen,
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        counts.removed,
+        error
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// One run of the tenant; another tenant's run is not found.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    run_id: Uuid,
+) -> Result<Option<SyncRun>, sqlx::Error> {
+    sqlx::query_as!(
+        SyncRun,
+        r#"SELECT id, tenant_id, status, pages, accounts_seen, inserted, updated,
+                  unchanged, removed, error, started_at, heartbeat_at, finished_at
+           FROM sync_runs WHERE id = $1 AND tenant_id = $2"#,
+        run_id,
+        tenant_id
+    )
+    .fetch_optional(db)
+    .await
+}

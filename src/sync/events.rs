@@ -1,0 +1,253 @@
+//! Connect webhook events (DESIGN §1): parsed only after the signature was verified,
+//! each applied once per tenant, in the transaction that records its id.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::money::Totals;
+use crate::store;
+use crate::store::accounts::AccountInput;
+use crate::store::snapshots::{SnapshotError, SnapshotOutcome};
+use crate::store::tenants::Tenant;
+use crate::stripe::{Balance, CredentialKind};
+
+pub const ACCOUNT_UPDATED: &str = "account.updated";
+pub const ACCOUNT_DEAUTHORIZED: &str = "account.application.deauthorized";
+pub const BALANCE_AVAILABLE: &str = "balance.available";
+
+/// The part of a Stripe event tally reads; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The connected account the event is about (Connect events).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// From API version 2025-04-30: `X`, or `P/X` for an account under platform P.
+    #[serde(default)]
+    pub context: Option<String>,
+    pub created: i64,
+    pub data: EventData,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventData {
+    pub object: Value,
+}
+
+/// What processing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// The event id was processed before; nothing changed.
+    Duplicate,
+    /// A type tally does not act on (recorded, so a replay is a duplicate too).
+    Ignored,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Applied => "applied",
+            Applied::Duplicate => "duplicate",
+            Applied::Ignored => "ignored",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The payload is not an event, or the event lacks what its type needs.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Reads a verified payload.
+pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
+    let event: Event = serde_json::from_slice(payload)
+        .map_err(|error| EventError::Invalid(format!("not a Stripe event: {error}")))?;
+    if event.id.is_empty() || event.id.len() > 255 {
+        return Err(EventError::Invalid(
+            "the event id is empty or too long".into(),
+        ));
+    }
+    Ok(event)
+}
+
+/// Applies `event` to the tenant's records once: a replayed id changes nothing.
+#[tracing::instrument(name = "webhook", skip_all, fields(tenant = %tenant.slug, event = %event.id, kind = %event.event_type))]
+pub async fn apply(
+    pool: &PgPool,
+    tenant: &Tenant,
+    owner_key: &str,
+    event: &Event,
+) -> Result<Applied, EventError> {
+    let mut tx = pool.begin().await?;
+    let first_time = store::webhook_events::record(
+        &mut *tx,
+        tenant.id,
+        &event.id,
+        &event.event_type,
+        event.account.as_deref(),
+    )
+    .await?;
+    if !first_time {
+        return Ok(Applied::Duplicate);
+    }
+    let applied = match event.event_type.as_str() {
+        ACCOUNT_UPDATED => account_updated(&mut tx, tenant, owner_key, event).await?,
+        ACCOUNT_DEAUTHORIZED => account_deauthorized(&mut tx, tenant.id, event).await?,
+        BALANCE_AVAILABLE => balance_available(&mut tx, tenant.id, event).await?,
+        _ => Applied::Ignored,
+    };
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Stores the new account object. A stored account keeps its platform (sync knows it
+/// best); a new one takes it from the event's `P/X` context.
+async fn account_updated(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &Tenant,
+    owner_key: &str,
+    event: &Event,
+) -> Result<Applied, EventError> {
+    let object = &event.data.object;
+    let stripeid = object
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EventError::Invalid("account.updated carries no account object".into()))?;
+    let platform = match store::accounts::platform_of(&mut **tx, tenant.id, stripeid).await? {
+        Some(stored) => stored,
+        None => platform_from_context(tenant, event.context.as_deref()),
+    };
+    let input = AccountInput::from_stripe_object(object, platform.as_deref(), owner_key)
+        .map_err(|error| EventError::Invalid(error.to_string()))?;
+    store::accounts::upsert(&mut **tx, tenant.id, &[input]).await?;
+    Ok(Applied::Applied)
+}
+
+/// The platform in an organization tenant's `P/X` context; platform tenants store none.
+fn platform_from_context(tenant: &Tenant, context: Option<&str>) -> Option<String> {
+    let organization =
+        crate::tenants::credential_kind(tenant) == Some(CredentialKind::Organization);
+    let (platform, _account) = context?.split_once('/')?;
+    (organization && !platform.is_empty()).then(|| platform.to_owned())
+}
+
+/// The platform lost access: the account is marked removed and leaves the totals.
+async fn account_deauthorized(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: i64,
+    event: &Event,
+) -> Result<Applied, EventError> {
+    let account = connected_account(event)?;
+    let removed =
+        store::accounts::mark_removed(&mut **tx, tenant_id, &[account.to_owned()], None).await?;
+    store::snapshots::forget_latest(tx, tenant_id, &removed).await?;
+    Ok(Applied::Applied)
+}
+
+/// Stores the event's balance as a snapshot taken when the event was created.
+async fn balance_available(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: i64,
+    event: &Event,
+) -> Result<Applied, EventError> {
+    let account = connected_account(event)?;
+    let balance: Balance = serde_json::from_value(event.data.object.clone())
+        .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
+    let totals = Totals::from_balance(&balance)
+        .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
+    let recorded = store::snapshots::record(
+        tx,
+        tenant_id,
+        account,
+        event_time(event)?,
+        "webhook",
+        SnapshotOutcome::Balance {
+            raw: &event.data.object,
+            totals: &totals,
+        },
+    )
+    .await?;
+    tracing::debug!(?recorded, "balance snapshot from webhook");
+    Ok(Applied::Applied)
+}
+
+fn connected_account(event: &Event) -> Result<&str, EventError> {
+    event
+        .account
+        .as_deref()
+        .filter(|account| account.starts_with("acct_"))
+        .ok_or_else(|| {
+            EventError::Invalid(format!(
+                "{} needs the connected `account` it is about",
+                event.event_type
+            ))
+        })
+}
+
+fn event_time(event: &Event) -> Result<DateTime<Utc>, EventError> {
+    Utc.timestamp_opt(event.created, 0)
+        .single()
+        .ok_or_else(|| EventError::Invalid("the event's `created` is not a timestamp".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(kind: &str) -> Tenant {
+        Tenant {
+            id: 1,
+            slug: "acme".into(),
+            credential_kind: kind.into(),
+            key_ciphertext: Vec::new(),
+            key_last4: "0000".into(),
+            api_version: "2025-04-30.basil".into(),
+            api_base: None,
+            rate_limit: None,
+            platform_ids: Vec::new(),
+            org_account_ids: Vec::new(),
+            webhook_secret_ciphertext: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_platform_comes_from_an_org_context_only() {
+        let org = tenant("organization");
+        assert_eq!(
+            platform_from_context(&org, Some("acct_P/acct_X")).as_deref(),
+            Some("acct_P")
+        );
+        assert_eq!(platform_from_context(&org, Some("acct_X")), None);
+        assert_eq!(platform_from_context(&org, None), None);
+        assert_eq!(
+            platform_from_context(&tenant("platform"), Some("acct_P/acct_X")),
+            None
+        );
+    }
+
+    #[test]
+    fn parse_refuses_what_is_not_an_event() {
+        assert!(parse(b"not json").is_err());
+        assert!(
+            parse(br#"{"id": "", "type": "x", "created": 1, "data": {"object": {}}}"#).is_err()
+        );
+        let event = parse(
+            br#"{"id": "evt_1", "type": "balance.available", "created": 1, "account": "acct_1",
+                 "data": {"object": {}}, "extra": true}"#,
+        )
+        .expect("an event");
+        assert_eq!(event.account.as_deref(), Some("acct_1"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Keeping stored accounts true to Stripe (DESIGN §1, §4): importing a tenant's
+//! connected accounts page by page, and applying signed Connect webhook events.
+//!
+//! A sync walks scopes: a platform tenant's own list; for an organization tenant each
+//! configured platform's list (`Stripe-Context: P`, stored with `platform_id` P), then
+//! the accounts directly in the org, retrieved one by one (`platform_id` NULL). Each
+//! page is committed as it arrives, so an interrupted sync keeps what it wrote and a
+//! rerun finishes the job. Accounts a scope no longer returns are marked removed only
+//! once that scope's listing completed.
+
+pub mod events;
+mod scope;
+pub mod signature;
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::store;
+use crate::store::accounts::InvalidAccountObject;
+use crate::store::snapshots::SnapshotError;
+use crate::store::sync_runs::{Claim, RunCounts, SyncRun};
+use crate::store::tenants::Tenant;
+use crate::stripe::{CredentialKind, StripeError, TenantClient};
+
+pub use scope::Scope;
+
+/// A running row whose heartbeat is older than this belonged to a process that died.
+/// Live runs beat after every page, which takes seconds even when rate limited.
+pub const STALE_AFTER: Duration = Duration::from_secs(300);
+/// Stripe's largest page.
+const PAGE_LIMIT: u8 = 100;
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Metadata key naming the owner (config `accounts.owner_metadata_key`).
+    pub owner_key: String,
+    pub stale_after: Duration,
+    /// Accounts per list request, 1..=100.
+    pub page_limit: u8,
+}
+
+impl SyncOptions {
+    pub fn from_settings(settings: &Settings) -> SyncOptions {
+        SyncOptions {
+            owner_key: settings.accounts.owner_metadata_key.clone(),
+            stale_after: STALE_AFTER,
+            page_limit: PAGE_LIMIT,
+        }
+    }
+}
+
+/// Told after every committed page, so a CLI can draw a progress bar.
+pub trait Progress: Send + Sync {
+    /// A scope's listing begins.
+    fn scope_started(&self, _scope: &Scope) {}
+    /// A page is committed; `counts` are the run's totals so far, and `elapsed` is
+    /// the time since the run started (accounts / elapsed is the rate).
+    fn page_committed(&self, _counts: &RunCounts, _elapsed: Duration) {}
+}
+
+/// Reports nothing (background runs: the run record is the progress).
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("a sync of this tenant is already running (run {0})")]
+    AlreadyRunning(Uuid),
+    #[error("{scope}: {source}")]
+    Stripe {
+        scope: String,
+        #[source]
+        source: StripeError,
+    },
+    #[error("{scope}: Stripe said more accounts follow but sent an empty page")]
+    EmptyPage { scope: String },
+    #[error(transparent)]
+    InvalidObject(#[from] InvalidAccountObject),
+    #[error("tenant has an unknown credential kind '{0}'")]
+    UnknownKind(String),
+    #[error("the run was declared abandoned (no heartbeat) and another run took over")]
+    Superseded,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("balance totals: {0}")]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct SyncSummary {
+    pub run: SyncRun,
+    pub elapsed: Duration,
+}
+
+impl SyncSummary {
+    pub fn accounts_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.run.accounts_seen as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Claims a run for the tenant, or returns the one running.
+pub async fn claim(
+    pool: &PgPool,
+    tenant_id: i64,
+    options: &SyncOptions,
+) -> Result<Claim, SyncError> {
+    Ok(store::sync_runs::claim(pool, tenant_id, options.stale_after).await?)
+}
+
+/// Claims a run and syncs in the foreground (the CLI, tests, benchmarks). A run
+/// already going is an error.
+pub async fn run(
+    pool: &PgPool,
+    client: &TenantClient,
+    tenant: &Tenant,
+    options: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncSummary, SyncError> {
+    match claim(pool, tenant.id, options).await? {
+        Claim::Started(run) => execute(pool, client, tenant, run, options, progress).await,
+        Claim::Running(running) => Err(SyncError::AlreadyRunning(running.id)),
+    }
+}
+
+/// Claims a run and syncs in a background task (the API). Returns the claim at once:
+/// the new run, or the one already running.
+pub async fn start_in_background(
+    pool: PgPool,
+    client: TenantClient,
+    tenant: Tenant,
+    options: SyncOptions,
+) -> Result<Claim, SyncError> {
+    let claim = claim(&pool, tenant.id, &options).await?;
+    if let Claim::Started(run) = &claim {
+        let run = run.clone();
+        tokio::spawn(async move {
+            // The outcome is in the run record; the log gets a line for operators.
+            let slug = tenant.slug.clone();
+            match execute(&pool, &client, &tenant, run, &options, &Quiet).await {
+                Ok(summary) => tracing::info!(tenant = %slug, run = %summary.run.id,
+                    accounts = summary.run.accounts_seen, "sync finished"),
+                Err(error) => tracing::warn!(tenant = %slug, error = %error, "sync failed"),
+            }
+        });
+    }
+    Ok(claim)
+}
+
+/// Ends a run this process gives up on (the CLI on Ctrl-C) as failed, keeping the
+/// counts its last heartbeat recorded.
+pub async fn abandon(
+    pool: &PgPool,
+    tenant_id: i64,
+    run_id: Uuid,
+    reason: &str,
+) -> Result<(), SyncError> {
+    if let Some(run) = store::sync_runs::get(pool, tenant_id, run_id).await? {
+        store::sync_runs::finish(pool, run_id, &run.counts(), Some(reason)).await?;
+    }
+    Ok(())
+}
+
+/// Syncs every scope of the tenant under a claimed run, and records how it ended.
+#[tracing::instrument(name = "sync", skip_all, fields(tenant = %tenant.slug, run = %run.id))]
+pub async fn execute(
+    pool: &PgPool,
+    client: &TenantClient,
+    tenant: &Tenant,
+    run: SyncRun,
+    options: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncSummary, SyncError> {
+    let started = Instant::now();
+    let mut sync = scope::Sync {
+        pool,
+        client,
+        tenant,
+        run: &run,
+        options,
+        progress,
+        started,
+        counts: RunCounts::default(),
+    };
+    let outcome = sync_scopes(&mut sync).await;
+    let counts = sync.counts;
+    let error = outcome.as_ref().err().map(ToString::to_string);
+    let finished = store::sync_runs::finish(pool, run.id, &counts, error.as_deref()).await;
+    outcome?;
+    let run = finished?.ok_or(SyncError::Superseded)?;
+    Ok(SyncSummary {
+        run,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn sync_scopes(sync: &mut scope::Sync<'_>) -> Result<(), SyncError> {
+    for scope in scopes(sync.tenant)? {
+        sync.progress.scope_started(&scope);
+        sync.sync_scope(&scope).await?;
+    }
+    Ok(())
+}
+
+/// What a tenant's sync walks, in order.
+fn scopes(tenant: &Tenant) -> Result<Vec<Scope>, SyncError> {
+    let kind = crate::tenants::credential_kind(tenant)
+        .ok_or_else(|| SyncError::UnknownKind(tenant.credential_kind.clone()))?;
+    Ok(match kind {
+        CredentialKind::Platform => vec![Scope::OwnAccounts],
+        CredentialKind::Organization => {
+            let mut scopes: Vec<Scope> = tenant
+                .platform_ids
+                .iter()
+                .map(|p| Scope::Platform(p.clone()))
+                .collect();
+            scopes.push(Scope::OrgAccounts(tenant.org_account_ids.clone()));
+            scopes
+        }
+    })
+}

@@ -1,0 +1,114 @@
+//! `tally demo` end to end, as a new user runs it: on a private PostgreSQL cluster
+//! (as when no server answers), then the printed token and curl targets work.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[tokio::test]
+async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_cluster() {
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["demo", "--bind", "127.0.0.1:0", "--private-db"])
+        .env_remove("DATABASE_URL")
+        .env_remove("TALLY_MASTER_KEY")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let stdout = demo.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let (mut address, mut reader, mut output) = (None, None, String::new());
+    while address.is_none() || reader.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "demo did not come up:\n{output}"
+        );
+        let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(240)) else {
+            break;
+        };
+        output.push_str(&line);
+        output.push('\n');
+        if let Some(rest) = line.strip_prefix("== tally is serving on ") {
+            address = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(token) = line.strip_prefix("reader token (tenant acme): ") {
+            reader = Some(token.trim().to_owned());
+        }
+    }
+    let (address, reader) = (
+        address.expect("address printed"),
+        reader.expect("token printed"),
+    );
+    assert!(output.contains("== balances of tenant acme =="), "{output}");
+    assert!(
+        output.contains("hint:"),
+        "failures are explained:\n{output}"
+    );
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client
+            .get(format!("{address}/api/administrator/connect/{path}"))
+            .bearer_auth(&reader);
+        async move {
+            request
+                .send()
+                .await
+                .expect("sent")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let body = get("balances?max_age=300").await;
+    assert_eq!(body["accounts"]["total"], 50, "{body}");
+    assert_eq!(
+        body["accounts"]["failed"], 1,
+        "one account was revoked: {body}"
+    );
+    assert!(body["failures"][0]["hint"]
+        .as_str()
+        .is_some_and(|h| !h.is_empty()));
+    assert!(!body["totals"].as_array().expect("totals").is_empty());
+    assert_eq!(get("stripe-accounts-count").await, 50);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = demo.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "demo exits 0 after SIGTERM: {stderr}");
+    let cluster = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("demo: private cluster in "))
+        .expect("the demo started a private cluster");
+    assert!(
+        !std::path::Path::new(cluster).exists(),
+        "the private cluster was removed"
+    );
+}
