@@ -278,8 +278,15 @@ async fn platform_key_header_rules() {
     );
     assert!(a.message().ends_with(&expected_tail), "{}", a.message());
 
+    // Stripe-Context supersedes Stripe-Account: a platform key may name its own
+    // connected account with it, bare or under itself; not a foreign one.
     let a = get(&sim, "/v1/balance", key, &[("Stripe-Context", mine)]).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.status, StatusCode::OK);
+    let under_self = format!("{}/{mine}", sim.keys().platforms[0].id);
+    let a = get(&sim, "/v1/balance", key, &[("Stripe-Context", &under_self)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&sim, "/v1/balance", key, &[("Stripe-Context", foreign)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
 
     let both = [
         ("Stripe-Account", mine.as_str()),

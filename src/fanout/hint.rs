@@ -59,3 +59,75 @@ pub fn hint(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stripe::ApiErrorBody;
+
+    fn api(status: u16, code: Option<&str>) -> StripeError {
+        StripeError::Api {
+            status,
+            error: Box::new(ApiErrorBody {
+                r#type: "invalid_request_error".into(),
+                code: code.map(str::to_owned),
+                message: Some("m".into()),
+                param: None,
+                doc_url: None,
+                request_log_url: None,
+                decline_code: None,
+            }),
+            request_id: Some("req_1".into()),
+        }
+    }
+
+    #[test]
+    fn an_org_key_without_the_platform_is_told_to_use_platform_slash_account() {
+        let h = hint(
+            CredentialKind::Organization,
+            "acct_X",
+            None,
+            &api(403, None),
+        );
+        assert!(
+            h.contains("platform/account") && h.contains("--platform"),
+            "{h}"
+        );
+        let h = hint(
+            CredentialKind::Organization,
+            "acct_X",
+            Some("acct_P"),
+            &api(403, None),
+        );
+        assert!(h.contains("acct_P/acct_X"), "{h}");
+    }
+
+    #[test]
+    fn a_platform_key_for_a_foreign_or_revoked_account_is_told_so() {
+        let h = hint(
+            CredentialKind::Platform,
+            "acct_X",
+            None,
+            &api(403, Some("account_invalid")),
+        );
+        assert!(h.contains("not connected") && h.contains("revoked"), "{h}");
+    }
+
+    #[test]
+    fn rate_limits_outages_and_bad_keys_each_get_their_own_advice() {
+        let kind = CredentialKind::Platform;
+        assert!(hint(kind, "a", None, &api(429, Some("rate_limit"))).contains("rate limited"));
+        assert!(hint(kind, "a", None, &api(503, None)).contains("server error"));
+        assert!(hint(kind, "a", None, &api(401, None)).contains("rejected the tenant's key"));
+        let unreachable = StripeError::Transport {
+            detail: "refused".into(),
+            timeout: false,
+        };
+        assert!(hint(kind, "a", None, &unreachable).contains("could not be reached"));
+        let slow = StripeError::Transport {
+            detail: "timed out".into(),
+            timeout: true,
+        };
+        assert!(hint(kind, "a", None, &slow).contains("did not answer in time"));
+    }
+}

@@ -160,12 +160,19 @@ fn resolve_platform(
         account: platform.account,
         platform: Some(p),
     };
-    if context.is_some() {
-        return Err(bad_header(
-            "The Stripe-Context header is not supported with this key. To act as a connected \
-             account, set the Stripe-Account header to its ID.",
-        ));
-    }
+    // Stripe-Context supersedes Stripe-Account (docs.stripe.com/context): a platform
+    // key may name its own connected account either way, or as `P/X` with itself as P.
+    let context_account = match context.map(|c| c.split('/').collect::<Vec<_>>()) {
+        None => None,
+        Some(segments) => match segments.as_slice() {
+            [account] => Some(*account),
+            [p_id, account] if *p_id == platform.id => Some(*account),
+            _ => {
+                return Err(account_invalid(&caller.masked, context.unwrap_or_default()).violation())
+            }
+        },
+    };
+    let account = account.or(context_account);
     match account {
         None => Ok(own),
         Some(id) if id == platform.id => Ok(own),

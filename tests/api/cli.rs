@@ -70,3 +70,54 @@ async fn serve_honours_page_size_and_stops_on_sigterm() {
     let status = exited.expect("tally serve stopped within 10 s of SIGTERM");
     assert!(status.success(), "graceful stop exits 0: {status}");
 }
+
+#[tokio::test]
+async fn tally_balances_prints_totals_and_exits_non_zero_when_an_account_failed() {
+    let sim = crate::helpers::spawn_sim(tally::sim::SimConfig {
+        platforms: 1,
+        accounts_per_platform: 6,
+        ..tally::sim::SimConfig::default()
+    })
+    .await;
+    let app = spawn_app().await;
+    let tenant = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(tenant, &sim, &ids, None).await;
+    // Run off the test's runtime thread: the in-process simulator must keep serving.
+    let run = |format: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .args(["balances", "acme", "--max-age", "0", "--format", format])
+            .env("DATABASE_URL", &app.db.url)
+            .env("TALLY_MASTER_KEY", &app.master_base64)
+            .env(
+                "TALLY_CONFIG_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            );
+        async move {
+            tokio::task::spawn_blocking(move || command.output().expect("tally balances runs"))
+                .await
+                .expect("joined")
+        }
+    };
+    let table = run("table").await;
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("CURRENCY") && text.contains("USD"), "{text}");
+    assert!(text.contains("6 total, 6 ok, 0 failed"), "{text}");
+
+    sim.revoke(&ids[0]);
+    let json = run("json").await;
+    assert!(
+        !json.status.success(),
+        "a failed account makes the exit non-zero"
+    );
+    assert!(String::from_utf8_lossy(&json.stderr).contains("1 of 6 accounts could not be read"));
+    let body: Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!(body["failures"][0]["stripeid"], ids[0].as_str());
+    assert_eq!(body["failures"][0]["code"], "account_invalid");
+}
