@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{closed_loop, env_usize, ms, peak_rss_mib, rss_mib, ScratchDb};
+use common::{env_usize, ms, peak_rss_mib, rss_mib, ScratchDb};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tally::commands::tenant::TenantSpec;
@@ -40,7 +40,7 @@ fn account(i: usize) -> serde_json::Value {
     })
 }
 
-async fn load(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usize) {
+async fn load_accounts(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usize) {
     let mut i = from;
     while i < to {
         let end = (i + BATCH).min(to);
@@ -178,6 +178,17 @@ async fn main() {
     );
     let state = AppState::new(pool.clone(), Arc::new(settings), stripe);
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let host = base
+        .trim_end_matches("/api/administrator/connect/stripe-accounts")
+        .to_owned();
+    println!(
+        "load generator: {}",
+        if common::which_wrk() {
+            "wrk (external, like pgbench)"
+        } else {
+            "in-process reqwest (install wrk for an external one)"
+        }
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -188,7 +199,7 @@ async fn main() {
     let mut ratios = Vec::new();
     for size in sizes {
         let started = Instant::now();
-        load(&pool, tenant_id, loaded, size).await;
+        load_accounts(&pool, tenant_id, loaded, size).await;
         println!(
             "loaded {} accounts in {:.1} s (through the store's upsert)",
             size - loaded,
@@ -198,37 +209,34 @@ async fn main() {
         let owners = size / 2;
         let deep = size / 2;
 
-        let first_page = closed_loop(
-            &client,
-            &token,
-            clients,
-            duration,
-            Arc::new({
-                let base = base.clone();
-                move |_| base.clone()
-            }),
-        )
+        let path = "/api/administrator/connect/stripe-accounts";
+        let first_page = common::load(&host, &token, clients, duration, &format!("\"{path}\""), {
+            let base = base.clone();
+            move |_| base.clone()
+        })
         .await;
-        let owner_page = closed_loop(
-            &client,
+        let owner_page = common::load(
+            &host,
             &token,
             clients,
             duration,
-            Arc::new({
+            &format!("\"{path}?accountid=owner_\" .. ((n * 7919) % {owners})"),
+            {
                 let base = base.clone();
                 move |i| format!("{base}?accountid=owner_{}", (i * 7919) % owners)
-            }),
+            },
         )
         .await;
-        let deep_page = closed_loop(
-            &client,
+        let deep_page = common::load(
+            &host,
             &token,
             clients,
             duration,
-            Arc::new({
+            &format!("\"{path}?offset={deep}\""),
+            {
                 let base = base.clone();
                 move |_| format!("{base}?offset={deep}")
-            }),
+            },
         )
         .await;
 

@@ -179,3 +179,116 @@ pub fn peak_rss_mib() -> f64 {
 pub fn rss_mib() -> f64 {
     proc_status_mib("VmRSS:")
 }
+
+/// Runs `wrk` (an external C load generator, like pgbench on the database side)
+/// when it is installed, so the load generator does not compete with tally inside
+/// its own process. `path_expr` is a Lua expression for each request's path, with
+/// `n` the thread's request counter. Returns `None` without wrk.
+pub fn wrk(
+    host: &str,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    path_expr: &str,
+) -> Option<LoadReport> {
+    let script = format!(
+        "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(\"GET\", {path_expr}, \
+         {{[\"Authorization\"] = \"Bearer {token}\"}})\nend\n"
+    );
+    let path = std::env::temp_dir().join(format!("tally-wrk-{}.lua", std::process::id()));
+    std::fs::write(&path, script).ok()?;
+    let output = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{clients}"),
+            &format!("-d{}s", duration.as_secs()),
+            "--latency",
+            "-s",
+        ])
+        .arg(&path)
+        .arg(host)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(parse_wrk_duration)
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())?;
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let max = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Latency"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(parse_wrk_duration)
+        .unwrap_or_default();
+    Some(LoadReport {
+        requests,
+        errors,
+        elapsed: duration,
+        p50: percentile("50%")?,
+        p90: percentile("90%")?,
+        p99: percentile("99%")?,
+        max,
+    })
+}
+
+fn parse_wrk_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+pub fn which_wrk() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+/// Load through wrk when installed (off the runtime's threads), else in-process.
+pub async fn load(
+    host: &str,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    lua_path: &str,
+    url_for: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> LoadReport {
+    let (host, token_owned, lua_path) = (host.to_owned(), token.to_owned(), lua_path.to_owned());
+    let external =
+        tokio::task::spawn_blocking(move || wrk(&host, &token_owned, clients, duration, &lua_path))
+            .await
+            .expect("wrk task");
+    match external {
+        Some(report) => report,
+        None => {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(clients)
+                .build()
+                .expect("client");
+            closed_loop(&client, token, clients, duration, Arc::new(url_for)).await
+        }
+    }
+}
