@@ -70,14 +70,9 @@ impl Env {
         rate: u32,
     ) -> store::tenants::Tenant {
         let spec = TenantSpec {
-            slug: slug.into(),
-            key: SecretString::from(key.to_owned()),
-            platforms: vec![],
-            accounts: vec![],
             api_base: Some(base),
-            api_version: None,
             rate_limit: Some(rate),
-            webhook_secret: None,
+            ..TenantSpec::new(slug, SecretString::from(key.to_owned()))
         };
         tally::commands::tenant::add(&self.pool, &self.master(), &self.settings, spec)
             .await

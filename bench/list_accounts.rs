@@ -142,16 +142,10 @@ async fn main() {
     let pool = store::pool(&settings.database).expect("pool");
     store::migrate(&pool).await.expect("migrate");
     let master = MasterKey::from_base64(&MasterKey::generate_base64()).expect("key");
-    let spec = TenantSpec {
-        slug: "bench".into(),
-        key: SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
-        platforms: vec![],
-        accounts: vec![],
-        api_base: None,
-        api_version: None,
-        rate_limit: None,
-        webhook_secret: None,
-    };
+    let spec = TenantSpec::new(
+        "bench",
+        SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
+    );
     tally::commands::tenant::add(&pool, &master, &settings, spec)
         .await
         .expect("tenant");

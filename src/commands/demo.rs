@@ -141,24 +141,14 @@ async fn add_tenants(
     let keys = sim.keys();
     let specs = [
         TenantSpec {
-            slug: "acme".into(),
-            key: SecretString::from(keys.platforms[0].key.clone()),
-            platforms: vec![],
-            accounts: vec![],
             api_base: Some(sim.base_url()),
-            api_version: None,
-            rate_limit: None,
-            webhook_secret: None,
+            ..TenantSpec::new("acme", SecretString::from(keys.platforms[0].key.clone()))
         },
         TenantSpec {
-            slug: "org".into(),
-            key: SecretString::from(keys.organization_key.clone()),
             platforms: keys.platforms.iter().map(|p| p.id.clone()).collect(),
             accounts: keys.org_accounts.clone(),
             api_base: Some(sim.base_url()),
-            api_version: None,
-            rate_limit: None,
-            webhook_secret: None,
+            ..TenantSpec::new("org", SecretString::from(keys.organization_key.clone()))
         },
     ];
     for spec in specs {

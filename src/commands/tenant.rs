@@ -23,6 +23,22 @@ pub struct TenantSpec {
     pub webhook_secret: Option<SecretString>,
 }
 
+impl TenantSpec {
+    /// A tenant with nothing but its slug and key; the rest from config defaults.
+    pub fn new(slug: &str, key: SecretString) -> TenantSpec {
+        TenantSpec {
+            slug: slug.to_owned(),
+            key,
+            platforms: vec![],
+            accounts: vec![],
+            api_base: None,
+            api_version: None,
+            rate_limit: None,
+            webhook_secret: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
     #[error("invalid tenant slug '{0}': use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit")]

@@ -215,58 +215,35 @@ impl Inner {
     ) -> Result<(Recorded, bool), FanoutError> {
         let fetched = client.retrieve_balance(stripeid, platform).await;
         let fetched_at = Utc::now();
-        let mut conn = self.pool.acquire().await?;
-        match fetched {
+        // Either the balance with its per-currency totals, or the failure to store.
+        let result: Result<(Value, Totals), Value> = match fetched {
             Ok(balance) => match Totals::from_balance(&balance.value) {
-                Ok(totals) => {
-                    let outcome = SnapshotOutcome::Balance {
-                        raw: &balance.raw,
-                        totals: &totals,
-                    };
-                    let recorded = store::snapshots::record(
-                        &mut conn, tenant.id, stripeid, fetched_at, "fetch", outcome,
-                    )
-                    .await?;
-                    Ok((recorded, true))
-                }
-                Err(overflow) => {
-                    let error = json!({
-                        "status": null, "type": "tally_error", "code": "amount-overflow",
-                        "message": overflow.to_string(), "requestId": balance.request_id,
-                        "hint": "This balance cannot be summed in 64-bit minor units; report it.",
-                    });
-                    let recorded = store::snapshots::record(
-                        &mut conn,
-                        tenant.id,
-                        stripeid,
-                        fetched_at,
-                        "fetch",
-                        SnapshotOutcome::Error(&error),
-                    )
-                    .await?;
-                    Ok((recorded, false))
-                }
+                Ok(totals) => Ok((balance.raw, totals)),
+                Err(overflow) => Err(json!({
+                    "status": null, "type": "tally_error", "code": "amount-overflow",
+                    "message": overflow.to_string(), "requestId": balance.request_id,
+                    "hint": "This balance cannot be summed in 64-bit minor units; report it.",
+                })),
             },
             Err(error) => {
                 let kind = tenant
                     .credential_kind
                     .parse()
                     .unwrap_or(CredentialKind::Platform);
-                let failure = failure_json(kind, stripeid, platform, &error);
                 tracing::warn!(tenant = %tenant.slug, stripeid, status = ?error.status(), code = ?error.code(),
                                request_id = ?error.request_id(), "balance fetch failed");
-                let recorded = store::snapshots::record(
-                    &mut conn,
-                    tenant.id,
-                    stripeid,
-                    fetched_at,
-                    "fetch",
-                    SnapshotOutcome::Error(&failure),
-                )
-                .await?;
-                Ok((recorded, false))
+                Err(failure_json(kind, stripeid, platform, &error))
             }
-        }
+        };
+        let outcome = match &result {
+            Ok((raw, totals)) => SnapshotOutcome::Balance { raw, totals },
+            Err(failure) => SnapshotOutcome::Error(failure),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let recorded =
+            store::snapshots::record(&mut conn, tenant.id, stripeid, fetched_at, "fetch", outcome)
+                .await?;
+        Ok((recorded, result.is_ok()))
     }
 }
 

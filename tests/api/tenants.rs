@@ -10,16 +10,7 @@ use crate::helpers::{spawn_app, TestApp, PLATFORM_KEY};
 const ORG_KEY: &str = "sk_org_test_51OrgSecretKeyValue0002";
 
 fn spec(slug: &str, key: &str) -> TenantSpec {
-    TenantSpec {
-        slug: slug.to_owned(),
-        key: SecretString::from(key.to_owned()),
-        platforms: vec![],
-        accounts: vec![],
-        api_base: None,
-        api_version: None,
-        rate_limit: None,
-        webhook_secret: None,
-    }
+    TenantSpec::new(slug, SecretString::from(key.to_owned()))
 }
 
 async fn add(
