@@ -167,7 +167,7 @@ async fn balance_available(
     let totals = Totals::from_balance(&balance)
         .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
     let recorded = store::snapshots::record(
-        &mut **tx,
+        tx,
         tenant_id,
         account,
         event_time(event)?,

@@ -5,4 +5,6 @@ mod auth;
 mod cli;
 mod health;
 mod helpers;
+mod sync;
 mod tenants;
+mod webhooks;
