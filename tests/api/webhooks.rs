@@ -16,6 +16,21 @@ fn url(app: &TestApp, slug: &str) -> String {
     format!("{}/webhooks/stripe/{slug}", app.address)
 }
 
+/// Has the simulator sign and send a `kind` event about `account`; returns the status.
+async fn sim_sends(
+    app: &TestApp,
+    sim: &SimHandle,
+    slug: &str,
+    secret: &str,
+    kind: &str,
+    account: &str,
+) -> u16 {
+    sim.send_webhook(&url(app, slug), secret, kind, account)
+        .await
+        .expect("sent")
+        .as_u16()
+}
+
 /// Posts `payload` with the given `Stripe-Signature` header; returns status and body.
 async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
     let response = app
@@ -85,12 +100,10 @@ async fn a_signed_account_updated_event_is_applied() {
     let account = sim.keys().platforms[1].accounts[2].clone();
     sim.update_account_metadata(&account, "accountid", Some("owner_from_webhook"));
 
-    let status = sim
-        .send_webhook(&url(&app, "acme"), SECRET, "account.updated", &account)
-        .await
-        .expect("sent");
-
-    assert_eq!(status.as_u16(), 200);
+    assert_eq!(
+        sim_sends(&app, &sim, "acme", SECRET, "account.updated", &account).await,
+        200
+    );
     assert_eq!(
         accountid(&app, &tenant, &account).await.as_deref(),
         Some("owner_from_webhook")
@@ -211,12 +224,10 @@ async fn balance_available_stores_a_snapshot_in_the_totals() {
     let tenant = synced_org(&app, &sim, "acme", SECRET).await;
     let account = sim.keys().platforms[0].accounts[3].clone();
 
-    let status = sim
-        .send_webhook(&url(&app, "acme"), SECRET, "balance.available", &account)
-        .await
-        .expect("sent");
-
-    assert_eq!(status.as_u16(), 200);
+    assert_eq!(
+        sim_sends(&app, &sim, "acme", SECRET, "balance.available", &account).await,
+        200
+    );
     let latest = store::snapshots::latest(&app.pool, tenant.id, &account)
         .await
         .expect("query")
@@ -236,17 +247,18 @@ async fn deauthorized_accounts_are_marked_removed() {
     let tenant = synced_org(&app, &sim, "acme", SECRET).await;
     let account = sim.keys().platforms[0].accounts[4].clone();
 
-    let status = sim
-        .send_webhook(
-            &url(&app, "acme"),
+    assert_eq!(
+        sim_sends(
+            &app,
+            &sim,
+            "acme",
             SECRET,
             "account.application.deauthorized",
-            &account,
+            &account
         )
-        .await
-        .expect("sent");
-
-    assert_eq!(status.as_u16(), 200);
+        .await,
+        200
+    );
     let row = store::accounts::get(&app.pool, tenant.id, &account)
         .await
         .expect("query")
@@ -332,37 +344,43 @@ async fn a_webhook_for_one_tenant_never_touches_another() {
     let account = sim.keys().platforms[0].accounts[0].clone();
 
     // acme's event, signed with acme's secret, sent to globex: refused.
-    let status = sim
-        .send_webhook(
-            &url(&app, "globex"),
+    assert_eq!(
+        sim_sends(
+            &app,
+            &sim,
+            "globex",
             SECRET,
             "account.application.deauthorized",
-            &account,
+            &account
         )
-        .await
-        .expect("sent");
-    assert_eq!(status.as_u16(), 400);
+        .await,
+        400
+    );
     // Sent to acme: only acme's record changes.
-    let status = sim
-        .send_webhook(
-            &url(&app, "acme"),
+    assert_eq!(
+        sim_sends(
+            &app,
+            &sim,
+            "acme",
             SECRET,
             "account.application.deauthorized",
-            &account,
+            &account
         )
-        .await
-        .expect("sent");
-    assert_eq!(status.as_u16(), 200);
-    let status = sim
-        .send_webhook(
-            &url(&app, "acme"),
+        .await,
+        200
+    );
+    assert_eq!(
+        sim_sends(
+            &app,
+            &sim,
+            "acme",
             SECRET,
             "balance.available",
-            &sim.keys().platforms[0].accounts[1],
+            &sim.keys().platforms[0].accounts[1]
         )
-        .await
-        .expect("sent");
-    assert_eq!(status.as_u16(), 200);
+        .await,
+        200
+    );
 
     let removed = |tenant: &Tenant| {
         let pool = app.pool.clone();
