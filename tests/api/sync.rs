@@ -14,6 +14,7 @@ use tally::crypto::MasterKey;
 use tally::domain::Role;
 use tally::sim::{SimConfig, SimHandle};
 use tally::store;
+use tally::store::accounts::AccountRow;
 use tally::store::sync_runs::RunCounts;
 use tally::store::tenants::Tenant;
 use tally::sync::{self, Progress, SyncError, SyncOptions, SyncSummary};
@@ -112,6 +113,14 @@ pub async fn sync_ok(app: &TestApp, tenant: &Tenant) -> SyncSummary {
         .expect("sync succeeds")
 }
 
+/// The stored record of `stripeid`, removed or not; it must exist.
+pub async fn stored(app: &TestApp, tenant_id: i64, stripeid: &str) -> AccountRow {
+    store::accounts::get(&app.pool, tenant_id, stripeid)
+        .await
+        .expect("query")
+        .unwrap_or_else(|| panic!("{stripeid} stored"))
+}
+
 async fn listed_count(app: &TestApp, tenant_id: i64) -> i64 {
     store::accounts::count(&app.pool, tenant_id)
         .await
@@ -141,10 +150,7 @@ async fn an_org_sync_lands_every_account_with_its_platform_and_owner() {
         .flat_map(|p| p.accounts.iter().map(move |a| (a, Some(p.id.as_str()))))
         .chain(keys.org_accounts.iter().map(|a| (a, None)));
     for (stripeid, platform) in expected {
-        let row = store::accounts::get(&app.pool, tenant.id, stripeid)
-            .await
-            .expect("query")
-            .unwrap_or_else(|| panic!("{stripeid} stored"));
+        let row = stored(&app, tenant.id, stripeid).await;
         let object = sim.account_object(stripeid).expect("sim account");
         assert_eq!(row.platform_id.as_deref(), platform, "{stripeid}");
         assert_eq!(
@@ -186,28 +192,19 @@ async fn a_second_sync_with_nothing_changed_changes_nothing() {
     let tenant = add_org_tenant(&app, &sim, "acme", None).await;
     sync_ok(&app, &tenant).await;
     let probe = sim.keys().platforms[0].accounts[3].clone();
-    let before = store::accounts::get(&app.pool, tenant.id, &probe)
-        .await
-        .expect("query")
-        .expect("stored");
+    let before = stored(&app, tenant.id, &probe).await;
 
     let second = sync_ok(&app, &tenant).await;
 
     assert_eq!(counts(&second), (0, 0, 62, 0));
-    let after = store::accounts::get(&app.pool, tenant.id, &probe)
-        .await
-        .expect("query")
-        .expect("stored");
+    let after = stored(&app, tenant.id, &probe).await;
     assert_eq!(after.updated_at, before.updated_at);
 
     // A real change is picked up, and only that one.
     sim.update_account_metadata(&probe, "accountid", Some("owner_moved"));
     let third = sync_ok(&app, &tenant).await;
     assert_eq!(counts(&third), (0, 1, 61, 0));
-    let moved = store::accounts::get(&app.pool, tenant.id, &probe)
-        .await
-        .expect("query")
-        .expect("stored");
+    let moved = stored(&app, tenant.id, &probe).await;
     assert_eq!(moved.accountid.as_deref(), Some("owner_moved"));
     assert!(moved.updated_at > before.updated_at);
 }

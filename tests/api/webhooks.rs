@@ -7,7 +7,7 @@ use tally::store;
 use tally::store::tenants::Tenant;
 
 use crate::helpers::{spawn_app, TestApp};
-use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, sync_ok};
+use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, stored, sync_ok};
 
 const SECRET: &str = "whsec_test_acme_0123456789";
 const OTHER_SECRET: &str = "whsec_test_globex_987654321";
@@ -77,11 +77,7 @@ async fn synced_org(app: &TestApp, sim: &SimHandle, slug: &str, secret: &str) ->
 }
 
 async fn accountid(app: &TestApp, tenant: &Tenant, stripeid: &str) -> Option<String> {
-    store::accounts::get(&app.pool, tenant.id, stripeid)
-        .await
-        .expect("query")
-        .expect("stored")
-        .accountid
+    stored(app, tenant.id, stripeid).await.accountid
 }
 
 async fn processed_events(app: &TestApp, tenant_id: i64) -> i64 {
@@ -109,10 +105,7 @@ async fn a_signed_account_updated_event_is_applied() {
         Some("owner_from_webhook")
     );
     // The stored platform is kept (the event's context names only the account).
-    let row = store::accounts::get(&app.pool, tenant.id, &account)
-        .await
-        .expect("query")
-        .expect("stored");
+    let row = stored(&app, tenant.id, &account).await;
     assert_eq!(
         row.platform_id.as_deref(),
         Some(sim.keys().platforms[1].id.as_str())
@@ -259,10 +252,7 @@ async fn deauthorized_accounts_are_marked_removed() {
         .await,
         200
     );
-    let row = store::accounts::get(&app.pool, tenant.id, &account)
-        .await
-        .expect("query")
-        .expect("kept");
+    let row = stored(&app, tenant.id, &account).await;
     assert!(row.removed_at.is_some());
     assert_eq!(
         store::accounts::count(&app.pool, tenant.id)
@@ -290,10 +280,7 @@ async fn a_new_account_takes_its_platform_from_the_context() {
     let (status, body) = post_event(&app, "acme", SECRET, &created, now()).await;
 
     assert_eq!(status, 200, "{body}");
-    let row = store::accounts::get(&app.pool, tenant.id, &added)
-        .await
-        .expect("query")
-        .expect("stored");
+    let row = stored(&app, tenant.id, &added).await;
     assert_eq!(row.platform_id.as_deref(), Some(platform.as_str()));
 }
 
@@ -382,21 +369,8 @@ async fn a_webhook_for_one_tenant_never_touches_another() {
         200
     );
 
-    let removed = |tenant: &Tenant| {
-        let pool = app.pool.clone();
-        let id = tenant.id;
-        let account = account.clone();
-        async move {
-            store::accounts::get(&pool, id, &account)
-                .await
-                .expect("query")
-                .expect("stored")
-                .removed_at
-                .is_some()
-        }
-    };
-    assert!(removed(&acme).await);
-    assert!(!removed(&globex).await);
+    assert!(stored(&app, acme.id, &account).await.removed_at.is_some());
+    assert!(stored(&app, globex.id, &account).await.removed_at.is_none());
     assert_eq!(
         store::accounts::count(&app.pool, globex.id)
             .await
