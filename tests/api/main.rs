@@ -6,4 +6,6 @@ mod balances;
 mod cli;
 mod health;
 mod helpers;
+mod sync;
 mod tenants;
+mod webhooks;
