@@ -76,7 +76,7 @@ pub struct Fanout {
 struct Inner {
     pool: PgPool,
     stripe: Arc<StripeTenants>,
-    /// How many balance fetches run at once per fan-out; the tenant client's own
+    /// How many accounts one fan-out works on at once; the tenant client's own
     /// in-flight cap and rate limit still bound what reaches Stripe.
     concurrency: usize,
     running: Mutex<HashMap<RefreshKey, SharedRefresh>>,
@@ -88,7 +88,10 @@ impl Fanout {
             inner: Arc::new(Inner {
                 pool,
                 stripe,
-                concurrency: concurrency.max(1),
+                // Twice the in-flight cap: while up to `concurrency` requests wait on
+                // Stripe (the tenant client's own cap), others store their snapshots,
+                // so the database write never idles a request slot.
+                concurrency: concurrency.max(1) * 2,
                 running: Mutex::new(HashMap::new()),
             }),
         }
