@@ -9,6 +9,8 @@ COPY .sqlx .sqlx
 COPY migrations migrations
 COPY config config
 COPY src src
+# Declared bench targets must exist for Cargo to read the manifest.
+COPY bench bench
 RUN cargo build --release --locked --bin tally
 
 FROM debian:bookworm-slim AS runtime
