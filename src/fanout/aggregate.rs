@@ -121,11 +121,21 @@ pub async fn read(
             let freshness = store::snapshots::tenant_freshness(pool, tenant_id).await?;
             let listed = freshness.listed;
             let totals = store::snapshots::tenant_totals(pool, tenant_id).await?;
-            let failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
+            let mut failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
                 .await?
                 .into_iter()
                 .map(|(stripeid, error)| Failure::from_stored(stripeid, &error, None))
                 .collect();
+            // Accounts with no snapshot at all did not contribute either: list them
+            // rather than let them hide in the count.
+            if freshness.ok + freshness.failed < freshness.listed {
+                failures.extend(
+                    store::snapshots::never_fetched(pool, tenant_id)
+                        .await?
+                        .into_iter()
+                        .map(Failure::never_fetched),
+                );
+            }
             let counts = AccountCounts {
                 total: listed,
                 ok: freshness.ok,

@@ -198,7 +198,15 @@ impl Inner {
             .buffer_unordered(self.concurrency);
         let mut summary = RefreshSummary::default();
         while let Some(result) = results.next().await {
-            let (_, ok) = result?;
+            // A snapshot that cannot be stored fails that account in this run, never
+            // the run: the other accounts still count.
+            let ok = match result {
+                Ok((_, ok)) => ok,
+                Err(error) => {
+                    tracing::error!(tenant = %tenant.slug, error = %error, "storing a balance snapshot failed");
+                    false
+                }
+            };
             summary.fetched += 1;
             if !ok {
                 summary.failed += 1;

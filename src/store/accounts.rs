@@ -140,7 +140,7 @@ pub async fn upsert(
 
 /// A stored account as the API renders it. The Stripe object stays JSON text so a
 /// page of records is streamed out without re-parsing it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
     pub stripeid: String,
     pub accountid: Option<String>,
@@ -150,6 +150,19 @@ pub struct AccountRow {
     pub updated_at: DateTime<Utc>,
     pub removed_at: Option<DateTime<Utc>>,
 }
+
+/// One row of [`page_with_total`]: the total, then an account's columns (all null
+/// when the page is empty).
+type PageRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// A page of the whole tenant and the tenant's listed total.
 #[derive(Debug, Clone)]
@@ -168,43 +181,44 @@ pub async fn page_with_total(
     offset: i64,
     limit: i64,
 ) -> Result<Page, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0)
-                      AS "total!",
-                  a.stripeid AS "stripeid?", a.accountid, a.platform_id,
-                  a.stripe_object::text AS "stripe_object?", a.created_at AS "created_at?",
-                  a.updated_at AS "updated_at?", a.removed_at
-           FROM (SELECT 1) AS one
-           LEFT JOIN LATERAL (
-               SELECT a.* FROM (
-                   SELECT stripeid FROM stripe_accounts
-                   WHERE tenant_id = $1 AND removed_at IS NULL
-                   ORDER BY created_at DESC, stripeid
-                   OFFSET $2 LIMIT $3
-               ) AS page
-               JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
-           ) AS a ON true
-           ORDER BY a.created_at DESC, a.stripeid"#,
-        tenant_id,
-        offset,
-        limit
-    )
-    .fetch_all(db)
-    .await?;
-    let total = rows.first().map_or(0, |row| row.total);
+    // Offset and limit are written into the statement as integers (they are i64s,
+    // so nothing can be injected). With them as parameters Postgres cannot cost a
+    // generic plan (an unknown LIMIT looks like 10% of the table) and re-plans the
+    // statement on every request; as literals, each page shape gets one cached plan,
+    // which is most of the per-request cost of the default first page.
+    let sql = format!(
+        "SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0),
+                a.stripeid, a.accountid, a.platform_id, a.stripe_object::text, a.created_at,
+                a.updated_at, a.removed_at
+         FROM (SELECT 1) AS one
+         LEFT JOIN LATERAL (
+             SELECT a.* FROM (
+                 SELECT stripeid FROM stripe_accounts
+                 WHERE tenant_id = $1 AND removed_at IS NULL
+                 ORDER BY created_at DESC, stripeid
+                 OFFSET {offset} LIMIT {limit}
+             ) AS page
+             JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
+         ) AS a ON true
+         ORDER BY a.created_at DESC, a.stripeid"
+    );
+    let rows: Vec<PageRow> = sqlx::query_as(&sql).bind(tenant_id).fetch_all(db).await?;
+    let total = rows.first().map_or(0, |row| row.0);
     let rows = rows
         .into_iter()
-        .filter_map(|row| {
-            Some(AccountRow {
-                stripeid: row.stripeid?,
-                accountid: row.accountid,
-                platform_id: row.platform_id,
-                stripe_object: row.stripe_object?,
-                created_at: row.created_at?,
-                updated_at: row.updated_at?,
-                removed_at: row.removed_at,
-            })
-        })
+        .filter_map(
+            |(_, stripeid, accountid, platform_id, object, created, updated, removed)| {
+                Some(AccountRow {
+                    stripeid: stripeid?,
+                    accountid,
+                    platform_id,
+                    stripe_object: object?,
+                    created_at: created?,
+                    updated_at: updated?,
+                    removed_at: removed,
+                })
+            },
+        )
         .collect();
     Ok(Page { total, rows })
 }
@@ -217,23 +231,22 @@ pub async fn owner_page(
     offset: i64,
     limit: i64,
 ) -> Result<Vec<AccountRow>, sqlx::Error> {
-    sqlx::query_as!(
-        AccountRow,
-        r#"SELECT a.stripeid, a.accountid, a.platform_id, a.stripe_object::text AS "stripe_object!",
-                  a.created_at, a.updated_at, a.removed_at
-           FROM (SELECT stripeid FROM stripe_accounts
-                 WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
-                 ORDER BY created_at DESC, stripeid
-                 OFFSET $3 LIMIT $4) AS page
-           JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
-           ORDER BY a.created_at DESC, a.stripeid"#,
-        tenant_id,
-        owner,
-        offset,
-        limit
-    )
-    .fetch_all(db)
-    .await
+    // Offset and limit as integer literals, for one cached plan (see page_with_total).
+    let sql = format!(
+        "SELECT a.stripeid, a.accountid, a.platform_id, a.stripe_object::text AS stripe_object,
+                a.created_at, a.updated_at, a.removed_at
+         FROM (SELECT stripeid FROM stripe_accounts
+               WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
+               ORDER BY created_at DESC, stripeid
+               OFFSET {offset} LIMIT {limit}) AS page
+         JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
+         ORDER BY a.created_at DESC, a.stripeid"
+    );
+    sqlx::query_as::<_, AccountRow>(&sql)
+        .bind(tenant_id)
+        .bind(owner)
+        .fetch_all(db)
+        .await
 }
 
 /// Every listed record in page order, as a stream: `all=true` never holds the

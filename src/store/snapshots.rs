@@ -74,6 +74,12 @@ pub async fn record(
     )
     .fetch_one(&mut *tx)
     .await?;
+    if !listed {
+        // A removed account keeps its history but never becomes anyone's latest: it
+        // is out of the totals, and if sync lists it again its next fetch counts anew.
+        tx.commit().await?;
+        return Ok(Recorded::HistoryOnly(snapshot_id));
+    }
     let previous = sqlx::query!(
         r#"SELECT fetched_at, ok, amounts FROM latest_balances
            WHERE tenant_id = $1 AND stripeid = $2"#,
@@ -102,17 +108,15 @@ pub async fn record(
     )
     .execute(&mut *tx)
     .await?;
-    if listed {
-        let old = match &previous {
-            Some(p) => Some((p.ok, stored_totals(&p.amounts)?)),
-            None => None,
-        };
-        let new = Some((
-            new_totals.is_some(),
-            new_totals.cloned().unwrap_or_default(),
-        ));
-        move_tenant_totals(&mut tx, tenant_id, old, new).await?;
-    }
+    let old = match &previous {
+        Some(p) => Some((p.ok, stored_totals(&p.amounts)?)),
+        None => None,
+    };
+    let new = Some((
+        new_totals.is_some(),
+        new_totals.cloned().unwrap_or_default(),
+    ));
+    move_tenant_totals(&mut tx, tenant_id, old, new).await?;
     tx.commit().await?;
     Ok(Recorded::Latest(snapshot_id))
 }
@@ -335,6 +339,24 @@ pub async fn stale_accounts(
         .into_iter()
         .map(|r| (r.stripeid, r.platform_id))
         .collect())
+}
+
+/// Listed accounts of the tenant with no snapshot yet. Only asked when the kept
+/// counts say some exist, so the whole-tenant aggregate scans nothing when complete.
+pub async fn never_fetched(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT a.stripeid FROM stripe_accounts a
+           WHERE a.tenant_id = $1 AND a.removed_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM latest_balances l
+                             WHERE l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid)
+           ORDER BY a.stripeid"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// The whole tenant's failed accounts (latest snapshot is an error).

@@ -367,3 +367,64 @@ async fn a_tenant_never_sees_another_tenants_balances() {
     assert_eq!(theirs.1["code"], "invalid-stripeid");
     drop(sim);
 }
+
+#[tokio::test]
+async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
+    let (app, sim, ids, token) = platform_setup(5).await;
+    let tenant_id = tally::store::tenants::find_by_slug(&app.pool, "acme")
+        .await
+        .expect("query")
+        .expect("tenant")
+        .id;
+    app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+
+    let removed = vec![ids[0].clone()];
+    let mut tx = app.pool.begin().await.expect("tx");
+    tally::store::accounts::mark_removed(&mut *tx, tenant_id, &removed, None)
+        .await
+        .expect("mark");
+    tally::store::snapshots::forget_latest(&mut tx, tenant_id, &removed)
+        .await
+        .expect("forget");
+    tx.commit().await.expect("commit");
+    let (_, body) = app
+        .get_json(&format!("{BALANCES}?max_age=3600"), &token)
+        .await;
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &ids[1..]));
+    assert_eq!(body["accounts"]["total"], 4);
+
+    // A balance arriving for the removed account (a late webhook) is history only.
+    let balance = sim.balance_of(&ids[0]).expect("balance");
+    let parsed: tally::stripe::Balance = serde_json::from_value(balance.clone()).expect("balance");
+    let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let recorded = tally::store::snapshots::record(
+        &mut conn,
+        tenant_id,
+        &ids[0],
+        chrono::Utc::now(),
+        "webhook",
+        tally::store::snapshots::SnapshotOutcome::Balance {
+            raw: &balance,
+            totals: &totals,
+        },
+    )
+    .await
+    .expect("recorded");
+    assert!(matches!(
+        recorded,
+        tally::store::snapshots::Recorded::HistoryOnly(_)
+    ));
+
+    // Relisted by a sync: the next aggregate fetches it and the totals are whole again.
+    app.store_sim_accounts(tenant_id, &sim, &removed, None)
+        .await;
+    let (_, body) = app
+        .get_json(&format!("{BALANCES}?max_age=3600"), &token)
+        .await;
+    assert_eq!(
+        body["accounts"],
+        serde_json::json!({"total": 5, "ok": 5, "failed": 0})
+    );
+    assert_eq!(reported_totals(&body), expected_totals(&sim, &ids));
+}
