@@ -137,16 +137,7 @@ impl TestApp {
     }
 
     pub async fn add_tenant_with_key(&self, slug: &str, key: &str) {
-        let spec = TenantSpec {
-            slug: slug.to_owned(),
-            key: SecretString::from(key.to_owned()),
-            platforms: vec![],
-            accounts: vec![],
-            api_base: None,
-            api_version: None,
-            rate_limit: None,
-            webhook_secret: None,
-        };
+        let spec = TenantSpec::new(slug, SecretString::from(key.to_owned()));
         tally::commands::tenant::add(&self.pool, &self.master, &self.settings, spec)
             .await
             .expect("tenant added");
@@ -161,14 +152,18 @@ impl TestApp {
             .to_owned()
     }
 
-    /// Stores accounts the way sync will: through the store's upsert.
+    /// Stores accounts the way sync does: through the store's upsert.
     pub async fn store_accounts(&self, tenant_id: i64, objects: &[Value]) {
+        self.store_objects(tenant_id, objects, None).await;
+    }
+
+    async fn store_objects(&self, tenant_id: i64, objects: &[Value], platform: Option<&str>) {
         let inputs: Vec<AccountInput> = objects
             .iter()
             .map(|object| {
                 AccountInput::from_stripe_object(
                     object,
-                    None,
+                    platform,
                     &self.settings.accounts.owner_metadata_key,
                 )
                 .expect("valid account object")
@@ -298,22 +293,13 @@ impl TestApp {
         ids: &[String],
         platform: Option<&str>,
     ) {
-        let inputs: Vec<AccountInput> = ids
+        let objects: Vec<Value> = ids
             .iter()
             .map(|id| {
-                let object = sim
-                    .account_object(id)
-                    .expect("the simulator holds the account");
-                AccountInput::from_stripe_object(
-                    &object,
-                    platform,
-                    &self.settings.accounts.owner_metadata_key,
-                )
-                .expect("valid account object")
+                sim.account_object(id)
+                    .expect("the simulator holds the account")
             })
             .collect();
-        store::accounts::upsert(&self.pool, tenant_id, &inputs)
-            .await
-            .expect("upsert");
+        self.store_objects(tenant_id, &objects, platform).await;
     }
 }
