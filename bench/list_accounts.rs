@@ -109,17 +109,17 @@ fn page_script(tenant: i64, offset: usize) -> String {
     )
 }
 
-/// store::accounts::count_for_owner then owner_page: the two statements of an
-/// accountid request.
+/// store::accounts::page_with_total for one owner, as one pgbench statement.
 fn owner_script(tenant: i64, owners: usize) -> String {
     format!(
         "\\set n random(0, {})\n\
-         SELECT count(*) FROM stripe_accounts WHERE tenant_id = {tenant} AND accountid = 'owner_' || :n \
-         AND removed_at IS NULL;\n\
-         SELECT {ROW} FROM (SELECT stripeid FROM stripe_accounts WHERE tenant_id = {tenant} \
-         AND accountid = 'owner_' || :n AND removed_at IS NULL ORDER BY created_at DESC, stripeid \
-         OFFSET 0 LIMIT 10) AS page JOIN stripe_accounts a ON a.tenant_id = {tenant} \
-         AND a.stripeid = page.stripeid ORDER BY a.created_at DESC, a.stripeid;\n",
+         SELECT (SELECT count(*) FROM stripe_accounts WHERE tenant_id = {tenant} \
+         AND accountid = 'owner_' || :n AND removed_at IS NULL), {ROW} \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT a.* FROM (SELECT stripeid FROM stripe_accounts \
+         WHERE tenant_id = {tenant} AND accountid = 'owner_' || :n AND removed_at IS NULL \
+         ORDER BY created_at DESC, stripeid OFFSET 0 LIMIT 10) AS page JOIN stripe_accounts a \
+         ON a.tenant_id = {tenant} AND a.stripeid = page.stripeid) AS a ON true \
+         ORDER BY a.created_at DESC, a.stripeid;\n",
         owners - 1
     )
 }

@@ -140,27 +140,19 @@ async fn list(
                 .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
             return Ok(response);
         }
-        (None, false) => {
+        (owner, false) => {
             let page = store::accounts::page_with_total(
                 &state.pool,
                 scope.tenant.id,
+                owner.as_deref(),
                 query.offset,
                 query.limit,
             )
             .await?;
+            if owner.is_some() && page.total == 0 {
+                return Err(unknown_owner());
+            }
             (page.total, page.rows)
-        }
-        (Some(owner), false) => {
-            let total = listed_count(&state, scope.tenant.id, Some(owner)).await?;
-            let rows = store::accounts::owner_page(
-                &state.pool,
-                scope.tenant.id,
-                owner,
-                query.offset,
-                query.limit,
-            )
-            .await?;
-            (total, rows)
         }
     };
     let records = rows

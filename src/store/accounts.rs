@@ -140,7 +140,7 @@ pub async fn upsert(
 
 /// A stored account as the API renders it. The Stripe object stays JSON text so a
 /// page of records is streamed out without re-parsing it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct AccountRow {
     pub stripeid: String,
     pub accountid: Option<String>,
@@ -164,37 +164,49 @@ type PageRow = (
     Option<DateTime<Utc>>,
 );
 
-/// A page of the whole tenant and the tenant's listed total.
+/// A page and the total the listing walks.
 #[derive(Debug, Clone)]
 pub struct Page {
     pub total: i64,
     pub rows: Vec<AccountRow>,
 }
 
-/// One page of the whole tenant, newest `created_at` first, ties by `stripeid`, with
-/// the total, in one round trip. The page's keys come from an index-only scan and
-/// only the rows on the page are joined for their objects, so a deep `offset` does
-/// not render every skipped object.
+/// One page, newest `created_at` first, ties by `stripeid` (of one owner's records
+/// when `owner` is given), with the total, in one round trip. The whole tenant's
+/// total comes from the trigger-kept counter, an owner's from its index. The page's
+/// keys come from an index-only scan and only the rows on the page are joined for
+/// their objects, so a deep `offset` does not render every skipped object.
 pub async fn page_with_total(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
+    owner: Option<&str>,
     offset: i64,
     limit: i64,
 ) -> Result<Page, sqlx::Error> {
+    let (total, owner_filter) = match owner {
+        None => (
+            "COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0)",
+            "",
+        ),
+        Some(_) => (
+            "(SELECT count(*) FROM stripe_accounts
+              WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL)",
+            "AND accountid = $2",
+        ),
+    };
     // Offset and limit are written into the statement as integers (they are i64s,
     // so nothing can be injected). With them as parameters Postgres cannot cost a
     // generic plan (an unknown LIMIT looks like 10% of the table) and re-plans the
     // statement on every request; as literals, each page shape gets one cached plan,
-    // which is most of the per-request cost of the default first page.
+    // which is most of the per-request cost of a small page.
     let sql = format!(
-        "SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0),
-                a.stripeid, a.accountid, a.platform_id, a.stripe_object::text, a.created_at,
-                a.updated_at, a.removed_at
+        "SELECT {total}, a.stripeid, a.accountid, a.platform_id, a.stripe_object::text,
+                a.created_at, a.updated_at, a.removed_at
          FROM (SELECT 1) AS one
          LEFT JOIN LATERAL (
              SELECT a.* FROM (
                  SELECT stripeid FROM stripe_accounts
-                 WHERE tenant_id = $1 AND removed_at IS NULL
+                 WHERE tenant_id = $1 {owner_filter} AND removed_at IS NULL
                  ORDER BY created_at DESC, stripeid
                  OFFSET {offset} LIMIT {limit}
              ) AS page
@@ -202,7 +214,11 @@ pub async fn page_with_total(
          ) AS a ON true
          ORDER BY a.created_at DESC, a.stripeid"
     );
-    let rows: Vec<PageRow> = sqlx::query_as(&sql).bind(tenant_id).fetch_all(db).await?;
+    let mut query = sqlx::query_as::<_, PageRow>(&sql).bind(tenant_id);
+    if let Some(owner) = owner {
+        query = query.bind(owner);
+    }
+    let rows = query.fetch_all(db).await?;
     let total = rows.first().map_or(0, |row| row.0);
     let rows = rows
         .into_iter()
@@ -221,32 +237,6 @@ pub async fn page_with_total(
         )
         .collect();
     Ok(Page { total, rows })
-}
-
-/// One page of one owner's records, in listing order (keys first, as above).
-pub async fn owner_page(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    owner: &str,
-    offset: i64,
-    limit: i64,
-) -> Result<Vec<AccountRow>, sqlx::Error> {
-    // Offset and limit as integer literals, for one cached plan (see page_with_total).
-    let sql = format!(
-        "SELECT a.stripeid, a.accountid, a.platform_id, a.stripe_object::text AS stripe_object,
-                a.created_at, a.updated_at, a.removed_at
-         FROM (SELECT stripeid FROM stripe_accounts
-               WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
-               ORDER BY created_at DESC, stripeid
-               OFFSET {offset} LIMIT {limit}) AS page
-         JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = page.stripeid
-         ORDER BY a.created_at DESC, a.stripeid"
-    );
-    sqlx::query_as::<_, AccountRow>(&sql)
-        .bind(tenant_id)
-        .bind(owner)
-        .fetch_all(db)
-        .await
 }
 
 /// Every listed record in page order, as a stream: `all=true` never holds the
