@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{closed_loop, env_usize, ScratchDb};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::domain::Role;
 use tally::fanout::{Fanout, Silent};
 use tally::http::AppState;
 use tally::sim::SimConfig;
@@ -242,24 +241,16 @@ async fn aggregate_part() {
             20,
         )
         .await;
-    let token = tally::commands::token::create(&env.pool, Role::Reader, Some("agg"))
-        .await
-        .expect("token")
-        .expose_secret()
-        .to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/api/administrator/connect/balances?max_age=86400",
-        listener.local_addr().expect("a")
-    );
+    let token = common::reader_token(&env.pool, "agg").await;
     let state = AppState::new(
         env.pool.clone(),
         Arc::new(env.settings.clone()),
         env.stripe(),
     );
-    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let url = format!(
+        "{}/api/administrator/connect/balances?max_age=86400",
+        common::serve(state).await
+    );
     let client = reqwest::Client::new();
     let mut loaded = 0;
     println!("\ncached whole-tenant aggregate, {clients} clients, {seconds} s (target p99 <= 20 ms at 1,000,000):");

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{env_usize, ms, peak_rss_mib, rss_mib, ScratchDb};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::json;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::domain::Role;
 use tally::http::AppState;
 use tally::store;
 use tally::store::accounts::AccountInput;
@@ -154,24 +153,15 @@ async fn main() {
         .expect("q")
         .expect("t")
         .id;
-    let token = tally::commands::token::create(&pool, Role::Reader, Some("bench"))
-        .await
-        .expect("token")
-        .expose_secret()
-        .to_owned();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!(
-        "http://{}/api/administrator/connect/stripe-accounts",
-        listener.local_addr().expect("addr")
-    );
+    let token = common::reader_token(&pool, "bench").await;
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
     let state = AppState::new(pool.clone(), Arc::new(settings), stripe);
-    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let base = format!(
+        "{}/api/administrator/connect/stripe-accounts",
+        common::serve(state).await
+    );
     let host = base
         .trim_end_matches("/api/administrator/connect/stripe-accounts")
         .to_owned();

@@ -3,7 +3,14 @@
 
 use std::fmt;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+
+/// How every timestamp leaves tally (API bodies, CSV): RFC 3339 in UTC with
+/// milliseconds, as the Dashboard module writes `createdAt`.
+pub fn api_timestamp(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
 
 /// A Stripe account id: `acct_` followed by letters and digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

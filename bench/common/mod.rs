@@ -292,3 +292,23 @@ pub async fn load(
         }
     }
 }
+
+/// Serves `state` on a free port in this process; returns `http://host:port`.
+pub async fn serve(state: tally::http::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    host
+}
+
+/// A reader token for the tenant `slug`.
+pub async fn reader_token(pool: &sqlx::PgPool, slug: &str) -> String {
+    use secrecy::ExposeSecret;
+    tally::commands::token::create(pool, tally::domain::Role::Reader, Some(slug))
+        .await
+        .expect("token")
+        .expose_secret()
+        .to_owned()
+}

@@ -44,7 +44,7 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
         );
         MasterKey::generate_base64()
     });
-    let master = MasterKey::from_base64(&master_base64)?;
+    let master = Arc::new(MasterKey::from_base64(&master_base64)?);
     let pool = super::connect_and_migrate(&settings).await?;
 
     eprintln!("demo: starting the Stripe simulator (2 platforms x 50 accounts, 3 accounts directly in the org)");
@@ -56,10 +56,7 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
     .await?;
     add_tenants(&pool, &master, &settings, &sim).await?;
 
-    let stripe = Arc::new(StripeTenants::new(
-        &settings.stripe,
-        Arc::new(MasterKey::from_base64(&master_base64)?),
-    )?);
+    let stripe = Arc::new(StripeTenants::new(&settings.stripe, master)?);
     let options = SyncOptions::from_settings(&settings);
     for slug in ["acme", "org"] {
         let tenant = crate::store::tenants::find_by_slug(&pool, slug)

@@ -24,7 +24,7 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> 
 }
 
 /// What commands that talk to Stripe need: the database, and Stripe access opened
-/// with the master key.
+/// with the master key (checked first, so a missing key fails before any I/O).
 pub async fn stripe_context(
     settings: &Settings,
 ) -> anyhow::Result<(PgPool, std::sync::Arc<crate::tenants::StripeTenants>)> {

@@ -6,15 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
-use crate::tenants::StripeTenants;
 
 pub async fn run(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {
-    // Checked first: every Stripe call needs it, so fail before binding anything.
-    let master = Arc::new(MasterKey::from_env()?);
-    let stripe = Arc::new(StripeTenants::new(&settings.stripe, master)?);
-    let pool = super::connect_and_migrate(&settings).await?;
+    let (pool, stripe) = super::stripe_context(&settings).await?;
     let bind = bind.unwrap_or(settings.server.bind);
     let listener = tokio::net::TcpListener::bind(bind)
         .await

@@ -2,24 +2,18 @@
 //! with a progress bar on stderr when it is a terminal.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Settings;
-use crate::crypto::MasterKey;
 use crate::store;
 use crate::store::sync_runs::{Claim, RunCounts};
 use crate::sync::{self, Progress, Scope, SyncOptions, SyncSummary};
-use crate::tenants::StripeTenants;
 
 pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary> {
-    // Checked first: the tenant's key cannot be opened without it.
-    let master = Arc::new(MasterKey::from_env()?);
-    let stripe = StripeTenants::new(&settings.stripe, master)?;
-    let pool = super::connect_and_migrate(settings).await?;
+    let (pool, stripe) = super::stripe_context(settings).await?;
     let tenant = store::tenants::find_by_slug(&pool, slug)
         .await?
         .with_context(|| format!("no tenant named '{slug}' (see `tally tenant list`)"))?;

@@ -221,7 +221,7 @@ pub async fn csv(
     for row in rows {
         let fetched_at = row
             .fetched_at
-            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .map(|at| crate::domain::api_timestamp(&at))
             .unwrap_or_default();
         let accountid = row.accountid.clone().unwrap_or_default();
         let platform = row.platform_id.clone().unwrap_or_default();

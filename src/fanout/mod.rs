@@ -237,10 +237,8 @@ impl Inner {
                 })),
             },
             Err(error) => {
-                let kind = tenant
-                    .credential_kind
-                    .parse()
-                    .unwrap_or(CredentialKind::Platform);
+                let kind =
+                    crate::tenants::credential_kind(tenant).unwrap_or(CredentialKind::Platform);
                 tracing::warn!(tenant = %tenant.slug, stripeid, status = ?error.status(), code = ?error.code(),
                                request_id = ?error.request_id(), "balance fetch failed");
                 Err(failure_json(kind, stripeid, platform, &error))

@@ -7,7 +7,6 @@ use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -18,6 +17,7 @@ use super::auth::TenantScope;
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
+use crate::domain::api_timestamp;
 use crate::domain::StripeAccountId;
 use crate::store;
 use crate::store::accounts::AccountRow;
@@ -279,10 +279,6 @@ pub struct StripeAccountRecord<'a> {
     removed_at: Option<String>,
 }
 
-fn timestamp(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 impl<'a> StripeAccountRecord<'a> {
     pub fn new(row: &'a AccountRow, appid: &'a str) -> Result<StripeAccountRecord<'a>, ApiError> {
         let stripe_object = serde_json::from_str::<&RawValue>(&row.stripe_object)
@@ -294,9 +290,9 @@ impl<'a> StripeAccountRecord<'a> {
             appid,
             platformid: row.platform_id.as_deref(),
             stripe_object,
-            created_at: timestamp(&row.created_at),
-            updated_at: timestamp(&row.updated_at),
-            removed_at: row.removed_at.as_ref().map(timestamp),
+            created_at: api_timestamp(&row.created_at),
+            updated_at: api_timestamp(&row.updated_at),
+            removed_at: row.removed_at.as_ref().map(api_timestamp),
         })
     }
 }

@@ -9,13 +9,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::auth::TenantScope;
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
+use crate::domain::api_timestamp;
 use crate::domain::StripeAccountId;
 use crate::fanout::{self, Silent};
 use crate::store;
@@ -56,10 +57,6 @@ async fn tenant_row(state: &AppState, scope: &TenantScope) -> Result<Tenant, Api
         .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))
 }
 
-fn timestamp(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 /// Stripe's balance object with `stripeid`, `fetchedAt` and `source` added.
 fn balance_body(stripeid: &str, snapshot: &store::snapshots::Snapshot, balance: &Value) -> Value {
     let mut body = match balance {
@@ -67,7 +64,10 @@ fn balance_body(stripeid: &str, snapshot: &store::snapshots::Snapshot, balance: 
         _ => Map::new(),
     };
     body.insert("stripeid".into(), json!(stripeid));
-    body.insert("fetchedAt".into(), json!(timestamp(&snapshot.fetched_at)));
+    body.insert(
+        "fetchedAt".into(),
+        json!(api_timestamp(&snapshot.fetched_at)),
+    );
     body.insert("source".into(), json!(snapshot.source));
     Value::Object(body)
 }
@@ -98,8 +98,7 @@ async fn account_balance(
             state
                 .fanout
                 .fetch_one(&tenant, stripeid.as_str(), account.platform_id.as_deref())
-                .await
-                .map_err(|error| ApiError::Internal(error.into()))?;
+                .await?;
             store::snapshots::latest(&state.pool, scope.tenant.id, stripeid.as_str())
                 .await?
                 .ok_or_else(|| {
@@ -163,14 +162,11 @@ async fn aggregate(
             .fanout
             .refresh(&tenant, owner, max_age, Arc::new(Silent))
             .await
-            .map_err(|error| {
-                ApiError::Internal(anyhow::anyhow!("balance fan-out failed: {error}"))
-            })?;
+            .map_err(|error| ApiError::from(&*error))?;
     }
     if wants_csv(&headers) {
         let csv = fanout::aggregate::csv(&state.pool, scope.tenant.id, owner, currency.as_deref())
-            .await
-            .map_err(|error| ApiError::Internal(error.into()))?;
+            .await?;
         return Ok((
             [(
                 header::CONTENT_TYPE,
@@ -187,8 +183,7 @@ async fn aggregate(
         owner,
         currency.as_deref(),
     )
-    .await
-    .map_err(|error| ApiError::Internal(error.into()))?;
+    .await?;
     Ok(Json(aggregate).into_response())
 }
 
@@ -251,7 +246,7 @@ async fn history(
                     "object": "balanceSnapshot",
                     "id": s.id,
                     "stripeid": stripeid.as_str(),
-                    "fetchedAt": timestamp(&s.fetched_at),
+                    "fetchedAt": api_timestamp(&s.fetched_at),
                     "source": s.source,
                     "balance": s.balance,
                     "error": s.error,

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::fanout::FanoutError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Malformed input: nothing was changed.
@@ -23,6 +25,10 @@ pub enum ApiError {
     /// Stripe could not give us what was asked; the body carries Stripe's error and a hint.
     #[error("Stripe did not return the balance; see failure")]
     Upstream(serde_json::Value),
+    /// The tenant's stored Stripe key cannot be used by this server (wrong
+    /// TALLY_MASTER_KEY, or a tampered record): an operator must fix it.
+    #[error("the tenant's Stripe credential cannot be used: {0}")]
+    TenantCredential(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -62,6 +68,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::TenantCredential(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -75,6 +82,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Upstream(_) => "stripe-request-failed",
+            ApiError::TenantCredential(_) => "tenant-credential-unusable",
             ApiError::Unavailable(_) => "database-unavailable",
             ApiError::Internal(_) => "internal-error",
         }
@@ -89,6 +97,25 @@ impl From<sqlx::Error> for ApiError {
             }
             other => ApiError::Internal(other.into()),
         }
+    }
+}
+
+impl From<&FanoutError> for ApiError {
+    fn from(error: &FanoutError) -> ApiError {
+        match error {
+            // The messages name the cause (master key, bad base URL), never the key.
+            FanoutError::Tenant(error) => ApiError::TenantCredential(error.to_string()),
+            FanoutError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                ApiError::Unavailable(sqlx::Error::PoolTimedOut)
+            }
+            other => ApiError::Internal(anyhow::anyhow!("balance fan-out failed: {other}")),
+        }
+    }
+}
+
+impl From<FanoutError> for ApiError {
+    fn from(error: FanoutError) -> ApiError {
+        ApiError::from(&error)
     }
 }
 

@@ -5,13 +5,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::AppState;
+use crate::domain::api_timestamp;
 use crate::store;
 use crate::store::sync_runs::{Claim, SyncRun};
 use crate::sync::{self, SyncError, SyncOptions};
@@ -88,10 +88,6 @@ pub struct SyncRunRecord {
     finished_at: Option<String>,
 }
 
-fn timestamp(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 impl SyncRunRecord {
     fn new(run: &SyncRun, appid: &str) -> SyncRunRecord {
         SyncRunRecord {
@@ -106,9 +102,9 @@ impl SyncRunRecord {
             unchanged: run.unchanged,
             removed: run.removed,
             error: run.error.clone(),
-            started_at: timestamp(&run.started_at),
-            heartbeat_at: timestamp(&run.heartbeat_at),
-            finished_at: run.finished_at.as_ref().map(timestamp),
+            started_at: api_timestamp(&run.started_at),
+            heartbeat_at: api_timestamp(&run.heartbeat_at),
+            finished_at: run.finished_at.as_ref().map(api_timestamp),
         }
     }
 }

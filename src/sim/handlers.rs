@@ -59,14 +59,19 @@ fn check_failing(account: &Account) -> Result<(), SimError> {
     }
 }
 
+/// The account the request acts as, unless it is set to fail.
+fn acting<'w>(world: &'w World, target: &Target) -> Result<&'w Account, SimError> {
+    let account = &world.accounts[target.acting.account];
+    check_failing(account)?;
+    Ok(account)
+}
+
 async fn balance(
     State(state): State<Arc<SimState>>,
     target: Target,
 ) -> Result<Json<Value>, SimError> {
     let world = state.world();
-    let account = &world.accounts[target.acting.account];
-    check_failing(account)?;
-    Ok(Json(balance_json(world.seed, account)))
+    Ok(Json(balance_json(world.seed, acting(&world, &target)?)))
 }
 
 async fn own_account(
@@ -74,9 +79,7 @@ async fn own_account(
     target: Target,
 ) -> Result<Json<Value>, SimError> {
     let world = state.world();
-    let account = &world.accounts[target.acting.account];
-    check_failing(account)?;
-    Ok(Json(account_json(account)))
+    Ok(Json(account_json(acting(&world, &target)?)))
 }
 
 async fn retrieve_account(

@@ -428,3 +428,47 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
     );
     assert_eq!(reported_totals(&body), expected_totals(&sim, &ids));
 }
+
+#[tokio::test]
+async fn a_key_sealed_under_another_master_key_is_explained_not_leaked() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app().await;
+    let other_master =
+        tally::crypto::MasterKey::from_base64(&tally::crypto::MasterKey::generate_base64())
+            .expect("key");
+    let key = sim.keys().platforms[0].key.clone();
+    let spec = tally::commands::tenant::TenantSpec {
+        api_base: Some(sim.base_url()),
+        ..tally::commands::tenant::TenantSpec::new("acme", secrecy::SecretString::from(key.clone()))
+    };
+    let view = tally::commands::tenant::add(&app.pool, &other_master, &app.settings, spec)
+        .await
+        .expect("added");
+    let tenant_id = tally::store::tenants::find_by_slug(&app.pool, &view.slug)
+        .await
+        .expect("q")
+        .expect("t")
+        .id;
+    app.store_sim_accounts(tenant_id, &sim, &sim.keys().platforms[0].accounts, None)
+        .await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    let response = app.get(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(response.status(), 500);
+    let text = response.text().await.expect("body");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["code"], "tenant-credential-unusable");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("TALLY_MASTER_KEY"),
+        "{body}"
+    );
+    assert!(!text.contains(&key));
+    assert_eq!(sim.stats().total_requests, 0, "nothing was sent to Stripe");
+}
