@@ -22,8 +22,8 @@ use secrecy::SecretString;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::fanout::{Fanout, Silent};
 use tally::http::AppState;
+use tally::refresh::Tasks;
 use tally::sim::SimConfig;
 use tally::store;
 use tally::store::accounts::AccountInput;
@@ -57,7 +57,9 @@ impl Env {
 
     fn stripe(&self) -> Arc<StripeTenants> {
         Arc::new(
-            StripeTenants::new(&self.settings.stripe, Arc::new(self.master())).expect("stripe"),
+            StripeTenants::new(&self.settings.stripe, Arc::new(self.master()))
+                .expect("stripe")
+                .with_shared_budget(self.pool.clone()),
         )
     }
 
@@ -119,20 +121,27 @@ async fn fanout_part() {
         .expect("upsert");
 
     println!("fan-out: N={n} accounts, latency L={latency} ms, rate R={rate}/s (simulator limit {rate}/s per key), in-flight C={in_flight}");
-    let fanout = Fanout::new(env.pool.clone(), env.stripe(), in_flight);
     sim.reset_stats();
     let started = Instant::now();
-    let summary = fanout
-        .refresh(&tenant, None, Duration::ZERO, Arc::new(Silent))
-        .await
-        .expect("fan-out");
+    // The path `tally balances --max-age 0` takes: a worker that claims, fetches
+    // under the shared budget, and stores each snapshot.
+    let summary = tally::commands::balances::run(
+        &env.pool,
+        &env.stripe(),
+        &env.settings,
+        &tenant.slug,
+        Duration::ZERO,
+        tally::commands::balances::OutputFormat::Json,
+    )
+    .await
+    .expect("fan-out");
     let wall = started.elapsed().as_secs_f64();
     let stats = sim.stats();
     let bound = (n as f64 / rate as f64).max(n as f64 * latency as f64 / 1000.0 / in_flight as f64);
     println!(
         "  wall {wall:.2} s, bound max(N/R, N*L/C) = {bound:.2} s, wall/bound = {:.3}; fetched {}, failed {}; 429s {}; max observed rate {:?}/s; max in flight {}",
         wall / bound,
-        summary.fetched,
+        summary.total,
         summary.failed,
         stats.rate_limited,
         stats.max_rate_per_key.values().max(),
@@ -246,6 +255,7 @@ async fn aggregate_part() {
         env.pool.clone(),
         Arc::new(env.settings.clone()),
         env.stripe(),
+        Tasks::new(),
     );
     let url = format!(
         "{}/api/administrator/connect/balances?max_age=86400",

@@ -157,7 +157,12 @@ async fn main() {
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
-    let state = AppState::new(pool.clone(), Arc::new(settings), stripe);
+    let state = AppState::new(
+        pool.clone(),
+        Arc::new(settings),
+        stripe,
+        tally::refresh::Tasks::new(),
+    );
     let base = format!(
         "{}/api/administrator/connect/stripe-accounts",
         common::serve(state).await

@@ -22,6 +22,7 @@ pub struct Settings {
     pub accounts: AccountSettings,
     pub stripe: StripeSettings,
     pub refresh: RefreshSettings,
+    pub sync: SyncSettings,
     pub log: LogSettings,
 }
 
@@ -29,6 +30,8 @@ pub struct Settings {
 pub struct ServerSettings {
     pub bind: SocketAddr,
     pub request_timeout_secs: u64,
+    /// How long SIGTERM waits for in-flight requests and fetches before it stops anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +65,24 @@ pub struct StripeSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RefreshSettings {
+    /// Whether this process fetches balances at all (false: an API-only replica that
+    /// leaves the work to the others).
+    pub worker: bool,
+    /// Whether the background refresher keeps every account fresh on its own. Polls
+    /// and explicit refreshes are worked on either way.
+    pub enabled: bool,
+    /// Every listed account's latest snapshot is kept younger than this.
+    pub interval_secs: u64,
+    /// How long a claimed account stays claimed by one worker (a killed worker's
+    /// accounts are picked up by others after this).
+    pub lease_secs: u64,
+    /// How often a worker looks for new work when it has none.
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncSettings {
+    /// Each tenant's account list is re-synced this often (0: only when asked).
     pub interval_secs: u64,
 }
 
@@ -149,6 +170,12 @@ impl Settings {
         if self.refresh.interval_secs < 1 {
             return invalid("refresh.interval_secs", "must be at least 1");
         }
+        if self.refresh.lease_secs < 1 {
+            return invalid("refresh.lease_secs", "must be at least 1");
+        }
+        if !(10..=60_000).contains(&self.refresh.tick_ms) {
+            return invalid("refresh.tick_ms", "must be between 10 and 60000");
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "is not a valid tracing filter directive");
         }
@@ -157,6 +184,10 @@ impl Settings {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
     }
 }
 

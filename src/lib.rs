@@ -4,6 +4,8 @@
 //! `stripe` talks to Stripe, `store` is the only place that speaks SQL, `sim` stands
 //! in for Stripe offline, `commands` implements the CLI.
 
+pub mod app;
+pub mod balances;
 pub mod commands;
 pub mod config;
 pub mod crypto;
@@ -11,6 +13,7 @@ pub mod domain;
 pub mod fanout;
 pub mod http;
 pub mod money;
+pub mod refresh;
 pub mod sim;
 pub mod store;
 pub mod stripe;

@@ -40,8 +40,10 @@ enum Command {
     /// non-zero when any account failed.
     Balances {
         slug: String,
-        /// Serve snapshots younger than this many seconds; fetch the rest live.
-        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        /// Serve snapshots younger than this many seconds; fetch the rest live
+        /// (at most a year, 31536000).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0,
+              value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
         max_age: u64,
         #[arg(long, value_enum, default_value = "table")]
         format: commands::balances::OutputFormat,
@@ -228,11 +230,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             format,
         } => {
             let (pool, stripe) = commands::stripe_context(&settings).await?;
-            let fanout =
-                tally::fanout::Fanout::new(pool.clone(), stripe, settings.stripe.max_in_flight);
             let output = commands::balances::run(
                 &pool,
-                &fanout,
+                &stripe,
+                &settings,
                 &slug,
                 std::time::Duration::from_secs(max_age),
                 format,

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use sqlx::PgPool;
 use url::Url;
 
 use crate::config::StripeSettings;
 use crate::crypto::{CryptoError, MasterKey};
+use crate::refresh::budget::SharedBudget;
 use crate::store::tenants::Tenant;
 use crate::stripe::{
     ClientSettings, Credential, CredentialKind, RateSettings, StripeClient, StripeError,
@@ -29,6 +31,9 @@ pub struct StripeTenants {
     stripe: StripeClient,
     master: Arc<MasterKey>,
     defaults: StripeSettings,
+    /// When set, every tenant's requests are paced by the budget shared through this
+    /// database with every other process; otherwise by a limiter of this process's own.
+    shared_budget: Option<PgPool>,
     clients: Mutex<HashMap<i64, TenantClient>>,
 }
 
@@ -47,8 +52,15 @@ impl StripeTenants {
             stripe,
             master,
             defaults: defaults.clone(),
+            shared_budget: None,
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Paces every tenant by the Stripe budget shared through `pool` (DESIGN §5).
+    pub fn with_shared_budget(mut self, pool: PgPool) -> StripeTenants {
+        self.shared_budget = Some(pool);
+        self
     }
 
     pub fn master(&self) -> &MasterKey {
@@ -74,14 +86,31 @@ impl StripeTenants {
         let credential = Credential::new(key, tenant.api_version.clone(), base_url)
             .map_err(|error| invalid(error.to_string()))?;
         let rate = RateSettings {
-            per_second: tenant
-                .rate_limit
-                .and_then(|r| u32::try_from(r).ok())
-                .unwrap_or(self.defaults.rate_limit),
+            per_second: self.rate_for(tenant),
             max_in_flight: self.defaults.max_in_flight,
         };
-        let client = self.stripe.tenant(credential, rate);
+        let client = match &self.shared_budget {
+            Some(pool) => self.stripe.tenant_with_budget(
+                credential,
+                rate.max_in_flight,
+                Arc::new(SharedBudget::new(pool.clone(), tenant.id, rate.per_second)),
+            ),
+            None => self.stripe.tenant(credential, rate),
+        };
         Ok(self.lock().entry(tenant.id).or_insert(client).clone())
+    }
+
+    /// Requests per second the tenant's credential may send.
+    pub fn rate_for(&self, tenant: &Tenant) -> u32 {
+        tenant
+            .rate_limit
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(self.defaults.rate_limit)
+    }
+
+    /// In-flight cap per tenant client in this process.
+    pub fn max_in_flight(&self) -> usize {
+        self.defaults.max_in_flight
     }
 
     /// The tenant's webhook endpoint secret, if one was configured.

@@ -1,5 +1,9 @@
 //! `tally balances <slug>`: refresh what is older than `--max-age`, then print the
 //! per-currency totals (table, JSON or CSV). Exits non-zero when any account failed.
+//!
+//! The command is a worker like any replica: it joins (or starts) the tenant's
+//! refresh, fetches due accounts itself under leases and the shared Stripe budget,
+//! and so never doubles work a running server is doing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +11,18 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::PgPool;
 
-use crate::fanout::{self, Aggregate, Fanout, Progress};
+use crate::balances::{Answer, Balances, Fresh};
+use crate::config::Settings;
+use crate::fanout::{self, Aggregate};
 use crate::money::format_minor;
+use crate::refresh::{Refresher, RefresherOptions, Tasks, WorkerKind};
 use crate::store;
+use crate::tenants::StripeTenants;
+
+/// How often the command looks at the refresh's progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long fetches in flight get to land when the command ends.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -52,20 +65,17 @@ impl Default for BarProgress {
     }
 }
 
-impl Progress for BarProgress {
-    fn started(&self, accounts: u64) {
-        self.bar.set_length(accounts);
-    }
-
-    fn account_done(&self, ok: bool) {
-        if !ok {
-            let failed = self
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
-            self.bar.set_message(failed.to_string());
-        }
-        self.bar.inc(1);
+impl BarProgress {
+    fn show(&self, progress: &crate::refresh::Progress) {
+        self.bar
+            .set_length(u64::try_from(progress.listed).unwrap_or(0));
+        self.bar
+            .set_position(u64::try_from(progress.tried()).unwrap_or(0));
+        self.failed.store(
+            u64::try_from(progress.failed).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.bar.set_message(progress.failed.to_string());
     }
 }
 
@@ -79,7 +89,8 @@ pub struct BalancesOutput {
 
 pub async fn run(
     pool: &PgPool,
-    fanout: &Fanout,
+    stripe: &Arc<StripeTenants>,
+    settings: &Settings,
     slug: &str,
     max_age: Duration,
     format: OutputFormat,
@@ -87,13 +98,39 @@ pub async fn run(
     let tenant = store::tenants::find_by_slug(pool, slug)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no tenant named '{slug}' (see `tally tenant list`)"))?;
-    let progress = Arc::new(BarProgress::new());
-    let refreshed = fanout
-        .refresh(&tenant, None, max_age, progress.clone())
-        .await;
+    let tasks = Tasks::new();
+    let refresher = Refresher::new(
+        pool.clone(),
+        stripe.clone(),
+        RefresherOptions {
+            background: false,
+            ..RefresherOptions::from_settings(settings)
+        },
+        WorkerKind::Cli,
+        tasks.clone(),
+    );
+    refresher.spawn(Some(tenant.id));
+    let balances = Balances {
+        pool: pool.clone(),
+        stripe: stripe.clone(),
+        refresher: Some(refresher),
+        interval: Duration::from_secs(settings.refresh.interval_secs),
+    };
+    let fresh = Fresh {
+        max_age,
+        wait: PROGRESS_EVERY,
+    };
+    let progress = BarProgress::new();
+    let outcome = loop {
+        match balances.aggregate(&tenant, None, None, Some(fresh)).await {
+            Ok(Answer::Ready(aggregate)) => break Ok(aggregate),
+            Ok(Answer::Pending(pending)) => progress.show(&pending.progress),
+            Err(error) => break Err(error),
+        }
+    };
     progress.finish();
-    refreshed.map_err(|error| anyhow::anyhow!("balance fan-out failed: {error}"))?;
-    let aggregate = fanout::aggregate::read(pool, tenant.id, &tenant.slug, None, None).await?;
+    tasks.shutdown(STOP_GRACE).await;
+    let aggregate = outcome.map_err(|error| anyhow::anyhow!("balances of {slug}: {error}"))?;
     let text = match format {
         OutputFormat::Table => render_table(&aggregate),
         OutputFormat::Json => serde_json::to_string_pretty(&aggregate)? + "\n",

@@ -13,11 +13,11 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use super::pgcluster::PrivateCluster;
 use super::tenant::TenantSpec;
+use crate::app::Application;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::domain::Role;
-use crate::fanout::Fanout;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::sim::{SimConfig, SimHandle};
 use crate::sync::SyncOptions;
 use crate::tenants::StripeTenants;
@@ -56,7 +56,8 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
     .await?;
     add_tenants(&pool, &master, &settings, &sim).await?;
 
-    let stripe = Arc::new(StripeTenants::new(&settings.stripe, master)?);
+    let stripe =
+        Arc::new(StripeTenants::new(&settings.stripe, master)?.with_shared_budget(pool.clone()));
     let options = SyncOptions::from_settings(&settings);
     for slug in ["acme", "org"] {
         let tenant = crate::store::tenants::find_by_slug(&pool, slug)
@@ -74,11 +75,11 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
     sim.revoke(&acme_accounts[0]);
     sim.fail_account(&sim.keys().org_accounts[0], 500);
 
-    let fanout = Fanout::new(pool.clone(), stripe.clone(), settings.stripe.max_in_flight);
     for slug in ["acme", "org"] {
         let output = super::balances::run(
             &pool,
-            &fanout,
+            &stripe,
+            &settings,
             slug,
             Duration::ZERO,
             super::balances::OutputFormat::Table,
@@ -89,15 +90,18 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
 
     let owner = super::token::create(&pool, Role::Owner, None).await?;
     let reader = super::token::create(&pool, Role::Reader, Some("acme")).await?;
-    let listener = tokio::net::TcpListener::bind(bind)
+    settings.server.bind = bind;
+    let app = Application::with_parts(settings, pool, stripe)
         .await
-        .with_context(|| format!("binding {bind} (pass --bind 127.0.0.1:0 for any free port)"))?;
-    let address = listener.local_addr()?;
-    print_try_it(address, owner.expose_secret(), reader.expose_secret(), &sim);
-
-    let state = AppState::new(pool.clone(), Arc::new(settings), stripe);
-    http::serve(listener, state, http::shutdown_signal()).await?;
-    pool.close().await;
+        .context("pass --bind 127.0.0.1:0 for any free port")?;
+    print_try_it(
+        app.address(),
+        owner.expose_secret(),
+        reader.expose_secret(),
+        &sim,
+    );
+    // The server's refresher keeps every account fresh from here on, as in production.
+    app.run_until_stopped(http::shutdown_signal()).await?;
     drop(sim);
     drop(database);
     Ok(())

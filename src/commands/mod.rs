@@ -24,15 +24,16 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> 
 }
 
 /// What commands that talk to Stripe need: the database, and Stripe access opened
-/// with the master key (checked first, so a missing key fails before any I/O).
+/// with the master key (checked first, so a missing key fails before any I/O),
+/// paced by the budget every process shares through the database.
 pub async fn stripe_context(
     settings: &Settings,
 ) -> anyhow::Result<(PgPool, std::sync::Arc<crate::tenants::StripeTenants>)> {
     let master = std::sync::Arc::new(crate::crypto::MasterKey::from_env()?);
-    let stripe = std::sync::Arc::new(crate::tenants::StripeTenants::new(
-        &settings.stripe,
-        master,
-    )?);
+    let stripe = crate::tenants::StripeTenants::new(&settings.stripe, master)?;
     let pool = connect_and_migrate(settings).await?;
-    Ok((pool, stripe))
+    Ok((
+        pool.clone(),
+        std::sync::Arc::new(stripe.with_shared_budget(pool)),
+    ))
 }

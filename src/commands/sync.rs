@@ -31,11 +31,11 @@ pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary>
     let bar = Bar::new();
     let outcome = tokio::select! {
         outcome = sync::execute(&pool, &client, &tenant, run, &options, &bar) => outcome,
-        _ = tokio::signal::ctrl_c() => {
+        () = crate::http::shutdown_signal() => {
             bar.finish();
             // Recorded now rather than left for the stale-heartbeat takeover, so the
             // next run can start at once.
-            sync::abandon(&pool, tenant.id, run_id, "interrupted (Ctrl-C)").await?;
+            store::sync_runs::interrupt(&pool, run_id, "interrupted: Ctrl-C or SIGTERM").await?;
             anyhow::bail!("sync of {slug} interrupted; what it stored stays, run it again to finish");
         }
     };

@@ -32,6 +32,8 @@ pub struct AccountCounts {
     pub total: i64,
     pub ok: i64,
     pub failed: i64,
+    /// Accounts not tried within `refresh.interval_secs` (the refresher's backlog).
+    pub stale: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -101,7 +103,9 @@ impl Failure {
             code: Some("not-fetched".into()),
             message: Some("no balance has been fetched for this account yet".into()),
             request_id: None,
-            hint: Some("Request the balances again (max_age=0) to fetch it.".into()),
+            hint: Some(
+                "The refresher has not reached it yet; ask with max_age to wait for it.".into(),
+            ),
             fetched_at: None,
         }
     }
@@ -140,6 +144,7 @@ pub async fn read(
                 total: listed,
                 ok: freshness.ok,
                 failed: listed - freshness.ok,
+                stale: 0,
             };
             (counts, freshness.oldest, totals, failures)
         }
@@ -173,6 +178,7 @@ pub async fn read(
                 total,
                 ok,
                 failed: total - ok,
+                stale: 0,
             };
             (counts, oldest, totals.rows(), failures)
         }

@@ -1,24 +1,27 @@
-//! Balances (DESIGN §3): one account's live or recent balance, the per-currency
-//! aggregate (JSON or CSV), and stored history.
+//! Balances (DESIGN §3): one account's balance, the per-currency aggregate (JSON or
+//! CSV), balance refreshes, and stored history. Handlers parse, call one use case in
+//! `crate::balances`, and render; a freshness requirement that cannot be met within
+//! `wait` answers 202 with the refresh to poll.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use uuid::Uuid;
 
-use super::auth::TenantScope;
+use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
+use crate::balances::{AccountBalance, Answer, Fresh};
 use crate::domain::api_timestamp;
 use crate::domain::StripeAccountId;
-use crate::fanout::{self, Silent};
+use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
 use crate::store::tenants::Tenant;
 
@@ -30,18 +33,57 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/administrator/connect/balances", get(aggregate))
         .route("/api/administrator/connect/balances/history", get(history))
+        .route(
+            "/api/administrator/connect/balances/refreshes",
+            get(list_refreshes).post(start_refresh),
+        )
+        .route(
+            "/api/administrator/connect/balances/refreshes/{id}",
+            get(show_refresh),
+        )
 }
 
-fn max_age(params: &QueryParams, state: &AppState) -> Result<Duration, ApiError> {
-    match params.get("max_age") {
-        None => Ok(Duration::from_secs(state.settings.refresh.interval_secs)),
-        Some(value) => value.parse::<u64>().map(Duration::from_secs).map_err(|_| {
-            ApiError::invalid(
-                "invalid-max-age",
-                "max_age must be a whole number of seconds >= 0",
-            )
-        }),
-    }
+/// A year: no snapshot is kept fresher than that on purpose, and larger values
+/// would overflow date arithmetic.
+pub const MAX_AGE_LIMIT_SECS: u64 = 31_536_000;
+/// The longest a request waits for a refresh before answering 202.
+pub const WAIT_LIMIT_SECS: u64 = 25;
+const WAIT_DEFAULT_SECS: u64 = 10;
+
+fn seconds(
+    params: &QueryParams,
+    key: &str,
+    code: &'static str,
+    limit: u64,
+) -> Result<Option<Duration>, ApiError> {
+    params
+        .get(key)
+        .map(|value| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|secs| *secs <= limit)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        code,
+                        format!("{key} must be a whole number of seconds from 0 to {limit}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn max_age(params: &QueryParams) -> Result<Option<Duration>, ApiError> {
+    seconds(params, "max_age", "invalid-max-age", MAX_AGE_LIMIT_SECS)
+}
+
+/// `max_age` (if given) with `wait`.
+fn fresh(params: &QueryParams) -> Result<Option<Fresh>, ApiError> {
+    let max_age = max_age(params)?;
+    let wait = seconds(params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
+        .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS));
+    Ok(max_age.map(|max_age| Fresh { max_age, wait }))
 }
 
 fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
@@ -51,6 +93,19 @@ fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
         .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
 }
 
+fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
+    match params.get("currency") {
+        None => Ok(None),
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Ok(Some(c.to_ascii_lowercase()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "invalid-currency",
+            "currency must be a 3-letter ISO code",
+        )),
+    }
+}
+
 async fn tenant_row(state: &AppState, scope: &TenantScope) -> Result<Tenant, ApiError> {
     store::tenants::find_by_id(&state.pool, scope.tenant.id)
         .await?
@@ -58,60 +113,42 @@ async fn tenant_row(state: &AppState, scope: &TenantScope) -> Result<Tenant, Api
 }
 
 /// Stripe's balance object with `stripeid`, `fetchedAt` and `source` added.
-fn balance_body(stripeid: &str, snapshot: &store::snapshots::Snapshot, balance: &Value) -> Value {
-    let mut body = match balance {
+fn balance_body(account: &AccountBalance) -> Value {
+    let mut body = match &account.balance {
         Value::Object(map) => map.clone(),
         _ => Map::new(),
     };
-    body.insert("stripeid".into(), json!(stripeid));
+    body.insert("stripeid".into(), json!(account.stripeid));
     body.insert(
         "fetchedAt".into(),
-        json!(api_timestamp(&snapshot.fetched_at)),
+        json!(api_timestamp(&account.snapshot.fetched_at)),
     );
-    body.insert("source".into(), json!(snapshot.source));
+    body.insert("source".into(), json!(account.snapshot.source));
     Value::Object(body)
 }
 
-/// `GET /api/administrator/connect/stripe-account/balance?stripeid=…&max_age=…`
+/// `GET /api/administrator/connect/stripe-account/balance?stripeid=…&max_age=…&wait=…`
+/// Without `max_age`, a snapshot younger than `refresh.interval_secs` is served.
 async fn account_balance(
     scope: TenantScope,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let stripeid = stripeid(&params)?;
-    let max_age = max_age(&params, &state)?;
-    let account = store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
+    let fresh = fresh(&params)?.unwrap_or(Fresh {
+        max_age: Duration::from_secs(state.settings.refresh.interval_secs),
+        wait: seconds(&params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
+            .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS)),
+    });
+    let tenant = tenant_row(&state, &scope).await?;
+    match state
+        .balances()
+        .account(&tenant, stripeid.as_str(), fresh)
         .await?
-        .filter(|account| account.removed_at.is_none())
-        .ok_or_else(|| {
-            ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
-        })?;
-    let cutoff = Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    let recent = store::snapshots::latest(&state.pool, scope.tenant.id, stripeid.as_str())
-        .await?
-        .filter(|snapshot| snapshot.fetched_at >= cutoff && snapshot.balance.is_some());
-    let snapshot = match recent {
-        Some(snapshot) => snapshot,
-        None => {
-            let tenant = tenant_row(&state, &scope).await?;
-            state
-                .fanout
-                .fetch_one(&tenant, stripeid.as_str(), account.platform_id.as_deref())
-                .await?;
-            store::snapshots::latest(&state.pool, scope.tenant.id, stripeid.as_str())
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Internal(anyhow::anyhow!("snapshot vanished after fetch"))
-                })?
-        }
-    };
-    match (&snapshot.balance, &snapshot.error) {
-        (Some(balance), _) => Ok(Json(balance_body(stripeid.as_str(), &snapshot, balance))),
-        (None, Some(error)) => Err(ApiError::Upstream(error.clone())),
-        (None, None) => Err(ApiError::Internal(anyhow::anyhow!(
-            "snapshot without balance or error"
-        ))),
+    {
+        Answer::Ready(account) => Ok(Json(balance_body(&account)).into_response()),
+        Answer::Pending(pending) => Ok(accepted(&scope.tenant.slug, &pending)),
     }
 }
 
@@ -122,7 +159,7 @@ fn wants_csv(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("text/csv"))
 }
 
-/// `GET /api/administrator/connect/balances?max_age=…&accountid=…&currency=…`
+/// `GET /api/administrator/connect/balances?max_age=…&wait=…&accountid=…&currency=…`
 async fn aggregate(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -130,61 +167,180 @@ async fn aggregate(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let max_age = max_age(&params, &state)?;
+    let fresh = fresh(&params)?;
     let owner = params.get("accountid");
-    let currency = match params.get("currency") {
-        None => None,
-        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            Some(c.to_ascii_lowercase())
-        }
-        Some(_) => {
+    let currency = currency(&params)?;
+    let tenant = tenant_row(&state, &scope).await?;
+    let balances = state.balances();
+    if wants_csv(&headers) {
+        return Ok(
+            match balances
+                .aggregate_csv(&tenant, owner, currency.as_deref(), fresh)
+                .await?
+            {
+                Answer::Ready(csv) => (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/csv; charset=utf-8"),
+                    )],
+                    csv,
+                )
+                    .into_response(),
+                Answer::Pending(pending) => accepted(&scope.tenant.slug, &pending),
+            },
+        );
+    }
+    Ok(
+        match balances
+            .aggregate(&tenant, owner, currency.as_deref(), fresh)
+            .await?
+        {
+            Answer::Ready(aggregate) => Json(aggregate).into_response(),
+            Answer::Pending(pending) => accepted(&scope.tenant.slug, &pending),
+        },
+    )
+}
+
+/// Where a refresh can be polled.
+pub fn refresh_location(id: Uuid) -> String {
+    format!("/api/administrator/connect/balances/refreshes/{id}")
+}
+
+/// The `balanceRefresh` object.
+pub fn refresh_body(appid: &str, pending: &PendingRefresh) -> Value {
+    let refresh = &pending.refresh;
+    let running = refresh.status == "running";
+    let (done, failed) = if running {
+        (pending.progress.tried(), pending.progress.failed)
+    } else {
+        (refresh.done, refresh.failed)
+    };
+    json!({
+        "id": refresh.id,
+        "object": "balanceRefresh",
+        "appid": appid,
+        "scope": {
+            "accountid": refresh.scope.owner(),
+            "stripeid": refresh.scope.stripeid(),
+        },
+        "status": refresh.status,
+        "trigger": refresh.trigger,
+        "total": refresh.total.max(pending.progress.listed),
+        "done": done,
+        "failed": failed,
+        "cutoff": api_timestamp(&refresh.cutoff),
+        "startedAt": api_timestamp(&refresh.started_at),
+        "finishedAt": refresh.finished_at.as_ref().map(api_timestamp),
+        "estimatedCompletionAt": running.then(|| api_timestamp(&pending.estimated_completion)),
+        "error": refresh.error,
+    })
+}
+
+/// 202 with `Retry-After`, `Location` and the refresh.
+fn accepted(appid: &str, pending: &PendingRefresh) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(refresh_body(appid, pending))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(pending.retry_after.as_secs()),
+    );
+    if let Ok(location) = HeaderValue::from_str(&refresh_location(pending.refresh.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// `POST /api/administrator/connect/balances/refreshes[?accountid=…|stripeid=…][&max_age=…]`
+/// (admin or owner): refresh now whatever is older than `max_age` (default 0: all).
+async fn start_refresh(
+    TenantAdmin(scope): TenantAdmin,
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(raw.as_deref())?;
+    let max_age = max_age(&params)?.unwrap_or(Duration::ZERO);
+    let refresh_scope = match (params.get("accountid"), params.get("stripeid")) {
+        (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
-                "invalid-currency",
-                "currency must be a 3-letter ISO code",
+                "invalid-scope",
+                "give accountid or stripeid, not both",
             ))
         }
+        (Some(owner), None) => RefreshScope::Owner(owner.to_owned()),
+        (None, Some(_)) => RefreshScope::Account(stripeid(&params)?.as_str().to_owned()),
+        (None, None) => RefreshScope::Tenant,
     };
-    if let Some(owner) = owner {
-        if store::accounts::count_for_owner(&state.pool, scope.tenant.id, owner).await? == 0 {
-            return Err(ApiError::not_found(
-                "invalid-accountid",
-                "no stored account has that owner",
-            ));
-        }
+    let tenant = tenant_row(&state, &scope).await?;
+    let pending = state
+        .balances()
+        .start_refresh(&tenant, refresh_scope, max_age)
+        .await?;
+    Ok(accepted(&scope.tenant.slug, &pending))
+}
+
+/// `GET /api/administrator/connect/balances/refreshes?limit=…&starting_after=…`,
+/// newest first.
+async fn list_refreshes(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = QueryParams::parse(raw.as_deref())?;
+    let limit = match params.get("limit") {
+        None => 10,
+        Some(value) => value
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid("invalid-limit", "limit must be an integer from 1 to 100")
+            })?,
+    };
+    let starting_after = params
+        .get("starting_after")
+        .map(|id| {
+            Uuid::parse_str(id).map_err(|_| {
+                ApiError::invalid(
+                    "invalid-starting-after",
+                    "starting_after must be a refresh id",
+                )
+            })
+        })
+        .transpose()?;
+    // One more than asked tells whether more follow.
+    let mut rows =
+        store::refreshes::list(&state.pool, scope.tenant.id, limit + 1, starting_after).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let tenant = tenant_row(&state, &scope).await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for refresh in rows {
+        let view = state.balances().refresh_view(&tenant, refresh).await?;
+        data.push(refresh_body(&scope.tenant.slug, &view));
     }
-    let cutoff = Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    // The polling case: everything is fresh enough, so answer from the kept totals.
-    let fresh =
-        owner.is_none() && fanout::tenant_is_fresh(&state.pool, scope.tenant.id, cutoff).await?;
-    if !fresh {
-        let tenant = tenant_row(&state, &scope).await?;
-        state
-            .fanout
-            .refresh(&tenant, owner, max_age, Arc::new(Silent))
-            .await
-            .map_err(|error| ApiError::from(&*error))?;
-    }
-    if wants_csv(&headers) {
-        let csv = fanout::aggregate::csv(&state.pool, scope.tenant.id, owner, currency.as_deref())
-            .await?;
-        return Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            )],
-            csv,
-        )
-            .into_response());
-    }
-    let aggregate = fanout::aggregate::read(
-        &state.pool,
-        scope.tenant.id,
-        &scope.tenant.slug,
-        owner,
-        currency.as_deref(),
-    )
-    .await?;
-    Ok(Json(aggregate).into_response())
+    Ok(Json(json!({
+        "object": "list",
+        "url": "/api/administrator/connect/balances/refreshes",
+        "has_more": has_more,
+        "data": data,
+    })))
+}
+
+/// `GET /api/administrator/connect/balances/refreshes/{id}`; another tenant's id is
+/// not found.
+async fn show_refresh(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let missing = || ApiError::not_found("invalid-refreshid", "no balance refresh has that id");
+    let id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let refresh = store::refreshes::get(&state.pool, scope.tenant.id, id)
+        .await?
+        .ok_or_else(missing)?;
+    let tenant = tenant_row(&state, &scope).await?;
+    let view = state.balances().refresh_view(&tenant, refresh).await?;
+    Ok(Json(refresh_body(&scope.tenant.slug, &view)))
 }
 
 fn parse_time(

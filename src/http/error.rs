@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::balances::BalanceError;
 use crate::fanout::FanoutError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,16 @@ pub enum ApiError {
     TenantCredential(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The request took longer than `server.request_timeout_secs`.
+    #[error("the request took longer than {0} s; for balances, ask with a shorter wait and poll the refresh")]
+    Timeout(u64),
+    /// An answer the framework made by itself (405, 413, …), given the error body.
+    #[error("{message}")]
+    Framework {
+        status: StatusCode,
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -69,7 +80,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::TenantCredential(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Framework { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +96,8 @@ impl ApiError {
             ApiError::Upstream(_) => "stripe-request-failed",
             ApiError::TenantCredential(_) => "tenant-credential-unusable",
             ApiError::Unavailable(_) => "database-unavailable",
+            ApiError::Timeout(_) => "request-timeout",
+            ApiError::Framework { code, .. } => code,
             ApiError::Internal(_) => "internal-error",
         }
     }
@@ -116,6 +130,22 @@ impl From<&FanoutError> for ApiError {
 impl From<FanoutError> for ApiError {
     fn from(error: FanoutError) -> ApiError {
         ApiError::from(&error)
+    }
+}
+
+impl From<BalanceError> for ApiError {
+    fn from(error: BalanceError) -> ApiError {
+        match error {
+            BalanceError::UnknownAccount => {
+                ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
+            }
+            BalanceError::UnknownOwner => {
+                ApiError::not_found("invalid-accountid", "no stored account has that owner")
+            }
+            BalanceError::Upstream(failure) => ApiError::Upstream(failure),
+            BalanceError::Credential(reason) => ApiError::TenantCredential(reason),
+            BalanceError::Fanout(error) => ApiError::from(&error),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod auth;
 pub mod balances;
 pub mod error;
+mod error_bodies;
 pub mod health;
 mod metrics;
 mod query;
@@ -14,7 +15,7 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderName};
 use axum::Router;
 use sqlx::PgPool;
 use tower::ServiceBuilder;
@@ -22,12 +23,12 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::balances::Balances;
 use crate::config::Settings;
-use crate::fanout::Fanout;
+use crate::refresh::{Refresher, RefresherOptions, Tasks, WorkerKind};
 use crate::tenants::StripeTenants;
 
 /// What every handler can reach.
@@ -37,20 +38,44 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Stripe access per tenant (sealed keys open with the master key).
     pub stripe: Arc<StripeTenants>,
-    /// The balance fan-out, shared so identical concurrent requests share one run.
-    pub fanout: Fanout,
+    /// This process's refresher (woken when a request makes a demand).
+    pub refresher: Refresher,
+    /// Background work (syncs, the refresher) stops with these on shutdown.
+    pub tasks: Tasks,
     tokens: Arc<auth::TokenCache>,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, settings: Arc<Settings>, stripe: Arc<StripeTenants>) -> AppState {
-        let fanout = Fanout::new(pool.clone(), stripe.clone(), settings.stripe.max_in_flight);
+    pub fn new(
+        pool: PgPool,
+        settings: Arc<Settings>,
+        stripe: Arc<StripeTenants>,
+        tasks: Tasks,
+    ) -> AppState {
+        let refresher = Refresher::new(
+            pool.clone(),
+            stripe.clone(),
+            RefresherOptions::from_settings(&settings),
+            WorkerKind::Serve,
+            tasks.clone(),
+        );
         AppState {
             pool,
             settings,
             stripe,
-            fanout,
+            refresher,
+            tasks,
             tokens: Arc::new(auth::TokenCache::default()),
+        }
+    }
+
+    /// The balance use cases, with this process's refresher.
+    pub fn balances(&self) -> Balances {
+        Balances {
+            pool: self.pool.clone(),
+            stripe: self.stripe.clone(),
+            refresher: Some(self.refresher.clone()),
+            interval: std::time::Duration::from_secs(self.settings.refresh.interval_secs),
         }
     }
 }
@@ -84,9 +109,10 @@ pub fn app(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn(error_bodies::ensure_error_body))
+        .layer(axum::middleware::from_fn_with_state(
             timeout,
+            error_bodies::time_limit,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     Router::new()

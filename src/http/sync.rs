@@ -36,12 +36,18 @@ async fn start(
         .client_for(&tenant)
         .map_err(|error| ApiError::Internal(error.into()))?;
     let options = SyncOptions::from_settings(&state.settings);
-    let claim = sync::start_in_background(state.pool.clone(), client, tenant, options)
-        .await
-        .map_err(|error| match error {
-            SyncError::Database(error) => ApiError::from(error),
-            other => ApiError::Internal(other.into()),
-        })?;
+    let claim = sync::start_in_background(
+        state.pool.clone(),
+        client,
+        tenant,
+        options,
+        state.tasks.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        SyncError::Database(error) => ApiError::from(error),
+        other => ApiError::Internal(other.into()),
+    })?;
     Ok(match claim {
         Claim::Started(run) => (
             StatusCode::ACCEPTED,

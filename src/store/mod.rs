@@ -2,6 +2,8 @@
 //! an executor so callers choose the transaction.
 
 pub mod accounts;
+pub mod budget;
+pub mod refreshes;
 pub mod snapshots;
 pub mod sync_runs;
 pub mod tenants;

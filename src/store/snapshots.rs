@@ -45,6 +45,22 @@ pub async fn record(
     source: &str,
     outcome: SnapshotOutcome<'_>,
 ) -> Result<Recorded, SnapshotError> {
+    record_releasing(conn, tenant_id, stripeid, fetched_at, source, outcome, None).await
+}
+
+/// [`record`], also giving back the refresher's lease on the account (held by
+/// `lease_holder`) in the same transaction: a claim that runs after this commits
+/// sees the new snapshot, one that ran before saw the lease, so no other worker
+/// fetches the account again for the same demand.
+pub async fn record_releasing(
+    conn: &mut PgConnection,
+    tenant_id: i64,
+    stripeid: &str,
+    fetched_at: DateTime<Utc>,
+    source: &str,
+    outcome: SnapshotOutcome<'_>,
+    lease_holder: Option<uuid::Uuid>,
+) -> Result<Recorded, SnapshotError> {
     let mut tx = conn.begin().await?;
     // Locks the account so a concurrent removal cannot interleave with the totals.
     let listed = sqlx::query_scalar!(
@@ -58,6 +74,17 @@ pub async fn record(
     let Some(listed) = listed else {
         return Ok(Recorded::UnknownAccount);
     };
+    // After the account's lock, as a claim takes them (account, then lease).
+    if let Some(worker) = lease_holder {
+        sqlx::query!(
+            "DELETE FROM refresh_leases WHERE tenant_id = $1 AND stripeid = $2 AND worker_id = $3",
+            tenant_id,
+            stripeid,
+            worker
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     let (balance, error, new_totals) = match &outcome {
         SnapshotOutcome::Balance { raw, totals } => (Some(*raw), None, Some(*totals)),
         SnapshotOutcome::Error(error) => (None, Some(*error), None),

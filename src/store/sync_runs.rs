@@ -192,3 +192,34 @@ pub async fn get(
     .fetch_optional(db)
     .await
 }
+
+/// Ends a running run as `interrupted` (its process is stopping); what it committed
+/// stays. False when it was no longer running.
+pub async fn interrupt(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        r#"UPDATE sync_runs SET status = 'interrupted', error = $2, finished_at = now()
+           WHERE id = $1 AND status = 'running'"#,
+        run_id,
+        reason
+    )
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// When the tenant's latest sync run started, whatever its outcome.
+pub async fn last_started(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT max(started_at) FROM sync_runs WHERE tenant_id = $1"#,
+        tenant_id
+    )
+    .fetch_one(db)
+    .await
+}

@@ -119,3 +119,10 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TenantSummary>, sqlx::E
     .fetch_all(db)
     .await
 }
+
+/// Every tenant's id (the refresher works each).
+pub async fn ids(db: impl PgExecutor<'_>) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(db)
+        .await
+}

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::Span;
 
+use crate::stripe::budget::{Priority, RateBudget};
 use crate::stripe::credential::{Credential, CredentialKind};
 use crate::stripe::error::{decode_success, error_from_response, StripeError};
 use crate::stripe::headers::{
@@ -87,32 +88,48 @@ impl StripeClient {
         })
     }
 
-    /// A client acting with `credential`. Each call creates a new rate limit; clone the
-    /// returned [`TenantClient`] (not call this again) to share it.
+    /// A client acting with `credential`, paced by a rate limit of its own. Each call
+    /// creates a new limit; clone the returned [`TenantClient`] (not call this again) to
+    /// share it.
     pub fn tenant(&self, credential: Credential, rate: RateSettings) -> TenantClient {
+        let budget = Arc::new(AdaptiveRate::new(rate.per_second));
+        self.tenant_with_budget(credential, rate.max_in_flight, budget)
+    }
+
+    /// A client acting with `credential`, paced by `budget` (which other clients, or
+    /// other processes, may share).
+    pub fn tenant_with_budget(
+        &self,
+        credential: Credential,
+        max_in_flight: usize,
+        budget: Arc<dyn RateBudget>,
+    ) -> TenantClient {
         TenantClient {
             inner: Arc::new(Tenant {
                 http: self.http.clone(),
                 settings: self.settings.clone(),
-                limiter: AdaptiveRate::new(rate.per_second),
-                in_flight: Semaphore::new(rate.max_in_flight.max(1)),
+                budget,
+                in_flight: Semaphore::new(max_in_flight.max(1)),
                 credential,
             }),
+            priority: Priority::Interactive,
         }
     }
 }
 
-/// One tenant's view of Stripe. Clones share the rate limit and the in-flight cap.
+/// One tenant's view of Stripe. Clones share the rate budget and the in-flight cap.
 #[derive(Clone)]
 pub struct TenantClient {
     inner: Arc<Tenant>,
+    /// Whose turn this clone's requests take in the budget.
+    priority: Priority,
 }
 
 struct Tenant {
     http: reqwest::Client,
     settings: Arc<ClientSettings>,
     credential: Credential,
-    limiter: AdaptiveRate,
+    budget: Arc<dyn RateBudget>,
     in_flight: Semaphore,
 }
 
@@ -252,12 +269,21 @@ impl TenantClient {
 
     /// Requests per second in force now: the configured rate, or less for a while after a 429.
     pub fn rate(&self) -> u32 {
-        self.inner.limiter.current()
+        self.inner.budget.current()
     }
 
     /// The rate the tenant was configured with, which [`TenantClient::rate`] returns to.
     pub fn configured_rate(&self) -> u32 {
-        self.inner.limiter.configured()
+        self.inner.budget.configured()
+    }
+
+    /// The same client (shared budget and in-flight cap) whose requests take
+    /// `priority`'s turn.
+    pub fn with_priority(&self, priority: Priority) -> TenantClient {
+        TenantClient {
+            inner: self.inner.clone(),
+            priority,
+        }
     }
 
     pub fn kind(&self) -> CredentialKind {
@@ -300,7 +326,7 @@ impl TenantClient {
                 }
                 Ok(answer) => {
                     if answer.status == 429 {
-                        self.inner.limiter.throttled();
+                        self.inner.budget.throttled();
                     }
                     let outcome = AttemptOutcome::Response {
                         status: answer.status,
@@ -328,7 +354,7 @@ impl TenantClient {
                 request_id = error.request_id(),
                 error_type = error.error_type(),
                 delay_ms = delay.as_millis() as u64,
-                rate = self.inner.limiter.current(),
+                rate = self.inner.budget.current(),
                 "retrying Stripe request"
             );
             metrics::counter!("stripe_retries_total").increment(1);
@@ -401,7 +427,7 @@ impl TenantClient {
                 false,
             )
         })?;
-        inner.limiter.acquire().await;
+        inner.budget.acquire(self.priority).await;
 
         let mut request = inner
             .http

@@ -15,6 +15,11 @@ use std::time::Duration;
 
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::budget::{Priority, RateBudget};
+
 /// A little longer than a second, so that scheduling and network jitter between our clock
 /// and Stripe's (or the simulator's) cannot squeeze `rate + 1` requests into the server's
 /// one-second window. Costs under 5% of throughput.
@@ -27,7 +32,7 @@ const RECOVER_EVERY: Duration = Duration::from_secs(2);
 /// Recovery step as a fraction of the configured rate: back to full in about 4 quiet steps.
 const RECOVER_FRACTION: u32 = 4;
 
-pub(crate) struct AdaptiveRate {
+pub struct AdaptiveRate {
     configured: u32,
     state: Mutex<State>,
 }
@@ -45,7 +50,7 @@ struct State {
 // The logic takes `now` as an argument so tests can drive time without tokio's test clock.
 impl AdaptiveRate {
     /// A zero rate would never admit anything; it is raised to 1.
-    pub(crate) fn new(per_second: u32) -> AdaptiveRate {
+    pub fn new(per_second: u32) -> AdaptiveRate {
         let configured = per_second.max(1);
         AdaptiveRate {
             configured,
@@ -59,7 +64,7 @@ impl AdaptiveRate {
     }
 
     /// Waits until a request may start, and counts it.
-    pub(crate) async fn acquire(&self) {
+    pub async fn acquire(&self) {
         while let Err(wake_at) = self.try_admit(Instant::now()) {
             tokio::time::sleep_until(wake_at.into()).await;
         }
@@ -81,7 +86,7 @@ impl AdaptiveRate {
     }
 
     /// Stripe said 429: halve the rate (not below 1), once per cooldown.
-    pub(crate) fn throttled(&self) {
+    pub fn throttled(&self) {
         self.throttled_at(Instant::now());
     }
 
@@ -99,7 +104,7 @@ impl AdaptiveRate {
     }
 
     /// The rate in force now (per second).
-    pub(crate) fn current(&self) -> u32 {
+    pub fn current(&self) -> u32 {
         self.current_at(Instant::now())
     }
 
@@ -109,7 +114,7 @@ impl AdaptiveRate {
         state.current
     }
 
-    pub(crate) fn configured(&self) -> u32 {
+    pub fn configured(&self) -> u32 {
         self.configured
     }
 
@@ -129,6 +134,26 @@ impl AdaptiveRate {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The in-process budget: right for one process alone (tests, the Stripe client used on
+/// its own); `tally` processes share theirs through Postgres instead.
+impl RateBudget for AdaptiveRate {
+    fn acquire(&self, _priority: Priority) -> BoxFuture<'_, ()> {
+        AdaptiveRate::acquire(self).boxed()
+    }
+
+    fn throttled(&self) {
+        AdaptiveRate::throttled(self);
+    }
+
+    fn current(&self) -> u32 {
+        AdaptiveRate::current(self)
+    }
+
+    fn configured(&self) -> u32 {
+        AdaptiveRate::configured(self)
     }
 }
 

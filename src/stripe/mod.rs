@@ -2,6 +2,7 @@
 //! retries, per-tenant rate limits, response types and errors. It knows nothing about
 //! Postgres or tenants beyond the credential it is given.
 
+pub mod budget;
 pub mod client;
 pub mod credential;
 pub mod error;
@@ -10,11 +11,13 @@ mod limiter;
 pub mod retry;
 pub mod types;
 
+pub use budget::{Priority, RateBudget};
 pub use client::{ClientSettings, Fetched, RateSettings, StripeClient, TenantClient};
 pub use credential::{
     key_last4, Credential, CredentialKind, UnknownCredentialKind, UnknownKeyPrefix,
 };
 pub use error::{ApiErrorBody, StripeError};
 pub use headers::{account_header, AccountHeader};
+pub use limiter::AdaptiveRate;
 pub use retry::backoff_delay;
 pub use types::{Balance, BalanceAmount, IssuingBalance, List, RefundAndDisputePrefunding};

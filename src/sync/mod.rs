@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::refresh::Tasks;
 use crate::store;
 use crate::store::accounts::InvalidAccountObject;
 use crate::store::snapshots::SnapshotError;
@@ -139,35 +140,45 @@ pub async fn start_in_background(
     client: TenantClient,
     tenant: Tenant,
     options: SyncOptions,
+    tasks: Tasks,
 ) -> Result<Claim, SyncError> {
     let claim = claim(&pool, tenant.id, &options).await?;
     if let Claim::Started(run) = &claim {
-        let run = run.clone();
-        tokio::spawn(async move {
-            // The outcome is in the run record; the log gets a line for operators.
-            let slug = tenant.slug.clone();
-            match execute(&pool, &client, &tenant, run, &options, &Quiet).await {
-                Ok(summary) => tracing::info!(tenant = %slug, run = %summary.run.id,
-                    accounts = summary.run.accounts_seen, "sync finished"),
-                Err(error) => tracing::warn!(tenant = %slug, error = %error, "sync failed"),
-            }
-        });
+        spawn_claimed(pool, client, tenant, run.clone(), options, tasks);
     }
     Ok(claim)
 }
 
-/// Ends a run this process gives up on (the CLI on Ctrl-C) as failed, keeping the
-/// counts its last heartbeat recorded.
-pub async fn abandon(
-    pool: &PgPool,
-    tenant_id: i64,
-    run_id: Uuid,
-    reason: &str,
-) -> Result<(), SyncError> {
-    if let Some(run) = store::sync_runs::get(pool, tenant_id, run_id).await? {
-        store::sync_runs::finish(pool, run_id, &run.counts(), Some(reason)).await?;
-    }
-    Ok(())
+/// Runs a claimed sync as one of the process's tasks. When the process stops first,
+/// the run is marked `interrupted` (what it committed stays) so the next sync can
+/// start at once instead of waiting for the heartbeat to go stale.
+pub fn spawn_claimed(
+    pool: PgPool,
+    client: TenantClient,
+    tenant: Tenant,
+    run: SyncRun,
+    options: SyncOptions,
+    tasks: Tasks,
+) {
+    let cancel = tasks.cancel.clone();
+    tasks.tracker.spawn(async move {
+        // The outcome is in the run record; the log gets a line for operators.
+        let slug = tenant.slug.clone();
+        let run_id = run.id;
+        tokio::select! {
+            outcome = execute(&pool, &client, &tenant, run, &options, &Quiet) => match outcome {
+                Ok(summary) => tracing::info!(tenant = %slug, run = %summary.run.id,
+                    accounts = summary.run.accounts_seen, "sync finished"),
+                Err(error) => tracing::warn!(tenant = %slug, error = %error, "sync failed"),
+            },
+            () = cancel.cancelled() => {
+                match store::sync_runs::interrupt(&pool, run_id, "interrupted: the process stopped").await {
+                    Ok(_) => tracing::info!(tenant = %slug, run = %run_id, "sync interrupted by shutdown"),
+                    Err(error) => tracing::warn!(tenant = %slug, error = %error, "could not mark the sync interrupted"),
+                }
+            }
+        }
+    });
 }
 
 /// Syncs every scope of the tenant under a claimed run, and records how it ended.

@@ -91,7 +91,7 @@ async fn totals_equal_the_sum_of_what_the_simulator_holds() {
     assert_eq!(body["complete"], true);
     assert_eq!(
         body["accounts"],
-        serde_json::json!({"total": 40, "ok": 40, "failed": 0})
+        serde_json::json!({"total": 40, "ok": 40, "failed": 0, "stale": 0})
     );
     assert_eq!(body["failures"], serde_json::json!([]));
     assert!(body["oldestFetchedAt"].is_string() && body["asOf"].is_string());
@@ -107,7 +107,7 @@ async fn failing_accounts_are_explained_and_the_rest_still_sum_exactly() {
     assert_eq!(body["complete"], false);
     assert_eq!(
         body["accounts"],
-        serde_json::json!({"total": 20, "ok": 18, "failed": 2})
+        serde_json::json!({"total": 20, "ok": 18, "failed": 2, "stale": 0})
     );
     assert_eq!(reported_totals(&body), expected_totals(&sim, &ids[2..]));
     let failures = body["failures"].as_array().expect("failures");
@@ -424,7 +424,7 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
         .await;
     assert_eq!(
         body["accounts"],
-        serde_json::json!({"total": 5, "ok": 5, "failed": 0})
+        serde_json::json!({"total": 5, "ok": 5, "failed": 0, "stale": 0})
     );
     assert_eq!(reported_totals(&body), expected_totals(&sim, &ids));
 }

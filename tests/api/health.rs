@@ -39,7 +39,12 @@ async fn readyz_fails_while_the_database_is_unreachable() {
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
-    let state = AppState::new(pool, Arc::new(settings), stripe);
+    let state = AppState::new(
+        pool,
+        Arc::new(settings),
+        stripe,
+        tally::refresh::Tasks::new(),
+    );
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
 
     let client = reqwest::Client::new();

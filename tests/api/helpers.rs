@@ -6,11 +6,11 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tally::app::Application;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
 use tally::domain::Role;
-use tally::http::AppState;
 use tally::store;
 use tally::store::accounts::AccountInput;
 use tally::tenants::StripeTenants;
@@ -25,6 +25,8 @@ pub fn admin_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Only the owner drops the database; aliases (other replicas) do not.
+    owner: bool,
 }
 
 impl TestDb {
@@ -42,12 +44,28 @@ impl TestDb {
             Some(slash) => format!("{}/{name}", &base[..slash]),
             None => panic!("TEST_DATABASE_URL needs a database path"),
         };
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            owner: true,
+        }
+    }
+
+    /// The same database for another replica; dropping it leaves the database.
+    pub fn alias(&self) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            owner: false,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs outside any async context we can rely on: use a private runtime.
         let _ = std::thread::spawn(move || {
@@ -82,6 +100,8 @@ pub struct TestApp {
     /// The same key, base64, for running the CLI against this app's database.
     pub master_base64: String,
     pub settings: Settings,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<()>>,
     // Last: dropped after the pool.
     pub db: TestDb,
 }
@@ -92,26 +112,43 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::create().await;
+    spawn_app_on(db, MasterKey::generate_base64(), configure).await
+}
+
+/// A server on an existing test database: a second replica of an app, say, or one
+/// started with another master key.
+pub async fn spawn_app_on(
+    db: TestDb,
+    master_base64: String,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings();
     settings.database.url = SecretString::from(db.url.clone());
+    settings.server.bind = "127.0.0.1:0".parse().expect("address");
     configure(&mut settings);
     let pool = store::pool(&settings.database).expect("pool");
     store::migrate(&pool).await.expect("migrations apply");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = format!("http://{}", listener.local_addr().expect("address"));
-    let master_base64 = MasterKey::generate_base64();
     let master = MasterKey::from_base64(&master_base64).expect("master key");
     let stripe = Arc::new(
         StripeTenants::new(
             &settings.stripe,
             Arc::new(MasterKey::from_base64(&master_base64).expect("master key")),
         )
-        .expect("stripe client"),
+        .expect("stripe client")
+        .with_shared_budget(pool.clone()),
     );
-    let state = AppState::new(pool.clone(), Arc::new(settings.clone()), stripe);
-    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+    let app = Application::with_parts(settings.clone(), pool.clone(), stripe)
+        .await
+        .expect("application builds");
+    let address = format!("http://{}", app.address());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the server runs");
+    });
     TestApp {
         address,
         pool,
@@ -119,7 +156,22 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         master,
         master_base64,
         settings,
+        stop: Some(stop),
+        running: Some(running),
         db,
+    }
+}
+
+impl TestApp {
+    /// What SIGTERM does to `tally serve`: stop accepting, let in-flight work finish
+    /// or give it back, and return once everything has stopped.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.expect("the server stops cleanly");
+        }
     }
 }
 

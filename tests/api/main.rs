@@ -6,6 +6,7 @@ mod balances;
 mod cli;
 mod health;
 mod helpers;
+mod refresh;
 mod sync;
 mod tenants;
 mod webhooks;

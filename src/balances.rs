@@ -1,0 +1,243 @@
+//! The balance use cases (DESIGN §3, §5), outside any HTTP handler: one account's
+//! balance, the per-currency aggregate, and starting a refresh. Each decides
+//! freshness with `refresh::freshen` and either answers from what is stored or hands
+//! back the refresh to poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::fanout::{self, Aggregate, FanoutError};
+use crate::refresh::demand::Demand;
+use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
+use crate::store;
+use crate::store::snapshots::Snapshot;
+use crate::store::tenants::Tenant;
+use crate::tenants::StripeTenants;
+
+/// What the balance use cases need.
+#[derive(Clone)]
+pub struct Balances {
+    pub pool: PgPool,
+    pub stripe: Arc<StripeTenants>,
+    /// This process's refresher, woken when a demand is made here.
+    pub refresher: Option<Refresher>,
+    /// `refresh.interval_secs`: the age beyond which an account counts as stale.
+    pub interval: Duration,
+}
+
+/// Answered now, or the refresh to poll.
+#[derive(Debug)]
+pub enum Answer<T> {
+    Ready(T),
+    Pending(Box<PendingRefresh>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalanceError {
+    #[error("no stored account has that stripeid")]
+    UnknownAccount,
+    #[error("no stored account has that owner")]
+    UnknownOwner,
+    /// The account's latest try failed; Stripe's error, request id and a hint.
+    #[error("Stripe did not return the balance")]
+    Upstream(Value),
+    #[error("the tenant's Stripe credential cannot be used: {0}")]
+    Credential(String),
+    #[error(transparent)]
+    Fanout(#[from] FanoutError),
+}
+
+impl From<sqlx::Error> for BalanceError {
+    fn from(error: sqlx::Error) -> BalanceError {
+        BalanceError::Fanout(FanoutError::Database(error))
+    }
+}
+
+/// A freshness requirement: no older than `max_age`, waiting at most `wait`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fresh {
+    pub max_age: Duration,
+    pub wait: Duration,
+}
+
+/// One account's latest snapshot that is a balance.
+#[derive(Debug, Clone)]
+pub struct AccountBalance {
+    pub stripeid: String,
+    pub snapshot: Snapshot,
+    pub balance: Value,
+}
+
+impl Balances {
+    async fn freshen(
+        &self,
+        tenant: &Tenant,
+        scope: RefreshScope,
+        fresh: Fresh,
+        trigger: &'static str,
+    ) -> Result<Option<PendingRefresh>, BalanceError> {
+        // Said before anything is asked of Stripe or of the refreshers.
+        self.stripe
+            .client_for(tenant)
+            .map_err(|error| BalanceError::Credential(error.to_string()))?;
+        let demand = Demand {
+            tenant,
+            scope,
+            max_age: fresh.max_age,
+            wait: fresh.wait,
+            trigger,
+        };
+        let rate = self.stripe.rate_for(tenant);
+        match refresh::freshen(&self.pool, self.refresher.as_ref(), rate, &demand).await? {
+            Freshness::Met => Ok(None),
+            Freshness::Pending(pending) => Ok(Some(pending)),
+            Freshness::Failed(refresh) => Err(BalanceError::Credential(
+                refresh
+                    .error
+                    .unwrap_or_else(|| "the refresh failed".to_owned()),
+            )),
+        }
+    }
+
+    /// The account's balance no older than `fresh.max_age`.
+    pub async fn account(
+        &self,
+        tenant: &Tenant,
+        stripeid: &str,
+        fresh: Fresh,
+    ) -> Result<Answer<AccountBalance>, BalanceError> {
+        store::accounts::get(&self.pool, tenant.id, stripeid)
+            .await?
+            .filter(|account| account.removed_at.is_none())
+            .ok_or(BalanceError::UnknownAccount)?;
+        let scope = RefreshScope::Account(stripeid.to_owned());
+        if let Some(pending) = self.freshen(tenant, scope, fresh, "poll").await? {
+            return Ok(Answer::Pending(Box::new(pending)));
+        }
+        let snapshot = store::snapshots::latest(&self.pool, tenant.id, stripeid)
+            .await?
+            .ok_or(BalanceError::UnknownAccount)?;
+        match (&snapshot.balance, &snapshot.error) {
+            (Some(balance), _) => Ok(Answer::Ready(AccountBalance {
+                stripeid: stripeid.to_owned(),
+                balance: balance.clone(),
+                snapshot,
+            })),
+            (None, error) => Err(BalanceError::Upstream(error.clone().unwrap_or(Value::Null))),
+        }
+    }
+
+    /// The per-currency aggregate of the tenant or one owner. Without `fresh` it
+    /// answers at once from what is stored, saying how fresh that is.
+    pub async fn aggregate(
+        &self,
+        tenant: &Tenant,
+        owner: Option<&str>,
+        currency: Option<&str>,
+        fresh: Option<Fresh>,
+    ) -> Result<Answer<Aggregate>, BalanceError> {
+        let scope = self.aggregate_scope(tenant, owner).await?;
+        if let Some(fresh) = fresh {
+            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh, "poll").await? {
+                return Ok(Answer::Pending(Box::new(pending)));
+            }
+        }
+        let mut aggregate =
+            fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency).await?;
+        aggregate.accounts.stale = self.stale(tenant, &scope).await?;
+        Ok(Answer::Ready(aggregate))
+    }
+
+    /// The aggregate's detail, one row per account and currency, under the same
+    /// freshness rule.
+    pub async fn aggregate_csv(
+        &self,
+        tenant: &Tenant,
+        owner: Option<&str>,
+        currency: Option<&str>,
+        fresh: Option<Fresh>,
+    ) -> Result<Answer<Vec<u8>>, BalanceError> {
+        let scope = self.aggregate_scope(tenant, owner).await?;
+        if let Some(fresh) = fresh {
+            if let Some(pending) = self.freshen(tenant, scope, fresh, "poll").await? {
+                return Ok(Answer::Pending(Box::new(pending)));
+            }
+        }
+        Ok(Answer::Ready(
+            fanout::aggregate::csv(&self.pool, tenant.id, owner, currency).await?,
+        ))
+    }
+
+    /// A person asks for a refresh: started (or joined) now, never waited on.
+    pub async fn start_refresh(
+        &self,
+        tenant: &Tenant,
+        scope: RefreshScope,
+        max_age: Duration,
+    ) -> Result<PendingRefresh, BalanceError> {
+        match &scope {
+            RefreshScope::Tenant => {}
+            RefreshScope::Owner(owner) => {
+                if store::accounts::count_for_owner(&self.pool, tenant.id, owner).await? == 0 {
+                    return Err(BalanceError::UnknownOwner);
+                }
+            }
+            RefreshScope::Account(stripeid) => {
+                store::accounts::get(&self.pool, tenant.id, stripeid)
+                    .await?
+                    .filter(|account| account.removed_at.is_none())
+                    .ok_or(BalanceError::UnknownAccount)?;
+            }
+        }
+        let cutoff = refresh::cutoff(max_age);
+        let total = store::refreshes::progress(&self.pool, tenant.id, &scope, cutoff)
+            .await?
+            .listed;
+        let (refresh, _) =
+            store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
+                .await?;
+        if let Some(refresher) = &self.refresher {
+            refresher.wake();
+        }
+        Ok(PendingRefresh::of(&self.pool, refresh, self.stripe.rate_for(tenant)).await?)
+    }
+
+    /// A refresh with its live progress.
+    pub async fn refresh_view(
+        &self,
+        tenant: &Tenant,
+        refresh: refresh::Refresh,
+    ) -> Result<PendingRefresh, BalanceError> {
+        Ok(PendingRefresh::of(&self.pool, refresh, self.stripe.rate_for(tenant)).await?)
+    }
+
+    async fn aggregate_scope(
+        &self,
+        tenant: &Tenant,
+        owner: Option<&str>,
+    ) -> Result<RefreshScope, BalanceError> {
+        match owner {
+            None => Ok(RefreshScope::Tenant),
+            Some(owner) => {
+                if store::accounts::count_for_owner(&self.pool, tenant.id, owner).await? == 0 {
+                    return Err(BalanceError::UnknownOwner);
+                }
+                Ok(RefreshScope::Owner(owner.to_owned()))
+            }
+        }
+    }
+
+    /// Listed accounts of the scope not tried within the refresh interval.
+    async fn stale(&self, tenant: &Tenant, scope: &RefreshScope) -> Result<i64, BalanceError> {
+        let cutoff: DateTime<Utc> = refresh::cutoff(self.interval);
+        Ok(
+            store::refreshes::progress(&self.pool, tenant.id, scope, cutoff)
+                .await?
+                .pending(),
+        )
+    }
+}

@@ -1,0 +1,73 @@
+//! Errors made outside the handlers get the error body too (DESIGN §3): the request
+//! time limit, and whatever the framework answers by itself (405 for a known path
+//! with another method, 413 for a body over the limit, extractor rejections).
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// Answers 503 `request-timeout` when a handler takes longer than the limit. A
+/// streamed body, once started, is not cut off by it.
+pub async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit.as_secs()).into_response(),
+    }
+}
+
+/// Replaces the body of an error response that is not already JSON with the error
+/// body, keyed by its status.
+pub async fn ensure_error_body(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut replaced = framework_error(status).into_response();
+    // Keep what the framework said in headers (Allow on a 405, the request id).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    replaced
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn framework_error(status: StatusCode) -> ApiError {
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "this endpoint does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("body-too-large", "the request body is over 1 MiB"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "the request body's content type is not accepted here",
+        ),
+        StatusCode::NOT_FOUND => ("not-found", "no such endpoint"),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
+            ("invalid-request", "the request could not be read")
+        }
+        _ if status.is_server_error() => ("internal-error", "internal error"),
+        _ => ("invalid-request", "the request could not be served"),
+    };
+    ApiError::Framework {
+        status,
+        code,
+        message,
+    }
+}

@@ -1,0 +1,157 @@
+//! One Stripe budget per credential shared by every process (DESIGN §5), kept in
+//! Postgres, which every process already has.
+//!
+//! Each request reserves the next slot of its tenant's budget in one round trip
+//! (`stripe_budget_reserve`): slots are `1.05 s / rate` apart, so however many
+//! processes ask, no one-second window holds more than the rate. The wait is the slot
+//! minus the database's clock, so the hosts' clocks never need to agree. A 429 seen by
+//! any process halves the shared rate. Background work only reserves while the queue
+//! is short (the horizon), so a person's request queues behind at most that much.
+//! If the database cannot be reached the process falls back to its own limiter at
+//! the same rate: Stripe stays paced, only the sharing is lost until it answers.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sqlx::PgPool;
+
+use crate::store;
+use crate::stripe::{AdaptiveRate, Priority, RateBudget};
+
+/// How far ahead background work may queue in the budget.
+const BACKGROUND_HORIZON: Duration = Duration::from_millis(250);
+/// Shortest nap before background work asks again.
+const MIN_RETRY: Duration = Duration::from_millis(5);
+/// A request that wakes up later than this after its slot (a loaded host) gives the
+/// slot up and reserves again: sent inside [slot, slot + tolerance], requests with
+/// slots `1.05 s / rate` apart still never put more than `rate` into any second.
+const LATE_TOLERANCE: Duration = Duration::from_millis(20);
+/// On a host too loaded to keep any slot, give up being exact after this many tries
+/// rather than stall.
+const MAX_LATE_RETRIES: u32 = 5;
+
+pub struct SharedBudget {
+    pool: PgPool,
+    tenant_id: i64,
+    configured: u32,
+    /// The rate the database last reported, for gauges and logs.
+    last_rate: AtomicU32,
+    /// Used while the database is unreachable.
+    fallback: AdaptiveRate,
+    warned: AtomicBool,
+}
+
+impl SharedBudget {
+    pub fn new(pool: PgPool, tenant_id: i64, configured: u32) -> SharedBudget {
+        let configured = configured.max(1);
+        SharedBudget {
+            pool,
+            tenant_id,
+            configured,
+            last_rate: AtomicU32::new(configured),
+            fallback: AdaptiveRate::new(configured),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    fn configured_i32(&self) -> i32 {
+        i32::try_from(self.configured).unwrap_or(i32::MAX)
+    }
+
+    async fn acquire_shared(&self, priority: Priority) {
+        let horizon = match priority {
+            Priority::Interactive => None,
+            Priority::Background => Some(BACKGROUND_HORIZON.as_millis() as i32),
+        };
+        let mut late = 0;
+        loop {
+            match self.reserve(horizon).await {
+                Ok((slot, asked_at, answered_at)) => {
+                    self.last_rate
+                        .store(u32::try_from(slot.rate).unwrap_or(1), Ordering::Relaxed);
+                    self.warned.store(false, Ordering::Relaxed);
+                    let wait = (slot.slot_at - slot.db_now).to_std().unwrap_or_default();
+                    if !slot.reserved {
+                        let retry = wait.saturating_sub(BACKGROUND_HORIZON).max(MIN_RETRY);
+                        tokio::time::sleep(retry).await;
+                        continue;
+                    }
+                    metrics::histogram!("stripe_budget_wait_seconds").record(wait.as_secs_f64());
+                    // The database decided at some moment between asking and the
+                    // answer: waiting from the answer never starts early, and the slot
+                    // is kept only if that moment, seen from the asking, is not too
+                    // far behind (a reply that sat unread on a loaded host).
+                    tokio::time::sleep_until(answered_at + wait).await;
+                    let behind =
+                        tokio::time::Instant::now().saturating_duration_since(asked_at + wait);
+                    if behind <= LATE_TOLERANCE || late >= MAX_LATE_RETRIES {
+                        return;
+                    }
+                    late += 1;
+                    metrics::counter!("stripe_budget_late_slots_total").increment(1);
+                }
+                Err(error) => {
+                    if !self.warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(tenant_id = self.tenant_id, error = %error,
+                            "the shared Stripe budget is unreachable; pacing this process alone");
+                    }
+                    self.fallback.acquire().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One reservation, with the local instants just before it was asked (a
+    /// connection already in hand) and just after it was answered.
+    async fn reserve(
+        &self,
+        horizon: Option<i32>,
+    ) -> Result<
+        (
+            store::budget::Slot,
+            tokio::time::Instant,
+            tokio::time::Instant,
+        ),
+        sqlx::Error,
+    > {
+        let mut conn = self.pool.acquire().await?;
+        let asked_at = tokio::time::Instant::now();
+        let slot =
+            store::budget::reserve(&mut *conn, self.tenant_id, self.configured_i32(), horizon)
+                .await?;
+        Ok((slot, asked_at, tokio::time::Instant::now()))
+    }
+}
+
+impl RateBudget for SharedBudget {
+    fn acquire(&self, priority: Priority) -> BoxFuture<'_, ()> {
+        self.acquire_shared(priority).boxed()
+    }
+
+    fn throttled(&self) {
+        self.fallback.throttled();
+        let (pool, tenant_id, configured) =
+            (self.pool.clone(), self.tenant_id, self.configured_i32());
+        // Told from inside the client's retry loop, which must not wait on it.
+        tokio::spawn(async move {
+            if let Err(error) = store::budget::throttled(&pool, tenant_id, configured).await {
+                tracing::warn!(tenant_id, error = %error, "could not share a 429 with other processes");
+            }
+        });
+        self.last_rate.store(
+            (self.last_rate.load(Ordering::Relaxed) / 2).max(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn current(&self) -> u32 {
+        self.last_rate.load(Ordering::Relaxed)
+    }
+
+    fn configured(&self) -> u32 {
+        self.configured
+    }
+}

@@ -1,0 +1,568 @@
+//! One process's refresher: a loop per tenant that claims due accounts, fetches
+//! them through the tenant's shared budget and stores the snapshots; the schedule
+//! of background rounds and account re-syncs; and the shutdown that gives back what
+//! the process holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::demand;
+use super::Tasks;
+use crate::config::Settings;
+use crate::fanout;
+use crate::store;
+use crate::store::refreshes::{ClaimRequest, Refresh, RefreshScope};
+use crate::store::sync_runs::Claim;
+use crate::store::tenants::Tenant;
+use crate::stripe::{Priority, TenantClient};
+use crate::sync::{self, SyncOptions};
+use crate::tenants::StripeTenants;
+
+/// How often a worker proves it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// A worker silent this long is not counted as alive.
+const ALIVE_WITHIN: Duration = Duration::from_secs(6);
+/// A worker silent this long is forgotten (its process was killed).
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// How often the tenant list is re-read (new tenants start, removed ones stop).
+const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
+/// How often a tenant's row (rate, key) and sync schedule are looked at again.
+const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// On shutdown, fetches already sent get this long to land before they are dropped
+/// (their leases are given back either way).
+const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// A `tally serve` replica: works every tenant.
+    Serve,
+    /// A CLI run (`tally balances`): works one tenant while it runs.
+    Cli,
+}
+
+impl WorkerKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Serve => "serve",
+            WorkerKind::Cli => "cli",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RefresherOptions {
+    /// Background rounds keep every account younger than `interval` (config
+    /// `refresh.enabled`); demands are worked on either way.
+    pub background: bool,
+    pub interval: Duration,
+    pub lease: Duration,
+    pub tick: Duration,
+    /// Re-sync each tenant's accounts this often (`None`: never by itself).
+    pub sync_interval: Option<Duration>,
+    pub sync: SyncOptions,
+}
+
+impl RefresherOptions {
+    pub fn from_settings(settings: &Settings) -> RefresherOptions {
+        RefresherOptions {
+            background: settings.refresh.enabled,
+            interval: Duration::from_secs(settings.refresh.interval_secs),
+            lease: Duration::from_secs(settings.refresh.lease_secs),
+            tick: Duration::from_millis(settings.refresh.tick_ms),
+            sync_interval: (settings.sync.interval_secs > 0)
+                .then(|| Duration::from_secs(settings.sync.interval_secs)),
+            sync: SyncOptions::from_settings(settings),
+        }
+    }
+
+    /// How long before an account reaches `interval` a background round takes it:
+    /// rounds start when the oldest account is this close, and take every account
+    /// that gets this close within the next lead, so a round is a batch, not a trickle.
+    fn lead(&self) -> Duration {
+        self.interval / 20
+    }
+}
+
+/// The process's refresher. Cheap to clone.
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    stripe: Arc<StripeTenants>,
+    options: RefresherOptions,
+    id: Uuid,
+    kind: WorkerKind,
+    host: String,
+    pid: i32,
+    /// Rung when this process makes a demand, so its own worker starts at once.
+    wake: Notify,
+    tasks: Tasks,
+}
+
+impl Refresher {
+    pub fn new(
+        pool: PgPool,
+        stripe: Arc<StripeTenants>,
+        options: RefresherOptions,
+        kind: WorkerKind,
+        tasks: Tasks,
+    ) -> Refresher {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Refresher {
+            inner: Arc::new(Inner {
+                pool,
+                stripe,
+                options,
+                id: Uuid::new_v4(),
+                kind,
+                host,
+                pid: i32::try_from(std::process::id()).unwrap_or(0),
+                wake: Notify::new(),
+                tasks,
+            }),
+        }
+    }
+
+    /// This worker's id (its leases carry it).
+    pub fn id(&self) -> Uuid {
+        self.inner.id
+    }
+
+    pub fn options(&self) -> &RefresherOptions {
+        &self.inner.options
+    }
+
+    /// A demand was just made in this process: look for work now, not at the next tick.
+    pub fn wake(&self) {
+        self.inner.wake.notify_waiters();
+    }
+
+    /// Starts working every tenant (or only `only_tenant`) in the background until
+    /// the tasks' cancellation token fires; then gives back leases, marks what it
+    /// leaves unfinished, and deregisters.
+    pub fn spawn(&self, only_tenant: Option<i64>) {
+        let inner = self.inner.clone();
+        self.inner.tasks.tracker.spawn(async move {
+            inner.run(only_tenant).await;
+        });
+    }
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, only_tenant: Option<i64>) {
+        let cancel = self.tasks.cancel.clone();
+        let mut loops: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut next_heartbeat = Instant::now();
+        let mut next_scan = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                if let Err(error) = store::refreshes::worker_heartbeat(
+                    &self.pool,
+                    self.id,
+                    self.kind.as_str(),
+                    &self.host,
+                    self.pid,
+                    FORGET_AFTER.as_secs_f64(),
+                )
+                .await
+                {
+                    tracing::warn!(error = %error, "refresher heartbeat failed");
+                }
+                next_heartbeat = now + HEARTBEAT_EVERY;
+            }
+            if now >= next_scan {
+                loops.retain(|_, handle| !handle.is_finished());
+                match self.tenant_ids(only_tenant).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            loops.entry(id).or_insert_with(|| {
+                                let inner = self.clone();
+                                self.tasks.tracker.spawn(async move {
+                                    inner.tenant_loop(id).await;
+                                })
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = %error, "refresher cannot list tenants"),
+                }
+                next_scan = now + TENANT_SCAN_EVERY;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(self.options.tick.min(HEARTBEAT_EVERY)) => {}
+            }
+        }
+        for (_, handle) in loops {
+            let _ = handle.await;
+        }
+        self.give_back().await;
+    }
+
+    async fn tenant_ids(&self, only_tenant: Option<i64>) -> Result<Vec<i64>, sqlx::Error> {
+        Ok(store::tenants::ids(&self.pool)
+            .await?
+            .into_iter()
+            .filter(|id| only_tenant.is_none_or(|only| only == *id))
+            .collect())
+    }
+
+    /// Stopping: leases back, unfinished refreshes marked interrupted when no other
+    /// worker is left to finish them, this worker forgotten.
+    async fn give_back(&self) {
+        match store::refreshes::release_worker_leases(&self.pool, self.id).await {
+            Ok(n) if n > 0 => tracing::info!(leases = n, "refresher gave back its leases"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "giving back leases failed; they expire"),
+        }
+        let others =
+            store::refreshes::other_live_workers(&self.pool, self.id, ALIVE_WITHIN.as_secs_f64())
+                .await;
+        if let Ok(0) = others {
+            if let Ok(n) = store::refreshes::interrupt_running(
+                &self.pool,
+                "interrupted: the last worker stopped before it finished",
+            )
+            .await
+            {
+                if n > 0 {
+                    tracing::info!(refreshes = n, "marked unfinished refreshes interrupted");
+                }
+            }
+        }
+        let _ = store::refreshes::deregister_worker(&self.pool, self.id).await;
+    }
+
+    /// Works one tenant until the process stops or the tenant is removed.
+    async fn tenant_loop(self: Arc<Self>, tenant_id: i64) {
+        let cancel = self.tasks.cancel.clone();
+        let mut state = TenantState::default();
+        // Each fetch runs as its own task: a fetch holding a database transaction must
+        // make progress while this loop waits for a connection of its own.
+        let mut inflight: JoinSet<()> = JoinSet::new();
+        let mut last_topup = Instant::now() - self.options.tick;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let Some((tenant, client)) = (match self.tenant_and_client(tenant_id, &mut state).await
+            {
+                Ok(found) => found,
+                Err(()) => {
+                    // The credential cannot be opened: demands fail with the reason
+                    // (done inside); try again later (the key may be rotated).
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(TENANT_RELOAD_EVERY) => continue,
+                    }
+                }
+            }) else {
+                break; // the tenant is gone
+            };
+            let cap = self.stripe.max_in_flight();
+            let should_top_up =
+                inflight.len() <= cap / 2 || last_topup.elapsed() >= self.options.tick;
+            if should_top_up {
+                last_topup = Instant::now();
+                if let Err(error) = self
+                    .top_up(&tenant, &client, &mut state, &mut inflight, cap)
+                    .await
+                {
+                    tracing::warn!(tenant = %tenant.slug, error = %error, "refresher round failed");
+                }
+            }
+            let woken = self.wake.notified();
+            if inflight.is_empty() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = woken => {}
+                    () = tokio::time::sleep(self.options.tick) => {}
+                }
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    Some(_) = inflight.join_next() => {}
+                    () = woken => {}
+                    () = tokio::time::sleep(self.options.tick) => {}
+                }
+            }
+        }
+        // Fetches already sent get a moment to land; the rest are dropped and their
+        // leases given back by `give_back`.
+        let _ = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        inflight.shutdown().await;
+    }
+
+    /// The tenant row and its client, reloaded every few seconds. `Ok(None)`: the
+    /// tenant is gone. `Err`: its credential cannot be used (demands were failed).
+    async fn tenant_and_client(
+        &self,
+        tenant_id: i64,
+        state: &mut TenantState,
+    ) -> Result<Option<(Tenant, TenantClient)>, ()> {
+        let stale = state
+            .loaded_at
+            .is_none_or(|at| at.elapsed() >= TENANT_RELOAD_EVERY);
+        if stale {
+            match store::tenants::find_by_id(&self.pool, tenant_id).await {
+                Ok(Some(tenant)) => state.tenant = Some(tenant),
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    tracing::warn!(tenant_id, error = %error, "refresher cannot read the tenant");
+                    if state.tenant.is_none() {
+                        return Err(());
+                    }
+                }
+            }
+            state.loaded_at = Some(Instant::now());
+        }
+        let Some(tenant) = state.tenant.clone() else {
+            return Ok(None);
+        };
+        match self.stripe.client_for(&tenant) {
+            Ok(client) => Ok(Some((tenant, client))),
+            Err(error) => {
+                let reason = format!("tenant-credential-unusable: {error}");
+                if let Ok(running) = store::refreshes::running(&self.pool, tenant.id).await {
+                    for refresh in running {
+                        let _ = store::refreshes::finish(
+                            &self.pool,
+                            refresh.id,
+                            "failed",
+                            &Default::default(),
+                            Some(&reason),
+                        )
+                        .await;
+                    }
+                }
+                if !state.credential_warned {
+                    tracing::error!(tenant = %tenant.slug, error = %error, "the refresher cannot use this tenant's credential");
+                    state.credential_warned = true;
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// One round for a tenant: schedule background work and re-syncs, then claim
+    /// accounts for the running demands (those a person waits on first) up to the
+    /// free in-flight slots, and close demands that nothing is left to do for.
+    async fn top_up(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        client: &TenantClient,
+        state: &mut TenantState,
+        inflight: &mut JoinSet<()>,
+        cap: usize,
+    ) -> Result<(), sqlx::Error> {
+        let mut demands = store::refreshes::running(&self.pool, tenant.id).await?;
+        if self.options.background && self.kind == WorkerKind::Serve {
+            if let Some(round) = self.schedule_round(tenant, &demands).await? {
+                demands.push(round);
+            }
+        }
+        if self.kind == WorkerKind::Serve {
+            self.maybe_sync(tenant, client, state).await;
+        }
+        for demand in &demands {
+            let free = cap.saturating_sub(inflight.len());
+            let claimed = if free == 0 {
+                None
+            } else {
+                Some(self.claim(tenant, demand, free).await?)
+            };
+            match claimed {
+                Some(claimed) if !claimed.is_empty() => {
+                    let priority = if demand.trigger == "schedule" {
+                        Priority::Background
+                    } else {
+                        Priority::Interactive
+                    };
+                    let client = client.with_priority(priority);
+                    for account in claimed {
+                        inflight.spawn(self.fetch(tenant.clone(), client.clone(), account));
+                    }
+                }
+                Some(_) => self.close_if_done(tenant, demand).await?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        tenant: &Tenant,
+        demand: &Refresh,
+        limit: usize,
+    ) -> Result<Vec<store::refreshes::Claimed>, sqlx::Error> {
+        let include_never_fetched = match demand.scope {
+            RefreshScope::Tenant => {
+                let freshness = store::snapshots::tenant_freshness(&self.pool, tenant.id).await?;
+                freshness.ok + freshness.failed < freshness.listed
+            }
+            _ => true,
+        };
+        store::refreshes::claim_due(
+            &self.pool,
+            &ClaimRequest {
+                tenant_id: tenant.id,
+                scope: &demand.scope,
+                cutoff: demand.cutoff,
+                include_never_fetched,
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+                worker: self.id,
+                lease_secs: self.options.lease.as_secs_f64(),
+            },
+        )
+        .await
+    }
+
+    fn fetch(
+        self: &Arc<Self>,
+        tenant: Tenant,
+        client: TenantClient,
+        account: store::refreshes::Claimed,
+    ) -> BoxFuture<'static, ()> {
+        let inner = self.clone();
+        async move {
+            let stored = fanout::fetch_and_record(
+                &inner.pool,
+                &client,
+                &tenant,
+                &account.stripeid,
+                account.platform_id.as_deref(),
+                Some(inner.id),
+            )
+            .await;
+            if let Err(error) = stored {
+                // Counted as not tried: the lease goes back so the next round retries.
+                tracing::error!(tenant = %tenant.slug, stripeid = %account.stripeid, error = %error,
+                    "storing a balance snapshot failed");
+                let _ = store::refreshes::release_lease(
+                    &inner.pool,
+                    tenant.id,
+                    &account.stripeid,
+                    inner.id,
+                )
+                .await;
+            }
+        }
+        .boxed()
+    }
+
+    /// Ends a demand whose every listed account was tried since its cutoff.
+    async fn close_if_done(&self, tenant: &Tenant, demand: &Refresh) -> Result<(), sqlx::Error> {
+        let progress =
+            store::refreshes::progress(&self.pool, tenant.id, &demand.scope, demand.cutoff).await?;
+        if progress.pending() == 0
+            && store::refreshes::finish(&self.pool, demand.id, "succeeded", &progress, None).await?
+        {
+            tracing::info!(tenant = %tenant.slug, refresh = %demand.id, trigger = %demand.trigger,
+                tried = progress.tried(), failed = progress.failed, "balance refresh finished");
+        }
+        Ok(())
+    }
+
+    /// Starts a background round when the tenant's oldest account is within the lead
+    /// of the interval and nothing covers the whole tenant already. The round's cutoff
+    /// reaches one lead further, so it takes the accounts about to be due too.
+    async fn schedule_round(
+        &self,
+        tenant: &Tenant,
+        demands: &[Refresh],
+    ) -> Result<Option<Refresh>, sqlx::Error> {
+        if demands.iter().any(|d| d.scope == RefreshScope::Tenant) {
+            return Ok(None);
+        }
+        let lead = self.options.lead();
+        let due = demand::cutoff(self.options.interval.saturating_sub(lead));
+        let freshness = store::snapshots::tenant_freshness(&self.pool, tenant.id).await?;
+        if freshness.listed == 0 {
+            return Ok(None);
+        }
+        let all_tried = freshness.ok + freshness.failed >= freshness.listed;
+        if all_tried && freshness.oldest.is_none_or(|oldest| oldest >= due) {
+            return Ok(None);
+        }
+        let cutoff = demand::cutoff(self.options.interval.saturating_sub(lead * 2));
+        let (round, _) = store::refreshes::start_or_join(
+            &self.pool,
+            tenant.id,
+            &RefreshScope::Tenant,
+            cutoff,
+            "schedule",
+            freshness.listed,
+        )
+        .await?;
+        Ok(Some(round))
+    }
+
+    /// Re-syncs the tenant's accounts when its last sync started longer ago than
+    /// `sync.interval_secs`. One sync per tenant runs across all replicas (the
+    /// sync-run claim); it is interrupted, not abandoned, on shutdown.
+    async fn maybe_sync(&self, tenant: &Tenant, client: &TenantClient, state: &mut TenantState) {
+        let Some(every) = self.options.sync_interval else {
+            return;
+        };
+        if state
+            .sync_checked_at
+            .is_some_and(|at| at.elapsed() < TENANT_RELOAD_EVERY)
+        {
+            return;
+        }
+        state.sync_checked_at = Some(Instant::now());
+        let last = match store::sync_runs::last_started(&self.pool, tenant.id).await {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.slug, error = %error, "cannot read the sync schedule");
+                return;
+            }
+        };
+        let due = demand::cutoff(every);
+        if last.is_some_and(|at| at >= due) {
+            return;
+        }
+        let claim = match sync::claim(&self.pool, tenant.id, &self.options.sync).await {
+            Ok(Claim::Started(run)) => run,
+            Ok(Claim::Running(_)) => return,
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.slug, error = %error, "cannot start a scheduled sync");
+                return;
+            }
+        };
+        tracing::info!(tenant = %tenant.slug, run = %claim.id, "scheduled account sync started");
+        sync::spawn_claimed(
+            self.pool.clone(),
+            client.with_priority(Priority::Background),
+            tenant.clone(),
+            claim,
+            self.options.sync.clone(),
+            self.tasks.clone(),
+        );
+    }
+}
+
+#[derive(Default)]
+struct TenantState {
+    tenant: Option<Tenant>,
+    loaded_at: Option<Instant>,
+    sync_checked_at: Option<Instant>,
+    credential_warned: bool,
+}

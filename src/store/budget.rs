@@ -1,0 +1,72 @@
+//! The shared Stripe budget per credential (`stripe_budgets`): slot reservations and
+//! 429 slow-downs, decided inside Postgres so every process sees one budget.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+/// One reservation's answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    /// When the request may start, on the database's clock.
+    pub slot_at: DateTime<Utc>,
+    /// The database's clock when it decided; `slot_at - db_now` is the wait.
+    pub db_now: DateTime<Utc>,
+    /// False: background work found the queue too long and reserved nothing; try
+    /// again when `slot_at` is within the horizon.
+    pub reserved: bool,
+    /// The rate in force (per second).
+    pub rate: i32,
+}
+
+/// Reserves the tenant's next request slot. `horizon_ms` is `None` for a request a
+/// person waits on (it always queues), `Some` for background work.
+pub async fn reserve(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    configured_rate: i32,
+    horizon_ms: Option<i32>,
+) -> Result<Slot, sqlx::Error> {
+    sqlx::query_as!(
+        Slot,
+        r#"SELECT slot_at AS "slot_at!", db_now AS "db_now!", granted AS "reserved!", rate AS "rate!"
+           FROM stripe_budget_reserve($1, $2, $3)"#,
+        tenant_id,
+        configured_rate,
+        horizon_ms
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Stripe answered 429: halves the shared rate (once per window). Returns the rate now.
+pub async fn throttled(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    configured_rate: i32,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT stripe_budget_throttled($1, $2) AS "rate!""#,
+        tenant_id,
+        configured_rate
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// What the budget of each tenant looks like now, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct BudgetState {
+    pub tenant_id: i64,
+    pub current_rate: i32,
+    pub reserved: i64,
+    pub throttled: i64,
+}
+
+pub async fn states(db: impl PgExecutor<'_>) -> Result<Vec<BudgetState>, sqlx::Error> {
+    sqlx::query_as!(
+        BudgetState,
+        r#"SELECT tenant_id, current_rate, reserved, throttled FROM stripe_budgets ORDER BY tenant_id"#
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,535 @@
+//! The refresher's shared state (DESIGN §5): live workers, per-account leases, and
+//! balance refreshes (demands that polls on any replica join).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// What a refresh covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RefreshScope {
+    /// Every listed account of the tenant.
+    Tenant,
+    /// One owner's (`accountid`) listed accounts.
+    Owner(String),
+    /// One account.
+    Account(String),
+}
+
+impl RefreshScope {
+    /// The key one running refresh per scope is unique on.
+    pub fn key(&self) -> String {
+        match self {
+            RefreshScope::Tenant => String::new(),
+            RefreshScope::Owner(owner) => format!("owner:{owner}"),
+            RefreshScope::Account(stripeid) => format!("account:{stripeid}"),
+        }
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            RefreshScope::Owner(owner) => Some(owner),
+            _ => None,
+        }
+    }
+
+    pub fn stripeid(&self) -> Option<&str> {
+        match self {
+            RefreshScope::Account(stripeid) => Some(stripeid),
+            _ => None,
+        }
+    }
+
+    fn from_columns(owner: Option<String>, stripeid: Option<String>) -> RefreshScope {
+        match (owner, stripeid) {
+            (_, Some(stripeid)) => RefreshScope::Account(stripeid),
+            (Some(owner), None) => RefreshScope::Owner(owner),
+            (None, None) => RefreshScope::Tenant,
+        }
+    }
+}
+
+// ---- workers ----------------------------------------------------------------
+
+pub async fn register_worker(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    kind: &str,
+    host: &str,
+    pid: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"INSERT INTO workers (id, kind, host, pid) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"#,
+        id,
+        kind,
+        host,
+        pid
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Proves the worker alive; also forgets workers silent for `forget_after_secs`
+/// (killed processes), so the table stays the size of the fleet.
+pub async fn worker_heartbeat(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    kind: &str,
+    host: &str,
+    pid: i32,
+    forget_after_secs: f64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"WITH forgotten AS (
+               DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $5) AND id <> $1
+           )
+           INSERT INTO workers (id, kind, host, pid) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"#,
+        id,
+        kind,
+        host,
+        pid,
+        forget_after_secs
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn deregister_worker(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM workers WHERE id = $1", id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Workers other than `id` that beat within `within_secs`.
+pub async fn other_live_workers(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    within_secs: f64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM workers
+           WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)"#,
+        id,
+        within_secs
+    )
+    .fetch_one(db)
+    .await
+}
+
+// ---- leases -----------------------------------------------------------------
+
+/// An account claimed for one fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub stripeid: String,
+    pub platform_id: Option<String>,
+}
+
+/// What to claim.
+pub struct ClaimRequest<'a> {
+    pub tenant_id: i64,
+    pub scope: &'a RefreshScope,
+    /// Accounts last tried before this are due.
+    pub cutoff: DateTime<Utc>,
+    /// Whether to look for accounts never fetched (skipped when the kept counts say
+    /// there are none, so a large tenant's claim never scans).
+    pub include_never_fetched: bool,
+    pub limit: i64,
+    pub worker: Uuid,
+    pub lease_secs: f64,
+}
+
+/// Leases up to `limit` due accounts of the scope, never-fetched first, then oldest
+/// first. Rows another claim is taking right now are skipped, and an account whose
+/// lease has not expired is never taken, so no two workers hold one account.
+pub async fn claim_due(
+    db: impl PgExecutor<'_>,
+    request: &ClaimRequest<'_>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as!(
+        Claimed,
+        r#"WITH never AS (
+               SELECT a.stripeid, NULL::timestamptz AS fetched_at
+               FROM stripe_accounts a
+               WHERE $5 AND a.tenant_id = $1 AND a.removed_at IS NULL
+                 AND ($2::text IS NULL OR a.accountid = $2)
+                 AND ($3::text IS NULL OR a.stripeid = $3)
+                 AND NOT EXISTS (SELECT 1 FROM latest_balances l
+                                 WHERE l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid)
+                 AND NOT EXISTS (SELECT 1 FROM refresh_leases r
+                                 WHERE r.tenant_id = a.tenant_id AND r.stripeid = a.stripeid
+                                   AND r.expires_at > now())
+               LIMIT $6
+               FOR UPDATE OF a SKIP LOCKED
+           ),
+           stale AS (
+               SELECT l.stripeid, l.fetched_at
+               FROM latest_balances l
+               JOIN stripe_accounts a ON a.tenant_id = l.tenant_id AND a.stripeid = l.stripeid
+               WHERE l.tenant_id = $1 AND l.fetched_at < $4 AND a.removed_at IS NULL
+                 AND ($2::text IS NULL OR a.accountid = $2)
+                 AND ($3::text IS NULL OR l.stripeid = $3)
+                 AND NOT EXISTS (SELECT 1 FROM refresh_leases r
+                                 WHERE r.tenant_id = l.tenant_id AND r.stripeid = l.stripeid
+                                   AND r.expires_at > now())
+               ORDER BY l.fetched_at
+               LIMIT $6
+               FOR UPDATE OF l SKIP LOCKED
+           ),
+           picked AS (
+               SELECT stripeid FROM (SELECT * FROM never UNION ALL SELECT * FROM stale) due
+               ORDER BY fetched_at NULLS FIRST
+               LIMIT $6
+           ),
+           leased AS (
+               INSERT INTO refresh_leases AS r (tenant_id, stripeid, worker_id, expires_at)
+               SELECT $1, stripeid, $7, now() + make_interval(secs => $8) FROM picked
+               ON CONFLICT (tenant_id, stripeid) DO UPDATE
+                   SET worker_id = EXCLUDED.worker_id, expires_at = EXCLUDED.expires_at
+                   WHERE r.expires_at <= now()
+               RETURNING r.stripeid
+           )
+           SELECT leased.stripeid AS "stripeid!", a.platform_id
+           FROM leased JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = leased.stripeid"#,
+        request.tenant_id,
+        request.scope.owner(),
+        request.scope.stripeid(),
+        request.cutoff,
+        request.include_never_fetched,
+        request.limit,
+        request.worker,
+        request.lease_secs
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Gives back every lease the worker holds (it is stopping). Returns how many.
+pub async fn release_worker_leases(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query!("DELETE FROM refresh_leases WHERE worker_id = $1", worker)
+            .execute(db)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// Gives back one lease (the fetch could not be stored).
+pub async fn release_lease(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+    worker: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM refresh_leases WHERE tenant_id = $1 AND stripeid = $2 AND worker_id = $3",
+        tenant_id,
+        stripeid,
+        worker
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Leases not yet expired, of one tenant (0 for a tenant nobody is fetching).
+pub async fn live_leases(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM refresh_leases WHERE tenant_id = $1 AND expires_at > now()"#,
+        tenant_id
+    )
+    .fetch_one(db)
+    .await
+}
+
+// ---- refreshes --------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    pub id: Uuid,
+    pub tenant_id: i64,
+    pub scope: RefreshScope,
+    pub cutoff: DateTime<Utc>,
+    /// `poll`, `person`, `schedule` or `cli`.
+    pub trigger: String,
+    /// `running`, `succeeded`, `failed` or `interrupted`.
+    pub status: String,
+    pub total: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+struct RefreshRow {
+    id: Uuid,
+    tenant_id: i64,
+    scope_owner: Option<String>,
+    scope_stripeid: Option<String>,
+    cutoff: DateTime<Utc>,
+    trigger: String,
+    status: String,
+    total: i64,
+    done: i64,
+    failed: i64,
+    error: Option<String>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<RefreshRow> for Refresh {
+    fn from(row: RefreshRow) -> Refresh {
+        Refresh {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            scope: RefreshScope::from_columns(row.scope_owner, row.scope_stripeid),
+            cutoff: row.cutoff,
+            trigger: row.trigger,
+            status: row.status,
+            total: row.total,
+            done: row.done,
+            failed: row.failed,
+            error: row.error,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+/// Starts a refresh of the scope, or joins the one running. Joining raises its
+/// cutoff toward `cutoff`, but never past the moment it started: what it already
+/// fetched stays done, so polls arriving while it runs can never keep it running
+/// (or re-fetch its work). True when this call started it.
+pub async fn start_or_join(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    scope: &RefreshScope,
+    cutoff: DateTime<Utc>,
+    trigger: &str,
+    total: i64,
+) -> Result<(Refresh, bool), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"INSERT INTO balance_refreshes AS b
+               (id, tenant_id, scope_key, scope_owner, scope_stripeid, cutoff, trigger, status, total)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8)
+           ON CONFLICT (tenant_id, scope_key) WHERE status = 'running' DO UPDATE SET
+               cutoff = GREATEST(b.cutoff, LEAST(EXCLUDED.cutoff, b.started_at)),
+               -- Someone now waits on it: it is no longer only background work.
+               trigger = CASE WHEN EXCLUDED.trigger = 'schedule' THEN b.trigger ELSE EXCLUDED.trigger END
+           RETURNING id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
+                     done, failed, error, started_at, finished_at, (xmax = 0) AS "started!""#,
+        Uuid::new_v4(),
+        tenant_id,
+        scope.key(),
+        scope.owner(),
+        scope.stripeid(),
+        cutoff,
+        trigger,
+        total
+    )
+    .fetch_one(db)
+    .await?;
+    let started = row.started;
+    let refresh = Refresh::from(RefreshRow {
+        id: row.id,
+        tenant_id: row.tenant_id,
+        scope_owner: row.scope_owner,
+        scope_stripeid: row.scope_stripeid,
+        cutoff: row.cutoff,
+        trigger: row.trigger,
+        status: row.status,
+        total: row.total,
+        done: row.done,
+        failed: row.failed,
+        error: row.error,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    });
+    Ok((refresh, started))
+}
+
+/// The tenant's running refreshes, those a person waits on first.
+pub async fn running(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<Vec<Refresh>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        RefreshRow,
+        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
+                  done, failed, error, started_at, finished_at
+           FROM balance_refreshes WHERE tenant_id = $1 AND status = 'running'
+           ORDER BY (trigger = 'schedule'), started_at"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Refresh::from).collect())
+}
+
+/// One refresh of the tenant; another tenant's is not found.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    id: Uuid,
+) -> Result<Option<Refresh>, sqlx::Error> {
+    let row = sqlx::query_as!(
+        RefreshRow,
+        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
+                  done, failed, error, started_at, finished_at
+           FROM balance_refreshes WHERE id = $1 AND tenant_id = $2"#,
+        id,
+        tenant_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Refresh::from))
+}
+
+/// The tenant's refreshes, newest first, after `starting_after` (a refresh id).
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    limit: i64,
+    starting_after: Option<Uuid>,
+) -> Result<Vec<Refresh>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        RefreshRow,
+        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
+                  done, failed, error, started_at, finished_at
+           FROM balance_refreshes b
+           WHERE tenant_id = $1
+             AND ($3::uuid IS NULL OR (started_at, id) < (
+                 SELECT started_at, id FROM balance_refreshes WHERE id = $3 AND tenant_id = $1))
+           ORDER BY started_at DESC, id DESC
+           LIMIT $2"#,
+        tenant_id,
+        limit,
+        starting_after
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Refresh::from).collect())
+}
+
+/// How far a scope is toward `cutoff`: listed accounts, those tried since (ok or
+/// failed). The whole tenant is read through the freshness index, not a scan of
+/// accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub listed: i64,
+    pub ok: i64,
+    pub failed: i64,
+}
+
+impl Progress {
+    pub fn tried(&self) -> i64 {
+        self.ok + self.failed
+    }
+
+    pub fn pending(&self) -> i64 {
+        (self.listed - self.tried()).max(0)
+    }
+}
+
+pub async fn progress(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    scope: &RefreshScope,
+    cutoff: DateTime<Utc>,
+) -> Result<Progress, sqlx::Error> {
+    match scope {
+        RefreshScope::Tenant => sqlx::query_as!(
+            Progress,
+            r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
+                      count(*) FILTER (WHERE ok) AS "ok!",
+                      count(*) FILTER (WHERE NOT ok) AS "failed!"
+               FROM latest_balances WHERE tenant_id = $1 AND fetched_at >= $2"#,
+            tenant_id,
+            cutoff
+        )
+        .fetch_one(db)
+        .await,
+        _ => sqlx::query_as!(
+            Progress,
+            r#"SELECT count(*) AS "listed!",
+                      count(*) FILTER (WHERE l.fetched_at >= $4 AND l.ok) AS "ok!",
+                      count(*) FILTER (WHERE l.fetched_at >= $4 AND NOT l.ok) AS "failed!"
+               FROM stripe_accounts a
+               LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
+               WHERE a.tenant_id = $1 AND a.removed_at IS NULL
+                 AND ($2::text IS NULL OR a.accountid = $2)
+                 AND ($3::text IS NULL OR a.stripeid = $3)"#,
+            tenant_id,
+            scope.owner(),
+            scope.stripeid(),
+            cutoff
+        )
+        .fetch_one(db)
+        .await,
+    }
+}
+
+/// Ends a running refresh. False when it was no longer running.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    status: &str,
+    progress: &Progress,
+    error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        r#"UPDATE balance_refreshes
+           SET status = $2, done = $3, failed = $4, error = $5, finished_at = now()
+           WHERE id = $1 AND status = 'running'"#,
+        id,
+        status,
+        progress.tried(),
+        progress.failed,
+        error
+    )
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Marks every running refresh interrupted (the last worker is stopping), with the
+/// reason. Returns how many.
+pub async fn interrupt_running(db: impl PgExecutor<'_>, reason: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE balance_refreshes SET status = 'interrupted', error = $1, finished_at = now()
+           WHERE status = 'running'"#,
+        reason
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// The cutoff of the scope's latest refresh that finished within `max_age` having
+/// asked, when it started, for data at least that fresh. A `max_age` shorter than a
+/// whole refresh of the scope takes is met by such a refresh, as long as every
+/// account was tried since its cutoff (accounts listed after it still need a try).
+pub async fn recent_success_cutoff(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    scope: &RefreshScope,
+    max_age_secs: f64,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT max(cutoff) FROM balance_refreshes
+           WHERE tenant_id = $1 AND scope_key = $2 AND status = 'succeeded'
+             AND finished_at >= now() - make_interval(secs => $3)
+             AND cutoff >= started_at - make_interval(secs => $3)"#,
+        tenant_id,
+        scope.key(),
+        max_age_secs
+    )
+    .fetch_one(db)
+    .await
+}

@@ -1,0 +1,635 @@
+//! The refresher (DESIGN §5): polls that answer 202 then 200, replicas sharing the
+//! work and one Stripe budget through Postgres, a killed replica's work taken over,
+//! webhook-fresh accounts left alone, and a clean stop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::Value;
+use tally::commands::tenant::TenantSpec;
+use tally::domain::Role;
+use tally::sim::{SimConfig, SimHandle};
+use tally::store;
+
+use crate::helpers::{spawn_app_on, spawn_app_with, spawn_sim, TestApp, TestDb};
+
+const BALANCES: &str = "/api/administrator/connect/balances";
+const REFRESHES: &str = "/api/administrator/connect/balances/refreshes";
+
+/// A replica that answers the API but fetches nothing.
+fn api_only(settings: &mut tally::config::Settings) {
+    settings.refresh.worker = false;
+}
+
+/// A platform tenant on the simulator's first platform, paced at `rate` per second,
+/// with every account of that platform stored.
+async fn tenant_on(app: &TestApp, sim: &SimHandle, slug: &str, rate: u32) -> i64 {
+    let spec = TenantSpec {
+        api_base: Some(sim.base_url()),
+        rate_limit: Some(rate),
+        ..TenantSpec::new(
+            slug,
+            SecretString::from(sim.keys().platforms[0].key.clone()),
+        )
+    };
+    tally::commands::tenant::add(&app.pool, &app.master, &app.settings, spec)
+        .await
+        .expect("tenant added");
+    let id = store::tenants::find_by_slug(&app.pool, slug)
+        .await
+        .expect("query")
+        .expect("tenant")
+        .id;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(id, sim, &ids, None).await;
+    id
+}
+
+/// Per-currency available/pending of `ids` as the simulator holds them.
+fn expected_available(sim: &SimHandle, ids: &[String]) -> std::collections::BTreeMap<String, i64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for id in ids {
+        let balance = sim.balance_of(id).expect("balance");
+        for entry in balance["available"].as_array().expect("available") {
+            *totals
+                .entry(entry["currency"].as_str().expect("currency").to_owned())
+                .or_insert(0) += entry["amount"].as_i64().expect("amount");
+        }
+    }
+    totals
+}
+
+fn reported_available(body: &Value) -> std::collections::BTreeMap<String, i64> {
+    body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|row| {
+            (
+                row["currency"].as_str().expect("currency").to_owned(),
+                row["available"].as_i64().expect("available"),
+            )
+        })
+        .filter(|(_, amount)| *amount != 0)
+        .collect()
+}
+
+/// Fetch snapshots per account, for "each account fetched once".
+async fn fetches_per_account(app: &TestApp, tenant_id: i64) -> Vec<i64> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(s.id) FROM stripe_accounts a
+         LEFT JOIN balance_snapshots s ON s.tenant_id = a.tenant_id AND s.stripeid = a.stripeid
+              AND s.source = 'fetch'
+         WHERE a.tenant_id = $1 GROUP BY a.stripeid ORDER BY a.stripeid",
+    )
+    .bind(tenant_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("counts")
+}
+
+async fn untried(app: &TestApp, tenant_id: i64) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM stripe_accounts a WHERE a.tenant_id = $1 AND a.removed_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM latest_balances l
+                           WHERE l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid)",
+    )
+    .bind(tenant_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count")
+}
+
+async fn wait_until_all_tried(app: &TestApp, tenant_id: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while untried(app, tenant_id).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "accounts still untried after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_poll_gets_202_with_a_refresh_to_follow_then_200_with_exact_totals() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 40,
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|_| {}).await;
+    let tenant_id = tenant_on(&app, &sim, "acme", 10).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+
+    // 40 accounts at 10/s cannot be fresh within wait=1.
+    let started = Instant::now();
+    let response = app
+        .get(&format!("{BALANCES}?max_age=600&wait=1"), &token)
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered within wait"
+    );
+    assert_eq!(response.status(), 202);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let refresh: Value = response.json().await.expect("json");
+    assert_eq!(refresh["object"], "balanceRefresh");
+    assert_eq!(refresh["status"], "running");
+    assert_eq!(refresh["total"], 40);
+    assert_eq!(
+        location,
+        format!("{REFRESHES}/{}", refresh["id"].as_str().expect("id"))
+    );
+
+    // A second poll joins the same refresh instead of starting another.
+    let again = app
+        .get(&format!("{BALANCES}?max_age=600&wait=0"), &token)
+        .await;
+    assert_eq!(again.status(), 202);
+    let joined: Value = again.json().await.expect("json");
+    assert_eq!(joined["id"], refresh["id"]);
+
+    // Following Location shows progress, then the end.
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = app.get_json(&location, &token).await;
+        assert_eq!(status, 200);
+        last = body;
+        if last["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(last["done"], 40);
+
+    let (status, body) = app
+        .get_json(&format!("{BALANCES}?max_age=600"), &token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+    assert_eq!(
+        reported_available(&body),
+        expected_available(&sim, &sim.keys().platforms[0].accounts)
+    );
+    assert_eq!(fetches_per_account(&app, tenant_id).await, vec![1; 40]);
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 0);
+    assert!(
+        stats.max_rate_per_key.values().all(|r| *r <= 10),
+        "{stats:?}"
+    );
+
+    // The refresher's log lists it, newest first.
+    let (_, list) = app.get_json(REFRESHES, &token).await;
+    assert_eq!(list["data"][0]["id"], refresh["id"]);
+}
+
+#[tokio::test]
+async fn without_max_age_the_aggregate_answers_at_once_from_what_is_stored() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|_| {}).await;
+    tenant_on(&app, &sim, "acme", 20).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    let (status, body) = app.get_json(BALANCES, &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], false);
+    assert_eq!(body["accounts"]["stale"], 5, "{body}");
+    assert_eq!(body["failures"][0]["code"], "not-fetched");
+    assert_eq!(sim.stats().total_requests, 0, "nothing fetched to answer");
+}
+
+#[tokio::test]
+async fn refresh_parameters_and_ids_are_checked() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|_| {}).await;
+    tenant_on(&app, &sim, "acme", 20).await;
+    tenant_on(&app, &sim, "globex", 20).await;
+    let reader = app.token(Role::Reader, Some("acme")).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let globex = app.token(Role::Reader, Some("globex")).await;
+    for (query, code) in [
+        ("max_age=10000000000000", "invalid-max-age"),
+        ("max_age=31536001", "invalid-max-age"),
+        ("max_age=-1", "invalid-max-age"),
+        ("max_age=60&wait=26", "invalid-wait"),
+        ("max_age=60&wait=soon", "invalid-wait"),
+    ] {
+        let (status, body) = app.get_json(&format!("{BALANCES}?{query}"), &reader).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+        let (status, body) = app
+            .get_json(
+                &format!(
+                    "/api/administrator/connect/stripe-account/balance?stripeid=acct_1X&{query}"
+                ),
+                &reader,
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+    // A reader cannot start one; an admin can.
+    let post = |token: &str| {
+        app.client
+            .post(format!("{}{REFRESHES}", app.address))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    assert_eq!(post(&reader).await.expect("sent").status(), 403);
+    let started = post(&admin).await.expect("sent");
+    assert_eq!(started.status(), 202);
+    assert!(started.headers().contains_key("location"));
+    let refresh: Value = started.json().await.expect("json");
+    assert_eq!(refresh["trigger"], "person");
+    // Another tenant's refresh is not found, and neither is nonsense.
+    let id = refresh["id"].as_str().expect("id");
+    let (status, body) = app.get_json(&format!("{REFRESHES}/{id}"), &globex).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("invalid-refreshid"))
+    );
+    let (status, body) = app.get_json(&format!("{REFRESHES}/nope"), &reader).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("invalid-refreshid"))
+    );
+    let (status, body) = app
+        .get_json(&format!("{REFRESHES}?starting_after=nope"), &reader)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-starting-after"))
+    );
+}
+
+#[tokio::test]
+async fn three_replicas_fetch_each_account_once_within_the_tenants_rate() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 90,
+        latency_ms: 30,
+        jitter_ms: 20,
+        // Stripe's sandbox limit; the tenant asks for less.
+        rate_limit: 25,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = TestDb::create().await;
+    let configure = |settings: &mut tally::config::Settings| {
+        settings.refresh.enabled = true;
+        settings.refresh.interval_secs = 60;
+    };
+    let master = tally::crypto::MasterKey::generate_base64();
+    // The tenant exists before the replicas start, so they all race for it.
+    let setup = spawn_app_on(db.alias(), master.clone(), api_only).await;
+    let tenant_id = tenant_on(&setup, &sim, "acme", 20).await;
+    sim.reset_stats();
+    let started = Instant::now();
+    let first = spawn_app_on(db, master.clone(), configure).await;
+    let second = spawn_app_on(first.db.alias(), master.clone(), configure).await;
+    let third = spawn_app_on(first.db.alias(), master, configure).await;
+    wait_until_all_tried(&first, tenant_id, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+
+    assert_eq!(
+        fetches_per_account(&first, tenant_id).await,
+        vec![1; 90],
+        "each account fetched exactly once"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 0, "no 429s: {stats:?}");
+    let max_rate = stats.max_rate_per_key.values().copied().max().unwrap_or(0);
+    assert!(
+        max_rate <= 20,
+        "never above the tenant's 20/s: saw {max_rate}"
+    );
+    assert_eq!(
+        stats.by_path.get("GET /v1/balance").copied().unwrap_or(0),
+        90
+    );
+    // 90 accounts at 20/s is 4.5 s; three replicas do not make it slower.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    drop((second, third, setup));
+}
+
+#[tokio::test]
+async fn webhook_fresh_accounts_are_not_polled() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 10,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = TestDb::create().await;
+    let master = tally::crypto::MasterKey::generate_base64();
+    let setup = spawn_app_on(db.alias(), master.clone(), api_only).await;
+    let spec = TenantSpec {
+        api_base: Some(sim.base_url()),
+        rate_limit: Some(50),
+        webhook_secret: Some(SecretString::from("whsec_refresh_test".to_owned())),
+        ..TenantSpec::new(
+            "acme",
+            SecretString::from(sim.keys().platforms[0].key.clone()),
+        )
+    };
+    tally::commands::tenant::add(&setup.pool, &setup.master, &setup.settings, spec)
+        .await
+        .expect("tenant");
+    let tenant_id = store::tenants::find_by_slug(&setup.pool, "acme")
+        .await
+        .expect("q")
+        .expect("t")
+        .id;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    setup.store_sim_accounts(tenant_id, &sim, &ids, None).await;
+    let pushed = &ids[..4];
+    for id in pushed {
+        let status = sim
+            .send_webhook(
+                &format!("{}/webhooks/stripe/acme", setup.address),
+                "whsec_refresh_test",
+                "balance.available",
+                id,
+            )
+            .await
+            .expect("sent");
+        assert!(status.is_success(), "{status}");
+    }
+    sim.reset_stats();
+    let app = spawn_app_on(db, master, |settings| {
+        settings.refresh.enabled = true;
+        settings.refresh.interval_secs = 120;
+    })
+    .await;
+    wait_until_all_tried(&app, tenant_id, Duration::from_secs(20)).await;
+    // Give the refresher a few more rounds to (wrongly) poll the pushed ones.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let polled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_snapshots WHERE tenant_id = $1 AND source = 'fetch'
+           AND stripeid = ANY($2)",
+    )
+    .bind(tenant_id)
+    .bind(pushed)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(polled, 0, "accounts a webhook made fresh cost no polling");
+    assert_eq!(
+        sim.stats()
+            .by_path
+            .get("GET /v1/balance")
+            .copied()
+            .unwrap_or(0),
+        6
+    );
+    drop(setup);
+}
+
+#[tokio::test]
+async fn a_stop_during_a_refresh_and_a_sync_leaves_no_lease_and_nothing_running() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        // Fifteen pages to list: the sync is still going when the stop comes.
+        accounts_per_platform: 1500,
+        latency_ms: 200,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut app = spawn_app_with(|_| {}).await;
+    tenant_on(&app, &sim, "acme", 5).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let response = app
+        .client
+        .post(format!("{}{REFRESHES}", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let response = app
+        .client
+        .post(format!("{}/api/administrator/connect/sync", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    // Let the refresher claim accounts and the sync get going.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_leases WHERE expires_at > now()")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert!(leased > 0, "the refresh was under way");
+
+    app.shut_down().await;
+    let pool = store::pool(&app.settings.database).expect("pool");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_leases WHERE expires_at > now()")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(leased, 0, "every lease given back");
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM balance_refreshes")
+        .fetch_all(&pool)
+        .await
+        .expect("refreshes");
+    assert_eq!(statuses, ["interrupted"]);
+    let syncs: Vec<String> = sqlx::query_scalar("SELECT status FROM sync_runs")
+        .fetch_all(&pool)
+        .await
+        .expect("syncs");
+    assert_eq!(syncs, ["interrupted"]);
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&pool)
+        .await
+        .expect("workers");
+    assert_eq!(workers, 0, "the worker deregistered");
+    pool.close().await;
+}
+
+/// `tally serve` as a separate process against the app's database.
+fn serve_process(app: &TestApp, port: u16, lease_secs: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &app.db.url)
+        .env("TALLY_MASTER_KEY", &app.master_base64)
+        .env("TALLY_ENV", "test")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .env("TALLY__REFRESH__LEASE_SECS", lease_secs.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn fetched(app: &TestApp, tenant_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM latest_balances WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 60,
+        latency_ms: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = TestDb::create().await;
+    let master = tally::crypto::MasterKey::generate_base64();
+    // No worker here: this app only sets up and watches.
+    let app = spawn_app_on(db, master.clone(), api_only).await;
+    let tenant_id = tenant_on(&app, &sim, "acme", 15).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+
+    let mut killed = serve_process(&app, free_port(), 3);
+    // The process's refresher picks the demand up on its next tick.
+    let response = app
+        .client
+        .post(format!("{}{REFRESHES}", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetched(&app, tenant_id).await < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the process never started fetching"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaped");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_leases WHERE tenant_id = $1 AND expires_at > now()",
+    )
+    .bind(tenant_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert!(held > 0, "the killed replica held leases");
+    let left_by_it = 60 - fetched(&app, tenant_id).await;
+    assert!(left_by_it > 0);
+
+    // Another replica finishes the same refresh once the leases expire.
+    let survivor = spawn_app_on(app.db.alias(), master, |settings| {
+        settings.refresh.lease_secs = 3;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM balance_refreshes")
+            .fetch_one(&app.pool)
+            .await
+            .expect("status");
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fetched(&app, tenant_id).await, 60, "every account tried");
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn sigterm_of_tally_serve_gives_back_what_it_holds() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 60,
+        latency_ms: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(api_only).await;
+    let tenant_id = tenant_on(&app, &sim, "acme", 10).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let mut server = serve_process(&app, free_port(), 60);
+    let response = app
+        .client
+        .post(format!("{}{REFRESHES}", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetched(&app, tenant_id).await < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the process never started fetching"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = server.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = server.wait().expect("exits");
+    assert!(status.success(), "{status:?}");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_leases WHERE expires_at > now()")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(leased, 0);
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM balance_refreshes")
+        .fetch_all(&app.pool)
+        .await
+        .expect("refreshes");
+    assert_eq!(statuses, ["interrupted"]);
+}
