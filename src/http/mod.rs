@@ -6,7 +6,7 @@ pub mod auth;
 pub mod balances;
 pub mod error;
 pub mod health;
-mod metrics;
+pub mod metrics;
 mod query;
 pub mod sync;
 pub mod webhooks;
@@ -95,7 +95,7 @@ pub fn app(state: AppState) -> Router {
         .merge(balances::router())
         .merge(sync::router())
         .merge(webhooks::router())
-        .merge(metrics::router())
+        .merge(metrics::router(&state.settings.server))
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(stack)

@@ -6,6 +6,7 @@ mod balances;
 mod cli;
 mod health;
 mod helpers;
+mod metrics;
 mod sync;
 mod tenants;
 mod webhooks;
