@@ -2,6 +2,7 @@
 //! an executor so callers choose the transaction.
 
 pub mod accounts;
+pub mod doctor;
 pub mod snapshots;
 pub mod sync_runs;
 pub mod tenants;

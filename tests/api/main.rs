@@ -4,6 +4,7 @@ mod accounts;
 mod auth;
 mod balances;
 mod cli;
+mod doctor;
 mod health;
 mod helpers;
 mod metrics;
