@@ -71,7 +71,8 @@ fn refused() -> ApiError {
 
 /// Why a webhook was refused, for the operator's log only.
 enum Refusal {
-    UnknownTenant,
+    /// The slug, when it is a well-formed one.
+    UnknownTenant(Option<String>),
     NotConfigured(String),
     SecretUnusable(String, CryptoError),
     Signature(String, SignatureError),
@@ -81,9 +82,11 @@ impl Refusal {
     /// Logs the reason; never a secret, nor anything of the unverified body.
     fn log(&self) {
         match self {
-            Refusal::UnknownTenant => {
-                tracing::warn!(reason = "unknown tenant", "webhook refused");
-            }
+            Refusal::UnknownTenant(slug) => tracing::warn!(
+                tenant = slug.as_deref().unwrap_or("(malformed)"),
+                reason = "no such tenant",
+                "webhook refused"
+            ),
             Refusal::NotConfigured(slug) => tracing::warn!(
                 tenant = %slug,
                 reason = "the tenant has no webhook endpoint secret (tenant add --webhook-secret-env)",
@@ -101,8 +104,8 @@ impl Refusal {
     }
 }
 
-/// Stands in for a missing secret, so that every refusal costs the same signature
-/// check as an acceptance: the response time tells nothing either.
+/// Stands in for a missing secret, so that every refusal costs a signature check as
+/// an acceptance does, and the response time tells little either.
 const NO_SECRET: &[u8] = b"whsec_tally_no_endpoint_secret";
 
 /// The tenant the request is for, if its signature verifies with that tenant's
@@ -131,10 +134,10 @@ async fn tenant_with_secret(
     slug: &str,
 ) -> Result<Result<(Tenant, SecretString), Refusal>, ApiError> {
     let Some(slug) = TenantSlug::parse(slug) else {
-        return Ok(Err(Refusal::UnknownTenant));
+        return Ok(Err(Refusal::UnknownTenant(None)));
     };
     let Some(tenant) = store::tenants::find_by_slug(&state.pool, slug.as_str()).await? else {
-        return Ok(Err(Refusal::UnknownTenant));
+        return Ok(Err(Refusal::UnknownTenant(Some(slug.as_str().to_owned()))));
     };
     Ok(match state.stripe.webhook_secret(&tenant) {
         Ok(Some(secret)) => Ok((tenant, secret)),
