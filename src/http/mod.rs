@@ -96,7 +96,11 @@ pub fn app(state: AppState) -> Router {
         .merge(sync::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
-        .fallback(not_found)
+        // Route layers skip the fallback: count unknown paths too, as `unmatched`.
+        .fallback(axum::handler::Handler::layer(
+            not_found,
+            axum::middleware::from_fn(metrics::track),
+        ))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(stack)
         .with_state(state)

@@ -48,6 +48,13 @@ async fn made_up_methods_add_no_label_values() {
         .collect()
         .await;
     assert!(statuses.iter().all(|status| *status == 405), "405 for all");
+    // Unknown paths, with made-up methods too, are one route: `unmatched`.
+    for i in 0..200 {
+        let method = reqwest::Method::from_bytes(format!("ODD{i}").as_bytes()).expect("token");
+        let url = format!("{}/nowhere/{i}", app.address);
+        let response = app.client.request(method, &url).send().await.expect("sent");
+        assert_eq!(response.status(), 404);
+    }
 
     let page = metrics_page(&app, &owner).await;
     eprintln!(
@@ -64,6 +71,9 @@ async fn made_up_methods_add_no_label_values() {
         "{methods:?}"
     );
     assert!(methods.contains("other"), "{methods:?}");
+    let routes = label_values(&page, "route");
+    assert!(routes.contains("unmatched"), "{routes:?}");
+    assert!(!page.contains("/nowhere"), "a path became a label");
     // Other tests share the process-wide recorder, so allow for their few series.
     assert!(
         page.len() < before + 64 * 1024,
