@@ -72,6 +72,11 @@ impl Application {
         let tasks = state.tasks.clone();
         let grace = state.settings.shutdown_grace();
         let pool = state.pool.clone();
+        let metrics_stop = tasks.cancel.clone();
+        http::metrics::start(&state.settings.server, async move {
+            metrics_stop.cancelled().await;
+        })
+        .await?;
         if state.settings.refresh.worker {
             state.refresher.spawn(None);
         }

@@ -32,6 +32,9 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// How long SIGTERM waits for in-flight requests and fetches before it stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Where `/metrics` is served without a token. Unset: on `bind`, owner token only.
+    #[serde(default)]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +146,9 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         }
+        if self.server.metrics_bind == Some(self.server.bind) {
+            return invalid("server.metrics_bind", "must differ from server.bind");
+        }
         if self.api.page_size < 1 {
             return invalid("api.page_size (PAGE_SIZE)", "must be at least 1");
         }
@@ -225,5 +231,20 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(error.contains("bind"), "{error}");
+        let error = load_with("[server]\nmetrics_bind = \"127.0.0.1:8080\"\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("server.metrics_bind"), "{error}");
+    }
+
+    #[test]
+    fn metrics_stay_on_the_api_address_unless_metrics_bind_is_set() {
+        let settings = load_with("").expect("valid");
+        assert_eq!(settings.server.metrics_bind, None);
+        let settings = load_with("[server]\nmetrics_bind = \"127.0.0.1:9090\"\n").expect("valid");
+        assert_eq!(
+            settings.server.metrics_bind,
+            Some("127.0.0.1:9090".parse().expect("address"))
+        );
     }
 }

@@ -60,6 +60,12 @@ enum Command {
     },
     /// Run the Stripe simulator (an organization, its platforms and accounts) offline.
     StripeSim(SimArgs),
+    /// Recompute the per-tenant balance totals and counts from the stored accounts and
+    /// snapshots; report drift (exit non-zero), or fix it with --repair.
+    Doctor {
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -274,6 +280,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 tally::http::shutdown_signal(),
             )
             .await?;
+        }
+        Command::Doctor { repair } => {
+            let report = commands::doctor::run(&settings, repair).await?;
+            print!("{}", report.render());
+            report.ensure_clean()?;
         }
         Command::Token(TokenCommand::Create { role, tenant }) => {
             let pool = commands::connect_and_migrate(&settings).await?;

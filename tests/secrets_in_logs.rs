@@ -34,6 +34,8 @@ impl<'a> MakeWriter<'a> for Captured {
     }
 }
 
+const WEBHOOK_SECRET: &str = "whsec_test_logs_0123456789abcdef";
+
 #[tokio::test]
 async fn no_key_or_token_appears_in_a_response_or_a_log_line() {
     let captured = Captured::default();
@@ -59,12 +61,41 @@ async fn no_key_or_token_appears_in_a_response_or_a_log_line() {
         bodies.push_str(&format!("{:?}", response.headers()));
         bodies.push_str(&response.text().await.expect("body"));
     }
+    // A refused webhook logs why, and never the endpoint secret.
+    let mut spec = tally::commands::tenant::TenantSpec::new(
+        "hooked",
+        secrecy::SecretString::from(PLATFORM_KEY.to_owned()),
+    );
+    spec.webhook_secret = Some(secrecy::SecretString::from(WEBHOOK_SECRET.to_owned()));
+    tally::commands::tenant::add(&app.pool, &app.master, &app.settings, spec)
+        .await
+        .expect("tenant added");
+    let payload = r#"{"id":"evt_1","object":"event"}"#;
+    let an_hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let response = app
+        .client
+        .post(format!("{}/webhooks/stripe/hooked", app.address))
+        .header(
+            "stripe-signature",
+            tally::sim::sign_webhook(WEBHOOK_SECRET, an_hour_ago, payload),
+        )
+        .body(payload)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    bodies.push_str(&response.text().await.expect("body"));
+
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    assert!(
+        logs.contains("webhook refused") && logs.contains("tolerance"),
+        "the log says why the webhook was refused: {logs}"
+    );
     assert!(
         logs.contains("request"),
         "the subscriber captured the server spans: {logs}"
     );
-    for secret in [PLATFORM_KEY, token.as_str()] {
+    for secret in [PLATFORM_KEY, WEBHOOK_SECRET, token.as_str()] {
         assert!(!bodies.contains(secret), "a response leaked a secret");
         assert!(!logs.contains(secret), "a log line leaked a secret");
     }

@@ -2,6 +2,7 @@
 
 pub mod balances;
 pub mod demo;
+pub mod doctor;
 pub mod pgcluster;
 pub mod serve;
 pub mod sync;

@@ -7,7 +7,7 @@ pub mod balances;
 pub mod error;
 mod error_bodies;
 pub mod health;
-mod metrics;
+pub mod metrics;
 mod query;
 pub mod sync;
 pub mod webhooks;
@@ -121,8 +121,12 @@ pub fn app(state: AppState) -> Router {
         .merge(balances::router())
         .merge(sync::router())
         .merge(webhooks::router())
-        .merge(metrics::router())
-        .fallback(not_found)
+        .merge(metrics::router(&state.settings.server))
+        // Route layers skip the fallback: count unknown paths too, as `unmatched`.
+        .fallback(axum::handler::Handler::layer(
+            not_found,
+            axum::middleware::from_fn(metrics::track),
+        ))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(stack)
         .with_state(state)

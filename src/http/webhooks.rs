@@ -1,21 +1,24 @@
 //! `POST /webhooks/stripe/{tenant}`: signed Connect events. No bearer token: the
 //! signature, made with the tenant's endpoint secret, is the authentication, and it is
-//! verified over the raw body before anything in the body is read (DESIGN §7).
+//! verified over the raw body before anything in the body is read (DESIGN §7). Every
+//! refusal gets one answer, so the endpoint never tells who is a tenant.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::crypto::CryptoError;
 use crate::domain::TenantSlug;
 use crate::store;
+use crate::store::tenants::Tenant;
 use crate::sync::events::{self, EventError};
-use crate::sync::signature;
+use crate::sync::signature::{self, SignatureError};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/webhooks/stripe/{tenant}", post(receive))
@@ -27,27 +30,16 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let unknown = || ApiError::not_found("invalid-tenant", "no such tenant");
-    let slug = TenantSlug::parse(&slug).ok_or_else(unknown)?;
-    let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
-        .await?
-        .ok_or_else(unknown)?;
-    let secret = state
-        .stripe
-        .webhook_secret(&tenant)
-        .map_err(|error| ApiError::Internal(error.into()))?
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "webhook-not-configured",
-                "this tenant has no webhook endpoint secret (tenant add --webhook-secret-env)",
-            )
-        })?;
     let header = headers
         .get("stripe-signature")
         .and_then(|value| value.to_str().ok());
-    let now = chrono::Utc::now().timestamp();
-    signature::verify(header, &body, secret.expose_secret().as_bytes(), now)
-        .map_err(|error| ApiError::invalid("invalid-signature", error.to_string()))?;
+    let tenant = match verified_tenant(&state, &slug, header, &body).await? {
+        Ok(tenant) => tenant,
+        Err(refusal) => {
+            refusal.log();
+            return Err(refused());
+        }
+    };
 
     let event = events::parse(&body).map_err(event_error)?;
     let applied = events::apply(
@@ -65,6 +57,93 @@ async fn receive(
         "type": event.event_type,
         "outcome": applied.as_str(),
     })))
+}
+
+/// The one answer to every refusal before the signature verifies, so an
+/// unauthenticated caller cannot tell an unknown tenant, a tenant without a secret
+/// and a bad signature apart. The real reason goes to the log ([`Refusal::log`]).
+fn refused() -> ApiError {
+    ApiError::invalid(
+        "invalid-signature",
+        "the Stripe-Signature header does not verify for this endpoint",
+    )
+}
+
+/// Why a webhook was refused, for the operator's log only.
+enum Refusal {
+    /// The slug, when it is a well-formed one.
+    UnknownTenant(Option<String>),
+    NotConfigured(String),
+    SecretUnusable(String, CryptoError),
+    Signature(String, SignatureError),
+}
+
+impl Refusal {
+    /// Logs the reason; never a secret, nor anything of the unverified body.
+    fn log(&self) {
+        match self {
+            Refusal::UnknownTenant(slug) => tracing::warn!(
+                tenant = slug.as_deref().unwrap_or("(malformed)"),
+                reason = "no such tenant",
+                "webhook refused"
+            ),
+            Refusal::NotConfigured(slug) => tracing::warn!(
+                tenant = %slug,
+                reason = "the tenant has no webhook endpoint secret (tenant add --webhook-secret-env)",
+                "webhook refused"
+            ),
+            Refusal::SecretUnusable(slug, error) => tracing::error!(
+                tenant = %slug,
+                reason = %error,
+                "webhook refused: the stored endpoint secret cannot be opened"
+            ),
+            Refusal::Signature(slug, error) => {
+                tracing::warn!(tenant = %slug, reason = %error, "webhook refused");
+            }
+        }
+    }
+}
+
+/// Stands in for a missing secret, so that every refusal costs a signature check as
+/// an acceptance does, and the response time tells little either.
+const NO_SECRET: &[u8] = b"whsec_tally_no_endpoint_secret";
+
+/// The tenant the request is for, if its signature verifies with that tenant's
+/// endpoint secret. The outer `Err` only for a failure of our own (the database).
+async fn verified_tenant(
+    state: &AppState,
+    slug: &str,
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<Result<Tenant, Refusal>, ApiError> {
+    let found = tenant_with_secret(state, slug).await?;
+    let secret = match &found {
+        Ok((_, secret)) => secret.expose_secret().as_bytes(),
+        Err(_) => NO_SECRET,
+    };
+    let checked = signature::verify(header, body, secret, chrono::Utc::now().timestamp());
+    Ok(match (found, checked) {
+        (Err(refusal), _) => Err(refusal),
+        (Ok((tenant, _)), Ok(())) => Ok(tenant),
+        (Ok((tenant, _)), Err(error)) => Err(Refusal::Signature(tenant.slug, error)),
+    })
+}
+
+async fn tenant_with_secret(
+    state: &AppState,
+    slug: &str,
+) -> Result<Result<(Tenant, SecretString), Refusal>, ApiError> {
+    let Some(slug) = TenantSlug::parse(slug) else {
+        return Ok(Err(Refusal::UnknownTenant(None)));
+    };
+    let Some(tenant) = store::tenants::find_by_slug(&state.pool, slug.as_str()).await? else {
+        return Ok(Err(Refusal::UnknownTenant(Some(slug.as_str().to_owned()))));
+    };
+    Ok(match state.stripe.webhook_secret(&tenant) {
+        Ok(Some(secret)) => Ok((tenant, secret)),
+        Ok(None) => Err(Refusal::NotConfigured(tenant.slug)),
+        Err(error) => Err(Refusal::SecretUnusable(tenant.slug, error)),
+    })
 }
 
 fn event_error(error: EventError) -> ApiError {

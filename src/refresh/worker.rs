@@ -4,6 +4,7 @@
 //! the process holds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,8 @@ struct Inner {
     pid: i32,
     /// Rung when this process makes a demand, so its own worker starts at once.
     wake: Notify,
+    /// Set with `wake`: the demand may be for a tenant this worker has not seen yet.
+    rescan: AtomicBool,
     tasks: Tasks,
 }
 
@@ -131,6 +134,7 @@ impl Refresher {
                 host,
                 pid: i32::try_from(std::process::id()).unwrap_or(0),
                 wake: Notify::new(),
+                rescan: AtomicBool::new(false),
                 tasks,
             }),
         }
@@ -147,6 +151,7 @@ impl Refresher {
 
     /// A demand was just made in this process: look for work now, not at the next tick.
     pub fn wake(&self) {
+        self.inner.rescan.store(true, Ordering::Relaxed);
         self.inner.wake.notify_waiters();
     }
 
@@ -184,7 +189,7 @@ impl Inner {
                 }
                 next_heartbeat = now + HEARTBEAT_EVERY;
             }
-            if now >= next_scan {
+            if now >= next_scan || self.rescan.swap(false, Ordering::Relaxed) {
                 loops.retain(|_, handle| !handle.is_finished());
                 match self.tenant_ids(only_tenant).await {
                     Ok(ids) => {

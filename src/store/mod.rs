@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod budget;
+pub mod doctor;
 pub mod refreshes;
 pub mod snapshots;
 pub mod sync_runs;

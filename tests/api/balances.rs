@@ -8,7 +8,7 @@ use tally::sim::{SimConfig, SimHandle};
 
 use crate::helpers::{spawn_app, spawn_sim, TestApp};
 
-const BALANCES: &str = "/api/administrator/connect/balances";
+pub const BALANCES: &str = "/api/administrator/connect/balances";
 const ONE: &str = "/api/administrator/connect/stripe-account/balance";
 const HISTORY: &str = "/api/administrator/connect/balances/history";
 
@@ -37,7 +37,7 @@ fn expected_totals(sim: &SimHandle, accounts: &[String]) -> BTreeMap<String, [i6
     totals
 }
 
-fn reported_totals(body: &Value) -> BTreeMap<String, [i64; 4]> {
+pub fn reported_totals(body: &Value) -> BTreeMap<String, [i64; 4]> {
     body["totals"]
         .as_array()
         .expect("totals")
@@ -57,7 +57,7 @@ fn reported_totals(body: &Value) -> BTreeMap<String, [i64; 4]> {
         .collect()
 }
 
-async fn platform_setup(accounts: usize) -> (TestApp, SimHandle, Vec<String>, String) {
+pub async fn platform_setup(accounts: usize) -> (TestApp, SimHandle, Vec<String>, String) {
     let sim = spawn_sim(SimConfig {
         platforms: 1,
         accounts_per_platform: accounts,

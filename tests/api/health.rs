@@ -99,6 +99,7 @@ async fn every_response_carries_a_request_id_and_keeps_the_callers() {
 #[tokio::test]
 async fn metrics_count_requests_by_route_template() {
     let app = spawn_app().await;
+    let owner = app.token(tally::domain::Role::Owner, None).await;
     app.client
         .get(format!("{}/healthz", app.address))
         .send()
@@ -107,6 +108,7 @@ async fn metrics_count_requests_by_route_template() {
     let text = app
         .client
         .get(format!("{}/metrics", app.address))
+        .bearer_auth(&owner)
         .send()
         .await
         .expect("sent")
