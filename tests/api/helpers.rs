@@ -12,7 +12,7 @@ use tally::crypto::MasterKey;
 use tally::domain::Role;
 use tally::http::AppState;
 use tally::store;
-use tally::store::accounts::AccountInput;
+use tally::store::accounts::{AccountInput, Observed};
 use tally::tenants::StripeTenants;
 
 /// The server Postgres runs on; tests create and drop their own databases in it.
@@ -169,9 +169,14 @@ impl TestApp {
                 .expect("valid account object")
             })
             .collect();
-        store::accounts::upsert(&self.pool, tenant_id, &inputs)
-            .await
-            .expect("upsert");
+        store::accounts::upsert(
+            &self.pool,
+            tenant_id,
+            &inputs,
+            Observed::Fetched(chrono::Utc::now()),
+        )
+        .await
+        .expect("upsert");
     }
 
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {

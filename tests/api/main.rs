@@ -4,6 +4,7 @@ mod accounts;
 mod auth;
 mod balances;
 mod cli;
+mod event_order;
 mod health;
 mod helpers;
 mod sync;
