@@ -18,6 +18,8 @@ use crate::store;
 /// Any valid token.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The token's id (what per-token limits count by).
+    pub token_id: i64,
     pub role: Role,
     /// The tenant an admin or reader token is bound to; `None` for owners.
     pub tenant: Option<TenantRef>,
@@ -35,6 +37,8 @@ pub struct TenantRef {
 pub struct TenantScope {
     pub role: Role,
     pub tenant: TenantRef,
+    /// The token's id (what per-token limits count by).
+    pub token_id: i64,
 }
 
 /// A caller allowed to change one tenant's state (sync, refresh): owner or admin.
@@ -118,7 +122,11 @@ impl FromRequestParts<AppState> for Caller {
             (Some(id), Some(slug)) => Some(TenantRef { id, slug }),
             _ => None,
         };
-        let caller = Caller { role, tenant };
+        let caller = Caller {
+            token_id: grant.id,
+            role,
+            tenant,
+        };
         state.tokens.put(hash, caller.clone());
         parts.extensions.insert(caller.clone());
         Ok(caller)
@@ -178,6 +186,7 @@ impl FromRequestParts<AppState> for TenantScope {
         Ok(TenantScope {
             role: caller.role,
             tenant,
+            token_id: caller.token_id,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 mod metrics;
 mod query;
+mod streams;
 pub mod sync;
 pub mod webhooks;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     /// The balance fan-out, shared so identical concurrent requests share one run.
     pub fanout: Fanout,
     tokens: Arc<auth::TokenCache>,
+    streams: Arc<streams::Streams>,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
         let fanout = Fanout::new(pool.clone(), stripe.clone(), settings.stripe.max_in_flight);
         AppState {
             pool,
+            streams: Arc::new(streams::Streams::from_settings(&settings)),
             settings,
             stripe,
             fanout,
@@ -107,12 +110,14 @@ async fn not_found() -> error::ApiError {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish.
+/// requests finish. A client that stops reading a response is disconnected after
+/// `api.stream_idle_timeout_secs`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = streams::StallGuardListener::new(listener, state.settings.stream_idle_timeout());
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -302,42 +302,76 @@ pub async fn page_with_total(
     Ok(Page { total, rows })
 }
 
-/// Every listed record in page order, as a stream: `all=true` never holds the
-/// whole tenant in memory.
-pub fn stream_all<'a>(
-    db: impl PgExecutor<'a> + 'a,
+/// Where a keyset read resumes: just after this record in listing order
+/// (`created_at` descending, then `stripeid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingKey {
+    pub created_at: DateTime<Utc>,
+    pub stripeid: String,
+}
+
+impl From<&AccountRow> for ListingKey {
+    fn from(row: &AccountRow) -> ListingKey {
+        ListingKey {
+            created_at: row.created_at,
+            stripeid: row.stripeid.clone(),
+        }
+    }
+}
+
+/// Rows [`chunk_after`] returns at most. Written into its statements as a literal,
+/// for the reason [`page_with_total`] gives.
+pub const CHUNK_ROWS: usize = 256;
+
+/// The next [`CHUNK_ROWS`] listed records after `after`, in listing order (of one
+/// owner's records when `owner` is given). Each call is one short query, so a long
+/// `all=true` stream holds a pooled connection only while a chunk is read, never
+/// while the client reads it; the index walk starts at the key, so it costs the same
+/// deep in the listing as at its start.
+pub async fn chunk_after(
+    db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&'a str>,
-    offset: i64,
-) -> BoxStream<'a, Result<AccountRow, sqlx::Error>> {
+    owner: Option<&str>,
+    after: &ListingKey,
+) -> Result<Vec<AccountRow>, sqlx::Error> {
+    // `created_at <= $k` bounds the index range; the OR only drops the key's ties
+    // up to and including the key itself.
     match owner {
-        None => sqlx::query_as!(
-            AccountRow,
-            r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                      created_at, updated_at, removed_at
-               FROM stripe_accounts
-               WHERE tenant_id = $1 AND removed_at IS NULL
-               ORDER BY created_at DESC, stripeid
-               OFFSET $2"#,
-            tenant_id,
-            offset
-        )
-        .fetch(db)
-        .boxed(),
-        Some(owner) => sqlx::query_as!(
-            AccountRow,
-            r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                      created_at, updated_at, removed_at
-               FROM stripe_accounts
-               WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
-               ORDER BY created_at DESC, stripeid
-               OFFSET $3"#,
-            tenant_id,
-            owner,
-            offset
-        )
-        .fetch(db)
-        .boxed(),
+        None => {
+            sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND removed_at IS NULL
+                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+                   ORDER BY created_at DESC, stripeid
+                   LIMIT 256"#,
+                tenant_id,
+                after.created_at,
+                after.stripeid
+            )
+            .fetch_all(db)
+            .await
+        }
+        Some(owner) => {
+            sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND accountid = $4 AND removed_at IS NULL
+                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+                   ORDER BY created_at DESC, stripeid
+                   LIMIT 256"#,
+                tenant_id,
+                after.created_at,
+                after.stripeid,
+                owner
+            )
+            .fetch_all(db)
+            .await
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod event_order;
 mod health;
 mod helpers;
+mod streams;
 mod sync;
 mod tenants;
 mod webhooks;
