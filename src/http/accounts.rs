@@ -21,7 +21,7 @@ use super::query::QueryParams;
 use super::streams::StreamSlot;
 use super::AppState;
 use crate::domain::api_timestamp;
-use crate::domain::StripeAccountId;
+use crate::domain::{OwnerId, StripeAccountId};
 use crate::store;
 use crate::store::accounts::{AccountRow, ListingKey, CHUNK_ROWS};
 
@@ -47,7 +47,7 @@ static X_TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
 /// The listing's query, parsed at the edge.
 #[derive(Debug, PartialEq, Eq)]
 struct ListQuery {
-    owner: Option<String>,
+    owner: Option<OwnerId>,
     offset: i64,
     limit: i64,
     all: bool,
@@ -88,12 +88,35 @@ impl ListQuery {
                 .ok_or_else(|| ApiError::invalid("invalid-all", "all must be true or false"))?,
         };
         Ok(ListQuery {
-            owner: params.get("accountid").map(str::to_owned),
+            owner: owner_param(&params)?,
             offset,
             limit,
             all,
         })
     }
+}
+
+/// The `accountid` filter of the listing and the count.
+fn owner_param(params: &QueryParams) -> Result<Option<OwnerId>, ApiError> {
+    params
+        .get("accountid")
+        .map(|value| {
+            OwnerId::parse(value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-accountid",
+                    "accountid must be an owner id: at most 500 characters, no NUL",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The `stripeid` of the one-record lookup.
+fn stripeid_param(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
+    params
+        .get("stripeid")
+        .and_then(StripeAccountId::parse)
+        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -115,12 +138,13 @@ fn unknown_owner() -> ApiError {
 async fn listed_count(
     state: &AppState,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
 ) -> Result<i64, ApiError> {
     match owner {
         None => Ok(store::accounts::count(&state.pool, tenant_id).await?),
         Some(owner) => {
-            let count = store::accounts::count_for_owner(&state.pool, tenant_id, owner).await?;
+            let count =
+                store::accounts::count_for_owner(&state.pool, tenant_id, owner.as_str()).await?;
             if count == 0 {
                 return Err(unknown_owner());
             }
@@ -139,7 +163,7 @@ async fn list(
     if query.all || query.limit > STREAM_ABOVE {
         return stream_listing(&state, &scope, query).await;
     }
-    let owner = query.owner.as_deref();
+    let owner = query.owner.as_ref().map(OwnerId::as_str);
     let page = store::accounts::page_with_total(
         &state.pool,
         scope.tenant.id,
@@ -180,7 +204,7 @@ async fn stream_listing(
         let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
         (query.offset, limit)
     };
-    let owner = query.owner;
+    let owner = query.owner.map(|owner| owner.as_str().to_owned());
     let first_chunk = wanted.min(CHUNK_ROWS);
     let first = {
         let _turn = slot.read_turn().await;
@@ -372,7 +396,8 @@ async fn count(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<i64>, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let total = listed_count(&state, scope.tenant.id, params.get("accountid")).await?;
+    let owner = owner_param(&params)?;
+    let total = listed_count(&state, scope.tenant.id, owner.as_ref()).await?;
     Ok(Json(total))
 }
 
@@ -383,10 +408,7 @@ async fn one(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = params
-        .get("stripeid")
-        .and_then(StripeAccountId::parse)
-        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))?;
+    let stripeid = stripeid_param(&params)?;
     let row = store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
         .await?
         .ok_or_else(|| {
@@ -468,7 +490,7 @@ mod tests {
         assert_eq!(
             query,
             ListQuery {
-                owner: Some("acct_o".into()),
+                owner: OwnerId::parse("acct_o"),
                 offset: 3,
                 limit: 2,
                 all: true

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use super::error::ApiError;
 use super::AppState;
 use crate::crypto::hash_token;
-use crate::domain::Role;
+use crate::domain::{Role, TenantSlug};
 use crate::store;
 
 /// Any valid token.
@@ -134,13 +134,28 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The `tenant` query parameter, if any, without disturbing the handler's own parsing.
-fn tenant_param(parts: &Parts) -> Option<String> {
-    let query = parts.uri.query()?;
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .ok()?
+/// A value that cannot be a slug (a NUL, capitals, spaces) is 400 `invalid-tenant`:
+/// no tenant has such a slug, so saying so reveals nothing.
+fn tenant_param(parts: &Parts) -> Result<Option<TenantSlug>, ApiError> {
+    let Some(query) = parts.uri.query() else {
+        return Ok(None);
+    };
+    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        // The handler's own parsing answers a malformed query string.
+        return Ok(None);
+    };
+    pairs
         .into_iter()
         .find(|(key, value)| key == "tenant" && !value.is_empty())
-        .map(|(_, value)| value)
+        .map(|(_, value)| {
+            TenantSlug::parse(&value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-tenant",
+                    "tenant must be a tenant slug (lowercase letters, digits, - and _)",
+                )
+            })
+        })
+        .transpose()
 }
 
 fn unknown_tenant() -> ApiError {
@@ -155,7 +170,7 @@ impl FromRequestParts<AppState> for TenantScope {
         state: &AppState,
     ) -> Result<TenantScope, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        let requested = tenant_param(parts);
+        let requested = tenant_param(parts)?;
         let tenant = match (caller.role, caller.tenant) {
             (Role::Owner, _) => {
                 let slug = requested.ok_or_else(|| {
@@ -164,7 +179,7 @@ impl FromRequestParts<AppState> for TenantScope {
                         "an owner token names the tenant with ?tenant=<slug>",
                     )
                 })?;
-                let tenant = store::tenants::find_by_slug(&state.pool, &slug)
+                let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
                     .await?
                     .ok_or_else(unknown_tenant)?;
                 TenantRef {
@@ -174,7 +189,7 @@ impl FromRequestParts<AppState> for TenantScope {
             }
             (_, Some(own)) => match requested {
                 // Another tenant's slug gets exactly the answer an unknown one gets.
-                Some(slug) if slug != own.slug => return Err(unknown_tenant()),
+                Some(slug) if slug.as_str() != own.slug => return Err(unknown_tenant()),
                 _ => own,
             },
             (_, None) => {

@@ -7,6 +7,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgExecutor;
 
+use crate::domain::without_nul;
+
 /// One Stripe account object, ready to store. Built only through
 /// [`AccountInput::from_stripe_object`], so `accountid` and `created_at` always
 /// derive from the object itself.
@@ -57,7 +59,9 @@ impl AccountInput {
             stripeid,
             accountid,
             platform_id: platform_id.map(str::to_owned),
-            object_json: object.to_string(),
+            // Postgres JSONB cannot hold U+0000; a Stripe string carrying one is stored
+            // with U+FFFD in its place rather than failing the whole page.
+            object_json: without_nul(object).to_string(),
             created_at,
         })
     }
@@ -558,6 +562,19 @@ mod tests {
         assert_eq!(skewed.at(), created);
         // A sync page read earlier in the same second loses to the event.
         assert!(Observed::Fetched(at("2026-12-01T10:00:00.500Z")).at() < late.at());
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_in_the_stored_object() {
+        let object = json!({"id": "acct_1A", "created": 1,
+                            "business_profile": {"name": "Acme\u{0}Corp"}});
+        let input = AccountInput::from_stripe_object(&object, None, "accountid").expect("valid");
+        assert!(
+            !input.object_json.contains("\\u0000"),
+            "{}",
+            input.object_json
+        );
+        assert!(input.object_json.contains("Acme\u{fffd}Corp"));
     }
 
     #[test]

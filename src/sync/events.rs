@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::domain::without_nul;
 use crate::money::Totals;
 use crate::store;
 use crate::store::accounts::{AccountInput, Observed};
@@ -73,10 +74,13 @@ pub enum EventError {
     Snapshot(#[from] SnapshotError),
 }
 
-/// Reads a verified payload.
+/// Reads a verified payload. A U+0000 anywhere in it (Postgres can store it neither
+/// in text nor in JSONB) becomes U+FFFD, so such an event is stored, not refused.
 pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
-    let event: Event = serde_json::from_slice(payload)
-        .map_err(|error| EventError::Invalid(format!("not a Stripe event: {error}")))?;
+    let invalid =
+        |error: serde_json::Error| EventError::Invalid(format!("not a Stripe event: {error}"));
+    let value: Value = serde_json::from_slice(payload).map_err(invalid)?;
+    let event: Event = serde_json::from_value(without_nul(&value).into_owned()).map_err(invalid)?;
     if event.id.is_empty() || event.id.len() > 255 {
         return Err(EventError::Invalid(
             "the event id is empty or too long".into(),
@@ -298,5 +302,16 @@ mod tests {
         )
         .expect("an event");
         assert_eq!(event.account.as_deref(), Some("acct_1"));
+    }
+
+    #[test]
+    fn parse_replaces_nul_everywhere_in_the_event() {
+        let event = parse(
+            br#"{"id": "evt_\u0000", "type": "account.updated", "created": 1,
+                 "data": {"object": {"id": "acct_1", "business_profile": {"name": "A\u0000B"}}}}"#,
+        )
+        .expect("an event");
+        assert_eq!(event.id, "evt_\u{fffd}");
+        assert_eq!(event.data.object["business_profile"]["name"], "A\u{fffd}B");
     }
 }

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod bad_input;
 mod balances;
 mod cli;
 mod event_order;
