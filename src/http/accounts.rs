@@ -457,6 +457,7 @@ impl<'a> StripeAccountRecord<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(raw: &str) -> Result<ListQuery, &'static str> {
         ListQuery::parse(Some(raw), 10).map_err(|error| error.code())
@@ -496,5 +497,78 @@ mod tests {
                 all: true
             }
         );
+    }
+
+    /// Pieces of query strings that break parsers.
+    fn query() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("offset"),
+            Just("limit"),
+            Just("all"),
+            Just("accountid"),
+            Just("stripeid"),
+            Just("x")
+        ];
+        let value = prop_oneof![
+            any::<i128>().prop_map(|n| n.to_string()),
+            Just("%00".to_owned()),
+            Just("%FF".to_owned()),
+            Just("%".to_owned()),
+            "[ -~]{0,10}",
+            "\\PC{0,6}",
+        ];
+        let pairs = prop::collection::vec((key, value), 0..5).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        prop_oneof![pairs, "[ -~]{0,40}", "\\PC{0,20}"]
+    }
+
+    proptest! {
+        #[test]
+        fn the_listing_parser_never_panics_and_answers_only_its_codes(raw in query()) {
+            match ListQuery::parse(Some(&raw), 10) {
+                Ok(query) => {
+                    prop_assert!(query.offset >= 0);
+                    prop_assert!(query.limit >= 1);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error.status().as_u16(), 400);
+                    prop_assert!(matches!(
+                        error.code(),
+                        "invalid-query" | "invalid-offset" | "invalid-limit" | "invalid-all"
+                            | "invalid-accountid"
+                    ), "{}", error.code());
+                }
+            }
+        }
+
+        #[test]
+        fn the_owner_and_stripeid_parsers_never_let_nul_through(raw in query()) {
+            let params = QueryParams::parse(Some(&raw)).expect("form decoding is lossy, never failing");
+            match owner_param(&params) {
+                Ok(Some(owner)) => prop_assert!(!owner.as_str().contains('\0')),
+                Ok(None) => {}
+                Err(error) => prop_assert_eq!(error.code(), "invalid-accountid"),
+            }
+            match stripeid_param(&params) {
+                Ok(id) => prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
+                Err(error) => prop_assert_eq!(error.code(), "invalid-stripeid"),
+            }
+        }
+
+        #[test]
+        fn every_i64_offset_and_limit_in_range_is_taken_and_nothing_else(n in any::<i128>()) {
+            let offset = parse(&format!("offset={n}"));
+            let limit = parse(&format!("limit={n}"));
+            let fits = i64::try_from(n).is_ok();
+            prop_assert_eq!(offset.is_ok(), fits && n >= 0);
+            prop_assert_eq!(limit.is_ok(), fits && n >= 1);
+            if let Err(code) = offset { prop_assert_eq!(code, "invalid-offset"); }
+            if let Err(code) = limit { prop_assert_eq!(code, "invalid-limit"); }
+        }
     }
 }

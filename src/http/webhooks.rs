@@ -27,11 +27,10 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let unknown = || ApiError::not_found("invalid-tenant", "no such tenant");
-    let slug = TenantSlug::parse(&slug).ok_or_else(unknown)?;
+    let slug = tenant_slug(&slug)?;
     let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
         .await?
-        .ok_or_else(unknown)?;
+        .ok_or_else(unknown_tenant)?;
     let secret = state
         .stripe
         .webhook_secret(&tenant)
@@ -67,10 +66,58 @@ async fn receive(
     })))
 }
 
+fn unknown_tenant() -> ApiError {
+    ApiError::not_found("invalid-tenant", "no such tenant")
+}
+
+/// The `{tenant}` of the endpoint; what cannot be a slug is an unknown tenant.
+fn tenant_slug(raw: &str) -> Result<TenantSlug, ApiError> {
+    TenantSlug::parse(raw).ok_or_else(unknown_tenant)
+}
+
 fn event_error(error: EventError) -> ApiError {
     match error {
         EventError::Invalid(message) => ApiError::invalid("invalid-event", message),
         EventError::Database(error) => ApiError::from(error),
         EventError::Snapshot(error) => ApiError::Internal(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_tenant_segment_is_a_slug_or_an_unknown_tenant(raw in "\\PC{0,80}") {
+            match tenant_slug(&raw) {
+                Ok(slug) => prop_assert_eq!(slug.as_str(), raw.as_str()),
+                Err(error) => {
+                    prop_assert_eq!(error.status().as_u16(), 404);
+                    prop_assert_eq!(error.code(), "invalid-tenant");
+                }
+            }
+        }
+
+        #[test]
+        fn any_signature_header_and_body_is_verified_without_panicking(
+            header in prop_oneof![
+                "[ -~]{0,80}",
+                (any::<i64>(), "[0-9a-f]{0,64}").prop_map(|(t, v1)| format!("t={t},v1={v1}")),
+            ],
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            now in any::<i64>(),
+        ) {
+            // Malformed, overflowing or far-off timestamps are refusals, not panics.
+            let _ = signature::verify(Some(&header), &body, b"whsec_test", now);
+        }
+
+        #[test]
+        fn any_verified_body_parses_or_is_an_invalid_event(body in prop::collection::vec(any::<u8>(), 0..128)) {
+            if let Err(error) = events::parse(&body) {
+                prop_assert_eq!(event_error(error).code(), "invalid-event");
+            }
+        }
     }
 }
