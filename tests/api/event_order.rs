@@ -283,8 +283,13 @@ async fn a_sync_page_read_before_a_webhook_does_not_roll_it_back() {
         let options = &options;
         async move { sync_with(app, tenant, options, &tally::sync::Quiet, 1).await }
     };
+    sim.reset_stats();
     let webhook = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once Stripe has the page request (answered 1.5 s later), the account changes.
+        while sim.stats().total_requests == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let changed = "owner_from_webhook";
         update(&app, &sim, &tenant, "evt_race", &account, now(), changed).await
     };
