@@ -26,7 +26,7 @@ use tally::http::AppState;
 use tally::refresh::Tasks;
 use tally::sim::SimConfig;
 use tally::store;
-use tally::store::accounts::AccountInput;
+use tally::store::accounts::{AccountInput, Observed};
 use tally::tenants::StripeTenants;
 
 struct Env {
@@ -116,9 +116,14 @@ async fn fanout_part() {
                 .expect("v")
         })
         .collect();
-    store::accounts::upsert(&env.pool, tenant.id, &inputs)
-        .await
-        .expect("upsert");
+    store::accounts::upsert(
+        &env.pool,
+        tenant.id,
+        &inputs,
+        Observed::Fetched(chrono::Utc::now()),
+    )
+    .await
+    .expect("upsert");
 
     println!("fan-out: N={n} accounts, latency L={latency} ms, rate R={rate}/s (simulator limit {rate}/s per key), in-flight C={in_flight}");
     sim.reset_stats();
@@ -198,9 +203,14 @@ async fn load_snapshots(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: us
                 AccountInput::from_stripe_object(&object, None, "accountid").expect("valid")
             })
             .collect();
-        store::accounts::upsert(pool, tenant_id, &inputs)
-            .await
-            .expect("upsert");
+        store::accounts::upsert(
+            pool,
+            tenant_id,
+            &inputs,
+            Observed::Fetched(chrono::Utc::now()),
+        )
+        .await
+        .expect("upsert");
         i = end;
     }
     let statements = [

@@ -21,7 +21,7 @@ use tally::config::Settings;
 use tally::crypto::MasterKey;
 use tally::http::AppState;
 use tally::store;
-use tally::store::accounts::AccountInput;
+use tally::store::accounts::{AccountInput, Observed};
 
 const BATCH: usize = 5_000;
 
@@ -48,9 +48,14 @@ async fn load_accounts(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usi
                 AccountInput::from_stripe_object(&account(n), None, "accountid").expect("valid")
             })
             .collect();
-        store::accounts::upsert(pool, tenant_id, &inputs)
-            .await
-            .expect("upsert");
+        store::accounts::upsert(
+            pool,
+            tenant_id,
+            &inputs,
+            Observed::Fetched(chrono::Utc::now()),
+        )
+        .await
+        .expect("upsert");
         i = end;
     }
     sqlx::query("VACUUM ANALYZE stripe_accounts")

@@ -48,6 +48,12 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub page_size: i64,
+    /// Streamed listings (`all=true`, `limit` above 500) open at once, in total.
+    pub max_streams: usize,
+    /// Streamed listings open at once per API token.
+    pub max_streams_per_token: usize,
+    /// A client that takes nothing of a response for this long is disconnected.
+    pub stream_idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +158,15 @@ impl Settings {
         if self.api.page_size < 1 {
             return invalid("api.page_size (PAGE_SIZE)", "must be at least 1");
         }
+        if self.api.max_streams < 1 {
+            return invalid("api.max_streams", "must be at least 1");
+        }
+        if self.api.max_streams_per_token < 1 {
+            return invalid("api.max_streams_per_token", "must be at least 1");
+        }
+        if self.api.stream_idle_timeout_secs < 1 {
+            return invalid("api.stream_idle_timeout_secs", "must be at least 1");
+        }
         if self.database.max_connections < 1 {
             return invalid("database.max_connections", "must be at least 1");
         }
@@ -194,6 +209,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.api.stream_idle_timeout_secs)
     }
 }
 

@@ -1,10 +1,12 @@
 //! Newtypes parsed at the edge (STYLE: parse, don't validate), so the core never
 //! re-checks strings.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// How every timestamp leaves tally (API bodies, CSV): RFC 3339 in UTC with
 /// milliseconds, as the Dashboard module writes `createdAt`.
@@ -76,6 +78,65 @@ impl fmt::Display for TenantSlug {
     }
 }
 
+/// An owner id (`accountid`): the platform's own id for the user owning connected
+/// accounts, taken from Stripe metadata. Any text a metadata value can hold: 1 to 500
+/// characters, and no NUL (Postgres text cannot hold one, so no stored owner has it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerId(String);
+
+impl OwnerId {
+    /// Stripe's limit on a metadata value.
+    pub const MAX_CHARS: usize = 500;
+
+    pub fn parse(value: &str) -> Option<OwnerId> {
+        let well_formed =
+            !value.is_empty() && !value.contains('\0') && value.chars().count() <= Self::MAX_CHARS;
+        well_formed.then(|| OwnerId(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `value` with every U+0000 in its strings and keys replaced by U+FFFD. Postgres
+/// JSONB refuses `\u0000`, and Stripe strings (a business name, metadata) may carry
+/// it; borrowed when there is none, which is nearly always.
+pub fn without_nul(value: &Value) -> Cow<'_, Value> {
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    fn replace(value: &mut Value) {
+        match value {
+            Value::String(s) => {
+                if s.contains('\0') {
+                    *s = s.replace('\0', "\u{fffd}");
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(replace),
+            Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (key, mut item) in entries {
+                    replace(&mut item);
+                    map.insert(key.replace('\0', "\u{fffd}"), item);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    if !has_nul(value) {
+        return Cow::Borrowed(value);
+    }
+    let mut owned = value.clone();
+    replace(&mut owned);
+    Cow::Owned(owned)
+}
+
 /// What an API token may do (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +178,27 @@ mod tests {
         for bad in ["", "acct_", "acct_12 3", "cus_123", "acct_1;drop", "ACCT_1"] {
             assert!(StripeAccountId::parse(bad).is_none(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn owner_ids_are_metadata_values_without_nul() {
+        assert!(OwnerId::parse("acct_03e7768574aa6c3d").is_some());
+        assert!(OwnerId::parse("user 42 / ü").is_some());
+        assert!(OwnerId::parse(&"é".repeat(500)).is_some());
+        for bad in ["", "a\0b", &"x".repeat(501)] {
+            assert!(OwnerId::parse(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn nul_is_replaced_in_strings_and_keys_and_nothing_else_changes() {
+        let clean = serde_json::json!({"a": ["b", 1, null, {"c": true}]});
+        assert!(matches!(without_nul(&clean), Cow::Borrowed(_)));
+        let dirty = serde_json::json!({"k\u{0}": ["x\u{0}y", {"n": "\u{0}"}], "n": 2});
+        assert_eq!(
+            without_nul(&dirty).into_owned(),
+            serde_json::json!({"k\u{fffd}": ["x\u{fffd}y", {"n": "\u{fffd}"}], "n": 2})
+        );
     }
 
     #[test]

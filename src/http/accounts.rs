@@ -1,6 +1,8 @@
 //! The Dashboard-compatible stored-account endpoints (DESIGN §3): same paths,
 //! parameters, codes and record shape as the Dashboard Stripe Connect module.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue};
@@ -10,17 +12,18 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::TenantScope;
 use super::error::ApiError;
 use super::query::QueryParams;
+use super::streams::StreamSlot;
 use super::AppState;
 use crate::domain::api_timestamp;
-use crate::domain::StripeAccountId;
+use crate::domain::{OwnerId, StripeAccountId};
 use crate::store;
-use crate::store::accounts::AccountRow;
+use crate::store::accounts::{AccountRow, ListingKey, CHUNK_ROWS};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,17 +35,19 @@ pub fn router() -> Router<AppState> {
         .route("/api/administrator/connect/stripe-account", get(one))
 }
 
-/// Pages larger than this are streamed row by row instead of collected.
+/// Pages larger than this are streamed chunk by chunk instead of collected.
 const STREAM_ABOVE: i64 = 500;
-/// Rows per chunk written to a streamed body.
-const ROWS_PER_CHUNK: usize = 64;
+/// Records per piece written to a streamed body.
+const ROWS_PER_PIECE: usize = 64;
+/// Pieces buffered between a stream's reader and its client.
+const PIECES_BUFFERED: usize = 4;
 
 static X_TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
 
 /// The listing's query, parsed at the edge.
 #[derive(Debug, PartialEq, Eq)]
 struct ListQuery {
-    owner: Option<String>,
+    owner: Option<OwnerId>,
     offset: i64,
     limit: i64,
     all: bool,
@@ -58,7 +63,10 @@ impl ListQuery {
                 .ok()
                 .filter(|offset| *offset >= 0)
                 .ok_or_else(|| {
-                    ApiError::invalid("invalid-offset", "offset must be an integer >= 0")
+                    ApiError::invalid(
+                        "invalid-offset",
+                        "offset must be an integer from 0 to 9223372036854775807",
+                    )
                 })?,
         };
         let limit = match params.get("limit") {
@@ -68,7 +76,10 @@ impl ListQuery {
                 .ok()
                 .filter(|limit| *limit >= 1)
                 .ok_or_else(|| {
-                    ApiError::invalid("invalid-limit", "limit must be an integer >= 1")
+                    ApiError::invalid(
+                        "invalid-limit",
+                        "limit must be an integer from 1 to 9223372036854775807",
+                    )
                 })?,
         };
         let all = match params.get("all") {
@@ -77,12 +88,35 @@ impl ListQuery {
                 .ok_or_else(|| ApiError::invalid("invalid-all", "all must be true or false"))?,
         };
         Ok(ListQuery {
-            owner: params.get("accountid").map(str::to_owned),
+            owner: owner_param(&params)?,
             offset,
             limit,
             all,
         })
     }
+}
+
+/// The `accountid` filter of the listing and the count.
+fn owner_param(params: &QueryParams) -> Result<Option<OwnerId>, ApiError> {
+    params
+        .get("accountid")
+        .map(|value| {
+            OwnerId::parse(value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-accountid",
+                    "accountid must be an owner id: at most 500 characters, no NUL",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The `stripeid` of the one-record lookup.
+fn stripeid_param(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
+    params
+        .get("stripeid")
+        .and_then(StripeAccountId::parse)
+        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -104,12 +138,13 @@ fn unknown_owner() -> ApiError {
 async fn listed_count(
     state: &AppState,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
 ) -> Result<i64, ApiError> {
     match owner {
         None => Ok(store::accounts::count(&state.pool, tenant_id).await?),
         Some(owner) => {
-            let count = store::accounts::count_for_owner(&state.pool, tenant_id, owner).await?;
+            let count =
+                store::accounts::count_for_owner(&state.pool, tenant_id, owner.as_str()).await?;
             if count == 0 {
                 return Err(unknown_owner());
             }
@@ -125,109 +160,233 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), state.settings.api.page_size)?;
-    let streamed = query.all || query.limit > STREAM_ABOVE;
-    let (total, rows) = match (&query.owner, streamed) {
-        (_, true) => {
-            let total = listed_count(&state, scope.tenant.id, query.owner.as_deref()).await?;
-            let (offset, limit) = if query.all {
-                (0, None)
-            } else {
-                (query.offset, Some(query.limit))
-            };
-            let mut response = stream_records(&state, &scope, query.owner, offset, limit);
-            response
-                .headers_mut()
-                .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
-            return Ok(response);
-        }
-        (owner, false) => {
-            let page = store::accounts::page_with_total(
-                &state.pool,
-                scope.tenant.id,
-                owner.as_deref(),
-                query.offset,
-                query.limit,
-            )
-            .await?;
-            if owner.is_some() && page.total == 0 {
-                return Err(unknown_owner());
-            }
-            (page.total, page.rows)
-        }
-    };
-    let records = rows
+    if query.all || query.limit > STREAM_ABOVE {
+        return stream_listing(&state, &scope, query).await;
+    }
+    let owner = query.owner.as_ref().map(OwnerId::as_str);
+    let page = store::accounts::page_with_total(
+        &state.pool,
+        scope.tenant.id,
+        owner,
+        query.offset,
+        query.limit,
+    )
+    .await?;
+    if owner.is_some() && page.total == 0 {
+        return Err(unknown_owner());
+    }
+    let records = page
+        .rows
         .iter()
         .map(|row| StripeAccountRecord::new(row, &scope.tenant.slug))
         .collect::<Result<Vec<_>, _>>()?;
     let mut response = Json(records).into_response();
     response
         .headers_mut()
-        .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
+        .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(page.total));
     Ok(response)
 }
 
-/// Streams records as one JSON array from a database cursor, so `all=true` on a
-/// million-account tenant holds one chunk in memory, not the tenant.
-fn stream_records(
+/// A streamed listing: `all=true`, or a page above [`STREAM_ABOVE`]. The first chunk
+/// is an ordinary offset page (with the total for `X-Total-Count`); the rest follow
+/// by keyset, one short query per chunk, so the stream holds a pooled connection only
+/// while a chunk is read. The body is the same JSON array, in the same order, as the
+/// offset pages would give.
+async fn stream_listing(
     state: &AppState,
     scope: &TenantScope,
-    owner: Option<String>,
-    offset: i64,
-    limit: Option<i64>,
-) -> Response {
-    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let pool = state.pool.clone();
-    let tenant_id = scope.tenant.id;
-    let slug = scope.tenant.slug.clone();
-    let take = limit.map_or(usize::MAX, |limit| {
-        usize::try_from(limit).unwrap_or(usize::MAX)
-    });
-    tokio::spawn(async move {
-        let mut rows = store::accounts::stream_all(&pool, tenant_id, owner.as_deref(), offset)
-            .take(take)
-            .chunks(ROWS_PER_CHUNK);
-        let mut first = true;
-        let mut chunk = b"[".to_vec();
-        while let Some(batch) = rows.next().await {
-            for row in batch {
-                let written = row.map_err(anyhow::Error::from).and_then(|row| {
-                    let record = StripeAccountRecord::new(&row, &slug)?;
-                    if !first {
-                        chunk.push(b',');
-                    }
-                    serde_json::to_writer(&mut chunk, &record)?;
-                    Ok(())
-                });
-                if let Err(error) = written {
-                    // Headers are gone; ending the body early tells the client the
-                    // array is incomplete (it no longer parses).
-                    tracing::error!(error = ?error, "streaming stripe-accounts failed");
-                    let _ = sender
-                        .send(Err(std::io::Error::other("stream failed")))
-                        .await;
-                    return;
-                }
-                first = false;
-            }
-            if sender
-                .send(Ok(Bytes::from(std::mem::take(&mut chunk))))
-                .await
-                .is_err()
-            {
-                return; // the client went away
-            }
-        }
-        chunk.push(b']');
-        let _ = sender.send(Ok(Bytes::from(chunk))).await;
-    });
-    (
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    let slot = state.streams.open(scope.token_id)?;
+    let (offset, wanted) = if query.all {
+        (0, usize::MAX)
+    } else {
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        (query.offset, limit)
+    };
+    let owner = query.owner.map(|owner| owner.as_str().to_owned());
+    let first_chunk = wanted.min(CHUNK_ROWS);
+    let first = {
+        let _turn = slot.read_turn().await;
+        store::accounts::page_with_total(
+            &state.pool,
+            scope.tenant.id,
+            owner.as_deref(),
+            offset,
+            i64::try_from(first_chunk).expect("a chunk fits i64"),
+        )
+        .await?
+    };
+    if owner.is_some() && first.total == 0 {
+        return Err(unknown_owner());
+    }
+    let listing = StreamedListing {
+        pool: state.pool.clone(),
+        tenant_id: scope.tenant.id,
+        slug: scope.tenant.slug.clone(),
+        owner,
+        wanted,
+    };
+    let body = listing.spawn(slot, first.rows, first_chunk);
+    let mut response = (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        Body::from_stream(ReceiverStream::new(receiver)),
+        body,
     )
-        .into_response()
+        .into_response();
+    response
+        .headers_mut()
+        .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(first.total));
+    Ok(response)
+}
+
+/// What a streamed listing reads, and how much of it.
+struct StreamedListing {
+    pool: sqlx::PgPool,
+    tenant_id: i64,
+    slug: String,
+    owner: Option<String>,
+    /// Records to send at most (`usize::MAX`: every one).
+    wanted: usize,
+}
+
+/// Why a stream ended before its closing bracket.
+#[derive(Debug)]
+enum StreamStop {
+    /// The client went away.
+    Gone,
+    /// The client took nothing for the idle timeout.
+    Idle,
+    Failed(anyhow::Error),
+}
+
+impl StreamedListing {
+    /// Starts the reader task and returns the body it feeds. The body ends with an
+    /// error (the connection is cut, so the client sees an incomplete response, never
+    /// a short array) unless the reader got to the closing bracket.
+    fn spawn(self, slot: StreamSlot, first: Vec<AccountRow>, first_asked: usize) -> Body {
+        let (pieces, receiver) = mpsc::channel::<Bytes>(PIECES_BUFFERED);
+        let (finished, completed) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut out = ArrayWriter::new(pieces, slot.idle_timeout());
+            let outcome = self.run(&slot, &mut out, first, first_asked).await;
+            match outcome {
+                Ok(()) => {
+                    let _ = finished.send(());
+                }
+                Err(StreamStop::Gone) => tracing::debug!("the client left a streamed listing"),
+                Err(StreamStop::Idle) => tracing::info!(
+                    timeout_secs = slot.idle_timeout().as_secs(),
+                    "the client stopped reading a streamed listing; ended it"
+                ),
+                Err(StreamStop::Failed(error)) => {
+                    tracing::error!(error = ?error, "streaming stripe-accounts failed");
+                }
+            }
+            // The slot is freed here, with the task.
+        });
+        let ending = futures::stream::once(async move {
+            match completed.await {
+                Ok(()) => None,
+                Err(_) => Some(Err(std::io::Error::other("the listing stream ended early"))),
+            }
+        })
+        .filter_map(std::future::ready);
+        Body::from_stream(
+            ReceiverStream::new(receiver)
+                .map(Ok::<_, std::io::Error>)
+                .chain(ending),
+        )
+    }
+
+    async fn run(
+        &self,
+        slot: &StreamSlot,
+        out: &mut ArrayWriter,
+        mut rows: Vec<AccountRow>,
+        mut asked: usize,
+    ) -> Result<(), StreamStop> {
+        let mut left = self.wanted;
+        loop {
+            let more_stored = rows.len() >= asked;
+            for row in rows.iter().take(left) {
+                let record = StripeAccountRecord::new(row, &self.slug)
+                    .map_err(|error| StreamStop::Failed(error.into()))?;
+                out.push(&record).await?;
+            }
+            left = left.saturating_sub(rows.len());
+            let Some(last) = rows.last() else { break };
+            if left == 0 || !more_stored {
+                break;
+            }
+            let after = ListingKey::from(last);
+            rows = {
+                let _turn = slot.read_turn().await;
+                store::accounts::chunk_after(
+                    &self.pool,
+                    self.tenant_id,
+                    self.owner.as_deref(),
+                    &after,
+                )
+                .await
+                .map_err(|error| StreamStop::Failed(error.into()))?
+            };
+            asked = CHUNK_ROWS;
+        }
+        out.finish().await
+    }
+}
+
+/// Writes records as one JSON array, a piece of [`ROWS_PER_PIECE`] at a time.
+struct ArrayWriter {
+    pieces: mpsc::Sender<Bytes>,
+    idle_timeout: Duration,
+    buffer: Vec<u8>,
+    buffered: usize,
+    written: usize,
+}
+
+impl ArrayWriter {
+    fn new(pieces: mpsc::Sender<Bytes>, idle_timeout: Duration) -> ArrayWriter {
+        ArrayWriter {
+            pieces,
+            idle_timeout,
+            buffer: b"[".to_vec(),
+            buffered: 0,
+            written: 0,
+        }
+    }
+
+    async fn push(&mut self, record: &impl Serialize) -> Result<(), StreamStop> {
+        if self.written > 0 {
+            self.buffer.push(b',');
+        }
+        serde_json::to_writer(&mut self.buffer, record)
+            .map_err(|error| StreamStop::Failed(error.into()))?;
+        self.written += 1;
+        self.buffered += 1;
+        if self.buffered >= ROWS_PER_PIECE {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), StreamStop> {
+        self.buffer.push(b']');
+        self.send().await
+    }
+
+    async fn send(&mut self) -> Result<(), StreamStop> {
+        let piece = Bytes::from(std::mem::take(&mut self.buffer));
+        self.buffered = 0;
+        match tokio::time::timeout(self.idle_timeout, self.pieces.send(piece)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamStop::Gone),
+            Err(_) => Err(StreamStop::Idle),
+        }
+    }
 }
 
 /// `GET /api/administrator/connect/stripe-accounts-count`
@@ -237,7 +396,8 @@ async fn count(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<i64>, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let total = listed_count(&state, scope.tenant.id, params.get("accountid")).await?;
+    let owner = owner_param(&params)?;
+    let total = listed_count(&state, scope.tenant.id, owner.as_ref()).await?;
     Ok(Json(total))
 }
 
@@ -248,10 +408,7 @@ async fn one(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = params
-        .get("stripeid")
-        .and_then(StripeAccountId::parse)
-        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))?;
+    let stripeid = stripeid_param(&params)?;
     let row = store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
         .await?
         .ok_or_else(|| {
@@ -300,6 +457,7 @@ impl<'a> StripeAccountRecord<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(raw: &str) -> Result<ListQuery, &'static str> {
         ListQuery::parse(Some(raw), 10).map_err(|error| error.code())
@@ -333,11 +491,84 @@ mod tests {
         assert_eq!(
             query,
             ListQuery {
-                owner: Some("acct_o".into()),
+                owner: OwnerId::parse("acct_o"),
                 offset: 3,
                 limit: 2,
                 all: true
             }
         );
+    }
+
+    /// Pieces of query strings that break parsers.
+    fn query() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("offset"),
+            Just("limit"),
+            Just("all"),
+            Just("accountid"),
+            Just("stripeid"),
+            Just("x")
+        ];
+        let value = prop_oneof![
+            any::<i128>().prop_map(|n| n.to_string()),
+            Just("%00".to_owned()),
+            Just("%FF".to_owned()),
+            Just("%".to_owned()),
+            "[ -~]{0,10}",
+            "\\PC{0,6}",
+        ];
+        let pairs = prop::collection::vec((key, value), 0..5).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        prop_oneof![pairs, "[ -~]{0,40}", "\\PC{0,20}"]
+    }
+
+    proptest! {
+        #[test]
+        fn the_listing_parser_never_panics_and_answers_only_its_codes(raw in query()) {
+            match ListQuery::parse(Some(&raw), 10) {
+                Ok(query) => {
+                    prop_assert!(query.offset >= 0);
+                    prop_assert!(query.limit >= 1);
+                }
+                Err(error) => {
+                    prop_assert_eq!(error.status().as_u16(), 400);
+                    prop_assert!(matches!(
+                        error.code(),
+                        "invalid-query" | "invalid-offset" | "invalid-limit" | "invalid-all"
+                            | "invalid-accountid"
+                    ), "{}", error.code());
+                }
+            }
+        }
+
+        #[test]
+        fn the_owner_and_stripeid_parsers_never_let_nul_through(raw in query()) {
+            let params = QueryParams::parse(Some(&raw)).expect("form decoding is lossy, never failing");
+            match owner_param(&params) {
+                Ok(Some(owner)) => prop_assert!(!owner.as_str().contains('\0')),
+                Ok(None) => {}
+                Err(error) => prop_assert_eq!(error.code(), "invalid-accountid"),
+            }
+            match stripeid_param(&params) {
+                Ok(id) => prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
+                Err(error) => prop_assert_eq!(error.code(), "invalid-stripeid"),
+            }
+        }
+
+        #[test]
+        fn every_i64_offset_and_limit_in_range_is_taken_and_nothing_else(n in any::<i128>()) {
+            let offset = parse(&format!("offset={n}"));
+            let limit = parse(&format!("limit={n}"));
+            let fits = i64::try_from(n).is_ok();
+            prop_assert_eq!(offset.is_ok(), fits && n >= 0);
+            prop_assert_eq!(limit.is_ok(), fits && n >= 1);
+            if let Err(code) = offset { prop_assert_eq!(code, "invalid-offset"); }
+            if let Err(code) = limit { prop_assert_eq!(code, "invalid-limit"); }
+        }
     }
 }

@@ -12,12 +12,14 @@ use axum::http::request::Parts;
 use super::error::ApiError;
 use super::AppState;
 use crate::crypto::hash_token;
-use crate::domain::Role;
+use crate::domain::{Role, TenantSlug};
 use crate::store;
 
 /// Any valid token.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The token's id (what per-token limits count by).
+    pub token_id: i64,
     pub role: Role,
     /// The tenant an admin or reader token is bound to; `None` for owners.
     pub tenant: Option<TenantRef>,
@@ -35,6 +37,8 @@ pub struct TenantRef {
 pub struct TenantScope {
     pub role: Role,
     pub tenant: TenantRef,
+    /// The token's id (what per-token limits count by).
+    pub token_id: i64,
 }
 
 /// A caller allowed to change one tenant's state (sync, refresh): owner or admin.
@@ -118,7 +122,11 @@ impl FromRequestParts<AppState> for Caller {
             (Some(id), Some(slug)) => Some(TenantRef { id, slug }),
             _ => None,
         };
-        let caller = Caller { role, tenant };
+        let caller = Caller {
+            token_id: grant.id,
+            role,
+            tenant,
+        };
         state.tokens.put(hash, caller.clone());
         parts.extensions.insert(caller.clone());
         Ok(caller)
@@ -126,13 +134,28 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The `tenant` query parameter, if any, without disturbing the handler's own parsing.
-fn tenant_param(parts: &Parts) -> Option<String> {
-    let query = parts.uri.query()?;
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .ok()?
+/// A value that cannot be a slug (a NUL, capitals, spaces) is 400 `invalid-tenant`:
+/// no tenant has such a slug, so saying so reveals nothing.
+fn tenant_param(parts: &Parts) -> Result<Option<TenantSlug>, ApiError> {
+    let Some(query) = parts.uri.query() else {
+        return Ok(None);
+    };
+    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        // The handler's own parsing answers a malformed query string.
+        return Ok(None);
+    };
+    pairs
         .into_iter()
         .find(|(key, value)| key == "tenant" && !value.is_empty())
-        .map(|(_, value)| value)
+        .map(|(_, value)| {
+            TenantSlug::parse(&value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-tenant",
+                    "tenant must be a tenant slug (lowercase letters, digits, - and _)",
+                )
+            })
+        })
+        .transpose()
 }
 
 fn unknown_tenant() -> ApiError {
@@ -147,7 +170,7 @@ impl FromRequestParts<AppState> for TenantScope {
         state: &AppState,
     ) -> Result<TenantScope, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        let requested = tenant_param(parts);
+        let requested = tenant_param(parts)?;
         let tenant = match (caller.role, caller.tenant) {
             (Role::Owner, _) => {
                 let slug = requested.ok_or_else(|| {
@@ -156,7 +179,7 @@ impl FromRequestParts<AppState> for TenantScope {
                         "an owner token names the tenant with ?tenant=<slug>",
                     )
                 })?;
-                let tenant = store::tenants::find_by_slug(&state.pool, &slug)
+                let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
                     .await?
                     .ok_or_else(unknown_tenant)?;
                 TenantRef {
@@ -166,7 +189,7 @@ impl FromRequestParts<AppState> for TenantScope {
             }
             (_, Some(own)) => match requested {
                 // Another tenant's slug gets exactly the answer an unknown one gets.
-                Some(slug) if slug != own.slug => return Err(unknown_tenant()),
+                Some(slug) if slug.as_str() != own.slug => return Err(unknown_tenant()),
                 _ => own,
             },
             (_, None) => {
@@ -178,6 +201,7 @@ impl FromRequestParts<AppState> for TenantScope {
         Ok(TenantScope {
             role: caller.role,
             tenant,
+            token_id: caller.token_id,
         })
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A cap on concurrent work was reached; retrying later can succeed.
+    #[error("{message}")]
+    TooMany { code: &'static str, message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -71,11 +74,19 @@ impl ApiError {
         }
     }
 
+    pub fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::TooMany {
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -90,7 +101,8 @@ impl ApiError {
         match self {
             ApiError::Invalid { code, .. }
             | ApiError::NotFound { code, .. }
-            | ApiError::Conflict { code, .. } => code,
+            | ApiError::Conflict { code, .. }
+            | ApiError::TooMany { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Upstream(_) => "stripe-request-failed",
@@ -149,6 +161,18 @@ impl From<BalanceError> for ApiError {
     }
 }
 
+/// The answer to a handler that panicked (tower-http `CatchPanicLayer`): 500 with the
+/// usual body, `internal-error`, logged once inside the request's span. The panic
+/// message goes to the log only.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    ApiError::Internal(anyhow::anyhow!("the handler panicked: {message}")).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -174,5 +198,80 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    use super::*;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_json_and_is_logged_once() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let response = tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let app = Router::new()
+                    .route(
+                        "/boom",
+                        get(|| async {
+                            let secret_detail = "overflow in date arithmetic";
+                            panic!("{secret_detail}");
+                            #[allow(unreachable_code)]
+                            ""
+                        }),
+                    )
+                    .layer(CatchPanicLayer::custom(panic_response));
+                let request = Request::get("/boom").body(Body::empty()).expect("request");
+                let response = app.oneshot(request).await.expect("an answer, not a panic");
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .expect("body");
+                (status, body)
+            })
+        });
+        let (status, body) = response;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"object": "error", "code": "internal-error", "message": "internal error"})
+        );
+        let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(log.matches("request failed").count(), 1, "{log}");
+        assert!(log.contains("overflow in date arithmetic"), "{log}");
     }
 }

@@ -9,6 +9,7 @@ mod error_bodies;
 pub mod health;
 pub mod metrics;
 mod query;
+mod streams;
 pub mod sync;
 pub mod webhooks;
 
@@ -19,6 +20,7 @@ use axum::http::{header, HeaderName};
 use axum::Router;
 use sqlx::PgPool;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -43,6 +45,7 @@ pub struct AppState {
     /// Background work (syncs, the refresher) stops with these on shutdown.
     pub tasks: Tasks,
     tokens: Arc<auth::TokenCache>,
+    streams: Arc<streams::Streams>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
         );
         AppState {
             pool,
+            streams: Arc::new(streams::Streams::from_settings(&settings)),
             settings,
             stripe,
             refresher,
@@ -110,6 +114,7 @@ pub fn app(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(axum::middleware::from_fn(error_bodies::ensure_error_body))
+        .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::from_fn_with_state(
             timeout,
             error_bodies::time_limit,
@@ -137,12 +142,14 @@ async fn not_found() -> error::ApiError {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish.
+/// requests finish. A client that stops reading a response is disconnected after
+/// `api.stream_idle_timeout_secs`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = streams::StallGuardListener::new(listener, state.settings.stream_idle_timeout());
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

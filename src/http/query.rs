@@ -21,3 +21,22 @@ impl QueryParams {
             .map(|(_, v)| v.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_query_string_parses_or_is_invalid_query(raw in "\\PC{0,60}", key in "[a-z]{1,8}") {
+            match QueryParams::parse(Some(&raw)) {
+                Ok(params) => {
+                    // An empty value counts as absent.
+                    prop_assert!(params.get(&key).is_none_or(|value| !value.is_empty()));
+                }
+                Err(error) => prop_assert_eq!(error.code(), "invalid-query"),
+            }
+        }
+    }
+}

@@ -66,12 +66,21 @@ async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SyncRunRecord>, ApiError> {
-    let missing = || ApiError::not_found("invalid-syncid", "no sync run has that id");
-    let id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let id = run_id(&id)?;
     let run = store::sync_runs::get(&state.pool, scope.tenant.id, id)
         .await?
-        .ok_or_else(missing)?;
+        .ok_or_else(unknown_run)?;
     Ok(Json(SyncRunRecord::new(&run, &scope.tenant.slug)))
+}
+
+fn unknown_run() -> ApiError {
+    ApiError::not_found("invalid-syncid", "no sync run has that id")
+}
+
+/// The `{id}` of a run: a UUID; anything else cannot name a run, so it is answered
+/// as an unknown one.
+fn run_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| unknown_run())
 }
 
 #[derive(Serialize)]
@@ -111,6 +120,31 @@ impl SyncRunRecord {
             started_at: api_timestamp(&run.started_at),
             heartbeat_at: api_timestamp(&run.heartbeat_at),
             finished_at: run.finished_at.as_ref().map(api_timestamp),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_run_id_is_a_uuid_or_an_unknown_run(raw in "\\PC{0,40}") {
+            match run_id(&raw) {
+                Ok(id) => prop_assert_eq!(Uuid::parse_str(&raw).ok(), Some(id)),
+                Err(error) => {
+                    prop_assert_eq!(error.status().as_u16(), 404);
+                    prop_assert_eq!(error.code(), "invalid-syncid");
+                }
+            }
+        }
+
+        #[test]
+        fn every_uuid_is_taken(bytes in any::<[u8; 16]>()) {
+            let id = Uuid::from_bytes(bytes);
+            prop_assert_eq!(run_id(&id.to_string()).ok(), Some(id));
         }
     }
 }

@@ -153,3 +153,38 @@ fn event_error(error: EventError) -> ApiError {
         EventError::Snapshot(error) => ApiError::Internal(error.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_tenant_segment_is_a_slug_or_nothing(raw in "\\PC{0,80}") {
+            if let Some(slug) = TenantSlug::parse(&raw) {
+                prop_assert_eq!(slug.as_str(), raw.as_str());
+            }
+        }
+
+        #[test]
+        fn any_signature_header_and_body_is_verified_without_panicking(
+            header in prop_oneof![
+                "[ -~]{0,80}",
+                (any::<i64>(), "[0-9a-f]{0,64}").prop_map(|(t, v1)| format!("t={t},v1={v1}")),
+            ],
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            now in any::<i64>(),
+        ) {
+            // Malformed, overflowing or far-off timestamps are refusals, not panics.
+            let _ = signature::verify(Some(&header), &body, b"whsec_test", now);
+        }
+
+        #[test]
+        fn any_verified_body_parses_or_is_an_invalid_event(body in prop::collection::vec(any::<u8>(), 0..128)) {
+            if let Err(error) = events::parse(&body) {
+                prop_assert_eq!(event_error(error).code(), "invalid-event");
+            }
+        }
+    }
+}

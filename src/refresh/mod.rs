@@ -24,6 +24,7 @@
 
 pub mod budget;
 pub mod demand;
+pub mod gauges;
 mod worker;
 
 use std::time::Duration;

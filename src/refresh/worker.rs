@@ -33,6 +33,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const ALIVE_WITHIN: Duration = Duration::from_secs(6);
 /// A worker silent this long is forgotten (its process was killed).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// How often the per-tenant gauges are read (a `serve` worker only).
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often the tenant list is re-read (new tenants start, removed ones stop).
 const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How often a tenant's row (rate, key) and sync schedule are looked at again.
@@ -172,8 +174,15 @@ impl Inner {
         let mut loops: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut next_heartbeat = Instant::now();
         let mut next_scan = Instant::now();
+        let mut next_gauges = Instant::now();
         loop {
             let now = Instant::now();
+            if self.kind == WorkerKind::Serve && now >= next_gauges {
+                if let Err(error) = super::gauges::update(&self.pool, self.options.interval).await {
+                    tracing::warn!(error = %error, "reading the refresher gauges failed");
+                }
+                next_gauges = now + GAUGES_EVERY;
+            }
             if now >= next_heartbeat {
                 if let Err(error) = store::refreshes::worker_heartbeat(
                     &self.pool,

@@ -1,11 +1,13 @@
 //! Stored connected accounts: the upsert sync and webhooks use, and the paged reads
 //! behind the Dashboard-compatible listing.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgExecutor;
+
+use crate::domain::without_nul;
 
 /// One Stripe account object, ready to store. Built only through
 /// [`AccountInput::from_stripe_object`], so `accountid` and `created_at` always
@@ -57,7 +59,9 @@ impl AccountInput {
             stripeid,
             accountid,
             platform_id: platform_id.map(str::to_owned),
-            object_json: object.to_string(),
+            // Postgres JSONB cannot hold U+0000; a Stripe string carrying one is stored
+            // with U+FFFD in its place rather than failing the whole page.
+            object_json: without_nul(object).to_string(),
             created_at,
         })
     }
@@ -71,21 +75,67 @@ impl AccountInput {
     }
 }
 
+/// When the Stripe state a write carries was observed. It orders writes: a stored
+/// account is only replaced by an observation at least as new as the one that last
+/// wrote it, so a late webhook or a sync page racing one never rolls a record back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Read by a sync (or another fetch) whose request was sent at this instant.
+    Fetched(DateTime<Utc>),
+    /// A webhook event: Stripe's `created` and when tally received it.
+    Event {
+        created: DateTime<Utc>,
+        received: DateTime<Utc>,
+    },
+}
+
+impl Observed {
+    /// The instant stored and compared. Stripe's `created` has whole seconds, so an
+    /// event's change happened somewhere in that second: it is placed at the end of
+    /// the second (but never after it arrived), so an event wins over a sync page read
+    /// in the same second, and events of one second apply in the order they arrive.
+    pub fn at(&self) -> DateTime<Utc> {
+        match *self {
+            Observed::Fetched(at) => at,
+            Observed::Event { created, received } => {
+                let second = created
+                    .duration_trunc(Duration::seconds(1))
+                    .unwrap_or(created);
+                let end_of_second = second + Duration::seconds(1) - Duration::microseconds(1);
+                end_of_second.min(received).max(second)
+            }
+        }
+    }
+
+    /// An event records its observation even when the object did not change, so an
+    /// older event that arrives later is still recognised as stale. A sync does not:
+    /// that would rewrite every unchanged row of the tenant on every run.
+    fn refreshes_unchanged(&self) -> bool {
+        matches!(self, Observed::Event { .. })
+    }
+}
+
 /// What an upsert did, row by row.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct UpsertOutcome {
     pub inserted: u64,
     pub updated: u64,
+    /// Rows left as they were: same data, or a newer observation already stored.
     pub unchanged: u64,
+    /// Rows the statement wrote: inserted, updated, or (an event) given the newer
+    /// observation. For an event, 0 means the event was stale.
+    pub written: u64,
 }
 
 /// Inserts or updates accounts keyed by tenant + stripeid in one statement. A row
-/// whose object, owner and platform are unchanged is left alone (its `updated_at`
-/// stays); a previously removed account that Stripe returns again is listed again.
+/// already written from a newer observation is left alone; a row whose object, owner
+/// and platform are unchanged keeps its `updated_at`; a previously removed account
+/// that Stripe returns again is listed again.
 pub async fn upsert(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     accounts: &[AccountInput],
+    observed: Observed,
 ) -> Result<UpsertOutcome, sqlx::Error> {
     if accounts.is_empty() {
         return Ok(UpsertOutcome::default());
@@ -102,10 +152,13 @@ pub async fn upsert(
         objects.push(account.object_json.clone());
         created.push(account.created_at);
     }
-    let inserted_flags = sqlx::query_scalar!(
+    // `updated_at = now()` in RETURNING tells a changed row from one that only took a
+    // newer observation: each row is written once per statement, and now() is fixed
+    // for the transaction.
+    let written = sqlx::query!(
         r#"INSERT INTO stripe_accounts AS a
-               (tenant_id, stripeid, accountid, platform_id, stripe_object, created_at)
-           SELECT $1, i.stripeid, i.accountid, i.platform_id, i.object::jsonb, i.created_at
+               (tenant_id, stripeid, accountid, platform_id, stripe_object, created_at, observed_at)
+           SELECT $1, i.stripeid, i.accountid, i.platform_id, i.object::jsonb, i.created_at, $7
            FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
                 AS i (stripeid, accountid, platform_id, object, created_at)
            ON CONFLICT (tenant_id, stripeid) DO UPDATE SET
@@ -113,28 +166,42 @@ pub async fn upsert(
                platform_id = EXCLUDED.platform_id,
                stripe_object = EXCLUDED.stripe_object,
                created_at = EXCLUDED.created_at,
-               updated_at = now(),
+               observed_at = EXCLUDED.observed_at,
+               updated_at = CASE
+                   WHEN (a.accountid, a.platform_id, a.stripe_object, a.created_at, a.removed_at IS NULL)
+                        IS DISTINCT FROM
+                        (EXCLUDED.accountid, EXCLUDED.platform_id, EXCLUDED.stripe_object,
+                         EXCLUDED.created_at, true)
+                   THEN now() ELSE a.updated_at END,
                removed_at = NULL
-           WHERE (a.accountid, a.platform_id, a.stripe_object, a.created_at, a.removed_at IS NULL)
-                 IS DISTINCT FROM
-                 (EXCLUDED.accountid, EXCLUDED.platform_id, EXCLUDED.stripe_object,
-                  EXCLUDED.created_at, true)
-           RETURNING (xmax = 0) AS "inserted!""#,
+           WHERE (a.observed_at IS NULL OR a.observed_at <= EXCLUDED.observed_at)
+             AND ($8
+                  OR (a.accountid, a.platform_id, a.stripe_object, a.created_at, a.removed_at IS NULL)
+                     IS DISTINCT FROM
+                     (EXCLUDED.accountid, EXCLUDED.platform_id, EXCLUDED.stripe_object,
+                      EXCLUDED.created_at, true))
+           RETURNING (xmax = 0) AS "inserted!", (updated_at = now()) AS "changed!""#,
         tenant_id,
         &stripeids,
         &accountids as &[Option<String>],
         &platform_ids as &[Option<String>],
         &objects,
         &created,
+        observed.at(),
+        observed.refreshes_unchanged(),
     )
     .fetch_all(db)
     .await?;
-    let inserted = inserted_flags.iter().filter(|flag| **flag).count() as u64;
-    let updated = inserted_flags.len() as u64 - inserted;
+    let inserted = written.iter().filter(|row| row.inserted).count() as u64;
+    let updated = written
+        .iter()
+        .filter(|row| !row.inserted && row.changed)
+        .count() as u64;
     Ok(UpsertOutcome {
         inserted,
         updated,
         unchanged: accounts.len() as u64 - inserted - updated,
+        written: written.len() as u64,
     })
 }
 
@@ -239,42 +306,76 @@ pub async fn page_with_total(
     Ok(Page { total, rows })
 }
 
-/// Every listed record in page order, as a stream: `all=true` never holds the
-/// whole tenant in memory.
-pub fn stream_all<'a>(
-    db: impl PgExecutor<'a> + 'a,
+/// Where a keyset read resumes: just after this record in listing order
+/// (`created_at` descending, then `stripeid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingKey {
+    pub created_at: DateTime<Utc>,
+    pub stripeid: String,
+}
+
+impl From<&AccountRow> for ListingKey {
+    fn from(row: &AccountRow) -> ListingKey {
+        ListingKey {
+            created_at: row.created_at,
+            stripeid: row.stripeid.clone(),
+        }
+    }
+}
+
+/// Rows [`chunk_after`] returns at most. Written into its statements as a literal,
+/// for the reason [`page_with_total`] gives.
+pub const CHUNK_ROWS: usize = 256;
+
+/// The next [`CHUNK_ROWS`] listed records after `after`, in listing order (of one
+/// owner's records when `owner` is given). Each call is one short query, so a long
+/// `all=true` stream holds a pooled connection only while a chunk is read, never
+/// while the client reads it; the index walk starts at the key, so it costs the same
+/// deep in the listing as at its start.
+pub async fn chunk_after(
+    db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&'a str>,
-    offset: i64,
-) -> BoxStream<'a, Result<AccountRow, sqlx::Error>> {
+    owner: Option<&str>,
+    after: &ListingKey,
+) -> Result<Vec<AccountRow>, sqlx::Error> {
+    // `created_at <= $k` bounds the index range; the OR only drops the key's ties
+    // up to and including the key itself.
     match owner {
-        None => sqlx::query_as!(
-            AccountRow,
-            r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                      created_at, updated_at, removed_at
-               FROM stripe_accounts
-               WHERE tenant_id = $1 AND removed_at IS NULL
-               ORDER BY created_at DESC, stripeid
-               OFFSET $2"#,
-            tenant_id,
-            offset
-        )
-        .fetch(db)
-        .boxed(),
-        Some(owner) => sqlx::query_as!(
-            AccountRow,
-            r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                      created_at, updated_at, removed_at
-               FROM stripe_accounts
-               WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL
-               ORDER BY created_at DESC, stripeid
-               OFFSET $3"#,
-            tenant_id,
-            owner,
-            offset
-        )
-        .fetch(db)
-        .boxed(),
+        None => {
+            sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND removed_at IS NULL
+                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+                   ORDER BY created_at DESC, stripeid
+                   LIMIT 256"#,
+                tenant_id,
+                after.created_at,
+                after.stripeid
+            )
+            .fetch_all(db)
+            .await
+        }
+        Some(owner) => {
+            sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND accountid = $4 AND removed_at IS NULL
+                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+                   ORDER BY created_at DESC, stripeid
+                   LIMIT 256"#,
+                tenant_id,
+                after.created_at,
+                after.stripeid,
+                owner
+            )
+            .fetch_all(db)
+            .await
+        }
     }
 }
 
@@ -345,37 +446,61 @@ pub fn listed_ids_in_scope<'a>(
     .boxed()
 }
 
-/// Marks accounts removed (kept, but left out of listings and aggregates) and returns
-/// the ids that were listed until now. With `unchanged_since`, an account written at or
-/// after that instant is left alone: a webhook stored it while a sync was listing.
-/// Call in the transaction that also runs `snapshots::forget_latest` for them.
+/// Marks accounts removed (kept, but left out of listings and aggregates) as of
+/// `observed_at`, and returns the ids that were listed until now. An account written
+/// from a newer observation is left alone; so, with `unchanged_since`, is one written
+/// at or after that instant (a webhook stored it while a sync was listing). Call in
+/// the transaction that also runs `snapshots::forget_latest` for them.
 pub async fn mark_removed(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     stripeids: &[String],
+    observed_at: DateTime<Utc>,
     unchanged_since: Option<DateTime<Utc>>,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"UPDATE stripe_accounts SET removed_at = now(), updated_at = now()
+        r#"UPDATE stripe_accounts SET removed_at = now(), updated_at = now(), observed_at = $3
            WHERE tenant_id = $1 AND stripeid = ANY($2) AND removed_at IS NULL
-             AND ($3::timestamptz IS NULL OR updated_at < $3)
+             AND (observed_at IS NULL OR observed_at <= $3)
+             AND ($4::timestamptz IS NULL OR updated_at < $4)
            RETURNING stripeid"#,
         tenant_id,
         stripeids,
+        observed_at,
         unchanged_since
     )
     .fetch_all(db)
     .await
 }
 
-/// The platform recorded for a stored account (`Some(None)`: directly in the org).
-pub async fn platform_of(
+/// What applying an event to a stored account needs to know of it.
+#[derive(Debug, Clone)]
+pub struct EventTarget {
+    /// The platform recorded for the account (`None`: directly in the org).
+    pub platform_id: Option<String>,
+    /// When what last wrote it was observed (`None`: before that was recorded).
+    pub observed_at: Option<DateTime<Utc>>,
+    pub listed: bool,
+}
+
+impl EventTarget {
+    /// True when the record was written from something observed after `observed`.
+    pub fn is_newer_than(&self, observed: Observed) -> bool {
+        self.observed_at.is_some_and(|at| at > observed.at())
+    }
+}
+
+/// Reads and locks a stored account for the event transaction about it, so a
+/// concurrent sync page or event waits for this one and then sees what it wrote.
+pub async fn lock_for_event(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     stripeid: &str,
-) -> Result<Option<Option<String>>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT platform_id FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2",
+) -> Result<Option<EventTarget>, sqlx::Error> {
+    sqlx::query_as!(
+        EventTarget,
+        r#"SELECT platform_id, observed_at, removed_at IS NULL AS "listed!"
+           FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2 FOR UPDATE"#,
         tenant_id,
         stripeid
     )
@@ -408,6 +533,48 @@ mod tests {
         let by_default =
             AccountInput::from_stripe_object(&object, None, "accountid").expect("valid");
         assert_eq!(by_default.accountid(), None);
+    }
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .expect("timestamp")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn an_event_is_placed_at_the_end_of_its_second_but_not_after_its_receipt() {
+        let created = at("2026-12-01T10:00:00Z");
+        let late = Observed::Event {
+            created,
+            received: at("2026-12-01T10:05:00Z"),
+        };
+        assert_eq!(late.at(), at("2026-12-01T10:00:00.999999Z"));
+        let prompt = Observed::Event {
+            created,
+            received: at("2026-12-01T10:00:00.250Z"),
+        };
+        assert_eq!(prompt.at(), at("2026-12-01T10:00:00.250Z"));
+        // A clock behind Stripe's: never before the second Stripe named.
+        let skewed = Observed::Event {
+            created,
+            received: at("2026-12-01T09:59:58Z"),
+        };
+        assert_eq!(skewed.at(), created);
+        // A sync page read earlier in the same second loses to the event.
+        assert!(Observed::Fetched(at("2026-12-01T10:00:00.500Z")).at() < late.at());
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_in_the_stored_object() {
+        let object = json!({"id": "acct_1A", "created": 1,
+                            "business_profile": {"name": "Acme\u{0}Corp"}});
+        let input = AccountInput::from_stripe_object(&object, None, "accountid").expect("valid");
+        assert!(
+            !input.object_json.contains("\\u0000"),
+            "{}",
+            input.object_json
+        );
+        assert!(input.object_json.contains("Acme\u{fffd}Corp"));
     }
 
     #[test]

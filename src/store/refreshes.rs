@@ -533,3 +533,44 @@ pub async fn recent_success_cutoff(
     .fetch_one(db)
     .await
 }
+
+/// One tenant's freshness, for the gauges.
+#[derive(Debug, Clone)]
+pub struct TenantHealth {
+    pub tenant_id: i64,
+    pub slug: String,
+    pub listed: i64,
+    pub failed: i64,
+    /// Listed accounts tried at or after the cutoff given.
+    pub fresh: i64,
+    pub oldest: Option<DateTime<Utc>>,
+    pub rate: Option<i32>,
+    pub leased: i64,
+}
+
+/// Every tenant's freshness against `cutoff`: index lookups per tenant, no scan of
+/// accounts beyond the fresh ones' index range.
+pub async fn tenant_health(
+    db: impl PgExecutor<'_>,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<TenantHealth>, sqlx::Error> {
+    sqlx::query_as!(
+        TenantHealth,
+        r#"SELECT t.id AS tenant_id, t.slug,
+                  COALESCE(c.listed, 0) AS "listed!",
+                  COALESCE(b.failed, 0) AS "failed!",
+                  (SELECT count(*) FROM latest_balances l
+                   WHERE l.tenant_id = t.id AND l.fetched_at >= $1) AS "fresh!",
+                  (SELECT min(fetched_at) FROM latest_balances l WHERE l.tenant_id = t.id) AS oldest,
+                  (SELECT current_rate FROM stripe_budgets s WHERE s.tenant_id = t.id) AS rate,
+                  (SELECT count(*) FROM refresh_leases r
+                   WHERE r.tenant_id = t.id AND r.expires_at > now()) AS "leased!"
+           FROM tenants t
+           LEFT JOIN tenant_account_counts c ON c.tenant_id = t.id
+           LEFT JOIN tenant_balance_counts b ON b.tenant_id = t.id
+           ORDER BY t.id"#,
+        cutoff
+    )
+    .fetch_all(db)
+    .await
+}

@@ -5,6 +5,7 @@ use sqlx::PgExecutor;
 /// Who a presented token belongs to.
 #[derive(Debug, Clone)]
 pub struct TokenGrant {
+    pub id: i64,
     pub role: String,
     pub tenant_id: Option<i64>,
     pub tenant_slug: Option<String>,
@@ -32,7 +33,7 @@ pub async fn find_by_hash(
 ) -> Result<Option<TokenGrant>, sqlx::Error> {
     sqlx::query_as!(
         TokenGrant,
-        r#"SELECT k.role, k.tenant_id, t.slug AS "tenant_slug?"
+        r#"SELECT k.id, k.role, k.tenant_id, t.slug AS "tenant_slug?"
            FROM api_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id
            WHERE k.token_hash = $1"#,
         token_hash

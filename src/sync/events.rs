@@ -6,10 +6,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::domain::without_nul;
 use crate::money::Totals;
 use crate::store;
-use crate::store::accounts::AccountInput;
-use crate::store::snapshots::{SnapshotError, SnapshotOutcome};
+use crate::store::accounts::{AccountInput, Observed};
+use crate::store::snapshots::{Recorded, SnapshotError, SnapshotOutcome};
 use crate::store::tenants::Tenant;
 use crate::stripe::{Balance, CredentialKind};
 
@@ -44,6 +45,9 @@ pub enum Applied {
     Applied,
     /// The event id was processed before; nothing changed.
     Duplicate,
+    /// Older than what is stored (Stripe does not deliver in order): not applied. A
+    /// stale balance is kept in history only.
+    Stale,
     /// A type tally does not act on (recorded, so a replay is a duplicate too).
     Ignored,
 }
@@ -53,6 +57,7 @@ impl Applied {
         match self {
             Applied::Applied => "applied",
             Applied::Duplicate => "duplicate",
+            Applied::Stale => "stale",
             Applied::Ignored => "ignored",
         }
     }
@@ -69,10 +74,13 @@ pub enum EventError {
     Snapshot(#[from] SnapshotError),
 }
 
-/// Reads a verified payload.
+/// Reads a verified payload. A U+0000 anywhere in it (Postgres can store it neither
+/// in text nor in JSONB) becomes U+FFFD, so such an event is stored, not refused.
 pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
-    let event: Event = serde_json::from_slice(payload)
-        .map_err(|error| EventError::Invalid(format!("not a Stripe event: {error}")))?;
+    let invalid =
+        |error: serde_json::Error| EventError::Invalid(format!("not a Stripe event: {error}"));
+    let value: Value = serde_json::from_slice(payload).map_err(invalid)?;
+    let event: Event = serde_json::from_value(without_nul(&value).into_owned()).map_err(invalid)?;
     if event.id.is_empty() || event.id.len() > 255 {
         return Err(EventError::Invalid(
             "the event id is empty or too long".into(),
@@ -81,7 +89,8 @@ pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
     Ok(event)
 }
 
-/// Applies `event` to the tenant's records once: a replayed id changes nothing.
+/// Applies `event` to the tenant's records once: a replayed id changes nothing, and
+/// an event older than what wrote the record is recorded but not applied.
 #[tracing::instrument(name = "webhook", skip_all, fields(tenant = %tenant.slug, event = %event.id, kind = %event.event_type))]
 pub async fn apply(
     pool: &PgPool,
@@ -111,27 +120,39 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// Stores the new account object. A stored account keeps its platform (sync knows it
-/// best); a new one takes it from the event's `P/X` context.
+/// Stores the new account object, unless the record was written from something
+/// observed later. A stored account keeps its platform (sync knows it best); a new
+/// one takes it from the event's `P/X` context.
 async fn account_updated(
     tx: &mut Transaction<'_, Postgres>,
     tenant: &Tenant,
     owner_key: &str,
     event: &Event,
 ) -> Result<Applied, EventError> {
+    let observed = observation(event)?;
     let object = &event.data.object;
     let stripeid = object
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| EventError::Invalid("account.updated carries no account object".into()))?;
-    let platform = match store::accounts::platform_of(&mut **tx, tenant.id, stripeid).await? {
-        Some(stored) => stored,
+    let stored = store::accounts::lock_for_event(&mut **tx, tenant.id, stripeid).await?;
+    if stored.as_ref().is_some_and(|s| s.is_newer_than(observed)) {
+        return Ok(Applied::Stale);
+    }
+    let platform = match stored {
+        Some(stored) => stored.platform_id,
         None => platform_from_context(tenant, event.context.as_deref()),
     };
     let input = AccountInput::from_stripe_object(object, platform.as_deref(), owner_key)
         .map_err(|error| EventError::Invalid(error.to_string()))?;
-    store::accounts::upsert(&mut **tx, tenant.id, &[input]).await?;
-    Ok(Applied::Applied)
+    let outcome = store::accounts::upsert(&mut **tx, tenant.id, &[input], observed).await?;
+    // Nothing written: a sync page inserted the account, from a newer read, between
+    // the lock (which found no row) and the upsert.
+    Ok(if outcome.written == 0 {
+        Applied::Stale
+    } else {
+        Applied::Applied
+    })
 }
 
 /// The platform in an organization tenant's `P/X` context; platform tenants store none.
@@ -142,26 +163,43 @@ fn platform_from_context(tenant: &Tenant, context: Option<&str>) -> Option<Strin
     (organization && !platform.is_empty()).then(|| platform.to_owned())
 }
 
-/// The platform lost access: the account is marked removed and leaves the totals.
+/// The platform lost access: the account is marked removed and leaves the totals,
+/// unless the record was written from something observed later.
 async fn account_deauthorized(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: i64,
     event: &Event,
 ) -> Result<Applied, EventError> {
+    let observed = observation(event)?;
     let account = connected_account(event)?;
-    let removed =
-        store::accounts::mark_removed(&mut **tx, tenant_id, &[account.to_owned()], None).await?;
+    let stored = store::accounts::lock_for_event(&mut **tx, tenant_id, account).await?;
+    if stored.is_some_and(|s| s.is_newer_than(observed)) {
+        return Ok(Applied::Stale);
+    }
+    let removed = store::accounts::mark_removed(
+        &mut **tx,
+        tenant_id,
+        &[account.to_owned()],
+        observed.at(),
+        None,
+    )
+    .await?;
     store::snapshots::forget_latest(tx, tenant_id, &removed).await?;
     Ok(Applied::Applied)
 }
 
-/// Stores the event's balance as a snapshot taken when the event was created.
+/// Stores the event's balance as a snapshot taken when the event was created; one
+/// older than the account's latest snapshot goes to history only, and is stale.
 async fn balance_available(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: i64,
     event: &Event,
 ) -> Result<Applied, EventError> {
     let account = connected_account(event)?;
+    // Locked first, so the listed state read here is the one `record` decides on.
+    let listed = store::accounts::lock_for_event(&mut **tx, tenant_id, account)
+        .await?
+        .is_some_and(|stored| stored.listed);
     let balance: Balance = serde_json::from_value(event.data.object.clone())
         .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
     let totals = Totals::from_balance(&balance)
@@ -179,7 +217,14 @@ async fn balance_available(
     )
     .await?;
     tracing::debug!(?recorded, "balance snapshot from webhook");
-    Ok(Applied::Applied)
+    // A removed account's snapshot is history only too, as it always was; that is
+    // not staleness.
+    Ok(match recorded {
+        Recorded::HistoryOnly(_) if listed => Applied::Stale,
+        Recorded::Latest(_) | Recorded::HistoryOnly(_) | Recorded::UnknownAccount => {
+            Applied::Applied
+        }
+    })
 }
 
 fn connected_account(event: &Event) -> Result<&str, EventError> {
@@ -193,6 +238,14 @@ fn connected_account(event: &Event) -> Result<&str, EventError> {
                 event.event_type
             ))
         })
+}
+
+/// When the event observed the account: its `created`, received now.
+fn observation(event: &Event) -> Result<Observed, EventError> {
+    Ok(Observed::Event {
+        created: event_time(event)?,
+        received: Utc::now(),
+    })
 }
 
 fn event_time(event: &Event) -> Result<DateTime<Utc>, EventError> {
@@ -249,5 +302,16 @@ mod tests {
         )
         .expect("an event");
         assert_eq!(event.account.as_deref(), Some("acct_1"));
+    }
+
+    #[test]
+    fn parse_replaces_nul_everywhere_in_the_event() {
+        let event = parse(
+            br#"{"id": "evt_\u0000", "type": "account.updated", "created": 1,
+                 "data": {"object": {"id": "acct_1", "business_profile": {"name": "A\u0000B"}}}}"#,
+        )
+        .expect("an event");
+        assert_eq!(event.id, "evt_\u{fffd}");
+        assert_eq!(event.data.object["business_profile"]["name"], "A\u{fffd}B");
     }
 }

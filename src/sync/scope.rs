@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Instant;
 
+use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Progress, SyncError, SyncOptions};
 use crate::store;
-use crate::store::accounts::AccountInput;
+use crate::store::accounts::{AccountInput, Observed};
 use crate::store::sync_runs::{RunCounts, SyncRun};
 use crate::store::tenants::Tenant;
 use crate::stripe::{StripeError, TenantClient};
@@ -84,14 +85,16 @@ impl Sync<'_> {
     }
 
     /// Pages through the scope's list, newest first. Fetching runs ahead of writing
-    /// by a few pages; whichever side fails first stops the other.
+    /// by a few pages; whichever side fails first stops the other. Each page goes with
+    /// when its request was sent: a webhook event newer than that wins over it.
     async fn list_scope(&mut self, scope: &Scope) -> Result<HashSet<String>, SyncError> {
-        let (pages, mut arrived) = mpsc::channel::<Vec<Value>>(PREFETCH_PAGES);
+        let (pages, mut arrived) = mpsc::channel::<(Observed, Vec<Value>)>(PREFETCH_PAGES);
         let client = self.client;
         let limit = self.options.page_limit;
         let fetch = async move {
             let mut cursor: Option<String> = None;
             loop {
+                let observed = Observed::Fetched(Utc::now());
                 let page = client
                     .list_accounts_page(scope.platform(), cursor.as_deref(), limit)
                     .await
@@ -110,7 +113,7 @@ impl Sync<'_> {
                     });
                 }
                 // A closed channel means the writer failed; its error is the one reported.
-                if pages.send(page.data).await.is_err() || !more {
+                if pages.send((observed, page.data)).await.is_err() || !more {
                     return Ok(());
                 }
             }
@@ -118,8 +121,9 @@ impl Sync<'_> {
         let this = &mut *self;
         let write = async move {
             let mut seen = HashSet::new();
-            while let Some(objects) = arrived.recv().await {
-                this.commit_page(scope, &objects, &mut seen).await?;
+            while let Some((observed, objects)) = arrived.recv().await {
+                this.commit_page(scope, &objects, observed, &mut seen)
+                    .await?;
             }
             Ok::<_, SyncError>(seen)
         };
@@ -139,6 +143,8 @@ impl Sync<'_> {
         let mut seen = HashSet::new();
         let client = self.client;
         for batch in ids.chunks(usize::from(self.options.page_limit.max(1))) {
+            // The batch's requests go out from here on; the earliest is the safe stamp.
+            let observed = Observed::Fetched(Utc::now());
             // Collected first: a closure over `&String` held across the await would need
             // a higher-ranked bound that `tokio::spawn` cannot prove.
             let requests: Vec<_> = batch
@@ -150,7 +156,8 @@ impl Sync<'_> {
                 .try_collect()
                 .await?;
             let objects: Vec<Value> = found.into_iter().flatten().collect();
-            self.commit_page(scope, &objects, &mut seen).await?;
+            self.commit_page(scope, &objects, observed, &mut seen)
+                .await?;
         }
         Ok(seen)
     }
@@ -161,6 +168,7 @@ impl Sync<'_> {
         &mut self,
         scope: &Scope,
         objects: &[Value],
+        observed: Observed,
         seen: &mut HashSet<String>,
     ) -> Result<(), SyncError> {
         let inputs = objects
@@ -170,7 +178,7 @@ impl Sync<'_> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
-        let outcome = store::accounts::upsert(&mut *tx, self.tenant.id, &inputs).await?;
+        let outcome = store::accounts::upsert(&mut *tx, self.tenant.id, &inputs, observed).await?;
         let mut counts = self.counts;
         counts.pages += 1;
         counts.accounts_seen += inputs.len() as i64;
@@ -186,9 +194,9 @@ impl Sync<'_> {
         Ok(())
     }
 
-    /// Marks the scope's stored accounts that the listing did not return. Accounts a
-    /// webhook wrote after the run started are left alone: the listing may have passed
-    /// their place before they existed.
+    /// Marks the scope's stored accounts that the listing did not return, as observed
+    /// when the run started. Accounts a webhook wrote after the run started are left
+    /// alone: the listing may have passed their place before they existed.
     async fn remove_unseen(
         &mut self,
         scope: &Scope,
@@ -206,9 +214,14 @@ impl Sync<'_> {
         .await?;
         for batch in unseen.chunks(REMOVE_BATCH) {
             let mut tx = self.pool.begin().await?;
-            let removed =
-                store::accounts::mark_removed(&mut *tx, self.tenant.id, batch, Some(started_at))
-                    .await?;
+            let removed = store::accounts::mark_removed(
+                &mut *tx,
+                self.tenant.id,
+                batch,
+                started_at,
+                Some(started_at),
+            )
+            .await?;
             store::snapshots::forget_latest(&mut tx, self.tenant.id, &removed).await?;
             let mut counts = self.counts;
             counts.removed += removed.len() as i64;

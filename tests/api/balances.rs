@@ -380,7 +380,7 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
 
     let removed = vec![ids[0].clone()];
     let mut tx = app.pool.begin().await.expect("tx");
-    tally::store::accounts::mark_removed(&mut *tx, tenant_id, &removed, None)
+    tally::store::accounts::mark_removed(&mut *tx, tenant_id, &removed, chrono::Utc::now(), None)
         .await
         .expect("mark");
     tally::store::snapshots::forget_latest(&mut tx, tenant_id, &removed)

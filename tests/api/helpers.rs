@@ -12,7 +12,7 @@ use tally::config::Settings;
 use tally::crypto::MasterKey;
 use tally::domain::Role;
 use tally::store;
-use tally::store::accounts::AccountInput;
+use tally::store::accounts::{AccountInput, Observed};
 use tally::tenants::StripeTenants;
 
 /// The server Postgres runs on; tests create and drop their own databases in it.
@@ -197,11 +197,17 @@ impl TestApp {
 
     pub async fn token(&self, role: Role, tenant: Option<&str>) -> String {
         use secrecy::ExposeSecret;
-        tally::commands::token::create(&self.pool, role, tenant)
+        // A pool of its own: a test that drops a sync mid-transaction (a "killed"
+        // process) may leave a shared pooled connection inside that transaction for a
+        // moment, and a token created there would not be visible to the server.
+        let pool = PgPool::connect(&self.db.url).await.expect("connect");
+        let token = tally::commands::token::create(&pool, role, tenant)
             .await
             .expect("token created")
             .expose_secret()
-            .to_owned()
+            .to_owned();
+        pool.close().await;
+        token
     }
 
     /// Stores accounts the way sync does: through the store's upsert.
@@ -221,9 +227,14 @@ impl TestApp {
                 .expect("valid account object")
             })
             .collect();
-        store::accounts::upsert(&self.pool, tenant_id, &inputs)
-            .await
-            .expect("upsert");
+        store::accounts::upsert(
+            &self.pool,
+            tenant_id,
+            &inputs,
+            Observed::Fetched(chrono::Utc::now()),
+        )
+        .await
+        .expect("upsert");
     }
 
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {

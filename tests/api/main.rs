@@ -2,13 +2,16 @@
 
 mod accounts;
 mod auth;
+mod bad_input;
 mod balances;
 mod cli;
 mod doctor;
+mod event_order;
 mod health;
 mod helpers;
 mod metrics;
 mod refresh;
+mod streams;
 mod sync;
 mod tenants;
 mod webhooks;

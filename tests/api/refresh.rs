@@ -633,3 +633,49 @@ async fn sigterm_of_tally_serve_gives_back_what_it_holds() {
         .expect("refreshes");
     assert_eq!(statuses, ["interrupted"]);
 }
+
+#[tokio::test]
+async fn metrics_show_each_tenants_freshness_and_the_rate_in_force() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 12,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|settings| {
+        settings.refresh.enabled = true;
+        settings.refresh.interval_secs = 600;
+    })
+    .await;
+    // A slug of its own: the metrics recorder is shared by every test in the process.
+    tenant_on(&app, &sim, "gauged", 40).await;
+    let owner = app.token(Role::Owner, None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = app
+            .get("/metrics", &owner)
+            .await
+            .text()
+            .await
+            .expect("text");
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has(r#"tally_accounts_listed{tenant="gauged"} 12"#)
+            && has(r#"tally_accounts_stale{tenant="gauged"} 0"#)
+            && has(r#"tally_accounts_failing{tenant="gauged"} 0"#)
+            && has(r#"tally_refresh_backlog_accounts{tenant="gauged"} 0"#)
+            && has(r#"tally_stripe_rate_per_second{tenant="gauged"} 40"#)
+        {
+            assert!(text.contains(r#"tally_oldest_snapshot_age_seconds{tenant="gauged"}"#));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gauges never showed the fresh tenant:\n{}",
+            text.lines()
+                .filter(|l| l.contains("gauged"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,41 @@
+//! Per-tenant gauges for `/metrics` (DESIGN §5), read from Postgres by each worker
+//! every few seconds, so any replica's `/metrics` shows the whole fleet's state:
+//! how old the oldest snapshot is, how many accounts are stale (older than the
+//! interval) or failing, the refresher's backlog (accounts its running refreshes
+//! still need), accounts leased right now, and the shared rate in force.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+
+use super::demand;
+use crate::store;
+
+pub async fn update(pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    for tenant in store::refreshes::tenant_health(pool, demand::cutoff(interval)).await? {
+        let labels = [("tenant", tenant.slug.clone())];
+        let oldest_age = tenant.oldest.map_or(0.0, |oldest| {
+            (now - oldest).num_milliseconds() as f64 / 1000.0
+        });
+        metrics::gauge!("tally_oldest_snapshot_age_seconds", &labels).set(oldest_age);
+        metrics::gauge!("tally_accounts_listed", &labels).set(tenant.listed as f64);
+        metrics::gauge!("tally_accounts_stale", &labels)
+            .set((tenant.listed - tenant.fresh).max(0) as f64);
+        metrics::gauge!("tally_accounts_failing", &labels).set(tenant.failed as f64);
+        metrics::gauge!("tally_accounts_leased", &labels).set(tenant.leased as f64);
+        if let Some(rate) = tenant.rate {
+            metrics::gauge!("tally_stripe_rate_per_second", &labels).set(f64::from(rate));
+        }
+        let mut backlog = 0;
+        for refresh in store::refreshes::running(pool, tenant.tenant_id).await? {
+            backlog +=
+                store::refreshes::progress(pool, tenant.tenant_id, &refresh.scope, refresh.cutoff)
+                    .await?
+                    .pending();
+        }
+        metrics::gauge!("tally_refresh_backlog_accounts", &labels).set(backlog as f64);
+    }
+    Ok(())
+}
