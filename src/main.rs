@@ -156,7 +156,15 @@ fn main() -> ExitCode {
     let result = Settings::load()
         .map_err(anyhow::Error::from)
         .and_then(|settings| {
-            tally::telemetry::init(settings.log.format, &settings.log.level);
+            match &cli.command {
+                Command::Demo { .. } => {
+                    let path = std::env::temp_dir().join("tally-demo.log");
+                    tally::telemetry::init_to_file(&settings.log.level, &path)
+                        .with_context(|| format!("opening the demo's log {}", path.display()))?;
+                    eprintln!("demo: logs go to {}", path.display());
+                }
+                _ => tally::telemetry::init(settings.log.format, &settings.log.level),
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(run(cli.command, settings))
         });

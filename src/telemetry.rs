@@ -29,3 +29,25 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
     };
 }
+
+/// Installs the subscriber writing to `path` (appending, no colours): the demo's
+/// console is for its story, and the logs stay where an operator can read them.
+pub fn init_to_file(level: &str, path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file)),
+        )
+        .try_init();
+    Ok(())
+}

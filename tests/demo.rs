@@ -103,6 +103,13 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
         let _ = err.read_to_string(&mut stderr);
     }
     assert!(status.success(), "demo exits 0 after SIGTERM: {stderr}");
+    // The console tells the story; the retries of the two broken accounts are in the
+    // log file, not interleaved with it.
+    assert!(
+        !stderr.contains("WARN") && !output.contains("WARN"),
+        "no log lines on the console:\n{stderr}"
+    );
+    assert!(stderr.contains("demo: logs go to "), "{stderr}");
     let cluster = stderr
         .lines()
         .find_map(|l| l.strip_prefix("demo: private cluster in "))

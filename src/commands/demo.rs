@@ -91,6 +91,7 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
     let owner = super::token::create(&pool, Role::Owner, None).await?;
     let reader = super::token::create(&pool, Role::Reader, Some("acme")).await?;
     settings.server.bind = bind;
+    let interval = settings.refresh.interval_secs;
     let app = Application::with_parts(settings, pool, stripe)
         .await
         .context("pass --bind 127.0.0.1:0 for any free port")?;
@@ -99,6 +100,7 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
         owner.expose_secret(),
         reader.expose_secret(),
         &sim,
+        interval,
     );
     // The server's refresher keeps every account fresh from here on, as in production.
     app.run_until_stopped(http::shutdown_signal()).await?;
@@ -162,17 +164,20 @@ async fn add_tenants(
     Ok(())
 }
 
-fn print_try_it(address: SocketAddr, owner: &str, reader: &str, sim: &SimHandle) {
+fn print_try_it(address: SocketAddr, owner: &str, reader: &str, sim: &SimHandle, interval: u64) {
     let base = format!("http://{address}/api/administrator/connect");
     println!(
         "\n== tally is serving on http://{address} (Ctrl-C to stop) ==\n\
+         its refresher keeps every account's balance younger than {interval} s from here on\n\
          owner token (every tenant): {owner}\n\
          reader token (tenant acme): {reader}\n\n\
          Try:\n\
          export TOKEN={reader}\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/stripe-accounts?limit=3'\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/stripe-accounts-count'\n\
-         curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/balances?max_age=300'\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/balances'                       # at once, from what is stored\n\
+         curl -si -H \"Authorization: Bearer $TOKEN\" '{base}/balances?max_age=60&wait=5'     # 200, or 202 + Location to poll\n\
+         curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/balances/refreshes'             # what the refresher did\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Accept: text/csv' '{base}/balances?max_age=300'\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/stripe-account/balance?stripeid={account}&max_age=0'\n\
          curl -s -H \"Authorization: Bearer {owner}\" '{base}/balances?tenant=org&max_age=300'\n\

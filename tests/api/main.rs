@@ -6,6 +6,7 @@ mod bad_input;
 mod balances;
 mod cli;
 mod doctor;
+mod errors;
 mod event_order;
 mod health;
 mod helpers;

@@ -679,3 +679,76 @@ async fn metrics_show_each_tenants_freshness_and_the_rate_in_force() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_ends_a_long_request_after_the_grace_period() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 100,
+        latency_ms: 500,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(api_only).await;
+    tenant_on(&app, &sim, "acme", 5).await;
+    let reader = app.token(Role::Reader, Some("acme")).await;
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &app.db.url)
+        .env("TALLY_MASTER_KEY", &app.master_base64)
+        .env("TALLY_ENV", "test")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .env("TALLY__SERVER__SHUTDOWN_GRACE_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "serve never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 100 accounts at 5/s cannot be fresh for a minute: this poll waits its 25 s.
+    let poll = tokio::spawn({
+        let request = app
+            .client
+            .get(format!("{base}{BALANCES}?max_age=0&wait=25"))
+            .bearer_auth(reader);
+        async move { request.send().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "serve outlived its 2 s grace by far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "stopped {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    poll.abort();
+}

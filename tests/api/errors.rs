@@ -1,0 +1,106 @@
+//! Errors the framework or the middleware make, not a handler: every one has the
+//! error body with a stable code (DESIGN §3), never an empty or plain-text answer.
+
+use serde_json::Value;
+use tally::domain::Role;
+use tally::sim::SimConfig;
+
+use crate::helpers::{spawn_app, spawn_app_with, spawn_sim};
+
+async fn error_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status}: {content_type}"
+    );
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["object"], "error", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    (status, body)
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_with_the_error_body() {
+    let app = spawn_app().await;
+    let token = app.token(Role::Owner, None).await;
+    let (status, body) = error_body(app.get("/api/administrator/nothing-here", &token).await).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not-found")));
+
+    let response = app
+        .client
+        .delete(format!(
+            "{}/api/administrator/connect/stripe-accounts",
+            app.address
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    let allow = response.headers().get("allow").cloned();
+    let (status, body) = error_body(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (405, Some("method-not-allowed"))
+    );
+    assert!(
+        allow.is_some_and(|a| a.to_str().unwrap_or("").contains("GET")),
+        "Allow names the methods there are"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_answers_413_with_the_error_body() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let response = app
+        .client
+        .post(format!("{}/webhooks/stripe/acme", app.address))
+        .header("content-type", "application/json")
+        .header("stripe-signature", "t=1,v1=00")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("sent");
+    let (status, body) = error_body(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("body-too-large"))
+    );
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_answers_503_request_timeout() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        // 200 accounts at 300 ms, 16 in flight: about 4 s of fetching.
+        accounts_per_platform: 200,
+        latency_ms: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|settings| settings.server.request_timeout_secs = 1).await;
+    let tenant = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(tenant, &sim, &ids, None).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    // Waiting up to 5 s for a refresh cannot fit a 1 s limit.
+    let started = std::time::Instant::now();
+    let response = app
+        .get(
+            "/api/administrator/connect/balances?max_age=0&wait=5",
+            &token,
+        )
+        .await;
+    let (status, body) = error_body(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("request-timeout"))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
