@@ -752,3 +752,106 @@ async fn sigterm_ends_a_long_request_after_the_grace_period() {
     );
     poll.abort();
 }
+
+#[tokio::test]
+async fn a_persons_single_account_goes_ahead_of_a_background_round() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 200,
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|settings| {
+        settings.refresh.enabled = true;
+        settings.refresh.interval_secs = 600;
+    })
+    .await;
+    // 200 accounts at 5/s: the background round takes 40 s.
+    let tenant_id = tenant_on(&app, &sim, "acme", 5).await;
+    let reader = app.token(Role::Reader, Some("acme")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetched(&app, tenant_id).await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the background round never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The account the round would reach last (it goes by creation, oldest snapshot first).
+    let last: String = sqlx::query_scalar(
+        "SELECT a.stripeid FROM stripe_accounts a WHERE a.tenant_id = $1
+           AND NOT EXISTS (SELECT 1 FROM latest_balances l
+                           WHERE l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid)
+         ORDER BY a.stripeid DESC LIMIT 1",
+    )
+    .bind(tenant_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("an account not fetched yet");
+    let asked = Instant::now();
+    let (status, body) = app
+        .get_json(
+            &format!(
+                "/api/administrator/connect/stripe-account/balance?stripeid={last}&max_age=60&wait=10"
+            ),
+            &reader,
+        )
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "balance");
+    assert_eq!(body["stripeid"], last.as_str());
+    assert!(
+        took < Duration::from_secs(4),
+        "a person's account waited {took:?} behind background work"
+    );
+    assert!(
+        fetched(&app, tenant_id).await < 100,
+        "the round was still going"
+    );
+}
+
+#[tokio::test]
+async fn accounts_created_on_stripe_appear_without_anyone_running_sync() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = spawn_app_with(|settings| settings.sync.interval_secs = 2).await;
+    let tenant_id = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let listed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM stripe_accounts WHERE tenant_id = $1 AND removed_at IS NULL",
+        )
+        .bind(tenant_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed().await < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the first sync never ran by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let platform = sim.keys().platforms[0].id.clone();
+    sim.add_accounts(&platform, 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed().await < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "new Stripe accounts never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE status = 'succeeded'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("runs");
+    assert!(runs >= 2, "scheduled syncs: {runs}");
+}
