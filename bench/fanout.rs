@@ -22,8 +22,6 @@ use secrecy::SecretString;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::http::AppState;
-use tally::refresh::Tasks;
 use tally::sim::SimConfig;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
@@ -261,15 +259,9 @@ async fn aggregate_part() {
         )
         .await;
     let token = common::reader_token(&env.pool, "agg").await;
-    let state = AppState::new(
-        env.pool.clone(),
-        Arc::new(env.settings.clone()),
-        env.stripe(),
-        Tasks::new(),
-    );
     let url = format!(
         "{}/api/administrator/connect/balances?max_age=86400",
-        common::serve(state).await
+        common::serve(env.settings.clone(), env.pool.clone(), env.stripe()).await
     );
     let client = reqwest::Client::new();
     let mut loaded = 0;

@@ -19,7 +19,6 @@ use serde_json::json;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::http::AppState;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
 
@@ -162,15 +161,9 @@ async fn main() {
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
-    let state = AppState::new(
-        pool.clone(),
-        Arc::new(settings),
-        stripe,
-        tally::refresh::Tasks::new(),
-    );
     let base = format!(
         "{}/api/administrator/connect/stripe-accounts",
-        common::serve(state).await
+        common::serve(settings, pool.clone(), stripe).await
     );
     let host = base
         .trim_end_matches("/api/administrator/connect/stripe-accounts")

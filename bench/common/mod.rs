@@ -293,13 +293,19 @@ pub async fn load(
     }
 }
 
-/// Serves `state` on a free port in this process; returns `http://host:port`.
-pub async fn serve(state: tally::http::AppState) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// Serves tally (the same composition root as `tally serve`) on a free port in this
+/// process; returns `http://host:port`.
+pub async fn serve(
+    mut settings: tally::config::Settings,
+    pool: sqlx::PgPool,
+    stripe: std::sync::Arc<tally::tenants::StripeTenants>,
+) -> String {
+    settings.server.bind = "127.0.0.1:0".parse().expect("address");
+    let app = tally::app::Application::with_parts(settings, pool, stripe)
         .await
-        .expect("bind");
-    let host = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
+        .expect("application");
+    let host = format!("http://{}", app.address());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     host
 }
 
