@@ -80,6 +80,7 @@ impl Application {
         if state.settings.refresh.worker {
             state.refresher.spawn(None);
         }
+        spawn_token_use_flusher(&state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -104,4 +105,30 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How often the last uses of tokens are written.
+const TOKEN_USES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes tokens' last uses every few seconds, and once more when stopping.
+fn spawn_token_use_flusher(state: &AppState) {
+    let (uses, pool, cancel) = (
+        state.token_uses.clone(),
+        state.pool.clone(),
+        state.tasks.cancel.clone(),
+    );
+    state.tasks.tracker.spawn(async move {
+        loop {
+            let stopping = tokio::select! {
+                () = cancel.cancelled() => true,
+                () = tokio::time::sleep(TOKEN_USES_EVERY) => false,
+            };
+            if let Err(error) = uses.flush(&pool).await {
+                tracing::warn!(error = %error, "recording token uses failed; kept for the next try");
+            }
+            if stopping {
+                break;
+            }
+        }
+    });
 }

@@ -148,7 +148,23 @@ enum TokenCommand {
         role: Role,
         #[arg(long, value_name = "SLUG")]
         tenant: Option<String>,
+        /// What the token is for ("finance-bot").
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime: 90d, 12h, 30m, 45s (default: no expiry).
+        #[arg(long, value_name = "LIFETIME", value_parser = commands::token::parse_lifetime)]
+        expires_in: Option<std::time::Duration>,
     },
+    /// List tokens (id, name, role, tenant, first characters, created, last used,
+    /// expires, status); never the tokens themselves.
+    List {
+        #[arg(long, value_name = "SLUG")]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Revoke a token: every server refuses it within 2 s.
+    Revoke { id: i64 },
 }
 
 fn main() -> ExitCode {
@@ -294,10 +310,39 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             print!("{}", report.render());
             report.ensure_clean()?;
         }
-        Command::Token(TokenCommand::Create { role, tenant }) => {
+        Command::Token(TokenCommand::Create {
+            role,
+            tenant,
+            name,
+            expires_in,
+        }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let token = commands::token::create(&pool, role, tenant.as_deref()).await?;
+            let spec = commands::token::TokenSpec {
+                role: Some(role),
+                tenant,
+                name,
+                expires_in,
+            };
+            let (token, _) = commands::token::create_with(&pool, role, &spec).await?;
             println!("{}", token.expose_secret());
+        }
+        Command::Token(TokenCommand::List { tenant, format }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let tokens = commands::token::list(&pool, tenant.as_deref()).await?;
+            match format {
+                ListFormat::Table => print!("{}", commands::token::render_table(&tokens)),
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
+            }
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let token = commands::token::revoke(&pool, id).await?;
+            println!(
+                "token {} ({}) revoked at {}",
+                token.id,
+                token.prefix,
+                token.revoked_at.unwrap_or_default()
+            );
         }
     }
     Ok(())

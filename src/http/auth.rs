@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 
 use super::error::ApiError;
 use super::AppState;
@@ -71,34 +72,85 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
 
 /// Recently verified tokens, so a dashboard or poller does not cost a database
 /// round trip per request. Entries live [`TOKEN_CACHE_TTL`]; that bounds how long a
-/// token deleted from the database keeps working in this process.
+/// token revoked (on any replica, or with the CLI) keeps working in this process.
+/// An expiry is checked on every request, cached or not.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+    entries: Mutex<HashMap<Vec<u8>, CachedToken>>,
 }
 
-const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+/// A verified caller, its expiry, and when it was verified.
+type CachedToken = (Caller, Option<DateTime<Utc>>, Instant);
+
+/// Short enough that a revoked token stops working everywhere within 2 s.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 const TOKEN_CACHE_MAX: usize = 10_000;
 
 impl TokenCache {
-    fn get(&self, hash: &[u8]) -> Option<Caller> {
+    fn get(&self, hash: &[u8]) -> Option<(Caller, Option<DateTime<Utc>>)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(hash)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(caller, _)| caller.clone())
+            .filter(|(_, _, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(caller, expires_at, _)| (caller.clone(), *expires_at))
     }
 
-    fn put(&self, hash: Vec<u8>, caller: Caller) {
+    fn put(&self, hash: Vec<u8>, caller: Caller, expires_at: Option<DateTime<Utc>>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= TOKEN_CACHE_MAX {
-            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            entries.retain(|_, (_, _, at)| at.elapsed() < TOKEN_CACHE_TTL);
             if entries.len() >= TOKEN_CACHE_MAX {
                 entries.clear();
             }
         }
-        entries.insert(hash, (caller, Instant::now()));
+        entries.insert(hash, (caller, expires_at, Instant::now()));
     }
+}
+
+/// When each token was last used, collected in memory and written in one statement
+/// every few seconds (`flush`), never one write per request.
+#[derive(Default)]
+pub struct TokenUses {
+    pending: Mutex<HashMap<i64, DateTime<Utc>>>,
+}
+
+impl TokenUses {
+    fn record(&self, token_id: i64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token_id, Utc::now());
+    }
+
+    /// Writes what was collected; on failure it is kept for the next flush.
+    pub async fn flush(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let batch: Vec<(i64, DateTime<Utc>)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.drain().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (ids, at): (Vec<i64>, Vec<DateTime<Utc>>) = batch.iter().copied().unzip();
+        if let Err(error) = store::tokens::record_uses(pool, &ids, &at).await {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, when) in batch {
+                pending.entry(id).or_insert(when);
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+fn refuse_expired(expires_at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    if expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::TokenRefused {
+            code: "token-expired",
+            message: "this token has expired; create a new one (tally token create)",
+        });
+    }
+    Ok(())
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -109,13 +161,22 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(caller.clone());
         }
         let hash = hash_token(bearer_token(parts)?);
-        if let Some(caller) = state.tokens.get(&hash) {
+        if let Some((caller, expires_at)) = state.tokens.get(&hash) {
+            refuse_expired(expires_at)?;
+            state.token_uses.record(caller.token_id);
             parts.extensions.insert(caller.clone());
             return Ok(caller);
         }
         let grant = store::tokens::find_by_hash(&state.pool, &hash)
             .await?
             .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        if grant.revoked_at.is_some() {
+            return Err(ApiError::TokenRefused {
+                code: "token-revoked",
+                message: "this token was revoked",
+            });
+        }
+        refuse_expired(grant.expires_at)?;
         let role = Role::parse(&grant.role)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
         let tenant = match (grant.tenant_id, grant.tenant_slug) {
@@ -127,7 +188,8 @@ impl FromRequestParts<AppState> for Caller {
             role,
             tenant,
         };
-        state.tokens.put(hash, caller.clone());
+        state.tokens.put(hash, caller.clone(), grant.expires_at);
+        state.token_uses.record(caller.token_id);
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

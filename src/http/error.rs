@@ -24,6 +24,12 @@ pub enum ApiError {
     TooMany { code: &'static str, message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A token that exists but may no longer be used, with a code saying why.
+    #[error("{message}")]
+    TokenRefused {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("{0}")]
     Forbidden(&'static str),
     /// Stripe could not give us what was asked; the body carries Stripe's error and a hint.
@@ -87,7 +93,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::TokenRefused { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::TenantCredential(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,6 +110,7 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::TooMany { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::TokenRefused { code, .. } => code,
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Upstream(_) => "stripe-request-failed",
             ApiError::TenantCredential(_) => "tenant-credential-unusable",

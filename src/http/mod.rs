@@ -11,6 +11,7 @@ pub mod metrics;
 mod query;
 mod streams;
 pub mod sync;
+pub mod tokens;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Background work (syncs, the refresher) stops with these on shutdown.
     pub tasks: Tasks,
     tokens: Arc<auth::TokenCache>,
+    /// Last uses of tokens, written in batches by the composition root.
+    pub token_uses: Arc<auth::TokenUses>,
     streams: Arc<streams::Streams>,
 }
 
@@ -70,6 +73,7 @@ impl AppState {
             refresher,
             tasks,
             tokens: Arc::new(auth::TokenCache::default()),
+            token_uses: Arc::new(auth::TokenUses::default()),
         }
     }
 
@@ -125,6 +129,7 @@ pub fn app(state: AppState) -> Router {
         .merge(accounts::router())
         .merge(balances::router())
         .merge(sync::router())
+        .merge(tokens::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.

@@ -7,8 +7,9 @@
 //! minus the database's clock, so the hosts' clocks never need to agree. A 429 seen by
 //! any process halves the shared rate. Background work only reserves while the queue
 //! is short (the horizon), so a person's request queues behind at most that much.
-//! If the database cannot be reached the process falls back to its own limiter at
-//! the same rate: Stripe stays paced, only the sharing is lost until it answers.
+//! If the database cannot be asked (down, or no connection free within the pool's
+//! timeout) the process falls back to its own limiter at a quarter of the rate:
+//! Stripe stays paced, only the sharing is lost until it answers.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -24,6 +25,11 @@ use crate::stripe::{AdaptiveRate, Priority, RateBudget};
 const BACKGROUND_HORIZON: Duration = Duration::from_millis(250);
 /// Shortest nap before background work asks again.
 const MIN_RETRY: Duration = Duration::from_millis(5);
+/// Up to this much is added to a background retry, at random.
+const RETRY_JITTER_MS: u64 = 100;
+/// While the database cannot be asked, a process sends at this fraction of the rate:
+/// the others are probably doing the same.
+const FALLBACK_SHARE: u32 = 4;
 /// A request that wakes up later than this after its slot (a loaded host) gives the
 /// slot up and reserves again: sent inside [slot, slot + tolerance], requests with
 /// slots `1.05 s / rate` apart still never put more than `rate` into any second.
@@ -51,7 +57,7 @@ impl SharedBudget {
             tenant_id,
             configured,
             last_rate: AtomicU32::new(configured),
-            fallback: AdaptiveRate::new(configured),
+            fallback: AdaptiveRate::new((configured / FALLBACK_SHARE).max(1)),
             warned: AtomicBool::new(false),
         }
     }
@@ -74,7 +80,10 @@ impl SharedBudget {
                     self.warned.store(false, Ordering::Relaxed);
                     let wait = (slot.slot_at - slot.db_now).to_std().unwrap_or_default();
                     if !slot.reserved {
-                        let retry = wait.saturating_sub(BACKGROUND_HORIZON).max(MIN_RETRY);
+                        // Spread out, so the background waiters of every replica do
+                        // not all ask again at the same instant.
+                        let retry = wait.saturating_sub(BACKGROUND_HORIZON).max(MIN_RETRY)
+                            + Duration::from_millis(rand::random_range(0..=RETRY_JITTER_MS));
                         tokio::time::sleep(retry).await;
                         continue;
                     }

@@ -39,8 +39,8 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How often a tenant's row (rate, key) and sync schedule are looked at again.
 const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(5);
-/// On shutdown, fetches already sent get this long to land before they are dropped
-/// (their leases are given back either way).
+/// On shutdown, fetches already sent get this long (or half the grace period, if
+/// shorter) to land before they are dropped; their leases are given back either way.
 const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,9 @@ pub struct RefresherOptions {
     /// Re-sync each tenant's accounts this often (`None`: never by itself).
     pub sync_interval: Option<Duration>,
     pub sync: SyncOptions,
+    /// How long fetches in flight may finish after cancellation, leaving the rest of
+    /// the shutdown grace for giving back leases.
+    pub drain: Duration,
 }
 
 impl RefresherOptions {
@@ -83,6 +86,7 @@ impl RefresherOptions {
             sync_interval: (settings.sync.interval_secs > 0)
                 .then(|| Duration::from_secs(settings.sync.interval_secs)),
             sync: SyncOptions::from_settings(settings),
+            drain: DRAIN_ON_SHUTDOWN.min(settings.shutdown_grace() / 2),
         }
     }
 
@@ -242,6 +246,9 @@ impl Inner {
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "giving back leases failed; they expire"),
         }
+        // Forgotten before counting the others: of two workers stopping together,
+        // the one counting last sees nobody and marks what is left.
+        let _ = store::refreshes::deregister_worker(&self.pool, self.id).await;
         let others =
             store::refreshes::other_live_workers(&self.pool, self.id, ALIVE_WITHIN.as_secs_f64())
                 .await;
@@ -257,7 +264,6 @@ impl Inner {
                 }
             }
         }
-        let _ = store::refreshes::deregister_worker(&self.pool, self.id).await;
     }
 
     /// Works one tenant until the process stops or the tenant is removed.
@@ -316,7 +322,7 @@ impl Inner {
         }
         // Fetches already sent get a moment to land; the rest are dropped and their
         // leases given back by `give_back`.
-        let _ = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
+        let _ = tokio::time::timeout(self.options.drain, async {
             while inflight.join_next().await.is_some() {}
         })
         .await;
@@ -324,7 +330,7 @@ impl Inner {
     }
 
     /// The tenant row and its client, reloaded every few seconds. `Ok(None)`: the
-    /// tenant is gone. `Err`: its credential cannot be used (demands were failed).
+    /// tenant is gone. `Err`: this process cannot use its credential.
     async fn tenant_and_client(
         &self,
         tenant_id: i64,
@@ -352,21 +358,10 @@ impl Inner {
         match self.stripe.client_for(&tenant) {
             Ok(client) => Ok(Some((tenant, client))),
             Err(error) => {
-                let reason = format!("tenant-credential-unusable: {error}");
-                if let Ok(running) = store::refreshes::running(&self.pool, tenant.id).await {
-                    for refresh in running {
-                        let _ = store::refreshes::finish(
-                            &self.pool,
-                            refresh.id,
-                            "failed",
-                            &Default::default(),
-                            Some(&reason),
-                        )
-                        .await;
-                    }
-                }
+                // This process cannot open the key (another replica may): it skips
+                // the tenant and says so once; requests answer the reason themselves.
                 if !state.credential_warned {
-                    tracing::error!(tenant = %tenant.slug, error = %error, "the refresher cannot use this tenant's credential");
+                    tracing::error!(tenant = %tenant.slug, error = %error, "the refresher cannot use this tenant's credential; skipping it");
                     state.credential_warned = true;
                 }
                 Err(())

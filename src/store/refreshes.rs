@@ -179,7 +179,9 @@ pub async fn claim_due(
                                    AND r.expires_at > now())
                ORDER BY l.fetched_at
                LIMIT $6
-               FOR UPDATE OF l SKIP LOCKED
+               -- The account row first, as storing a snapshot locks it: the same
+               -- order everywhere, and accounts being stored right now are skipped.
+               FOR UPDATE OF a, l SKIP LOCKED
            ),
            picked AS (
                SELECT stripeid FROM (SELECT * FROM never UNION ALL SELECT * FROM stale) due
@@ -357,14 +359,18 @@ pub async fn start_or_join(
     Ok((refresh, started))
 }
 
-/// The tenant's running refreshes, those a person waits on first.
+/// The tenant's running refreshes, in the order they get slots: those someone waits
+/// on first, narrow scopes before wide ones.
 pub async fn running(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<Vec<Refresh>, sqlx::Error> {
     let rows = sqlx::query_as!(
         RefreshRow,
         r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
                   done, failed, error, started_at, finished_at
            FROM balance_refreshes WHERE tenant_id = $1 AND status = 'running'
-           ORDER BY (trigger = 'schedule'), started_at"#,
+           -- Someone waiting first; then the narrowest scope (one account, one
+           -- owner) so a person's account never waits behind a whole tenant.
+           ORDER BY (trigger = 'schedule'), (scope_stripeid IS NULL), (scope_owner IS NULL),
+                    started_at"#,
         tenant_id
     )
     .fetch_all(db)
@@ -511,7 +517,13 @@ pub async fn interrupt_running(db: impl PgExecutor<'_>, reason: &str) -> Result<
     .rows_affected())
 }
 
-/// The cutoff of the scope's latest refresh that finished within `max_age` having
+/// A poll arriving this long after the refresh it waited for finished still counts
+/// it, however short its `max_age`: a loop sleeping between polls must not miss it
+/// and start another whole refresh.
+const FINISHED_GRACE_SECS: f64 = 60.0;
+
+/// The cutoff of the scope's latest refresh that finished within `max_age` (or the
+/// grace period) having
 /// asked, when it started, for data at least that fresh. A `max_age` shorter than a
 /// whole refresh of the scope takes is met by such a refresh, as long as every
 /// account was tried since its cutoff (accounts listed after it still need a try).
@@ -524,11 +536,12 @@ pub async fn recent_success_cutoff(
     sqlx::query_scalar!(
         r#"SELECT max(cutoff) FROM balance_refreshes
            WHERE tenant_id = $1 AND scope_key = $2 AND status = 'succeeded'
-             AND finished_at >= now() - make_interval(secs => $3)
+             AND finished_at >= now() - make_interval(secs => GREATEST($3::float8, $4::float8))
              AND cutoff >= started_at - make_interval(secs => $3)"#,
         tenant_id,
         scope.key(),
-        max_age_secs
+        max_age_secs,
+        FINISHED_GRACE_SECS
     )
     .fetch_one(db)
     .await

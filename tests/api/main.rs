@@ -15,4 +15,5 @@ mod refresh;
 mod streams;
 mod sync;
 mod tenants;
+mod tokens;
 mod webhooks;

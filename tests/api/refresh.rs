@@ -112,7 +112,8 @@ async fn wait_until_all_tried(app: &TestApp, tenant_id: i64, within: Duration) {
     }
 }
 
-#[tokio::test]
+// Several threads: the simulator times arrivals on the runtime the replicas use too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_gets_202_with_a_refresh_to_follow_then_200_with_exact_totals() {
     let sim = spawn_sim(SimConfig {
         platforms: 1,
@@ -292,7 +293,8 @@ async fn refresh_parameters_and_ids_are_checked() {
     );
 }
 
-#[tokio::test]
+// Several threads: the simulator times arrivals on the runtime the replicas use too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_fetch_each_account_once_within_the_tenants_rate() {
     let sim = spawn_sim(SimConfig {
         platforms: 1,

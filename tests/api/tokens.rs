@@ -1,0 +1,264 @@
+//! Token lifecycle (issue 9): create with a name and an expiry, list without the
+//! token, revoke; a revoked or expired token is refused everywhere within 2 s with
+//! a code that says why; last use is recorded in batches.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tally::domain::Role;
+
+use crate::helpers::{spawn_app, TestApp};
+
+const TOKENS: &str = "/api/administrator/tokens";
+const COUNT: &str = "/api/administrator/connect/stripe-accounts-count";
+
+async fn post_token(app: &TestApp, owner: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}{TOKENS}", app.address))
+        .bearer_auth(owner)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+async fn delete_token(app: &TestApp, owner: &str, id: &Value) -> (u16, Value) {
+    let response = app
+        .client
+        .delete(format!("{}{TOKENS}/{id}", app.address))
+        .bearer_auth(owner)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn an_owner_creates_lists_and_revokes_tokens_over_http() {
+    let mut app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let owner = app.token(Role::Owner, None).await;
+    let (status, created) = post_token(
+        &app,
+        &owner,
+        json!({"role": "reader", "tenant": "acme", "name": "finance-bot", "expiresIn": "90d"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().expect("shown once").to_owned();
+    assert_eq!(created["name"], "finance-bot");
+    assert_eq!(created["status"], "active");
+    assert!(created["expiresAt"].is_string());
+
+    let (status, _) = app.get_json(COUNT, &token).await;
+    assert_eq!(status, 200);
+
+    let response = app.get(TOKENS, &owner).await;
+    let text = response.text().await.expect("text");
+    assert!(!text.contains(&token), "a list never shows a token");
+    let listed: Value = serde_json::from_str(&text).expect("json");
+    let row = listed["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|t| t["id"] == created["id"])
+        .cloned()
+        .expect("listed");
+    assert_eq!(row["prefix"], format!("{}…", &token[..8]));
+    assert_eq!(row["tenant"], "acme");
+
+    let (status, revoked) = delete_token(&app, &owner, &created["id"]).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["status"], "revoked");
+    // The server's cache lets it live at most a second longer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = app.get_json(COUNT, &token).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token-revoked"))
+    );
+
+    // Readers and admins cannot manage tokens; bad requests say why.
+    let (status, _) = app.get_json(TOKENS, &token).await;
+    assert_eq!(status, 401);
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let (status, body) = app.get_json(TOKENS, &admin).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, body) = post_token(&app, &owner, json!({"role": "king"})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid-role")));
+    let (status, body) = post_token(
+        &app,
+        &owner,
+        json!({"role": "reader", "tenant": "acme", "expiresIn": "5y"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-expires-in"))
+    );
+    let (status, body) = post_token(&app, &owner, json!({"role": "reader"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-tenant"))
+    );
+    let (status, body) = delete_token(&app, &owner, &json!(999_999)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("invalid-tokenid"))
+    );
+
+    // Last use is written in batches (and on the way out), not per request.
+    let admin_id: i64 = sqlx::query_scalar("SELECT max(id) FROM api_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .expect("id");
+    let (status, _) = app.get_json(COUNT, &admin).await;
+    assert_eq!(status, 200);
+    app.shut_down().await;
+    let pool = sqlx::PgPool::connect(&app.db.url).await.expect("connect");
+    let last_used: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT last_used_at FROM api_tokens WHERE id = $1")
+            .bind(admin_id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert!(last_used.is_some(), "the use was recorded");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_with_token_expired() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let owner = app.token(Role::Owner, None).await;
+    let (_, created) = post_token(
+        &app,
+        &owner,
+        json!({"role": "reader", "tenant": "acme", "expiresIn": "2s"}),
+    )
+    .await;
+    let token = created["token"].as_str().expect("token").to_owned();
+    let (status, _) = app.get_json(COUNT, &token).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, body) = app.get_json(COUNT, &token).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token-expired"))
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+fn tally(app: &TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("DATABASE_URL", &app.db.url)
+        .env("TALLY_MASTER_KEY", &app.master_base64)
+        .env("TALLY_ENV", "test")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .output()
+        .expect("tally runs")
+}
+
+#[tokio::test]
+async fn a_token_revoked_with_the_cli_is_refused_by_another_server_within_two_seconds() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let created = tally(
+        &app,
+        &[
+            "token",
+            "create",
+            "--role",
+            "reader",
+            "--tenant",
+            "acme",
+            "--name",
+            "dash",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("tly_"));
+
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &app.db.url)
+        .env("TALLY_MASTER_KEY", &app.master_base64)
+        .env("TALLY_ENV", "test")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let url = format!("http://127.0.0.1:{port}{COUNT}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = app.client.get(&url).bearer_auth(&token).send().await {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let listed = tally(&app, &["token", "list", "--format", "json"]);
+    let text = String::from_utf8(listed.stdout).expect("utf-8");
+    assert!(!text.contains(&token), "the list never shows a token");
+    let tokens: Value = serde_json::from_str(&text).expect("json");
+    let id = tokens[0]["id"].to_string();
+    assert_eq!(tokens[0]["name"], "dash");
+
+    let revoked = tally(&app, &["token", "revoke", &id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let revoked_at = Instant::now();
+    let refused_after = loop {
+        let response = app
+            .client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sent");
+        if response.status() == 401 {
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["code"], "token-revoked");
+            break revoked_at.elapsed();
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused_after <= Duration::from_secs(2),
+        "refused after {refused_after:?}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
