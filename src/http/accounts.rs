@@ -23,7 +23,7 @@ use super::AppState;
 use crate::domain::api_timestamp;
 use crate::domain::{OwnerId, StripeAccountId};
 use crate::store;
-use crate::store::accounts::{AccountRow, ListingKey, CHUNK_ROWS};
+use crate::store::accounts::{AccountRow, Direction, ListingKey, CHUNK_ROWS};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -51,7 +51,12 @@ struct ListQuery {
     offset: i64,
     limit: i64,
     all: bool,
+    /// `starting_after` / `ending_before`: a page by cursor instead of by offset.
+    cursor: Option<(Direction, StripeAccountId)>,
 }
+
+/// The largest page by cursor (a cursor page is never streamed).
+const CURSOR_LIMIT_MAX: i64 = 500;
 
 impl ListQuery {
     fn parse(raw: Option<&str>, default_limit: i64) -> Result<ListQuery, ApiError> {
@@ -87,11 +92,58 @@ impl ListQuery {
             Some(value) => parse_bool(value)
                 .ok_or_else(|| ApiError::invalid("invalid-all", "all must be true or false"))?,
         };
+        let cursor_param = |key: &str, code: &'static str| {
+            params
+                .get(key)
+                .map(|value| {
+                    StripeAccountId::parse(value).ok_or_else(|| {
+                        ApiError::invalid(
+                            code,
+                            format!("{key} must be the stripeid of a listed account"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let after = cursor_param("starting_after", "invalid-starting-after")?;
+        let before = cursor_param("ending_before", "invalid-ending-before")?;
+        let cursor = match (after, before) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "invalid-ending-before",
+                    "give starting_after or ending_before, not both",
+                ))
+            }
+            (Some(id), None) => Some((Direction::Forward, id)),
+            (None, Some(id)) => Some((Direction::Backward, id)),
+            (None, None) => None,
+        };
+        if cursor.is_some() {
+            if params.get("offset").is_some() {
+                return Err(ApiError::invalid(
+                    "invalid-offset",
+                    "offset and a cursor (starting_after, ending_before) cannot be combined",
+                ));
+            }
+            if all {
+                return Err(ApiError::invalid(
+                    "invalid-all",
+                    "all=true and a cursor (starting_after, ending_before) cannot be combined",
+                ));
+            }
+            if limit > CURSOR_LIMIT_MAX {
+                return Err(ApiError::invalid(
+                    "invalid-limit",
+                    "with a cursor, limit is an integer from 1 to 500",
+                ));
+            }
+        }
         Ok(ListQuery {
             owner: owner_param(&params)?,
             offset,
             limit,
             all,
+            cursor,
         })
     }
 }
@@ -164,27 +216,110 @@ async fn list(
         return stream_listing(&state, &scope, query).await;
     }
     let owner = query.owner.as_ref().map(OwnerId::as_str);
-    let page = store::accounts::page_with_total(
-        &state.pool,
-        scope.tenant.id,
-        owner,
-        query.offset,
-        query.limit,
-    )
-    .await?;
-    if owner.is_some() && page.total == 0 {
-        return Err(unknown_owner());
-    }
-    let records = page
-        .rows
+    let (rows, total, has_prev, has_next) = match &query.cursor {
+        None => {
+            let page = store::accounts::page_with_total(
+                &state.pool,
+                scope.tenant.id,
+                owner,
+                query.offset,
+                query.limit,
+            )
+            .await?;
+            if owner.is_some() && page.total == 0 {
+                return Err(unknown_owner());
+            }
+            let shown = i64::try_from(page.rows.len()).unwrap_or(i64::MAX);
+            let has_next = query.offset.saturating_add(shown) < page.total;
+            (page.rows, page.total, query.offset > 0, has_next)
+        }
+        Some((direction, stripeid)) => {
+            let total = listed_count(&state, scope.tenant.id, query.owner.as_ref()).await?;
+            let (code, key_name) = match direction {
+                Direction::Forward => ("invalid-starting-after", "starting_after"),
+                Direction::Backward => ("invalid-ending-before", "ending_before"),
+            };
+            let key = store::accounts::listing_key(&state.pool, scope.tenant.id, stripeid.as_str())
+                .await?
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        code,
+                        format!("{key_name}: no listed account has that stripeid"),
+                    )
+                })?;
+            // One more than asked says whether the walk goes on past this page.
+            let mut rows = store::accounts::page_from(
+                &state.pool,
+                scope.tenant.id,
+                owner,
+                &key,
+                *direction,
+                query.limit + 1,
+            )
+            .await?;
+            let more = rows.len() as i64 > query.limit;
+            match direction {
+                Direction::Forward => {
+                    rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+                    (rows, total, true, more)
+                }
+                Direction::Backward => {
+                    if more {
+                        rows.remove(0);
+                    }
+                    (rows, total, more, true)
+                }
+            }
+        }
+    };
+    let records = rows
         .iter()
         .map(|row| StripeAccountRecord::new(row, &scope.tenant.slug))
         .collect::<Result<Vec<_>, _>>()?;
+    let link = page_links(&query, &rows, has_prev, has_next, raw.as_deref());
     let mut response = Json(records).into_response();
-    response
-        .headers_mut()
-        .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(page.total));
+    let headers = response.headers_mut();
+    headers.insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LINK, link);
+    }
     Ok(response)
+}
+
+/// The RFC 8288 `Link` header of a page: `rel="next"` (records after its last) and
+/// `rel="prev"` (records before its first), by cursor, keeping the other parameters.
+fn page_links(
+    query: &ListQuery,
+    rows: &[AccountRow],
+    has_prev: bool,
+    has_next: bool,
+    raw: Option<&str>,
+) -> Option<String> {
+    let kept: Vec<(String, String)> =
+        serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| {
+                !matches!(key.as_str(), "offset" | "starting_after" | "ending_before")
+            })
+            .collect();
+    let link = |cursor: &str, id: &str, rel: &str| {
+        let mut pairs = kept.clone();
+        if !pairs.iter().any(|(key, _)| key == "limit") {
+            pairs.push(("limit".into(), query.limit.to_string()));
+        }
+        pairs.push((cursor.into(), id.into()));
+        let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("</api/administrator/connect/stripe-accounts?{encoded}>; rel=\"{rel}\"")
+    };
+    let mut links = Vec::new();
+    if let (true, Some(first)) = (has_prev, rows.first()) {
+        links.push(link("ending_before", &first.stripeid, "prev"));
+    }
+    if let (true, Some(last)) = (has_next, rows.last()) {
+        links.push(link("starting_after", &last.stripeid, "next"));
+    }
+    (!links.is_empty()).then(|| links.join(", "))
 }
 
 /// A streamed listing: `all=true`, or a page above [`STREAM_ABOVE`]. The first chunk
@@ -471,7 +606,8 @@ mod tests {
                 owner: None,
                 offset: 0,
                 limit: 7,
-                all: false
+                all: false,
+                cursor: None,
             })
         );
     }
@@ -483,6 +619,30 @@ mod tests {
         assert_eq!(parse("limit=0").unwrap_err(), "invalid-limit");
         assert_eq!(parse("limit=1.5").unwrap_err(), "invalid-limit");
         assert_eq!(parse("all=yes").unwrap_err(), "invalid-all");
+        assert_eq!(
+            parse("starting_after=x").unwrap_err(),
+            "invalid-starting-after"
+        );
+        assert_eq!(
+            parse("ending_before=x").unwrap_err(),
+            "invalid-ending-before"
+        );
+        assert_eq!(
+            parse("starting_after=acct_1A&ending_before=acct_1B").unwrap_err(),
+            "invalid-ending-before"
+        );
+        assert_eq!(
+            parse("starting_after=acct_1A&offset=2").unwrap_err(),
+            "invalid-offset"
+        );
+        assert_eq!(
+            parse("starting_after=acct_1A&all=true").unwrap_err(),
+            "invalid-all"
+        );
+        assert_eq!(
+            parse("starting_after=acct_1A&limit=501").unwrap_err(),
+            "invalid-limit"
+        );
     }
 
     #[test]
@@ -494,7 +654,8 @@ mod tests {
                 owner: OwnerId::parse("acct_o"),
                 offset: 3,
                 limit: 2,
-                all: true
+                all: true,
+                cursor: None,
             }
         );
     }
@@ -507,6 +668,8 @@ mod tests {
             Just("all"),
             Just("accountid"),
             Just("stripeid"),
+            Just("starting_after"),
+            Just("ending_before"),
             Just("x")
         ];
         let value = prop_oneof![
@@ -540,7 +703,7 @@ mod tests {
                     prop_assert!(matches!(
                         error.code(),
                         "invalid-query" | "invalid-offset" | "invalid-limit" | "invalid-all"
-                            | "invalid-accountid"
+                            | "invalid-accountid" | "invalid-starting-after" | "invalid-ending-before"
                     ), "{}", error.code());
                 }
             }

@@ -590,3 +590,86 @@ mod tests {
         ));
     }
 }
+
+/// The listing key of a listed account of the tenant (a cursor), or `None`.
+pub async fn listing_key(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+) -> Result<Option<ListingKey>, sqlx::Error> {
+    sqlx::query_as!(
+        ListingKey,
+        r#"SELECT created_at, stripeid FROM stripe_accounts
+           WHERE tenant_id = $1 AND stripeid = $2 AND removed_at IS NULL"#,
+        tenant_id,
+        stripeid
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Up to `limit` listed records just after `after` (`Forward`) or just before it
+/// (`Backward`), in listing order either way (of one owner's when `owner` is given).
+/// The index walk starts at the key, so a page costs the same at any depth.
+pub async fn page_from(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    owner: Option<&str>,
+    key: &ListingKey,
+    direction: Direction,
+    limit: i64,
+) -> Result<Vec<AccountRow>, sqlx::Error> {
+    match direction {
+        Direction::Forward => {
+            sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND removed_at IS NULL
+                     AND ($4::text IS NULL OR accountid = $4)
+                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+                   ORDER BY created_at DESC, stripeid
+                   LIMIT $5"#,
+                tenant_id,
+                key.created_at,
+                key.stripeid,
+                owner,
+                limit
+            )
+            .fetch_all(db)
+            .await
+        }
+        Direction::Backward => {
+            let mut rows = sqlx::query_as!(
+                AccountRow,
+                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
+                          created_at, updated_at, removed_at
+                   FROM stripe_accounts
+                   WHERE tenant_id = $1 AND removed_at IS NULL
+                     AND ($4::text IS NULL OR accountid = $4)
+                     AND created_at >= $2 AND (created_at > $2 OR stripeid < $3)
+                   ORDER BY created_at, stripeid DESC
+                   LIMIT $5"#,
+                tenant_id,
+                key.created_at,
+                key.stripeid,
+                owner,
+                limit
+            )
+            .fetch_all(db)
+            .await?;
+            rows.reverse();
+            Ok(rows)
+        }
+    }
+}
+
+/// Which side of a cursor a page is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `starting_after`: the records after it.
+    Forward,
+    /// `ending_before`: the records before it.
+    Backward,
+}

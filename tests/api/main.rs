@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod balances;
 mod cli;
+mod cursor;
 mod doctor;
 mod errors;
 mod event_order;
