@@ -9,6 +9,7 @@ mod doctor;
 mod event_order;
 mod health;
 mod helpers;
+mod last_good;
 mod metrics;
 mod refresh;
 mod streams;

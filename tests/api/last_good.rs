@@ -1,0 +1,173 @@
+//! Last-known-good balances: an account whose fetch fails keeps its latest
+//! successful balance in the totals while it counts as failed, says how old that
+//! balance is, and moves to the new balance once Stripe answers again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::balances::{expected_totals, platform_setup, reported_totals, BALANCES, ONE};
+use crate::doctor::{doctor, stdout};
+use crate::helpers::TestApp;
+
+fn at(value: &Value) -> DateTime<Utc> {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {value}"))
+        .parse()
+        .expect("RFC 3339")
+}
+
+fn failure<'a>(body: &'a Value, stripeid: &str) -> &'a Value {
+    body["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .find(|f| f["stripeid"] == stripeid)
+        .unwrap_or_else(|| panic!("{stripeid} in failures: {body}"))
+}
+
+/// Per currency, the sums of every CSV row that has amounts, and each row's status.
+async fn csv_rows(
+    app: &TestApp,
+    token: &str,
+) -> (BTreeMap<String, [i64; 4]>, Vec<BTreeMap<String, String>>) {
+    let text = app
+        .client
+        .get(format!("{}{BALANCES}", app.address))
+        .bearer_auth(token)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    let mut sums: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for record in csv::Reader::from_reader(text.as_bytes()).deserialize() {
+        let record: BTreeMap<String, String> = record.expect("a CSV row");
+        if !record["currency"].is_empty() {
+            let n = |k: &str| record[k].parse::<i64>().expect("integer");
+            let sum = sums.entry(record["currency"].clone()).or_default();
+            sum[0] += n("available");
+            sum[1] += n("pending");
+            sum[2] += n("connect_reserved");
+            sum[3] += n("instant_available");
+        }
+        rows.push(record);
+    }
+    (sums, rows)
+}
+
+async fn assert_no_drift(app: &TestApp) {
+    let check = doctor(app, &[]).await;
+    assert!(check.status.success(), "{}", stdout(&check));
+    assert!(stdout(&check).contains("no drift"), "{}", stdout(&check));
+}
+
+#[tokio::test]
+async fn a_failing_account_keeps_its_last_good_balance_until_stripe_answers_again() {
+    let (app, sim, ids, token) = platform_setup(6).await;
+    let (flaky, never) = (ids[0].clone(), ids[5].clone());
+    // Never read successfully: it adds nothing, whatever happens to the others.
+    sim.fail_account(&never, 400);
+    let (status, first) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(status, 200, "{first}");
+    let good_balances = expected_totals(&sim, &ids[..5]);
+    assert_eq!(reported_totals(&first), good_balances);
+    assert!(failure(&first, &never)["lastGoodAt"].is_null(), "{first}");
+
+    let owner_of = |id: &str| {
+        sim.account_object(id).expect("object")["metadata"]["accountid"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let owner = owner_of(&flaky).expect("the fixture's first account has an owner");
+    let owned: Vec<String> = ids[..5]
+        .iter()
+        .filter(|id| owner_of(id).as_deref() == Some(owner.as_str()))
+        .cloned()
+        .collect();
+    let owner_before = expected_totals(&sim, &owned);
+
+    // Stripe fails for an account that was just read, and its money moves meanwhile.
+    sim.fail_account(&flaky, 400);
+    sim.move_money(&flaky);
+    let (status, failing) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(status, 200, "{failing}");
+    assert_eq!(
+        reported_totals(&failing),
+        good_balances,
+        "the failed account keeps its last good balance in the totals"
+    );
+    assert_eq!(failing["complete"], false);
+    assert_eq!(
+        failing["accounts"],
+        serde_json::json!({"total": 6, "ok": 4, "failed": 2, "stale": 0})
+    );
+    let flaky_failure = failure(&failing, &flaky);
+    assert_eq!(flaky_failure["status"], 400);
+    let last_good_at = at(&flaky_failure["lastGoodAt"]);
+    let tried_at = at(&flaky_failure["fetchedAt"]);
+    assert!(last_good_at < tried_at, "{flaky_failure}");
+    assert!(at(&first["asOf"]) > last_good_at);
+    let never_failure = failure(&failing, &never);
+    assert!(never_failure["lastGoodAt"].is_null(), "{never_failure}");
+    assert!(never_failure["fetchedAt"].is_string(), "{never_failure}");
+
+    // One owner's aggregate (summed from the rows, not the kept totals) agrees.
+    let (_, mine) = app
+        .get_json(&format!("{BALANCES}?accountid={owner}"), &token)
+        .await;
+    assert_eq!(reported_totals(&mine), owner_before, "{mine}");
+    assert_eq!(mine["complete"], false);
+    assert_eq!(at(&failure(&mine, &flaky)["lastGoodAt"]), last_good_at);
+
+    // The CSV: the failed account's last good amounts, marked failed with its code.
+    let (sums, rows) = csv_rows(&app, &token).await;
+    assert_eq!(sums, good_balances);
+    let flaky_rows: Vec<_> = rows.iter().filter(|r| r["stripeid"] == flaky).collect();
+    assert!(!flaky_rows.is_empty());
+    for row in &flaky_rows {
+        assert_eq!(row["status"], "failed", "{row:?}");
+        assert!(!row["error_code"].is_empty(), "{row:?}");
+        assert!(!row["currency"].is_empty(), "{row:?}");
+        assert!(!row["last_good_at"].is_empty(), "{row:?}");
+    }
+    let never_rows: Vec<_> = rows.iter().filter(|r| r["stripeid"] == never).collect();
+    assert_eq!(never_rows.len(), 1, "{never_rows:?}");
+    assert_eq!(never_rows[0]["currency"], "");
+    assert_eq!(never_rows[0]["last_good_at"], "");
+
+    // The single-account endpoint still answers the failure, now with its age.
+    let (status, one) = app
+        .get_json(&format!("{ONE}?stripeid={flaky}"), &token)
+        .await;
+    assert_eq!(
+        (status, one["code"].as_str()),
+        (502, Some("stripe-request-failed"))
+    );
+    let difference = at(&one["failure"]["lastGoodAt"]) - last_good_at;
+    assert!(difference.num_milliseconds().abs() < 1, "{one}");
+    assert!(one["failure"]["fetchedAt"].is_string(), "{one}");
+    let (_, one) = app
+        .get_json(&format!("{ONE}?stripeid={never}"), &token)
+        .await;
+    assert!(one["failure"]["lastGoodAt"].is_null(), "{one}");
+    assert_no_drift(&app).await;
+
+    // Good again: the totals move to the new balance.
+    sim.heal_account(&flaky);
+    let (_, healed) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    let moved = expected_totals(&sim, &ids[..5]);
+    assert_ne!(moved, good_balances, "the simulator's balance moved");
+    assert_eq!(reported_totals(&healed), moved);
+    assert_eq!(
+        healed["accounts"],
+        serde_json::json!({"total": 6, "ok": 5, "failed": 1, "stale": 0})
+    );
+    assert_eq!(healed["failures"].as_array().map(Vec::len), Some(1));
+    assert_no_drift(&app).await;
+}
