@@ -93,6 +93,9 @@ pub struct RefreshSettings {
 pub struct SyncSettings {
     /// Each tenant's account list is re-synced this often (0: only when asked).
     pub interval_secs: u64,
+    /// A running sync renews its lease on a timer; one whose lease is older than this
+    /// (its process died) is taken over by the next sync.
+    pub lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +193,9 @@ impl Settings {
         }
         if self.refresh.interval_secs < 1 {
             return invalid("refresh.interval_secs", "must be at least 1");
+        }
+        if self.sync.lease_secs < 1 {
+            return invalid("sync.lease_secs", "must be at least 1");
         }
         if self.refresh.lease_secs < 1 {
             return invalid("refresh.lease_secs", "must be at least 1");
