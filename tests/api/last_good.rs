@@ -171,3 +171,85 @@ async fn a_failing_account_keeps_its_last_good_balance_until_stripe_answers_agai
     assert_eq!(healed["failures"].as_array().map(Vec::len), Some(1));
     assert_no_drift(&app).await;
 }
+
+/// Records `outcome` for `stripeid` as observed at `at`, as a webhook would.
+async fn record(
+    app: &TestApp,
+    stripeid: &str,
+    at: DateTime<Utc>,
+    balance: Option<&Value>,
+) -> tally::store::snapshots::Recorded {
+    use tally::store::snapshots::SnapshotOutcome;
+    let tenant_id = tally::store::tenants::find_by_slug(&app.pool, "acme")
+        .await
+        .expect("query")
+        .expect("tenant")
+        .id;
+    let error = serde_json::json!({"status": 500, "type": "api_error", "code": null,
+                                   "message": "down", "requestId": "req_1", "hint": "retry"});
+    let totals = balance.map(|balance| {
+        let parsed: tally::stripe::Balance =
+            serde_json::from_value(balance.clone()).expect("balance");
+        tally::money::Totals::from_balance(&parsed).expect("totals")
+    });
+    let outcome = match (balance, &totals) {
+        (Some(raw), Some(totals)) => SnapshotOutcome::Balance { raw, totals },
+        _ => SnapshotOutcome::Error(&error),
+    };
+    let mut conn = app.pool.acquire().await.expect("conn");
+    tally::store::snapshots::record(&mut conn, tenant_id, stripeid, at, "webhook", outcome)
+        .await
+        .expect("recorded")
+}
+
+#[tokio::test]
+async fn a_late_balance_newer_than_the_last_good_one_fills_it_in_without_becoming_the_latest() {
+    use tally::store::snapshots::Recorded;
+    let (app, sim, ids, token) = platform_setup(3).await;
+    let (status, _) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    assert_eq!(status, 200);
+    // Postgres keeps microseconds.
+    let now = chrono::DurationRound::duration_trunc(Utc::now(), chrono::Duration::microseconds(1))
+        .expect("truncated");
+    let usd = |amount: i64| {
+        serde_json::json!({"object": "balance", "livemode": false, "pending": [],
+                           "available": [{"amount": amount, "currency": "usd"}]})
+    };
+    let expected = |amount: i64| {
+        let mut totals = expected_totals(&sim, &ids[1..]);
+        totals.entry("usd".to_owned()).or_default()[0] += amount;
+        totals
+    };
+
+    // The latest try fails; then a balance observed before that failure, but after the
+    // last good one, arrives late: it is history, not the latest, yet it is the newest
+    // balance known, so the totals take it.
+    let failed = record(&app, &ids[0], now + chrono::Duration::seconds(10), None).await;
+    assert!(matches!(failed, Recorded::Latest(_)), "{failed:?}");
+    let late = record(
+        &app,
+        &ids[0],
+        now + chrono::Duration::seconds(5),
+        Some(&usd(12345)),
+    )
+    .await;
+    assert!(matches!(late, Recorded::HistoryOnly(_)), "{late:?}");
+    let (_, body) = app.get_json(BALANCES, &token).await;
+    assert_eq!(reported_totals(&body), expected(12345));
+    assert_eq!(body["accounts"]["failed"], 1);
+    let entry = failure(&body, &ids[0]);
+    assert_eq!(at(&entry["lastGoodAt"]), now + chrono::Duration::seconds(5));
+
+    // One older than the last good balance changes nothing.
+    let older = record(
+        &app,
+        &ids[0],
+        now + chrono::Duration::seconds(2),
+        Some(&usd(1)),
+    )
+    .await;
+    assert!(matches!(older, Recorded::HistoryOnly(_)), "{older:?}");
+    let (_, body) = app.get_json(BALANCES, &token).await;
+    assert_eq!(reported_totals(&body), expected(12345));
+    assert_no_drift(&app).await;
+}
