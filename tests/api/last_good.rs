@@ -253,3 +253,119 @@ async fn a_late_balance_newer_than_the_last_good_one_fills_it_in_without_becomin
     assert_eq!(reported_totals(&body), expected(12345));
     assert_no_drift(&app).await;
 }
+
+#[tokio::test]
+async fn the_migration_gives_failed_accounts_their_newest_stored_balance_and_the_totals_follow() {
+    let db = crate::helpers::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations"
+    )))
+    .await
+    .expect("migrations");
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            all.iter()
+                .filter(|m| m.version < 20261201000003)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.expect("the earlier migrations");
+    // acct_a: two balances, then a failure (the newest balance is its last good one);
+    // acct_b: only a failure; acct_c: ok.
+    sqlx::raw_sql(
+        r#"INSERT INTO tenants (slug, credential_kind, key_ciphertext, key_last4, api_version)
+               VALUES ('acme', 'platform', '\x00', '1234', 'v');
+           INSERT INTO stripe_accounts (tenant_id, stripeid, stripe_object, created_at)
+               SELECT id, s, '{}', now() FROM tenants, unnest(ARRAY['acct_a', 'acct_b', 'acct_c']) s;
+           INSERT INTO balance_snapshots (id, tenant_id, stripeid, fetched_at, source, balance, error)
+           SELECT v.id, t.id, v.stripeid, now() - v.age, 'fetch', v.balance::jsonb, v.error::jsonb
+           FROM tenants t, (VALUES
+             (1, 'acct_a', interval '3 min', '{"available":[{"amount":100,"currency":"USD"}],"pending":[]}', NULL),
+             (2, 'acct_a', interval '2 min', '{"available":[{"amount":200,"currency":"USD"},{"amount":-5,"currency":"eur"}],"pending":[{"amount":-7,"currency":"usd"}],"connect_reserved":[{"amount":9,"currency":"usd"}],"instant_available":[{"amount":3,"currency":"usd","net_available":[]}]}', NULL),
+             (3, 'acct_a', interval '1 min', NULL, '{"code":"x"}'),
+             (4, 'acct_b', interval '1 min', NULL, '{"code":"y"}'),
+             (5, 'acct_c', interval '1 min', '{"available":[{"amount":1,"currency":"usd"}],"pending":[]}', NULL)
+           ) AS v(id, stripeid, age, balance, error);
+           INSERT INTO latest_balances (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts)
+           SELECT s.tenant_id, s.stripeid, s.id, s.fetched_at, s.balance IS NOT NULL,
+                  CASE WHEN s.balance IS NULL THEN '[]'::jsonb ELSE
+                  '[{"currency":"usd","available":1,"pending":0,"connect_reserved":0,"instant_available":0}]' END
+           FROM balance_snapshots s WHERE s.id IN (3, 4, 5);
+           INSERT INTO tenant_balance_totals SELECT id, 'usd', 1, 0, 0, 0, 1 FROM tenants;
+           INSERT INTO tenant_balance_counts SELECT id, 1, 2 FROM tenants;"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("rows as the earlier schema kept them");
+
+    all.run(&pool).await.expect("the last-good migration");
+
+    let rows: Vec<(String, i64, bool, Option<i64>, bool, Value)> = sqlx::query_as(
+        "SELECT stripeid, snapshot_id, ok, good_snapshot_id, good_at IS NOT NULL, amounts
+         FROM latest_balances ORDER BY stripeid",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("latest");
+    let usd = |available, pending, reserved, instant| {
+        serde_json::json!({"currency": "usd", "available": available, "pending": pending,
+                           "connect_reserved": reserved, "instant_available": instant})
+    };
+    let eur = serde_json::json!({"currency": "eur", "available": -5, "pending": 0,
+                                 "connect_reserved": 0, "instant_available": 0});
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "acct_a".to_owned(),
+                3,
+                false,
+                Some(2),
+                true,
+                serde_json::json!([eur, usd(200, -7, 9, 3)])
+            ),
+            (
+                "acct_b".to_owned(),
+                4,
+                false,
+                None,
+                false,
+                serde_json::json!([])
+            ),
+            (
+                "acct_c".to_owned(),
+                5,
+                true,
+                Some(5),
+                true,
+                serde_json::json!([usd(1, 0, 0, 0)])
+            ),
+        ]
+    );
+    let totals: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT currency, available, pending, connect_reserved, instant_available, holders
+         FROM tenant_balance_totals ORDER BY currency",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("totals");
+    assert_eq!(
+        totals,
+        vec![
+            ("eur".to_owned(), -5, 0, 0, 0, 1),
+            ("usd".to_owned(), 201, -7, 9, 3, 2)
+        ]
+    );
+    let mut conn = pool.acquire().await.expect("conn");
+    let drift = tally::store::doctor::find_drift(&mut conn)
+        .await
+        .expect("doctor");
+    assert!(drift.is_empty(), "{drift:?}");
+    drop(conn);
+    pool.close().await;
+    drop(db);
+}
