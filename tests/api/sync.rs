@@ -491,9 +491,8 @@ async fn the_sync_endpoints_start_a_background_run_and_show_it() {
     assert_eq!(done["status"], "succeeded", "{done}");
 }
 
-/// Runs `tally sync <slug>` against the app's database, off the runtime that serves
-/// the simulator the CLI talks to.
-async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
+/// `tally sync <slug>` against the app's database, with the test configuration.
+fn cli_sync_command(app: &TestApp, slug: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
     command
         .args(["sync", slug])
@@ -504,6 +503,12 @@ async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
             concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
         )
         .env("TALLY_ENV", "test");
+    command
+}
+
+/// Runs `tally sync <slug>`, off the runtime that serves the simulator the CLI talks to.
+async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
+    let mut command = cli_sync_command(app, slug);
     tokio::task::spawn_blocking(move || command.output().expect("tally runs"))
         .await
         .expect("joined")
@@ -550,15 +555,7 @@ async fn the_cli_syncs_and_explains_failure_in_one_line() {
 
 /// `tally sync <slug>` as a child process holding a `lease_secs` lease.
 fn spawn_cli_sync(app: &TestApp, slug: &str, lease_secs: u64) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["sync", slug])
-        .env("DATABASE_URL", &app.db.url)
-        .env("TALLY_MASTER_KEY", &app.master_base64)
-        .env(
-            "TALLY_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .env("TALLY_ENV", "test")
+    cli_sync_command(app, slug)
         .env("TALLY__SYNC__LEASE_SECS", lease_secs.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
