@@ -89,7 +89,7 @@ pub struct SyncRunRecord {
     id: Uuid,
     object: &'static str,
     appid: String,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `interrupted`.
     status: String,
     pages: i64,
     accounts_seen: i64,

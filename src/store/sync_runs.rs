@@ -23,7 +23,7 @@ pub struct RunCounts {
 pub struct SyncRun {
     pub id: Uuid,
     pub tenant_id: i64,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `interrupted`.
     pub status: String,
     pub pages: i64,
     pub accounts_seen: i64,

@@ -626,8 +626,10 @@ async fn a_sigkilled_cli_sync_is_taken_over_as_soon_as_its_lease_runs_out() {
         "taken over {:.2} s after SIGKILL (lease {LEASE_SECS} s)",
         takeover.as_secs_f64()
     );
+    // The lease ran out at most LEASE_SECS after the kill (it was renewed every
+    // sixth of it before); the rest is this loop's polling and a loaded machine.
     assert!(
-        takeover <= Duration::from_millis(LEASE_SECS * 1000 + 300),
+        takeover <= Duration::from_secs(LEASE_SECS + 1),
         "{takeover:?}"
     );
     assert_ne!(new["id"], dead.to_string());
