@@ -263,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_lease_is_thirty_seconds_unless_set_and_never_zero() {
+        assert_eq!(load_with("").expect("valid").sync.lease_secs, 30);
+        let error = load_with("[sync]\nlease_secs = 0\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("sync.lease_secs"), "{error}");
+    }
+
+    #[test]
     fn metrics_stay_on_the_api_address_unless_metrics_bind_is_set() {
         let settings = load_with("").expect("valid");
         assert_eq!(settings.server.metrics_bind, None);
