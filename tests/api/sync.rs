@@ -477,10 +477,16 @@ async fn the_sync_endpoints_start_a_background_run_and_show_it() {
         )
         .await;
     assert_eq!(status, 404);
-    let (status, _) = app
-        .get_json("/api/administrator/connect/sync/not-a-uuid", &admin)
-        .await;
-    assert_eq!(status, 404);
+    for id in ["not-a-uuid", "%80"] {
+        let (status, body) = app
+            .get_json(&format!("/api/administrator/connect/sync/{id}"), &admin)
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("invalid-syncid")),
+            "{id}"
+        );
+    }
 
     // An owner names the tenant.
     let (status, run) = post_sync(&app, &owner, "?tenant=globex").await;
