@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::domain::api_timestamp;
 use crate::fanout::{self, Aggregate, FanoutError};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
@@ -118,16 +119,32 @@ impl Balances {
         if let Some(pending) = self.freshen(tenant, scope, fresh, "poll").await? {
             return Ok(Answer::Pending(Box::new(pending)));
         }
-        let snapshot = store::snapshots::latest(&self.pool, tenant.id, stripeid)
-            .await?
-            .ok_or(BalanceError::UnknownAccount)?;
+        let (snapshot, good_at) =
+            store::snapshots::latest_and_good_at(&self.pool, tenant.id, stripeid)
+                .await?
+                .ok_or(BalanceError::UnknownAccount)?;
         match (&snapshot.balance, &snapshot.error) {
             (Some(balance), _) => Ok(Answer::Ready(AccountBalance {
                 stripeid: stripeid.to_owned(),
                 balance: balance.clone(),
                 snapshot,
             })),
-            (None, error) => Err(BalanceError::Upstream(error.clone().unwrap_or(Value::Null))),
+            (None, error) => {
+                // The failure says when it was tried and how old the last good balance
+                // (the one the totals still hold) is.
+                let mut failure = error.clone().unwrap_or_else(|| json!({}));
+                if let Some(fields) = failure.as_object_mut() {
+                    fields.insert(
+                        "fetchedAt".into(),
+                        json!(api_timestamp(&snapshot.fetched_at)),
+                    );
+                    fields.insert(
+                        "lastGoodAt".into(),
+                        json!(good_at.as_ref().map(api_timestamp)),
+                    );
+                }
+                Err(BalanceError::Upstream(failure))
+            }
         }
     }
 

@@ -93,6 +93,9 @@ pub struct RefreshSettings {
 pub struct SyncSettings {
     /// Each tenant's account list is re-synced this often (0: only when asked).
     pub interval_secs: u64,
+    /// A running sync renews its lease on a timer; one whose lease is older than this
+    /// (its process died) is taken over by the next sync.
+    pub lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +194,9 @@ impl Settings {
         if self.refresh.interval_secs < 1 {
             return invalid("refresh.interval_secs", "must be at least 1");
         }
+        if self.sync.lease_secs < 1 {
+            return invalid("sync.lease_secs", "must be at least 1");
+        }
         if self.refresh.lease_secs < 1 {
             return invalid("refresh.lease_secs", "must be at least 1");
         }
@@ -254,6 +260,15 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(error.contains("server.metrics_bind"), "{error}");
+    }
+
+    #[test]
+    fn a_sync_lease_is_thirty_seconds_unless_set_and_never_zero() {
+        assert_eq!(load_with("").expect("valid").sync.lease_secs, 30);
+        let error = load_with("[sync]\nlease_secs = 0\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("sync.lease_secs"), "{error}");
     }
 
     #[test]

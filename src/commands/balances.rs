@@ -146,6 +146,23 @@ pub async fn run(
     })
 }
 
+/// When a failed account was tried, and whether the totals still hold a balance of it.
+fn last_good_line(failure: &crate::fanout::Failure) -> String {
+    let at =
+        |at: &chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let tried = failure
+        .fetched_at
+        .as_ref()
+        .map_or_else(|| "never".to_owned(), at);
+    match &failure.last_good_at {
+        Some(good) => format!(
+            "tried {tried}; the totals hold its last good balance, of {}",
+            at(good)
+        ),
+        None => format!("tried {tried}; never read, adds nothing to the totals"),
+    }
+}
+
 /// Totals with amounts in each currency's own decimals, then the failures.
 pub fn render_table(aggregate: &Aggregate) -> String {
     let mut out = format!(
@@ -177,7 +194,7 @@ pub fn render_table(aggregate: &Aggregate) -> String {
         out.push_str("\nfailures:\n");
         for failure in &aggregate.failures {
             out.push_str(&format!(
-                "  {}  {} {}  {}\n    request {}\n    hint: {}\n",
+                "  {}  {} {}  {}\n    request {}\n    hint: {}\n    {}\n",
                 failure.stripeid,
                 failure
                     .status
@@ -190,6 +207,7 @@ pub fn render_table(aggregate: &Aggregate) -> String {
                 failure.message.as_deref().unwrap_or(""),
                 failure.request_id.as_deref().unwrap_or("-"),
                 failure.hint.as_deref().unwrap_or("-"),
+                last_good_line(failure),
             ));
         }
     }

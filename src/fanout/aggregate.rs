@@ -70,7 +70,11 @@ pub struct Failure {
     pub message: Option<String>,
     pub request_id: Option<String>,
     pub hint: Option<String>,
+    /// When the failing try was made (`None`: never tried).
     pub fetched_at: Option<DateTime<Utc>>,
+    /// When the account's last good balance was fetched: the totals still hold it
+    /// (`None`: never read, so it adds nothing).
+    pub last_good_at: Option<DateTime<Utc>>,
 }
 
 impl Failure {
@@ -78,6 +82,7 @@ impl Failure {
         stripeid: String,
         error: &Value,
         fetched_at: Option<DateTime<Utc>>,
+        last_good_at: Option<DateTime<Utc>>,
     ) -> Failure {
         let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
         Failure {
@@ -92,6 +97,7 @@ impl Failure {
             request_id: text("requestId"),
             hint: text("hint"),
             fetched_at,
+            last_good_at,
         }
     }
 
@@ -107,6 +113,7 @@ impl Failure {
                 "The refresher has not reached it yet; ask with max_age to wait for it.".into(),
             ),
             fetched_at: None,
+            last_good_at: None,
         }
     }
 }
@@ -128,7 +135,14 @@ pub async fn read(
             let mut failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
                 .await?
                 .into_iter()
-                .map(|(stripeid, error)| Failure::from_stored(stripeid, &error, None))
+                .map(|failed| {
+                    Failure::from_stored(
+                        failed.stripeid,
+                        &failed.error,
+                        Some(failed.fetched_at),
+                        failed.good_at,
+                    )
+                })
                 .collect();
             // Accounts with no snapshot at all did not contribute either: list them
             // rather than let them hide in the count.
@@ -158,17 +172,17 @@ pub async fn read(
                 if let Some(at) = row.fetched_at {
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                 }
+                // Every account adds its last good amounts, failing or not.
+                totals
+                    .add(&row.totals()?)
+                    .map_err(store::snapshots::SnapshotError::from)?;
                 match (row.ok, &row.error) {
-                    (Some(true), _) => {
-                        ok += 1;
-                        totals
-                            .add(&row.totals()?)
-                            .map_err(store::snapshots::SnapshotError::from)?;
-                    }
+                    (Some(true), _) => ok += 1,
                     (Some(false), Some(error)) => failures.push(Failure::from_stored(
                         row.stripeid.clone(),
                         error,
                         row.fetched_at,
+                        row.good_at,
                     )),
                     _ => failures.push(Failure::never_fetched(row.stripeid.clone())),
                 }
@@ -201,8 +215,10 @@ pub async fn read(
     })
 }
 
-/// The aggregate's detail as CSV: one row per account and currency; an account that
-/// did not contribute is one row with its error code and no amounts.
+/// The aggregate's detail as CSV: one row per account and currency. An account whose
+/// latest try failed has its last good amounts' rows with status `failed` and the
+/// error code (what the totals hold for it); one never read is one row with its error
+/// code and no amounts. `last_good_at` says when the amounts were fetched.
 pub async fn csv(
     pool: &PgPool,
     tenant_id: i64,
@@ -223,34 +239,19 @@ pub async fn csv(
         "fetched_at",
         "status",
         "error_code",
+        "last_good_at",
     ])?;
     for row in rows {
-        let fetched_at = row
-            .fetched_at
-            .map(|at| crate::domain::api_timestamp(&at))
-            .unwrap_or_default();
+        let timestamp = |at: Option<DateTime<Utc>>| {
+            at.map(|at| crate::domain::api_timestamp(&at))
+                .unwrap_or_default()
+        };
+        let fetched_at = timestamp(row.fetched_at);
+        let last_good_at = timestamp(row.good_at);
         let accountid = row.accountid.clone().unwrap_or_default();
         let platform = row.platform_id.clone().unwrap_or_default();
-        if row.ok == Some(true) {
-            for total in row.totals()?.rows() {
-                if currency.is_some_and(|c| c != total.currency) {
-                    continue;
-                }
-                let a = total.amounts;
-                out.write_record([
-                    row.stripeid.as_str(),
-                    &accountid,
-                    &platform,
-                    &total.currency,
-                    &a.available.to_string(),
-                    &a.pending.to_string(),
-                    &a.connect_reserved.to_string(),
-                    &a.instant_available.to_string(),
-                    &fetched_at,
-                    "ok",
-                    "",
-                ])?;
-            }
+        let (status, code) = if row.ok == Some(true) {
+            ("ok", String::new())
         } else {
             let code = row
                 .error
@@ -262,6 +263,10 @@ pub async fn csv(
                 })
                 .unwrap_or("not-fetched")
                 .to_owned();
+            ("failed", code)
+        };
+        if row.good_at.is_none() {
+            // Never read: nothing in the totals, one row saying why.
             out.write_record([
                 row.stripeid.as_str(),
                 &accountid,
@@ -272,8 +277,30 @@ pub async fn csv(
                 "",
                 "",
                 &fetched_at,
-                "failed",
+                status,
                 &code,
+                "",
+            ])?;
+            continue;
+        }
+        for total in row.totals()?.rows() {
+            if currency.is_some_and(|c| c != total.currency) {
+                continue;
+            }
+            let a = total.amounts;
+            out.write_record([
+                row.stripeid.as_str(),
+                &accountid,
+                &platform,
+                &total.currency,
+                &a.available.to_string(),
+                &a.pending.to_string(),
+                &a.connect_reserved.to_string(),
+                &a.instant_available.to_string(),
+                &fetched_at,
+                status,
+                &code,
+                &last_good_at,
             ])?;
         }
     }

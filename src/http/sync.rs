@@ -1,6 +1,7 @@
 //! Account sync over the API: `POST /api/administrator/connect/sync` starts one in
 //! the background; `GET /api/administrator/connect/sync/{id}` shows how it goes.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -64,8 +65,10 @@ async fn start(
 async fn show(
     scope: TenantScope,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SyncRunRecord>, ApiError> {
+    // A segment that is not even UTF-8 (`%80`) cannot name a run either.
+    let Path(id) = id.map_err(|_| unknown_run())?;
     let id = run_id(&id)?;
     let run = store::sync_runs::get(&state.pool, scope.tenant.id, id)
         .await?
@@ -89,7 +92,7 @@ pub struct SyncRunRecord {
     id: Uuid,
     object: &'static str,
     appid: String,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `interrupted`.
     status: String,
     pages: i64,
     accounts_seen: i64,

@@ -4,6 +4,7 @@
 //! refusal gets one answer, so the endpoint never tells who is a tenant.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -26,10 +27,12 @@ pub fn router() -> Router<AppState> {
 
 async fn receive(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    slug: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // A segment that is not even UTF-8 (`%Aa`) names no tenant: refused like any other.
+    let slug = slug.map(|Path(slug)| slug).unwrap_or_default();
     let header = headers
         .get("stripe-signature")
         .and_then(|value| value.to_str().ok());

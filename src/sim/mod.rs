@@ -224,6 +224,21 @@ impl SimHandle {
         }
     }
 
+    /// Requests for `account` are answered normally again (undoes `fail_account`).
+    pub fn heal_account(&self, account: &str) {
+        if let Some(a) = self.state.world_mut().get_mut(account) {
+            a.fail_status = None;
+        }
+    }
+
+    /// Money moves in `account`: from now on it answers another balance (see
+    /// `balance_of`).
+    pub fn move_money(&self, account: &str) {
+        if let Some(a) = self.state.world_mut().get_mut(account) {
+            a.balance_version += 1;
+        }
+    }
+
     /// Sets (or, with `None`, removes) one metadata key of `account`.
     pub fn update_account_metadata(&self, account: &str, key: &str, value: Option<&str>) {
         if let Some(a) = self.state.world_mut().get_mut(account) {

@@ -158,7 +158,13 @@ pub fn balance_json(seed: u64, a: &Account) -> Value {
             "pending": zero,
         });
     }
-    let mut rng = rng_for(seed, &a.id);
+    // Version 0 is the balance the account was generated with; later versions are
+    // others, as deterministic.
+    let mut rng = if a.balance_version == 0 {
+        rng_for(seed, &a.id)
+    } else {
+        rng_for(seed, &format!("{}#{}", a.id, a.balance_version))
+    };
     let mut currencies = vec![a.currency];
     for c in CURRENCIES {
         let odds = if c == "kwd" { 0.1 } else { 0.35 };

@@ -67,6 +67,9 @@ pub struct Account {
     pub revoked: bool,
     /// Every request for this account answers this status (`SimHandle::fail_account`).
     pub fail_status: Option<u16>,
+    /// How many times money moved (`SimHandle::move_money`): each gives another
+    /// deterministic balance.
+    pub balance_version: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -291,6 +294,7 @@ impl World {
             },
             revoked: false,
             fail_status: None,
+            balance_version: 0,
         };
         let idx = self.insert(account);
         self.platforms[p].connected.push(idx);
@@ -496,6 +500,7 @@ fn random_account(
         home,
         revoked: false,
         fail_status: None,
+        balance_version: 0,
     }
 }
 

@@ -99,8 +99,9 @@ pub async fn find_drift(conn: &mut PgConnection) -> Result<Drift, sqlx::Error> {
     })
 }
 
-/// Per tenant and currency: the sum of each listed account's latest amounts, and how
-/// many of those accounts hold the currency. A stored row at zero with no holders
+/// Per tenant and currency: the sum of each listed account's last good amounts
+/// (`latest_balances.amounts`, kept while the latest try fails), and how many of those
+/// accounts hold the currency. A stored row at zero with no holders
 /// counts as absent (the aggregate does not report it).
 async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx::Error> {
     let rows = sqlx::query!(
@@ -174,7 +175,8 @@ async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx:
         .collect())
 }
 
-/// Per tenant: listed accounts whose latest snapshot is ok, and those whose is an error.
+/// Per tenant: listed accounts whose latest try returned a balance (ok), and those
+/// whose latest try failed (their last good amounts still count in the totals).
 async fn counts_drift(conn: &mut PgConnection) -> Result<Vec<CountsDrift>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"WITH recomputed AS (

@@ -35,8 +35,10 @@ pub enum Recorded {
     UnknownAccount,
 }
 
-/// Stores a snapshot and, if it is the newest, makes it the account's latest and
-/// moves the tenant's totals and counts by the difference — all in one transaction.
+/// Stores a snapshot and, if it is the newest, makes it the account's latest try; a
+/// balance at least as new as the account's last good one also becomes its last good
+/// balance, whose amounts are what the account adds to the tenant's totals. The
+/// totals and ok/failed counts move by the difference — all in one transaction.
 pub async fn record(
     conn: &mut PgConnection,
     tenant_id: i64,
@@ -108,44 +110,70 @@ pub async fn record_releasing(
         return Ok(Recorded::HistoryOnly(snapshot_id));
     }
     let previous = sqlx::query!(
-        r#"SELECT fetched_at, ok, amounts FROM latest_balances
-           WHERE tenant_id = $1 AND stripeid = $2"#,
+        r#"SELECT snapshot_id, fetched_at, ok, amounts, good_snapshot_id, good_at
+           FROM latest_balances WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
         stripeid
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if previous.as_ref().is_some_and(|p| p.fetched_at > fetched_at) {
+    // Two things move independently: the latest try (any snapshot at least as new as
+    // the stored try) and the last good balance (a balance at least as new as the
+    // stored good one). A failure moves only the try, so the account keeps its last
+    // good amounts in the totals while it counts as failed.
+    let newer_try = previous.as_ref().is_none_or(|p| fetched_at >= p.fetched_at);
+    let newer_good = new_totals.is_some()
+        && previous
+            .as_ref()
+            .is_none_or(|p| p.good_at.is_none_or(|good_at| fetched_at >= good_at));
+    if !newer_try && !newer_good {
         tx.commit().await?;
         return Ok(Recorded::HistoryOnly(snapshot_id));
     }
-    let new_rows = new_totals.map(Totals::rows).unwrap_or_default();
-    sqlx::query!(
-        r#"INSERT INTO latest_balances (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (tenant_id, stripeid) DO UPDATE SET
-               snapshot_id = EXCLUDED.snapshot_id, fetched_at = EXCLUDED.fetched_at,
-               ok = EXCLUDED.ok, amounts = EXCLUDED.amounts"#,
-        tenant_id,
-        stripeid,
-        snapshot_id,
-        fetched_at,
-        new_totals.is_some(),
-        serde_json::to_value(&new_rows)?
-    )
-    .execute(&mut *tx)
-    .await?;
     let old = match &previous {
         Some(p) => Some((p.ok, stored_totals(&p.amounts)?)),
         None => None,
     };
-    let new = Some((
-        new_totals.is_some(),
-        new_totals.cloned().unwrap_or_default(),
-    ));
-    move_tenant_totals(&mut tx, tenant_id, old, new).await?;
+    let (try_id, try_at, ok) = match &previous {
+        Some(p) if !newer_try => (p.snapshot_id, p.fetched_at, p.ok),
+        _ => (snapshot_id, fetched_at, new_totals.is_some()),
+    };
+    let (good_id, good_at, good_totals) = match (&previous, new_totals) {
+        (_, Some(totals)) if newer_good => (Some(snapshot_id), Some(fetched_at), totals.clone()),
+        (Some(p), _) => (
+            p.good_snapshot_id,
+            p.good_at,
+            old.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+        ),
+        (None, _) => (None, None, Totals::default()),
+    };
+    sqlx::query!(
+        r#"INSERT INTO latest_balances
+               (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts, good_snapshot_id, good_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (tenant_id, stripeid) DO UPDATE SET
+               snapshot_id = EXCLUDED.snapshot_id, fetched_at = EXCLUDED.fetched_at,
+               ok = EXCLUDED.ok, amounts = EXCLUDED.amounts,
+               good_snapshot_id = EXCLUDED.good_snapshot_id, good_at = EXCLUDED.good_at"#,
+        tenant_id,
+        stripeid,
+        try_id,
+        try_at,
+        ok,
+        serde_json::to_value(good_totals.rows())?,
+        good_id,
+        good_at
+    )
+    .execute(&mut *tx)
+    .await?;
+    move_tenant_totals(&mut tx, tenant_id, old, Some((ok, good_totals))).await?;
     tx.commit().await?;
-    Ok(Recorded::Latest(snapshot_id))
+    // An older balance that only filled in the last good one is still not the latest.
+    Ok(if newer_try {
+        Recorded::Latest(snapshot_id)
+    } else {
+        Recorded::HistoryOnly(snapshot_id)
+    })
 }
 
 fn stored_totals(amounts: &Value) -> Result<Totals, SnapshotError> {
@@ -301,17 +329,24 @@ pub struct AccountLatest {
     pub stripeid: String,
     pub accountid: Option<String>,
     pub platform_id: Option<String>,
+    /// The latest try, and whether it returned a balance.
     pub fetched_at: Option<DateTime<Utc>>,
     pub ok: Option<bool>,
+    /// The last good balance's per-currency amounts (also while the latest try failed).
     pub amounts: Option<Value>,
+    /// When the last good balance was fetched; `None` if the account was never read.
+    pub good_at: Option<DateTime<Utc>>,
+    /// The latest try's error, when it failed.
     pub error: Option<Value>,
 }
 
 impl AccountLatest {
+    /// What the account adds to the totals: its last good amounts, whatever the
+    /// latest try did.
     pub fn totals(&self) -> Result<Totals, SnapshotError> {
-        match (&self.ok, &self.amounts) {
-            (Some(true), Some(amounts)) => stored_totals(amounts),
-            _ => Ok(Totals::default()),
+        match &self.amounts {
+            Some(amounts) => stored_totals(amounts),
+            None => Ok(Totals::default()),
         }
     }
 }
@@ -327,7 +362,7 @@ pub async fn scope_latest(
         AccountLatest,
         r#"SELECT a.stripeid, a.accountid, a.platform_id,
                   l.fetched_at AS "fetched_at?", l.ok AS "ok?", l.amounts AS "amounts?",
-                  s.error AS "error?"
+                  l.good_at AS "good_at?", s.error AS "error?"
            FROM stripe_accounts a
            LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
            LEFT JOIN balance_snapshots s ON s.id = l.snapshot_id AND NOT l.ok
@@ -386,21 +421,32 @@ pub async fn never_fetched(
     .await
 }
 
-/// The whole tenant's failed accounts (latest snapshot is an error).
+/// An account whose latest try failed: the error, when it was tried, and when its
+/// last good balance (still in the totals) was fetched.
+#[derive(Debug, Clone)]
+pub struct FailedAccount {
+    pub stripeid: String,
+    pub error: Value,
+    pub fetched_at: DateTime<Utc>,
+    pub good_at: Option<DateTime<Utc>>,
+}
+
+/// The whole tenant's failed accounts (latest try is an error). Read through the
+/// partial index of failed rows, so it costs what the failures are, not the tenant.
 pub async fn tenant_failures(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-) -> Result<Vec<(String, Value)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT l.stripeid, s.error AS "error!"
+) -> Result<Vec<FailedAccount>, sqlx::Error> {
+    sqlx::query_as!(
+        FailedAccount,
+        r#"SELECT l.stripeid, s.error AS "error!", l.fetched_at, l.good_at
            FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
            WHERE l.tenant_id = $1 AND NOT l.ok
            ORDER BY l.stripeid"#,
         tenant_id
     )
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.stripeid, r.error)).collect())
+    .await
 }
 
 /// One stored snapshot.
@@ -413,22 +459,43 @@ pub struct Snapshot {
     pub error: Option<Value>,
 }
 
-/// An account's latest snapshot.
+/// An account's latest snapshot (its latest try).
 pub async fn latest(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     stripeid: &str,
 ) -> Result<Option<Snapshot>, sqlx::Error> {
-    sqlx::query_as!(
-        Snapshot,
-        r#"SELECT s.id, s.fetched_at, s.source, s.balance, s.error
+    Ok(latest_and_good_at(db, tenant_id, stripeid)
+        .await?
+        .map(|(snapshot, _)| snapshot))
+}
+
+/// An account's latest snapshot (its latest try), and when its last good balance
+/// was fetched (`None`: never read).
+pub async fn latest_and_good_at(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    stripeid: &str,
+) -> Result<Option<(Snapshot, Option<DateTime<Utc>>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT s.id, s.fetched_at, s.source, s.balance, s.error, l.good_at
            FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
            WHERE l.tenant_id = $1 AND l.stripeid = $2"#,
         tenant_id,
         stripeid
     )
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(|r| {
+        let snapshot = Snapshot {
+            id: r.id,
+            fetched_at: r.fetched_at,
+            source: r.source,
+            balance: r.balance,
+            error: r.error,
+        };
+        (snapshot, r.good_at)
+    }))
 }
 
 /// Stored snapshots of one account between `from` and `to`, newest first.

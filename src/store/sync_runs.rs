@@ -1,5 +1,6 @@
 //! Account sync runs: one running per tenant (a partial unique index enforces it across
-//! replicas), with counts and a heartbeat so a run whose process died stops blocking.
+//! replicas), with counts and a lease the run renews on a timer, so a run whose process
+//! died stops blocking as soon as its lease runs out.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub struct RunCounts {
 pub struct SyncRun {
     pub id: Uuid,
     pub tenant_id: i64,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `interrupted`.
     pub status: String,
     pub pages: i64,
     pub accounts_seen: i64,
@@ -54,41 +55,41 @@ impl SyncRun {
 pub enum Claim {
     /// A new run, now `running`, owned by the caller.
     Started(SyncRun),
-    /// Another run of the tenant is running (and still beating).
+    /// Another run of the tenant is running (its lease is live).
     Running(SyncRun),
 }
 
-/// Starts a run unless one is running. A running row whose heartbeat is older than
-/// `stale_after` belonged to a process that died: it is marked failed and replaced.
-pub async fn claim(
-    pool: &PgPool,
-    tenant_id: i64,
-    stale_after: Duration,
-) -> Result<Claim, sqlx::Error> {
-    let stale_secs = stale_after.as_secs_f64();
+/// Starts a run holding a `lease` unless one is running. A running row whose lease
+/// expired belonged to a process that died (SIGKILL, a lost host, a database outage
+/// longer than the lease): it is marked `interrupted`, saying so, and replaced at once.
+pub async fn claim(pool: &PgPool, tenant_id: i64, lease: Duration) -> Result<Claim, sqlx::Error> {
+    let lease_secs = lease.as_secs_f64();
     // The running row may finish between the failed insert and the select; then the
     // next round can insert.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
         sqlx::query!(
             r#"UPDATE sync_runs
-               SET status = 'failed', finished_at = now(),
-                   error = 'abandoned: no heartbeat since ' || heartbeat_at::text
+               SET status = 'interrupted', finished_at = now(),
+                   error = 'interrupted: its process stopped renewing the lease (last heartbeat '
+                           || to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+                           || '); a new sync took over'
                WHERE tenant_id = $1 AND status = 'running'
-                 AND heartbeat_at < now() - make_interval(secs => $2)"#,
-            tenant_id,
-            stale_secs
+                 AND COALESCE(lease_expires_at, heartbeat_at + interval '5 minutes') < now()"#,
+            tenant_id
         )
         .execute(&mut *tx)
         .await?;
         let started = sqlx::query_as!(
             SyncRun,
-            r#"INSERT INTO sync_runs (id, tenant_id, status) VALUES ($1, $2, 'running')
+            r#"INSERT INTO sync_runs (id, tenant_id, status, lease_expires_at)
+               VALUES ($1, $2, 'running', now() + make_interval(secs => $3))
                ON CONFLICT (tenant_id) WHERE status = 'running' DO NOTHING
                RETURNING id, tenant_id, status, pages, accounts_seen, inserted, updated,
                          unchanged, removed, error, started_at, heartbeat_at, finished_at"#,
             Uuid::new_v4(),
-            tenant_id
+            tenant_id,
+            lease_secs
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -115,8 +116,27 @@ pub async fn claim(
     ))
 }
 
-/// Records progress and proves the run is alive. False when the run is no longer
-/// running (another process declared it abandoned and took over).
+/// Renews a running run's lease for another `lease`. False when the run is no
+/// longer running (its lease expired and another sync took over, or it was interrupted).
+pub async fn renew(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        r#"UPDATE sync_runs
+           SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $2)
+           WHERE id = $1 AND status = 'running'"#,
+        run_id,
+        lease.as_secs_f64()
+    )
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Records progress (the lease is renewed by [`renew`], on a timer). False when the
+/// run is no longer running (another sync took over).
 pub async fn heartbeat(
     db: impl PgExecutor<'_>,
     run_id: Uuid,
@@ -125,7 +145,7 @@ pub async fn heartbeat(
     let updated = sqlx::query!(
         r#"UPDATE sync_runs
            SET pages = $2, accounts_seen = $3, inserted = $4, updated = $5, unchanged = $6,
-               removed = $7, heartbeat_at = now()
+               removed = $7
            WHERE id = $1 AND status = 'running'"#,
         run_id,
         counts.pages,

@@ -28,9 +28,9 @@ use crate::stripe::{CredentialKind, StripeError, TenantClient};
 
 pub use scope::Scope;
 
-/// A running row whose heartbeat is older than this belonged to a process that died.
-/// Live runs beat after every page, which takes seconds even when rate limited.
-pub const STALE_AFTER: Duration = Duration::from_secs(300);
+/// How many times per lease a running sync renews it: a few renewals may be late
+/// (a slow database) before the lease runs out.
+const RENEWALS_PER_LEASE: u32 = 6;
 /// Stripe's largest page.
 const PAGE_LIMIT: u8 = 100;
 
@@ -38,7 +38,9 @@ const PAGE_LIMIT: u8 = 100;
 pub struct SyncOptions {
     /// Metadata key naming the owner (config `accounts.owner_metadata_key`).
     pub owner_key: String,
-    pub stale_after: Duration,
+    /// The run's lease (config `sync.lease_secs`), renewed on a timer while it runs;
+    /// when it runs out (the process died) the next sync takes over.
+    pub lease: Duration,
     /// Accounts per list request, 1..=100.
     pub page_limit: u8,
 }
@@ -47,7 +49,7 @@ impl SyncOptions {
     pub fn from_settings(settings: &Settings) -> SyncOptions {
         SyncOptions {
             owner_key: settings.accounts.owner_metadata_key.clone(),
-            stale_after: STALE_AFTER,
+            lease: Duration::from_secs(settings.sync.lease_secs),
             page_limit: PAGE_LIMIT,
         }
     }
@@ -83,7 +85,7 @@ pub enum SyncError {
     InvalidObject(#[from] InvalidAccountObject),
     #[error("tenant has an unknown credential kind '{0}'")]
     UnknownKind(String),
-    #[error("the run was declared abandoned (no heartbeat) and another run took over")]
+    #[error("the run's lease expired (no heartbeat) and another sync took over")]
     Superseded,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -115,7 +117,7 @@ pub async fn claim(
     tenant_id: i64,
     options: &SyncOptions,
 ) -> Result<Claim, SyncError> {
-    Ok(store::sync_runs::claim(pool, tenant_id, options.stale_after).await?)
+    Ok(store::sync_runs::claim(pool, tenant_id, options.lease).await?)
 }
 
 /// Claims a run and syncs in the foreground (the CLI, tests, benchmarks). A run
@@ -151,7 +153,7 @@ pub async fn start_in_background(
 
 /// Runs a claimed sync as one of the process's tasks. When the process stops first,
 /// the run is marked `interrupted` (what it committed stays) so the next sync can
-/// start at once instead of waiting for the heartbeat to go stale.
+/// start at once instead of waiting for the lease to run out.
 pub fn spawn_claimed(
     pool: PgPool,
     client: TenantClient,
@@ -202,7 +204,12 @@ pub async fn execute(
         started,
         counts: RunCounts::default(),
     };
-    let outcome = sync_scopes(&mut sync).await;
+    // The lease is renewed beside the work, in the same task: it lives exactly as long
+    // as the run (a dropped or killed run stops renewing), however slow its pages are.
+    let outcome = tokio::select! {
+        outcome = sync_scopes(&mut sync) => outcome,
+        lost = keep_lease(pool, run.id, options.lease) => Err(lost),
+    };
     let counts = sync.counts;
     let error = outcome.as_ref().err().map(ToString::to_string);
     let finished = store::sync_runs::finish(pool, run.id, &counts, error.as_deref()).await;
@@ -212,6 +219,27 @@ pub async fn execute(
         run,
         elapsed: started.elapsed(),
     })
+}
+
+/// Renews the run's lease every `lease / RENEWALS_PER_LEASE` until another sync took
+/// the run over; a renewal that fails (the database is away) is tried again at the next
+/// tick, and if the outage outlasts the lease, the next sync takes over.
+async fn keep_lease(pool: &PgPool, run_id: Uuid, lease: Duration) -> SyncError {
+    let every = (lease / RENEWALS_PER_LEASE).max(Duration::from_millis(50));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The claim just set the lease.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match store::sync_runs::renew(pool, run_id, lease).await {
+            Ok(true) => {}
+            Ok(false) => return SyncError::Superseded,
+            Err(error) => {
+                tracing::warn!(run = %run_id, error = %error, "could not renew the sync's lease")
+            }
+        }
+    }
 }
 
 async fn sync_scopes(sync: &mut scope::Sync<'_>) -> Result<(), SyncError> {

@@ -287,6 +287,9 @@ fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("acme".to_owned()),
         Just("%00".to_owned()),
+        // Not UTF-8 once decoded: the path extractor's own rejection must not show.
+        Just("%80".to_owned()),
+        Just("%Aa".to_owned()),
         Just("ACME".to_owned()),
         Just("6f0c0d9e-0000-4000-8000-000000000000".to_owned()),
         "[a-z0-9_.~-]{1,70}",

@@ -7,7 +7,7 @@ use crate::balances::{platform_setup, reported_totals, BALANCES};
 use crate::helpers::TestApp;
 
 /// Runs `tally doctor` against the app's database, off the test's runtime thread.
-async fn doctor(app: &TestApp, args: &[&str]) -> Output {
+pub async fn doctor(app: &TestApp, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
     command
         .arg("doctor")
@@ -22,7 +22,7 @@ async fn doctor(app: &TestApp, args: &[&str]) -> Output {
         .expect("joined")
 }
 
-fn stdout(output: &Output) -> String {
+pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

@@ -11,6 +11,7 @@ mod errors;
 mod event_order;
 mod health;
 mod helpers;
+mod last_good;
 mod metrics;
 mod refresh;
 mod streams;

@@ -272,11 +272,14 @@ async fn a_sync_failing_midway_keeps_its_pages_and_a_rerun_finishes() {
 }
 
 #[tokio::test]
-async fn an_abandoned_run_is_returned_while_fresh_and_taken_over_once_stale() {
+async fn an_abandoned_run_is_returned_while_its_lease_lasts_and_taken_over_once_it_expires() {
     let app = spawn_app().await;
     let sim = spawn_sim(1, 500, 0).await;
     let tenant = add_platform_tenant(&app, &sim, "acme", 0, None).await;
-    let options = SyncOptions::from_settings(&app.settings);
+    let options = SyncOptions {
+        lease: Duration::from_secs(2),
+        ..SyncOptions::from_settings(&app.settings)
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stop = Mutex::new(Some(stop));
     let killer = AfterPages {
@@ -299,7 +302,7 @@ async fn an_abandoned_run_is_returned_while_fresh_and_taken_over_once_stale() {
     let kept = listed_count(&app, tenant.id).await;
     assert!(kept >= 200, "kept {kept}");
 
-    // While its heartbeat is fresh, the run counts as running.
+    // While its lease lasts, the run counts as running.
     let blocked = sync_with(&app, &tenant, &options, &sync::Quiet, 4).await;
     assert!(
         matches!(blocked, Err(SyncError::AlreadyRunning(_))),
@@ -318,24 +321,20 @@ async fn an_abandoned_run_is_returned_while_fresh_and_taken_over_once_stale() {
     assert_eq!(running["status"], "running");
     assert_eq!(running["pages"].as_i64(), Some(kept / 100));
 
-    // Once stale, a new run takes over and finishes the job.
-    let impatient = SyncOptions {
-        stale_after: Duration::from_millis(300),
-        ..options
-    };
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let rerun = sync_with(&app, &tenant, &impatient, &sync::Quiet, 4)
+    // Once its lease ran out, a new run takes over and finishes the job.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let rerun = sync_with(&app, &tenant, &options, &sync::Quiet, 4)
         .await
         .expect("rerun succeeds");
     assert_eq!(rerun.run.inserted, 500 - kept);
     assert_eq!(listed_count(&app, tenant.id).await, 500);
     let runs = run_status(&app, tenant.id).await;
-    assert_eq!(runs[0].0, "failed");
+    assert_eq!(runs[0].0, "interrupted");
     assert!(
         runs[0]
             .1
             .as_deref()
-            .is_some_and(|e| e.starts_with("abandoned")),
+            .is_some_and(|e| e.contains("stopped renewing the lease")),
         "{runs:?}"
     );
     assert_eq!(runs[1].0, "succeeded");
@@ -478,10 +477,16 @@ async fn the_sync_endpoints_start_a_background_run_and_show_it() {
         )
         .await;
     assert_eq!(status, 404);
-    let (status, _) = app
-        .get_json("/api/administrator/connect/sync/not-a-uuid", &admin)
-        .await;
-    assert_eq!(status, 404);
+    for id in ["not-a-uuid", "%80"] {
+        let (status, body) = app
+            .get_json(&format!("/api/administrator/connect/sync/{id}"), &admin)
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("invalid-syncid")),
+            "{id}"
+        );
+    }
 
     // An owner names the tenant.
     let (status, run) = post_sync(&app, &owner, "?tenant=globex").await;
@@ -492,9 +497,8 @@ async fn the_sync_endpoints_start_a_background_run_and_show_it() {
     assert_eq!(done["status"], "succeeded", "{done}");
 }
 
-/// Runs `tally sync <slug>` against the app's database, off the runtime that serves
-/// the simulator the CLI talks to.
-async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
+/// `tally sync <slug>` against the app's database, with the test configuration.
+fn cli_sync_command(app: &TestApp, slug: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
     command
         .args(["sync", slug])
@@ -505,6 +509,12 @@ async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
             concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
         )
         .env("TALLY_ENV", "test");
+    command
+}
+
+/// Runs `tally sync <slug>`, off the runtime that serves the simulator the CLI talks to.
+async fn cli_sync(app: &TestApp, slug: &str) -> std::process::Output {
+    let mut command = cli_sync_command(app, slug);
     tokio::task::spawn_blocking(move || command.output().expect("tally runs"))
         .await
         .expect("joined")
@@ -547,4 +557,148 @@ async fn the_cli_syncs_and_explains_failure_in_one_line() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no tenant named 'nope'"), "{stderr}");
+}
+
+/// `tally sync <slug>` as a child process holding a `lease_secs` lease.
+fn spawn_cli_sync(app: &TestApp, slug: &str, lease_secs: u64) -> std::process::Child {
+    cli_sync_command(app, slug)
+        .env("TALLY__SYNC__LEASE_SECS", lease_secs.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tally starts")
+}
+
+/// The tenant's running run and the pages it committed, if one is running.
+async fn running_run(app: &TestApp, tenant_id: i64) -> Option<(uuid::Uuid, i64)> {
+    sqlx::query_as("SELECT id, pages FROM sync_runs WHERE tenant_id = $1 AND status = 'running'")
+        .bind(tenant_id)
+        .fetch_optional(&app.pool)
+        .await
+        .expect("runs")
+}
+
+#[tokio::test]
+async fn a_sigkilled_cli_sync_is_taken_over_as_soon_as_its_lease_runs_out() {
+    const LEASE_SECS: u64 = 3;
+    let app = spawn_app().await;
+    let sim = spawn_sim(1, 400, 0).await;
+    let tenant = add_platform_tenant(&app, &sim, "acme", 0, None).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    sim.set_knobs(|k| k.latency_ms = 700);
+    let mut child = spawn_cli_sync(&app, "acme", LEASE_SECS);
+    let started = std::time::Instant::now();
+    let dead = loop {
+        if let Some((id, pages)) = running_run(&app, tenant.id).await {
+            if pages >= 1 {
+                break id;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no page committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // SIGKILL: nothing in the process runs again, its lease is simply not renewed.
+    child.kill().expect("SIGKILL");
+    let killed_at = std::time::Instant::now();
+    child.wait().expect("reaped");
+    sim.set_knobs(|k| k.latency_ms = 0);
+
+    // While the lease lasts, the dead run is still the running one…
+    let (status, run) = post_sync(&app, &admin, "").await;
+    assert_eq!(
+        (status, run["id"].as_str()),
+        (200, Some(dead.to_string().as_str()))
+    );
+    // …and once it ran out, the next sync takes over at once.
+    let new = loop {
+        let (status, run) = post_sync(&app, &admin, "").await;
+        if status == 202 {
+            break run;
+        }
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(run["id"], dead.to_string());
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(LEASE_SECS + 2),
+            "not taken over within the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let takeover = killed_at.elapsed();
+    eprintln!(
+        "taken over {:.2} s after SIGKILL (lease {LEASE_SECS} s)",
+        takeover.as_secs_f64()
+    );
+    // The lease ran out at most LEASE_SECS after the kill (it was renewed every
+    // sixth of it before); the rest is this loop's polling and a loaded machine.
+    assert!(
+        takeover <= Duration::from_secs(LEASE_SECS + 1),
+        "{takeover:?}"
+    );
+    assert_ne!(new["id"], dead.to_string());
+    let done = wait_finished(&app, &admin, new["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["accountsSeen"], 400);
+    assert_eq!(listed_count(&app, tenant.id).await, 400);
+    let (_, old) = app
+        .get_json(&format!("/api/administrator/connect/sync/{dead}"), &admin)
+        .await;
+    assert_eq!(old["status"], "interrupted", "{old}");
+    assert!(
+        old["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped renewing the lease")),
+        "{old}"
+    );
+    assert!(old["finishedAt"].is_string(), "{old}");
+}
+
+#[tokio::test]
+async fn a_live_sync_keeps_its_lease_while_no_page_arrives_for_longer_than_the_lease() {
+    let app = spawn_app().await;
+    let sim = spawn_sim(1, 150, 0).await;
+    let tenant = add_platform_tenant(&app, &sim, "acme", 0, None).await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    // Each page takes three leases to arrive.
+    sim.set_knobs(|k| k.latency_ms = 3000);
+    let options = SyncOptions {
+        lease: Duration::from_secs(1),
+        ..SyncOptions::from_settings(&app.settings)
+    };
+    let slow = sync_with(&app, &tenant, &options, &sync::Quiet, 1);
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let (status, run) = post_sync(&app, &admin, "").await;
+        let again = sync_with(&app, &tenant, &options, &sync::Quiet, 1).await;
+        (status, run, again)
+    };
+    let (outcome, (status, run, again)) = tokio::join!(slow, watch);
+
+    let summary = outcome.expect("the slow sync finishes");
+    assert_eq!(summary.run.status, "succeeded");
+    assert_eq!(summary.run.accounts_seen, 150);
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["id"], summary.run.id.to_string());
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["pages"], 0, "no page had arrived: {run}");
+    let at = |key: &str| -> chrono::DateTime<chrono::Utc> {
+        run[key]
+            .as_str()
+            .expect("timestamp")
+            .parse()
+            .expect("RFC 3339")
+    };
+    assert!(
+        (at("heartbeatAt") - at("startedAt")).num_milliseconds() >= 1500,
+        "the timer renewed the lease while no page arrived: {run}"
+    );
+    assert!(
+        matches!(again, Err(SyncError::AlreadyRunning(id)) if id == summary.run.id),
+        "{again:?}"
+    );
+    let runs = run_status(&app, tenant.id).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
 }
