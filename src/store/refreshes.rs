@@ -154,18 +154,20 @@ pub async fn claim_due(
     sqlx::query_as!(
         Claimed,
         r#"WITH never AS (
+               -- By the kept list of accounts without a snapshot: an index walk over
+               -- exactly those. Its row is locked, and storing the first snapshot
+               -- deletes it, so a claim racing that store skips the account.
                SELECT a.stripeid, NULL::timestamptz AS fetched_at
-               FROM stripe_accounts a
-               WHERE $5 AND a.tenant_id = $1 AND a.removed_at IS NULL
+               FROM unfetched_accounts u
+               JOIN stripe_accounts a ON a.tenant_id = u.tenant_id AND a.stripeid = u.stripeid
+               WHERE $5 AND u.tenant_id = $1 AND a.removed_at IS NULL
                  AND ($2::text IS NULL OR a.accountid = $2)
-                 AND ($3::text IS NULL OR a.stripeid = $3)
-                 AND NOT EXISTS (SELECT 1 FROM latest_balances l
-                                 WHERE l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid)
+                 AND ($3::text IS NULL OR u.stripeid = $3)
                  AND NOT EXISTS (SELECT 1 FROM refresh_leases r
-                                 WHERE r.tenant_id = a.tenant_id AND r.stripeid = a.stripeid
+                                 WHERE r.tenant_id = u.tenant_id AND r.stripeid = u.stripeid
                                    AND r.expires_at > now())
                LIMIT $6
-               FOR UPDATE OF a SKIP LOCKED
+               FOR UPDATE OF a, u SKIP LOCKED
            ),
            stale AS (
                SELECT l.stripeid, l.fetched_at

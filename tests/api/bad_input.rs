@@ -214,7 +214,12 @@ fn documented(path: &str, status: u16, code: &str) -> bool {
             (200, "")
                 | (
                     400,
-                    "invalid-offset" | "invalid-limit" | "invalid-all" | "invalid-accountid"
+                    "invalid-offset"
+                        | "invalid-limit"
+                        | "invalid-all"
+                        | "invalid-accountid"
+                        | "invalid-starting-after"
+                        | "invalid-ending-before"
                 )
                 | (404, "invalid-accountid")
                 | (429, "too-many-streams")
