@@ -80,7 +80,7 @@ pub struct Demand<'a> {
     pub max_age: Duration,
     /// How long the caller will wait for it before being told to poll.
     pub wait: Duration,
-    /// `poll`, `person` or `cli`.
+    /// `poll` or `person`.
     pub trigger: &'static str,
 }
 

@@ -21,8 +21,9 @@ pub async fn update(pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error
         });
         metrics::gauge!("tally_oldest_snapshot_age_seconds", &labels).set(oldest_age);
         metrics::gauge!("tally_accounts_listed", &labels).set(tenant.listed as f64);
+        let never_tried = tenant.listed - tenant.ok - tenant.failed;
         metrics::gauge!("tally_accounts_stale", &labels)
-            .set((tenant.listed - tenant.fresh).max(0) as f64);
+            .set((never_tried + tenant.older).max(0) as f64);
         metrics::gauge!("tally_accounts_failing", &labels).set(tenant.failed as f64);
         metrics::gauge!("tally_accounts_leased", &labels).set(tenant.leased as f64);
         if let Some(rate) = tenant.rate {

@@ -37,7 +37,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often the tenant list is re-read (new tenants start, removed ones stop).
 const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
-/// How often a tenant's row (rate, key) and sync schedule are looked at again.
+/// How often a tenant's row (removed? credential usable?) and sync schedule are looked
+/// at again. The tenant's Stripe client itself is built once per process.
 const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// On shutdown, fetches already sent get this long (or half the grace period, if
 /// shorter) to land before they are dropped; their leases are given back either way.
@@ -149,10 +150,6 @@ impl Refresher {
     /// This worker's id (its leases carry it).
     pub fn id(&self) -> Uuid {
         self.inner.id
-    }
-
-    pub fn options(&self) -> &RefresherOptions {
-        &self.inner.options
     }
 
     /// A demand was just made in this process: look for work now, not at the next tick.
@@ -282,8 +279,7 @@ impl Inner {
             {
                 Ok(found) => found,
                 Err(()) => {
-                    // The credential cannot be opened: demands fail with the reason
-                    // (done inside); try again later (the key may be rotated).
+                    // This process cannot open the credential: skip the tenant, look again later.
                     tokio::select! {
                         () = cancel.cancelled() => break,
                         () = tokio::time::sleep(TENANT_RELOAD_EVERY) => continue,

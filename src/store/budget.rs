@@ -52,21 +52,3 @@ pub async fn throttled(
     .fetch_one(db)
     .await
 }
-
-/// What the budget of each tenant looks like now, for `/metrics`.
-#[derive(Debug, Clone)]
-pub struct BudgetState {
-    pub tenant_id: i64,
-    pub current_rate: i32,
-    pub reserved: i64,
-    pub throttled: i64,
-}
-
-pub async fn states(db: impl PgExecutor<'_>) -> Result<Vec<BudgetState>, sqlx::Error> {
-    sqlx::query_as!(
-        BudgetState,
-        r#"SELECT tenant_id, current_rate, reserved, throttled FROM stripe_budgets ORDER BY tenant_id"#
-    )
-    .fetch_all(db)
-    .await
-}

@@ -51,26 +51,6 @@ impl RefreshScope {
 
 // ---- workers ----------------------------------------------------------------
 
-pub async fn register_worker(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    kind: &str,
-    host: &str,
-    pid: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"INSERT INTO workers (id, kind, host, pid) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"#,
-        id,
-        kind,
-        host,
-        pid
-    )
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// Proves the worker alive; also forgets workers silent for `forget_after_secs`
 /// (killed processes), so the table stays the size of the fleet.
 pub async fn worker_heartbeat(
@@ -242,16 +222,6 @@ pub async fn release_lease(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Leases not yet expired, of one tenant (0 for a tenant nobody is fetching).
-pub async fn live_leases(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM refresh_leases WHERE tenant_id = $1 AND expires_at > now()"#,
-        tenant_id
-    )
-    .fetch_one(db)
-    .await
 }
 
 // ---- refreshes --------------------------------------------------------------
@@ -426,8 +396,8 @@ pub async fn list(
 }
 
 /// How far a scope is toward `cutoff`: listed accounts, those tried since (ok or
-/// failed). The whole tenant is read through the freshness index, not a scan of
-/// accounts.
+/// failed). The whole tenant is read from the kept counts and the part of the
+/// freshness index older than the cutoff, never a scan of what is fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
     pub listed: i64,
@@ -452,12 +422,16 @@ pub async fn progress(
     cutoff: DateTime<Utc>,
 ) -> Result<Progress, sqlx::Error> {
     match scope {
+        // From the kept counts minus what is older than the cutoff: the index range
+        // read is the stale part only, so a fresh million-account tenant costs nothing.
         RefreshScope::Tenant => sqlx::query_as!(
             Progress,
             r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
-                      count(*) FILTER (WHERE ok) AS "ok!",
-                      count(*) FILTER (WHERE NOT ok) AS "failed!"
-               FROM latest_balances WHERE tenant_id = $1 AND fetched_at >= $2"#,
+                      COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0)
+                          - count(*) FILTER (WHERE ok) AS "ok!",
+                      COALESCE((SELECT failed FROM tenant_balance_counts WHERE tenant_id = $1), 0)
+                          - count(*) FILTER (WHERE NOT ok) AS "failed!"
+               FROM latest_balances WHERE tenant_id = $1 AND fetched_at < $2"#,
             tenant_id,
             cutoff
         )
@@ -555,16 +529,17 @@ pub struct TenantHealth {
     pub tenant_id: i64,
     pub slug: String,
     pub listed: i64,
+    pub ok: i64,
     pub failed: i64,
-    /// Listed accounts tried at or after the cutoff given.
-    pub fresh: i64,
+    /// Accounts whose latest try is older than the cutoff given.
+    pub older: i64,
     pub oldest: Option<DateTime<Utc>>,
     pub rate: Option<i32>,
     pub leased: i64,
 }
 
-/// Every tenant's freshness against `cutoff`: index lookups per tenant, no scan of
-/// accounts beyond the fresh ones' index range.
+/// Every tenant's freshness against `cutoff`: index lookups per tenant; only the
+/// stale part of the freshness index is read.
 pub async fn tenant_health(
     db: impl PgExecutor<'_>,
     cutoff: DateTime<Utc>,
@@ -573,9 +548,10 @@ pub async fn tenant_health(
         TenantHealth,
         r#"SELECT t.id AS tenant_id, t.slug,
                   COALESCE(c.listed, 0) AS "listed!",
+                  COALESCE(b.ok, 0) AS "ok!",
                   COALESCE(b.failed, 0) AS "failed!",
                   (SELECT count(*) FROM latest_balances l
-                   WHERE l.tenant_id = t.id AND l.fetched_at >= $1) AS "fresh!",
+                   WHERE l.tenant_id = t.id AND l.fetched_at < $1) AS "older!",
                   (SELECT min(fetched_at) FROM latest_balances l WHERE l.tenant_id = t.id) AS oldest,
                   (SELECT current_rate FROM stripe_budgets s WHERE s.tenant_id = t.id) AS rate,
                   (SELECT count(*) FROM refresh_leases r

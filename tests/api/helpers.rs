@@ -366,3 +366,39 @@ impl TestApp {
         self.store_objects(tenant_id, &objects, platform).await;
     }
 }
+
+/// A free TCP port on loopback, for a server process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+impl TestApp {
+    /// The `tally` binary with this app's database, master key and the test config.
+    pub fn tally_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .env("DATABASE_URL", &self.db.url)
+            .env("TALLY_MASTER_KEY", &self.master_base64)
+            .env("TALLY_ENV", "test")
+            .env(
+                "TALLY_CONFIG_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            );
+        command
+    }
+
+    /// `tally serve` as a separate process on `port`, with extra settings from `env`.
+    pub fn serve_process(&self, port: u16, env: &[(&str, &str)]) -> std::process::Child {
+        self.tally_command()
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve starts")
+    }
+}

@@ -2,7 +2,7 @@
 //! work and one Stripe budget through Postgres, a killed replica's work taken over,
 //! webhook-fresh accounts left alone, and a clean stop.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -12,7 +12,7 @@ use tally::domain::Role;
 use tally::sim::{SimConfig, SimHandle};
 use tally::store;
 
-use crate::helpers::{spawn_app_on, spawn_app_with, spawn_sim, TestApp, TestDb};
+use crate::helpers::{free_port, spawn_app_on, spawn_app_with, spawn_sim, TestApp, TestDb};
 
 const BALANCES: &str = "/api/administrator/connect/balances";
 const REFRESHES: &str = "/api/administrator/connect/balances/refreshes";
@@ -483,28 +483,10 @@ async fn a_stop_during_a_refresh_and_a_sync_leaves_no_lease_and_nothing_running(
 
 /// `tally serve` as a separate process against the app's database.
 fn serve_process(app: &TestApp, port: u16, lease_secs: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &app.db.url)
-        .env("TALLY_MASTER_KEY", &app.master_base64)
-        .env("TALLY_ENV", "test")
-        .env(
-            "TALLY_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .env("TALLY__REFRESH__LEASE_SECS", lease_secs.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    app.serve_process(
+        port,
+        &[("TALLY__REFRESH__LEASE_SECS", &lease_secs.to_string())],
+    )
 }
 
 async fn fetched(app: &TestApp, tenant_id: i64) -> i64 {
@@ -695,20 +677,7 @@ async fn sigterm_ends_a_long_request_after_the_grace_period() {
     tenant_on(&app, &sim, "acme", 5).await;
     let reader = app.token(Role::Reader, Some("acme")).await;
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &app.db.url)
-        .env("TALLY_MASTER_KEY", &app.master_base64)
-        .env("TALLY_ENV", "test")
-        .env(
-            "TALLY_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .env("TALLY__SERVER__SHUTDOWN_GRACE_SECS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
+    let mut server = app.serve_process(port, &[("TALLY__SERVER__SHUTDOWN_GRACE_SECS", "2")]);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while app

@@ -2,13 +2,12 @@
 //! token, revoke; a revoked or expired token is refused everywhere within 2 s with
 //! a code that says why; last use is recorded in batches.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tally::domain::Role;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{free_port, spawn_app, TestApp};
 
 const TOKENS: &str = "/api/administrator/tokens";
 const COUNT: &str = "/api/administrator/connect/stripe-accounts-count";
@@ -153,26 +152,8 @@ async fn an_expired_token_is_refused_with_token_expired() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 fn tally(app: &TestApp, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("DATABASE_URL", &app.db.url)
-        .env("TALLY_MASTER_KEY", &app.master_base64)
-        .env("TALLY_ENV", "test")
-        .env(
-            "TALLY_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .output()
-        .expect("tally runs")
+    app.tally_command().args(args).output().expect("tally runs")
 }
 
 #[tokio::test]
@@ -202,19 +183,7 @@ async fn a_token_revoked_with_the_cli_is_refused_by_another_server_within_two_se
     assert!(token.starts_with("tly_"));
 
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &app.db.url)
-        .env("TALLY_MASTER_KEY", &app.master_base64)
-        .env("TALLY_ENV", "test")
-        .env(
-            "TALLY_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
+    let mut server = app.serve_process(port, &[]);
     let url = format!("http://127.0.0.1:{port}{COUNT}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
