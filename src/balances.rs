@@ -189,6 +189,10 @@ impl Balances {
         scope: RefreshScope,
         max_age: Duration,
     ) -> Result<PendingRefresh, BalanceError> {
+        // A refresh nobody here can serve is refused now, as a poll would be.
+        self.stripe
+            .client_for(tenant)
+            .map_err(|error| BalanceError::Credential(error.to_string()))?;
         match &scope {
             RefreshScope::Tenant => {}
             RefreshScope::Owner(owner) => {

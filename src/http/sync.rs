@@ -32,10 +32,7 @@ async fn start(
     let tenant = store::tenants::find_by_id(&state.pool, scope.tenant.id)
         .await?
         .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))?;
-    let client = state
-        .stripe
-        .client_for(&tenant)
-        .map_err(|error| ApiError::Internal(error.into()))?;
+    let client = state.stripe.client_for(&tenant)?;
     let options = SyncOptions::from_settings(&state.settings);
     let claim = sync::start_in_background(
         state.pool.clone(),
