@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor};
 use crate::domain::api_timestamp;
 use crate::fanout::{self, Aggregate, FanoutError};
 use crate::refresh::demand::Demand;
@@ -195,6 +196,7 @@ impl Balances {
         tenant: &Tenant,
         scope: RefreshScope,
         max_age: Duration,
+        by: &Actor,
     ) -> Result<PendingRefresh, BalanceError> {
         match &scope {
             RefreshScope::Tenant => {}
@@ -214,9 +216,16 @@ impl Balances {
         let total = store::refreshes::progress(&self.pool, tenant.id, &scope, cutoff)
             .await?
             .listed;
-        let (refresh, _) =
+        let (refresh, started) =
             store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
                 .await?;
+        let details = json!({
+            "refreshId": refresh.id,
+            "scope": scope_label(&scope),
+            "maxAge": max_age.as_secs(),
+            "joined": !started,
+        });
+        audit::record(&self.pool, by, "refresh.start", Some(&tenant.slug), details).await?;
         if let Some(refresher) = &self.refresher {
             refresher.wake();
         }
@@ -256,5 +265,14 @@ impl Balances {
                 .await?
                 .pending(),
         )
+    }
+}
+
+/// A refresh's scope for the audit log.
+fn scope_label(scope: &RefreshScope) -> Value {
+    match scope {
+        RefreshScope::Tenant => json!("tenant"),
+        RefreshScope::Owner(owner) => json!({"accountid": owner}),
+        RefreshScope::Account(stripeid) => json!({"stripeid": stripeid}),
     }
 }
