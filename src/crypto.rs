@@ -228,6 +228,15 @@ mod tests {
             MasterKey::from_base64(&STANDARD.encode([0u8; 16])),
             Err(CryptoError::MasterKeyMalformed(_))
         ));
+        let previous = MasterKey::from_base64(&MasterKey::generate_base64())
+            .expect("valid key")
+            .with_previous_base64("c2hvcnQ=");
+        assert!(matches!(
+            previous,
+            Err(CryptoError::PreviousKeyMalformed(
+                "must decode to exactly 32 bytes"
+            ))
+        ));
     }
 
     #[test]

@@ -585,3 +585,24 @@ pub fn render_table(tenants: &[TenantView]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_missing_permission_is_read_from_stripes_message() {
+        let message = "The provided key 'rk_test_****abcd' does not have the required permissions \
+                       for this endpoint on account 'acct_1'. Having the 'rak_balance_read' \
+                       permission would allow this request to continue.";
+        assert_eq!(
+            missing_permission(message).as_deref(),
+            Some("rak_balance_read")
+        );
+        assert_eq!(
+            missing_permission("Invalid API Key provided: sk_test_****"),
+            None
+        );
+        assert_eq!(missing_permission("Having the 'something' else"), None);
+    }
+}
