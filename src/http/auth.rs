@@ -177,6 +177,12 @@ impl FromRequestParts<AppState> for Caller {
             });
         }
         refuse_expired(grant.expires_at)?;
+        if grant.tenant_disabled_at.is_some() {
+            return Err(ApiError::TokenRefused {
+                code: "tenant-removed",
+                message: "this token's tenant was removed (tally tenant remove); its tokens no longer work",
+            });
+        }
         let role = Role::parse(&grant.role)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
         let tenant = match (grant.tenant_id, grant.tenant_slug) {
@@ -244,6 +250,12 @@ impl FromRequestParts<AppState> for TenantScope {
                 let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
                     .await?
                     .ok_or_else(unknown_tenant)?;
+                if tenant.disabled_at.is_some() {
+                    return Err(ApiError::not_found(
+                        "tenant-removed",
+                        "that tenant was removed (tally tenant remove); its data is kept but not served",
+                    ));
+                }
                 TenantRef {
                     id: tenant.id,
                     slug: tenant.slug,

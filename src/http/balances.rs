@@ -18,6 +18,7 @@ use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
+use crate::audit::Actor;
 use crate::balances::{AccountBalance, Answer, Fresh};
 use crate::domain::api_timestamp;
 use crate::domain::StripeAccountId;
@@ -273,7 +274,12 @@ async fn start_refresh(
     let tenant = tenant_row(&state, &scope).await?;
     let pending = state
         .balances()
-        .start_refresh(&tenant, refresh_scope, max_age)
+        .start_refresh(
+            &tenant,
+            refresh_scope,
+            max_age,
+            &Actor::token(scope.token_id),
+        )
         .await?;
     Ok(accepted(&scope.tenant.slug, &pending))
 }

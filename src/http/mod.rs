@@ -2,6 +2,7 @@
 //! stack, built once here.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod balances;
 pub mod error;
@@ -130,6 +131,7 @@ pub fn app(state: AppState) -> Router {
         .merge(balances::router())
         .merge(sync::router())
         .merge(tokens::router())
+        .merge(audit::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.

@@ -9,9 +9,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 use uuid::Uuid;
 
+use serde_json::json;
+
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::AppState;
+use crate::audit::{self, Actor};
 use crate::domain::api_timestamp;
 use crate::store;
 use crate::store::sync_runs::{Claim, SyncRun};
@@ -46,6 +49,18 @@ async fn start(
         SyncError::Database(error) => ApiError::from(error),
         other => ApiError::Internal(other.into()),
     })?;
+    let (run, joined) = match &claim {
+        Claim::Started(run) => (run, false),
+        Claim::Running(run) => (run, true),
+    };
+    audit::record(
+        &state.pool,
+        &Actor::token(scope.token_id),
+        "sync.start",
+        Some(&scope.tenant.slug),
+        json!({"syncId": run.id, "joined": joined}),
+    )
+    .await?;
     Ok(match claim {
         Claim::Started(run) => (
             StatusCode::ACCEPTED,

@@ -11,10 +11,11 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::Owner;
+use super::auth::{Caller, Owner};
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
+use crate::audit::Actor;
 use crate::commands::token::{self, TokenError, TokenSpec};
 use crate::domain::Role;
 
@@ -65,6 +66,7 @@ struct CreateBody {
 /// 201 with the token record and, this once, the token.
 async fn create(
     _: Owner,
+    caller: Caller,
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -85,7 +87,8 @@ async fn create(
         name: body.name,
         expires_in,
     };
-    let (secret, record) = token::create_with(&state.pool, role, &spec).await?;
+    let (secret, record) =
+        token::create_with(&state.pool, role, &spec, &Actor::token(caller.token_id)).await?;
     let mut view = serde_json::to_value(token::TokenView::from(&record))
         .map_err(|error| ApiError::Internal(error.into()))?;
     view["token"] = json!(secret.expose_secret());
@@ -95,11 +98,14 @@ async fn create(
 /// `DELETE /api/administrator/tokens/{id}`: revoked on every replica within 2 s.
 async fn revoke(
     _: Owner,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<token::TokenView>, ApiError> {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::not_found("invalid-tokenid", "no token has that id"))?;
-    Ok(Json(token::revoke(&state.pool, id).await?))
+    Ok(Json(
+        token::revoke(&state.pool, id, &Actor::token(caller.token_id)).await?,
+    ))
 }

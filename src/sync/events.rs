@@ -272,6 +272,8 @@ mod tests {
             org_account_ids: Vec::new(),
             webhook_secret_ciphertext: None,
             created_at: Utc::now(),
+            version: 1,
+            disabled_at: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod metrics;
 mod refresh;
 mod streams;
 mod sync;
+mod tenant_lifecycle;
 mod tenants;
 mod tokens;
 mod webhooks;
