@@ -14,8 +14,8 @@ use crate::crypto::{CryptoError, MasterKey};
 use crate::refresh::budget::SharedBudget;
 use crate::store::tenants::Tenant;
 use crate::stripe::{
-    AdaptiveRate, ClientSettings, Credential, CredentialKind, RateBudget, RateSettings,
-    StripeClient, StripeError, TenantClient,
+    AdaptiveRate, ClientSettings, Credential, RateBudget, RateSettings, StripeClient, StripeError,
+    TenantClient,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -185,9 +185,4 @@ impl StripeTenants {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The tenant's credential kind as stored.
-pub fn credential_kind(tenant: &Tenant) -> Option<CredentialKind> {
-    tenant.credential_kind.parse().ok()
 }

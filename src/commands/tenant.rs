@@ -118,7 +118,7 @@ impl TenantView {
                 "active"
             },
             slug: tenant.slug,
-            kind: tenant.credential_kind,
+            kind: tenant.credential_kind.as_str().to_owned(),
             key_last4: tenant.key_last4,
             api_version: tenant.api_version,
             api_base: tenant.api_base,
@@ -346,8 +346,8 @@ pub async fn set_key(
     let tenant = enabled_tenant(pool, slug).await?;
     let key = key.expose_secret().trim();
     let kind = CredentialKind::from_key(key)?;
-    if kind.as_str() != tenant.credential_kind {
-        let stored = if tenant.credential_kind == "organization" {
+    if kind != tenant.credential_kind {
+        let stored = if tenant.credential_kind == CredentialKind::Organization {
             "an organization"
         } else {
             "a platform"
@@ -416,7 +416,7 @@ pub async fn update(
 ) -> Result<TenantView, TenantError> {
     let tenant = enabled_tenant(pool, slug).await?;
     let lists_given = change.platforms.is_some() || change.accounts.is_some();
-    if lists_given && tenant.credential_kind != "organization" {
+    if lists_given && tenant.credential_kind != CredentialKind::Organization {
         return Err(TenantError::OrgOptionsWithPlatformKey);
     }
     let platforms = change.platforms.as_deref().map(account_ids).transpose()?;
@@ -548,7 +548,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TenantView>, sqlx::Error> {
                 "active"
             },
             slug: t.slug,
-            kind: t.credential_kind,
+            kind: t.credential_kind.as_str().to_owned(),
             key_last4: t.key_last4,
             api_version: t.api_version,
             api_base: t.api_base,

@@ -32,9 +32,7 @@ async fn start(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<SyncRunRecord>), ApiError> {
-    let tenant = store::tenants::find_by_id(&state.pool, scope.tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))?;
+    let tenant = scope.tenant.clone();
     let client = state.stripe.client_for(&tenant)?;
     let options = SyncOptions::from_settings(&state.settings);
     let claim = sync::start_in_background(

@@ -1,14 +1,18 @@
 //! Tenants: one Stripe credential each, with its sealed key.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::{PgExecutor, Postgres};
+
+use crate::stripe::CredentialKind;
 
 /// A tenant row. The key stays sealed here; `TenantSecrets` opens it.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: i64,
     pub slug: String,
-    pub credential_kind: String,
+    /// Parsed once, when the row is read (the column's CHECK allows only these).
+    pub credential_kind: CredentialKind,
     pub key_ciphertext: Vec<u8>,
     pub key_last4: String,
     pub api_version: String,
@@ -22,6 +26,24 @@ pub struct Tenant {
     pub version: i64,
     /// Set by `tally tenant remove`: tokens refused, refresher and sync skip it.
     pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Stored as its name (`platform`, `organization`) in a TEXT column.
+impl sqlx::Type<Postgres> for CredentialKind {
+    fn type_info() -> PgTypeInfo {
+        <&str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for CredentialKind {
+    fn decode(value: PgValueRef<'r>) -> Result<CredentialKind, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        Ok(name.parse()?)
+    }
 }
 
 pub struct NewTenant<'a> {
@@ -49,7 +71,7 @@ pub async fn insert(
                                api_base, rate_limit, platform_ids, org_account_ids,
                                webhook_secret_ciphertext)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-           RETURNING id, slug, credential_kind, key_ciphertext, key_last4, api_version, api_base,
+           RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
                      created_at, version, disabled_at"#,
         tenant.slug,
@@ -73,7 +95,7 @@ pub async fn find_by_slug(
 ) -> Result<Option<Tenant>, sqlx::Error> {
     sqlx::query_as!(
         Tenant,
-        r#"SELECT id, slug, credential_kind, key_ciphertext, key_last4, api_version, api_base,
+        r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
                   version, disabled_at
            FROM tenants WHERE slug = $1"#,
@@ -86,7 +108,7 @@ pub async fn find_by_slug(
 pub async fn find_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Tenant>, sqlx::Error> {
     sqlx::query_as!(
         Tenant,
-        r#"SELECT id, slug, credential_kind, key_ciphertext, key_last4, api_version, api_base,
+        r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
                   version, disabled_at
            FROM tenants WHERE id = $1"#,
@@ -162,7 +184,7 @@ pub async fn update(
                webhook_secret_ciphertext = COALESCE($7, webhook_secret_ciphertext),
                version = version + 1, updated_at = now()
            WHERE id = $1
-           RETURNING id, slug, credential_kind, key_ciphertext, key_last4, api_version, api_base,
+           RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
                      created_at, version, disabled_at"#,
         id,
@@ -190,7 +212,7 @@ pub async fn set_key(
         r#"UPDATE tenants SET credential_kind = $2, key_ciphertext = $3, key_last4 = $4,
                               version = version + 1, updated_at = now()
            WHERE id = $1
-           RETURNING id, slug, credential_kind, key_ciphertext, key_last4, api_version, api_base,
+           RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
                      created_at, version, disabled_at"#,
         id,
