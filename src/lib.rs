@@ -9,6 +9,7 @@ pub mod balances;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod dashboard;
 pub mod domain;
 pub mod fanout;
 pub mod http;

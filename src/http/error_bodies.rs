@@ -21,11 +21,12 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
 }
 
 /// Replaces the body of an error response that is not already JSON with the error
-/// body, keyed by its status.
+/// body, keyed by its status. The admin pages' own HTML error pages (for people)
+/// are kept.
 pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) || is_html(&response) {
         return response;
     }
     let (parts, _) = response.into_parts();
@@ -45,6 +46,14 @@ fn is_json(response: &Response) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn is_html(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
 }
 
 fn framework_error(status: StatusCode) -> ApiError {

@@ -2,6 +2,7 @@
 //! stack, built once here.
 
 pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod balances;
 pub mod error;
@@ -112,6 +113,8 @@ pub fn app(state: AppState) -> Router {
     let stack = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
+            header::COOKIE,
+            header::SET_COOKIE,
             HeaderName::from_static("stripe-signature"),
         ]))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -132,6 +135,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
+        .merge(admin::router())
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.
         .fallback(axum::handler::Handler::layer(
             not_found,

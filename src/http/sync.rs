@@ -29,7 +29,22 @@ async fn start(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<SyncRunRecord>), ApiError> {
-    let tenant = store::tenants::find_by_id(&state.pool, scope.tenant.id)
+    Ok(match start_sync(&state, scope.tenant.id).await? {
+        Claim::Started(run) => (
+            StatusCode::ACCEPTED,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+        Claim::Running(run) => (
+            StatusCode::OK,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+    })
+}
+
+/// Starts the tenant's sync in the background, or finds the one running (what
+/// `POST /sync` and the admin page's button do).
+pub async fn start_sync(state: &AppState, tenant_id: i64) -> Result<Claim, ApiError> {
+    let tenant = store::tenants::find_by_id(&state.pool, tenant_id)
         .await?
         .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))?;
     let client = state
@@ -37,7 +52,7 @@ async fn start(
         .client_for(&tenant)
         .map_err(|error| ApiError::Internal(error.into()))?;
     let options = SyncOptions::from_settings(&state.settings);
-    let claim = sync::start_in_background(
+    sync::start_in_background(
         state.pool.clone(),
         client,
         tenant,
@@ -48,16 +63,6 @@ async fn start(
     .map_err(|error| match error {
         SyncError::Database(error) => ApiError::from(error),
         other => ApiError::Internal(other.into()),
-    })?;
-    Ok(match claim {
-        Claim::Started(run) => (
-            StatusCode::ACCEPTED,
-            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
-        ),
-        Claim::Running(run) => (
-            StatusCode::OK,
-            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
-        ),
     })
 }
 
