@@ -20,3 +20,4 @@ pub mod stripe;
 pub mod sync;
 pub mod telemetry;
 pub mod tenants;
+pub mod totals;
