@@ -21,3 +21,4 @@ pub mod stripe;
 pub mod sync;
 pub mod telemetry;
 pub mod tenants;
+pub mod totals;

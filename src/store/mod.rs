@@ -10,6 +10,7 @@ pub mod snapshots;
 pub mod sync_runs;
 pub mod tenants;
 pub mod tokens;
+pub mod totals_history;
 pub mod webhook_events;
 
 use std::time::Duration;
