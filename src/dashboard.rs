@@ -3,13 +3,13 @@
 //! ([`crate::balances::Balances`]), tenant health (the metrics' freshness query), sync
 //! runs, the account listing, and the totals over time.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::balances::{Answer, BalanceError, Balances};
-use crate::fanout::aggregate::TotalRow;
 use crate::fanout::Aggregate;
 use crate::http::admin::chart::Series;
 use crate::money::CurrencyAmounts;
@@ -17,6 +17,24 @@ use crate::refresh;
 use crate::store;
 use crate::store::admin::LastSync;
 use crate::store::tenants::Tenant;
+use crate::totals::{totals_over_time, Interval, TotalsBucket, TotalsError};
+
+/// Why a page's data could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error(transparent)]
+    Balances(#[from] BalanceError),
+    #[error(transparent)]
+    Totals(#[from] TotalsError),
+    #[error("the aggregate answered with a refresh no one asked for")]
+    UnaskedRefresh,
+}
+
+impl From<sqlx::Error> for DashboardError {
+    fn from(error: sqlx::Error) -> DashboardError {
+        DashboardError::Balances(BalanceError::from(error))
+    }
+}
 
 /// One tenant's line on the owner's overview.
 #[derive(Debug, Clone)]
@@ -34,7 +52,10 @@ pub struct TenantOverview {
 }
 
 /// Every tenant with its totals, freshness and last sync, by slug.
-pub async fn overview(pool: &PgPool, interval: Duration) -> Result<Vec<TenantOverview>, sqlx::Error> {
+pub async fn overview(
+    pool: &PgPool,
+    interval: Duration,
+) -> Result<Vec<TenantOverview>, sqlx::Error> {
     let health = store::refreshes::tenant_health(pool, refresh::cutoff(interval)).await?;
     let mut out = Vec::with_capacity(health.len());
     for tenant in health {
@@ -113,19 +134,15 @@ pub async fn tenant_view(
     owner: Option<&str>,
     page: i64,
     per_page: i64,
-) -> Result<TenantView, BalanceError> {
+) -> Result<TenantView, DashboardError> {
     let aggregate = match balances.aggregate(tenant, None, None, None).await? {
         Answer::Ready(aggregate) => aggregate,
         // Without a freshness requirement the aggregate answers from what is stored.
-        Answer::Pending(_) => {
-            return Err(BalanceError::Credential(
-                "the aggregate asked for a refresh it was not given".into(),
-            ))
-        }
+        Answer::Pending(_) => return Err(DashboardError::UnaskedRefresh),
     };
     let pool = &balances.pool;
     let last_sync = store::admin::last_sync(pool, tenant.id).await?;
-    let history = history(pool, tenant, &aggregate).await?;
+    let history = history(pool, tenant).await?;
     let accounts = accounts_page(pool, tenant.id, owner, page, per_page).await?;
     Ok(TenantView {
         aggregate,
@@ -182,19 +199,96 @@ async fn accounts_page(
     })
 }
 
-/// Available totals per currency over the last [`HISTORY_DAYS`] days.
-// STAND-IN until the totals-over-time use case lands: the current totals as one point.
-async fn history(
-    _pool: &PgPool,
-    _tenant: &Tenant,
-    aggregate: &Aggregate,
-) -> Result<Vec<Series>, sqlx::Error> {
-    Ok(aggregate
-        .totals
-        .iter()
-        .map(|row: &TotalRow| Series {
-            currency: row.currency.clone(),
-            points: vec![(aggregate.as_of, row.available)],
+/// Available totals per currency at the end of each of the last [`HISTORY_DAYS`]
+/// UTC days (today's bucket holds what is stored so far), from the totals-over-time
+/// use case: stored data only, nothing asked of Stripe. A currency no account held
+/// at a bucket end has no point there.
+async fn history(pool: &PgPool, tenant: &Tenant) -> Result<Vec<Series>, TotalsError> {
+    let to = Utc::now();
+    let from = to - chrono::Duration::days(HISTORY_DAYS - 1);
+    let series = totals_over_time(pool, tenant.id, Interval::Day, from, to, None, None).await?;
+    Ok(series_per_currency(&series.buckets))
+}
+
+/// Buckets (any order) → one series per currency, oldest point first.
+pub fn series_per_currency(buckets: &[TotalsBucket]) -> Vec<Series> {
+    let mut by_currency: BTreeMap<&str, Vec<(DateTime<Utc>, i64)>> = BTreeMap::new();
+    for bucket in buckets {
+        for row in &bucket.totals {
+            by_currency
+                .entry(row.currency.as_str())
+                .or_default()
+                .push((bucket.at, row.available));
+        }
+    }
+    by_currency
+        .into_iter()
+        .map(|(currency, mut points)| {
+            points.sort_by_key(|(at, _)| *at);
+            Series {
+                currency: currency.to_owned(),
+                points,
+            }
         })
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::aggregate::TotalRow;
+    use chrono::TimeZone;
+
+    fn row(currency: &str, available: i64) -> TotalRow {
+        TotalRow {
+            currency: currency.into(),
+            available,
+            pending: 0,
+            connect_reserved: 0,
+            instant_available: 0,
+        }
+    }
+
+    #[test]
+    fn buckets_become_one_series_per_currency_in_time_order() {
+        let day = |d| {
+            Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0)
+                .single()
+                .expect("date")
+        };
+        let buckets = vec![
+            TotalsBucket {
+                at: day(3),
+                accounts: 2,
+                missing: 0,
+                totals: vec![row("eur", 5), row("usd", 30)],
+            },
+            TotalsBucket {
+                at: day(2),
+                accounts: 1,
+                missing: 1,
+                totals: vec![row("usd", 20)],
+            },
+            TotalsBucket {
+                at: day(1),
+                accounts: 0,
+                missing: 2,
+                totals: vec![],
+            },
+        ];
+        let series = series_per_currency(&buckets);
+        assert_eq!(
+            series,
+            vec![
+                Series {
+                    currency: "eur".into(),
+                    points: vec![(day(3), 5)]
+                },
+                Series {
+                    currency: "usd".into(),
+                    points: vec![(day(2), 20), (day(3), 30)]
+                },
+            ]
+        );
+    }
 }

@@ -26,7 +26,10 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
 pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) || is_html(&response) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(&response)
+        || is_html(&response)
+    {
         return response;
     }
     let (parts, _) = response.into_parts();

@@ -52,7 +52,10 @@ pub async fn find_session(
     .await
 }
 
-pub async fn delete_session(db: impl PgExecutor<'_>, session_hash: &[u8]) -> Result<(), sqlx::Error> {
+pub async fn delete_session(
+    db: impl PgExecutor<'_>,
+    session_hash: &[u8],
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM admin_sessions WHERE session_hash = $1",
         session_hash

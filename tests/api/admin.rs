@@ -34,11 +34,7 @@ pub async fn sign_in(address: &str, token: &str, headers: &[(&str, &str)]) -> (S
         .to_str()
         .expect("ascii")
         .to_owned();
-    let pair = set_cookie
-        .split(';')
-        .next()
-        .expect("name=value")
-        .to_owned();
+    let pair = set_cookie.split(';').next().expect("name=value").to_owned();
     (set_cookie, pair)
 }
 
@@ -53,7 +49,9 @@ async fn page(address: &str, path: &str, cookie: &str) -> Response {
 
 /// The CSRF token in a page's forms.
 pub fn csrf_in(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF token");
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token");
     let rest = &html[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').expect("closing quote")].to_owned()
 }
@@ -90,7 +88,12 @@ async fn signing_in_sets_an_httponly_strict_expiring_cookie_that_is_not_the_toke
 
     let (set_cookie, pair) = sign_in(&app.address, &token, &[]).await;
     assert!(set_cookie.starts_with(&format!("{SESSION_COOKIE}=")));
-    for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=28800"] {
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=28800",
+    ] {
         assert!(set_cookie.contains(flag), "{flag}: {set_cookie}");
     }
     assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
@@ -135,7 +138,10 @@ async fn a_bad_token_is_refused_with_what_to_do_and_no_session() {
     assert!(response.headers().get(SET_COOKIE).is_none());
     let html = response.text().await.expect("html");
     assert!(html.contains("not a token this server knows"), "{html}");
-    assert!(!html.contains("tly_not-a-real-token"), "the token is not echoed");
+    assert!(
+        !html.contains("tly_not-a-real-token"),
+        "the token is not echoed"
+    );
 
     // Without a session every page sends you to sign in.
     for path in ["/admin", "/admin/tenants/acme"] {
@@ -179,7 +185,10 @@ async fn a_revoked_or_expired_token_ends_its_sessions_on_every_replica_within_tw
             assert_eq!(response.headers()[LOCATION], "/admin/login");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "still signed in");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still signed in"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -188,13 +197,17 @@ async fn a_revoked_or_expired_token_ends_its_sessions_on_every_replica_within_tw
     let (_, cookie) = sign_in(&first.address, &admin, &[]).await;
     assert_eq!(page(&first.address, "/admin", &cookie).await.status(), 303);
     assert_eq!(
-        page(&first.address, "/admin/tenants/acme", &cookie).await.status(),
+        page(&first.address, "/admin/tenants/acme", &cookie)
+            .await
+            .status(),
         200
     );
-    sqlx::query("UPDATE api_tokens SET expires_at = now() WHERE revoked_at IS NULL AND role = 'admin'")
-        .execute(&first.pool)
-        .await
-        .expect("expire");
+    sqlx::query(
+        "UPDATE api_tokens SET expires_at = now() WHERE revoked_at IS NULL AND role = 'admin'",
+    )
+    .execute(&first.pool)
+    .await
+    .expect("expire");
     let response = page(&second.address, "/admin/tenants/acme", &cookie).await;
     assert_eq!(response.status(), 303, "an expired token's session is over");
 
@@ -206,7 +219,9 @@ async fn a_revoked_or_expired_token_ends_its_sessions_on_every_replica_within_tw
         .await
         .expect("expire sessions");
     assert_eq!(
-        page(&first.address, "/admin/tenants/acme", &cookie).await.status(),
+        page(&first.address, "/admin/tenants/acme", &cookie)
+            .await
+            .status(),
         303
     );
 }
@@ -279,10 +294,18 @@ async fn a_tenant_token_sees_only_its_tenant_and_an_owner_sees_all() {
         ("page=abc", "invalid-page"),
         ("owner=%00", "invalid-accountid"),
     ] {
-        let response = page(&app.address, &format!("/admin/tenants/acme?{query}"), &cookie).await;
+        let response = page(
+            &app.address,
+            &format!("/admin/tenants/acme?{query}"),
+            &cookie,
+        )
+        .await;
         assert_eq!(response.status(), 400, "{query}");
         let html = response.text().await.expect("html");
-        assert!(html.contains(&format!("data-code=\"{code}\"")), "{query}: {html}");
+        assert!(
+            html.contains(&format!("data-code=\"{code}\"")),
+            "{query}: {html}"
+        );
     }
 }
 
@@ -291,7 +314,10 @@ async fn a_reader_cannot_post_and_no_one_can_post_from_another_site() {
     let app = spawn_app().await;
     app.add_tenant("acme").await;
     let origin = app.address.clone();
-    let same = [("origin", origin.as_str()), ("sec-fetch-site", "same-origin")];
+    let same = [
+        ("origin", origin.as_str()),
+        ("sec-fetch-site", "same-origin"),
+    ];
 
     let reader = app.token(Role::Reader, Some("acme")).await;
     let (_, cookie) = sign_in(&app.address, &reader, &[]).await;
@@ -306,7 +332,11 @@ async fn a_reader_cannot_post_and_no_one_can_post_from_another_site() {
         let path = format!("/admin/tenants/acme/{action}");
         let response = post(&app.address, &path, &cookie, &csrf, &same).await;
         assert_eq!(response.status(), 403, "a reader may not {action}");
-        assert!(response.text().await.expect("html").contains("data-code=\"forbidden\""));
+        assert!(response
+            .text()
+            .await
+            .expect("html")
+            .contains("data-code=\"forbidden\""));
     }
 
     let admin = app.token(Role::Admin, Some("acme")).await;
@@ -319,18 +349,29 @@ async fn a_reader_cannot_post_and_no_one_can_post_from_another_site() {
     let csrf = csrf_in(&html);
     let path = "/admin/tenants/acme/refresh";
     for (headers, code) in [
-        (vec![(ORIGIN.as_str(), "http://evil.example")], "cross-site-request"),
+        (
+            vec![(ORIGIN.as_str(), "http://evil.example")],
+            "cross-site-request",
+        ),
         (vec![("origin", "null")], "cross-site-request"),
         (vec![("sec-fetch-site", "cross-site")], "cross-site-request"),
         (vec![("sec-fetch-site", "same-site")], "cross-site-request"),
     ] {
         let response = post(&app.address, path, &cookie, &csrf, &headers).await;
         assert_eq!(response.status(), 403, "{headers:?}");
-        assert!(response.text().await.expect("html").contains(&format!("data-code=\"{code}\"")));
+        assert!(response
+            .text()
+            .await
+            .expect("html")
+            .contains(&format!("data-code=\"{code}\"")));
     }
     let response = post(&app.address, path, &cookie, "forged", &same).await;
     assert_eq!(response.status(), 403);
-    assert!(response.text().await.expect("html").contains("invalid-csrf-token"));
+    assert!(response
+        .text()
+        .await
+        .expect("html")
+        .contains("invalid-csrf-token"));
     let refreshes: i64 = sqlx::query_scalar("SELECT count(*) FROM balance_refreshes")
         .fetch_one(&app.pool)
         .await

@@ -14,7 +14,11 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tally::domain::Role;
 use tally::money::minor_digits;
+use tally::money::Totals;
 use tally::sim::SimConfig;
+use tally::store;
+use tally::store::accounts::{AccountInput, Observed};
+use tally::store::snapshots::SnapshotOutcome;
 
 use crate::admin::csrf_in;
 use crate::balances::reported_totals;
@@ -59,7 +63,10 @@ async fn start_driver() -> Driver {
         url: format!("http://127.0.0.1:{port}"),
     };
     let started = Instant::now();
-    while reqwest::get(format!("{}/status", driver.url)).await.is_err() {
+    while reqwest::get(format!("{}/status", driver.url))
+        .await
+        .is_err()
+    {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "chromedriver did not answer"
@@ -166,9 +173,14 @@ async fn shown_totals(client: &Client) -> BTreeMap<String, [i64; 4]> {
             .expect("attr")
             .expect("currency");
         let mut amounts = [0i64; 4];
-        for (index, kind) in ["available", "pending", "connectReserved", "instantAvailable"]
-            .iter()
-            .enumerate()
+        for (index, kind) in [
+            "available",
+            "pending",
+            "connectReserved",
+            "instantAvailable",
+        ]
+        .iter()
+        .enumerate()
         {
             let cell = row
                 .find(Locator::Css(&format!("td[data-kind='{kind}']")))
@@ -250,6 +262,69 @@ async fn attacker_page(target: String, csrf: String) -> String {
     address
 }
 
+/// Gives the tenant a month of history: its accounts listed `days` days ago, then a
+/// balance every three days, each account's available amounts growing towards what
+/// the simulator holds now.
+async fn seed_history(
+    app: &TestApp,
+    tenant: i64,
+    sim: &tally::sim::SimHandle,
+    accounts: &[String],
+    days: i64,
+) {
+    let start = chrono::Utc::now() - chrono::Duration::days(days);
+    let inputs: Vec<AccountInput> = accounts
+        .iter()
+        .map(|id| {
+            let object = sim.account_object(id).expect("sim account");
+            AccountInput::from_stripe_object(
+                &object,
+                None,
+                &app.settings.accounts.owner_metadata_key,
+            )
+            .expect("account")
+        })
+        .collect();
+    let mut tx = app.pool.begin().await.expect("begin");
+    // Listed from `start` in history, as the totals migration lets a test pin it.
+    sqlx::query("SELECT set_config('tally.clock', $1, true)")
+        .bind(start.to_rfc3339())
+        .execute(&mut *tx)
+        .await
+        .expect("clock");
+    store::accounts::upsert(&mut *tx, tenant, &inputs, Observed::Fetched(start))
+        .await
+        .expect("upsert");
+    tx.commit().await.expect("commit");
+    let mut conn = app.pool.acquire().await.expect("connection");
+    for ago in (1..days).rev().step_by(3) {
+        let at = chrono::Utc::now() - chrono::Duration::days(ago);
+        for id in accounts {
+            let mut raw = sim.balance_of(id).expect("sim balance");
+            for entry in raw["available"].as_array_mut().into_iter().flatten() {
+                let amount = entry["amount"].as_i64().expect("amount");
+                entry["amount"] = json!(amount * (days - ago) / days);
+            }
+            let balance: tally::stripe::Balance =
+                serde_json::from_value(raw.clone()).expect("balance");
+            let totals = Totals::from_balance(&balance).expect("totals");
+            store::snapshots::record(
+                &mut conn,
+                tenant,
+                id,
+                at,
+                "fetch",
+                SnapshotOutcome::Balance {
+                    raw: &raw,
+                    totals: &totals,
+                },
+            )
+            .await
+            .expect("snapshot");
+        }
+    }
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(&app.pool)
@@ -269,7 +344,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     let app = spawn_app().await;
     let tenant = app.add_sim_platform_tenant("acme", &sim, 0).await;
     let accounts = sim.keys().platforms[0].accounts.clone();
-    app.store_sim_accounts(tenant, &sim, &accounts, None).await;
+    seed_history(&app, tenant, &sim, &accounts, 30).await;
     sim.fail_account(&accounts[0], 500);
     let reader = app.token(Role::Reader, Some("acme")).await;
     let admin = app.token(Role::Admin, Some("acme")).await;
@@ -289,7 +364,8 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
 
     // The totals shown are the API's, to the minor unit.
     assert_eq!(shown_totals(&client).await, api_totals);
-    // The chart has one series per currency, each drawn with its own dash pattern.
+    // The chart has one series per currency, each drawn with its own dash pattern,
+    // a point per bucket of the month, and ends at today's totals.
     let series = client
         .find_all(Locator::Css("svg.chart g.series"))
         .await
@@ -297,9 +373,38 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     let mut currencies = Vec::new();
     let mut dashes = Vec::new();
     for group in &series {
-        currencies.push(group.attr("data-currency").await.expect("a").expect("currency"));
+        let currency = group
+            .attr("data-currency")
+            .await
+            .expect("a")
+            .expect("currency");
         let line = group.find(Locator::Css("path.line")).await.expect("line");
-        dashes.push(line.attr("stroke-dasharray").await.expect("a").expect("dash"));
+        dashes.push(
+            line.attr("stroke-dasharray")
+                .await
+                .expect("a")
+                .expect("dash"),
+        );
+        let path = line.attr("d").await.expect("a").expect("d");
+        assert!(
+            path.matches('L').count() >= 10,
+            "{currency}: a month of points: {path}"
+        );
+        let label = group
+            .find(Locator::Css("text.direct-label"))
+            .await
+            .expect("label")
+            .text()
+            .await
+            .expect("text");
+        let (code, amount) = label.split_once(' ').expect("CUR amount");
+        assert_eq!(code, currency.to_uppercase());
+        assert_eq!(
+            parse_major(amount, &currency),
+            api_totals[&currency][0],
+            "{label}"
+        );
+        currencies.push(currency);
     }
     currencies.sort();
     assert_eq!(currencies, api_totals.keys().cloned().collect::<Vec<_>>());
@@ -307,29 +412,53 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     dashes.dedup();
     assert_eq!(dashes.len(), series.len(), "a dash pattern per series");
     // The failing account is listed with its status, code and hint.
-    let failure = text_of(&client, &format!("#failures tr[data-stripeid='{}']", accounts[0])).await;
+    let failure = text_of(
+        &client,
+        &format!("#failures tr[data-stripeid='{}']", accounts[0]),
+    )
+    .await;
     assert!(failure.contains("500"), "{failure}");
 
     // Paging walks the accounts in the API's order.
     let (_, listing) = app
-        .get_json("/api/administrator/connect/stripe-accounts?limit=100", &reader)
+        .get_json(
+            "/api/administrator/connect/stripe-accounts?limit=100",
+            &reader,
+        )
         .await;
     let expected = ids(&listing);
     assert_eq!(expected.len(), 24);
     let per_page = usize::try_from(app.settings.api.page_size).expect("page size");
     let mut walked = shown_account_ids(&client).await;
     assert_eq!(walked.len(), per_page.min(24));
-    assert!(text_of(&client, "#page-status").await.starts_with("Page 1 of 3"));
+    assert!(text_of(&client, "#page-status")
+        .await
+        .starts_with("Page 1 of 3"));
     screenshot(&client, 1280, 2000, "admin-tenant").await;
     screenshot(&client, 390, 2400, "admin-tenant").await;
     client.set_window_size(1280, 1000).await.expect("size");
+    // The keyboard reaches the skip link first.
+    client
+        .find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .send_keys("\u{E004}")
+        .await
+        .expect("tab");
+    let focused = client
+        .execute("return document.activeElement.textContent", vec![])
+        .await
+        .expect("focus");
+    assert_eq!(focused, json!("Skip to content"));
     while let Ok(next) = client.find(Locator::Css("a[rel='next']")).await {
         next.click().await.expect("next page");
         walked.extend(shown_account_ids(&client).await);
         assert!(walked.len() <= 24, "paging ends");
     }
     assert_eq!(walked, expected);
-    assert!(text_of(&client, "#page-status").await.starts_with("Page 3 of 3"));
+    assert!(text_of(&client, "#page-status")
+        .await
+        .starts_with("Page 3 of 3"));
     // Back again.
     client
         .find(Locator::Css("a[rel='prev']"))
@@ -338,7 +467,10 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .click()
         .await
         .expect("clicked");
-    assert_eq!(shown_account_ids(&client).await, expected[per_page..2 * per_page]);
+    assert_eq!(
+        shown_account_ids(&client).await,
+        expected[per_page..2 * per_page]
+    );
 
     // The owner filter shows that owner's accounts, as the API does.
     let owner = listing
@@ -348,7 +480,10 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .find_map(|r| r["accountid"].as_str())
         .expect("an account with an owner")
         .to_owned();
-    let field = client.find(Locator::Css("input#owner")).await.expect("filter");
+    let field = client
+        .find(Locator::Css("input#owner"))
+        .await
+        .expect("filter");
     field.clear().await.expect("clear");
     field.send_keys(&owner).await.expect("typed");
     client
@@ -378,7 +513,10 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .await
         .expect("clicked");
     let refused = client.source().await.expect("source");
-    assert!(refused.contains("data-code=\"cross-site-request\""), "{refused}");
+    assert!(
+        refused.contains("data-code=\"cross-site-request\""),
+        "{refused}"
+    );
     assert_eq!(count(&app, "SELECT count(*) FROM sync_runs").await, 0);
 
     // The page's own button starts a sync.
@@ -387,7 +525,9 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .await
         .expect("tenant page");
     client
-        .find(Locator::Css("form[action='/admin/tenants/acme/sync'] button"))
+        .find(Locator::Css(
+            "form[action='/admin/tenants/acme/sync'] button",
+        ))
         .await
         .expect("sync button")
         .click()
@@ -418,11 +558,15 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     // A reader sees no buttons, and posting as one is refused.
     sign_in(&client, &app, &reader).await;
     assert!(client
-        .find_all(Locator::Css("form[action$='/sync'], form[action$='/refresh']"))
+        .find_all(Locator::Css(
+            "form[action$='/sync'], form[action$='/refresh']"
+        ))
         .await
         .expect("forms")
         .is_empty());
-    assert!(text_of(&client, "#read-only").await.contains("needs an admin or owner token"));
+    assert!(text_of(&client, "#read-only")
+        .await
+        .contains("needs an admin or owner token"));
     let cookie = client
         .get_named_cookie("tally_admin_session")
         .await
@@ -439,7 +583,14 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .await
         .expect("sent");
     assert_eq!(response.status(), 403);
-    assert_eq!(count(&app, "SELECT count(*) FROM balance_refreshes WHERE trigger = 'person'").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM balance_refreshes WHERE trigger = 'person'"
+        )
+        .await,
+        0
+    );
     screenshot(&client, 390, 1600, "admin-reader").await;
 
     client.close().await.expect("browser closes");
@@ -462,7 +613,10 @@ async fn an_owner_sees_every_tenant_with_totals_freshness_and_last_sync() {
     }
     let owner = app.token(Role::Owner, None).await;
     let (status, _) = app
-        .get_json("/api/administrator/connect/balances?max_age=0&tenant=acme", &owner)
+        .get_json(
+            "/api/administrator/connect/balances?max_age=0&tenant=acme",
+            &owner,
+        )
         .await;
     assert_eq!(status, 200);
     let (_, api) = app
@@ -476,15 +630,25 @@ async fn an_owner_sees_every_tenant_with_totals_freshness_and_last_sync() {
     let globex = text_of(&client, "tr[data-tenant='globex']").await;
     for row in api["totals"].as_array().expect("totals") {
         let currency = row["currency"].as_str().expect("currency");
-        let amount = tally::money::format_minor(row["available"].as_i64().expect("minor"), currency);
+        let amount =
+            tally::money::format_minor(row["available"].as_i64().expect("minor"), currency);
         assert!(
             acme.contains(&format!("{} {amount} available", currency.to_uppercase())),
             "{acme}"
         );
     }
-    assert!(globex.contains("none yet") && globex.contains("never read"), "{globex}");
-    assert_eq!(text_of(&client, "tr[data-tenant='globex'] td.stale").await, "5");
-    assert_eq!(text_of(&client, "tr[data-tenant='acme'] td.stale").await, "0");
+    assert!(
+        globex.contains("none yet") && globex.contains("never read"),
+        "{globex}"
+    );
+    assert_eq!(
+        text_of(&client, "tr[data-tenant='globex'] td.stale").await,
+        "5"
+    );
+    assert_eq!(
+        text_of(&client, "tr[data-tenant='acme'] td.stale").await,
+        "0"
+    );
     screenshot(&client, 1280, 900, "admin-owner").await;
     screenshot(&client, 390, 1200, "admin-owner").await;
     client

@@ -32,11 +32,12 @@ use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
 use crate::balances::BalanceError;
-use crate::dashboard;
+use crate::dashboard::{self, DashboardError};
 use crate::domain::OwnerId;
 use crate::refresh::RefreshScope;
 use crate::store;
 use crate::store::sync_runs::Claim;
+use crate::totals::TotalsError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -54,7 +55,9 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug)]
 pub enum AdminError {
     /// No live session: back to the sign-in form.
-    SignIn { secure: bool },
+    SignIn {
+        secure: bool,
+    },
     UnknownTenant,
     /// Signed in, but the role may not do this (a reader posting).
     Forbidden,
@@ -62,7 +65,10 @@ pub enum AdminError {
     CrossSite,
     /// A form without this session's CSRF token.
     BadCsrf,
-    Invalid { code: &'static str, message: String },
+    Invalid {
+        code: &'static str,
+        message: String,
+    },
     Api(ApiError),
 }
 
@@ -87,6 +93,16 @@ impl From<ApiError> for AdminError {
 impl From<BalanceError> for AdminError {
     fn from(error: BalanceError) -> AdminError {
         AdminError::Api(ApiError::from(error))
+    }
+}
+
+impl From<DashboardError> for AdminError {
+    fn from(error: DashboardError) -> AdminError {
+        match error {
+            DashboardError::Balances(error) => AdminError::from(error),
+            DashboardError::Totals(TotalsError::Database(error)) => AdminError::from(error),
+            other => AdminError::Api(ApiError::Internal(other.into())),
+        }
     }
 }
 
@@ -159,7 +175,10 @@ impl IntoResponse for AdminError {
 }
 
 /// `/admin`: an owner's overview; a tenant token goes to its tenant's page.
-async fn home(session: AdminSession, State(state): State<AppState>) -> Result<Response, AdminError> {
+async fn home(
+    session: AdminSession,
+    State(state): State<AppState>,
+) -> Result<Response, AdminError> {
     if let Some(tenant) = &session.caller.tenant {
         return Ok(Redirect::to(&format!("/admin/tenants/{}", tenant.slug)).into_response());
     }
@@ -168,10 +187,7 @@ async fn home(session: AdminSession, State(state): State<AppState>) -> Result<Re
     Ok(pages::overview(&session, &tenants).into_response())
 }
 
-async fn login_form(
-    State(state): State<AppState>,
-    parts: Parts,
-) -> Result<Response, AdminError> {
+async fn login_form(State(state): State<AppState>, parts: Parts) -> Result<Response, AdminError> {
     if session::current(&parts, &state).await?.is_some() {
         return Ok(Redirect::to("/admin").into_response());
     }
@@ -190,9 +206,8 @@ async fn login(
     parts: Parts,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, AdminError> {
-    let refused = |message: &str| {
-        (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response()
-    };
+    let refused =
+        |message: &str| (StatusCode::UNAUTHORIZED, pages::login(Some(message))).into_response();
     let Ok(Form(form)) = form else {
         return Ok(refused("Paste a token into the field, then sign in."));
     };
@@ -212,7 +227,8 @@ async fn login(
     store::admin::delete_expired_sessions(&state.pool).await?;
     let (id, hash) = session::new_session_id();
     let expires_at = chrono::Utc::now()
-        + chrono::Duration::from_std(session::SESSION_TTL).expect("eight hours fit a chrono duration");
+        + chrono::Duration::from_std(session::SESSION_TTL)
+            .expect("eight hours fit a chrono duration");
     store::admin::insert_session(&state.pool, &hash, caller.token_id, expires_at).await?;
     let mut response = Redirect::to("/admin").into_response();
     response.headers_mut().insert(
@@ -259,7 +275,8 @@ struct TenantQuery {
 fn tenant_query(raw: Option<&str>) -> Result<TenantQuery, AdminError> {
     let params = QueryParams::parse(raw).map_err(|_| AdminError::Invalid {
         code: "invalid-query",
-        message: "The address's query could not be read. Open the tenant from the admin page.".into(),
+        message: "The address's query could not be read. Open the tenant from the admin page."
+            .into(),
     })?;
     let page = match params.get("page") {
         None | Some("") => 1,

@@ -39,7 +39,8 @@ header button{background:#fff;color:#15325c;border-color:#fff;padding:3px 10px}
 .error{border-left:4px solid #a12222;background:#fbeeee;padding:8px 12px}
 .empty{color:#444;font-style:italic}
 .summary{margin:4px 0 12px}
-.chart{width:100%;height:auto;max-width:760px;background:#fff;border:1px solid #ddd}
+.chart-wrap{overflow-x:auto;max-width:762px}
+.chart{display:block;width:100%;min-width:540px;height:auto;background:#fff;border:1px solid #ddd}
 .chart text{font-family:inherit;fill:#1a1a1a}
 .filter{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin:8px 0}
 .filter input{font:inherit;padding:5px 8px;min-width:14rem;max-width:100%}
@@ -417,7 +418,7 @@ pub fn tenant(
         }
         section aria-labelledby="history-title" {
             h2 #history-title { "Available over the last " (HISTORY_DAYS) " days" }
-            (totals_chart(&view.history))
+            div.chart-wrap { (totals_chart(&view.history)) }
             @if view.history.iter().any(|s| !s.points.is_empty()) {
                 (history_table(&view.history))
             }
@@ -427,7 +428,10 @@ pub fn tenant(
             @if aggregate.failures.is_empty() {
                 p.empty { "None: every account's latest balance was read." }
             } @else {
-                p { (aggregate.failures.len()) " accounts did not return a balance on their latest try. The totals still hold each one's last good balance, if it had one." }
+                p {
+                    @if aggregate.failures.len() == 1 { "1 account did not" } @else { (aggregate.failures.len()) " accounts did not" }
+                    " return a balance on its latest try. The totals still hold the last good balance of each, if it had one."
+                }
                 div.table-wrap {
                     table #failures {
                         caption { "Failing accounts" }

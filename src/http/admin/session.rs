@@ -168,11 +168,9 @@ impl FromRequestParts<AppState> for AdminSession {
         if let Some(session) = parts.extensions.get::<AdminSession>() {
             return Ok(session.clone());
         }
-        let session = current(parts, state)
-            .await?
-            .ok_or(AdminError::SignIn {
-                secure: came_over_tls(parts),
-            })?;
+        let session = current(parts, state).await?.ok_or(AdminError::SignIn {
+            secure: came_over_tls(parts),
+        })?;
         parts.extensions.insert(session.clone());
         Ok(session)
     }
@@ -190,7 +188,11 @@ fn own_origin(parts: &Parts) -> Option<String> {
         .get("x-forwarded-host")
         .or_else(|| parts.headers.get(header::HOST))
         .and_then(|v| v.to_str().ok())?;
-    let scheme = if came_over_tls(parts) { "https" } else { "http" };
+    let scheme = if came_over_tls(parts) {
+        "https"
+    } else {
+        "http"
+    };
     Some(format!("{scheme}://{}", host.split(',').next()?.trim()))
 }
 
@@ -324,7 +326,10 @@ mod tests {
     fn the_session_cookie_is_found_among_others() {
         let p = parts(&[("cookie", "a=1; tally_admin_session=xyz; b=2")]);
         assert_eq!(cookie_in(&p.headers).as_deref(), Some("xyz"));
-        assert_eq!(cookie_in(&parts(&[("cookie", "tally_admin_session=")]).headers), None);
+        assert_eq!(
+            cookie_in(&parts(&[("cookie", "tally_admin_session=")]).headers),
+            None
+        );
     }
 
     #[test]
