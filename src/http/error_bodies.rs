@@ -27,8 +27,8 @@ pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
-        || is_json(&response)
-        || is_html(&response)
+        || content_type_is(&response, "application/json")
+        || content_type_is(&response, "text/html")
     {
         return response;
     }
@@ -43,20 +43,12 @@ pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     replaced
 }
 
-fn is_json(response: &Response) -> bool {
+fn content_type_is(response: &Response, prefix: &str) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
-}
-
-fn is_html(response: &Response) -> bool {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"))
+        .is_some_and(|v| v.starts_with(prefix))
 }
 
 fn framework_error(status: StatusCode) -> ApiError {

@@ -134,6 +134,16 @@ async fn text_of(client: &Client, css: &str) -> String {
         .expect("text")
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("{css}: {error}"))
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
+}
+
 async fn sign_in(client: &Client, app: &TestApp, token: &str) {
     client
         .goto(&format!("{}/admin/login", app.address))
@@ -144,13 +154,7 @@ async fn sign_in(client: &Client, app: &TestApp, token: &str) {
         .await
         .expect("token field");
     field.send_keys(token).await.expect("typed");
-    client
-        .find(Locator::Css("form[action='/admin/login'] button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("clicked");
+    click(client, "form[action='/admin/login'] button").await;
     client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -460,13 +464,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .await
         .starts_with("Page 3 of 3"));
     // Back again.
-    client
-        .find(Locator::Css("a[rel='prev']"))
-        .await
-        .expect("previous")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, "a[rel='prev']").await;
     assert_eq!(
         shown_account_ids(&client).await,
         expected[per_page..2 * per_page]
@@ -486,13 +484,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .expect("filter");
     field.clear().await.expect("clear");
     field.send_keys(&owner).await.expect("typed");
-    client
-        .find(Locator::Css("form.filter button"))
-        .await
-        .expect("filter button")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, "form.filter button").await;
     let (_, owned) = app
         .get_json(
             &format!("/api/administrator/connect/stripe-accounts?limit=100&accountid={owner}"),
@@ -524,26 +516,12 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .goto(&format!("{}/admin/tenants/acme", app.address))
         .await
         .expect("tenant page");
-    client
-        .find(Locator::Css(
-            "form[action='/admin/tenants/acme/sync'] button",
-        ))
-        .await
-        .expect("sync button")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, "form[action='/admin/tenants/acme/sync'] button").await;
     assert!(text_of(&client, "p.notice").await.contains("Sync"));
     assert_eq!(count(&app, "SELECT count(*) FROM sync_runs").await, 1);
 
     // Sign out; the pages are closed again.
-    client
-        .find(Locator::Css("form[action='/admin/logout'] button"))
-        .await
-        .expect("sign out")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, "form[action='/admin/logout'] button").await;
     client
         .goto(&format!("{}/admin/tenants/acme", app.address))
         .await

@@ -109,7 +109,7 @@ pub fn ticks(min: i64, max: i64) -> Vec<i64> {
     let first = low.div_euclid(step) * step;
     let mut out = Vec::new();
     let mut tick = first;
-    while tick <= high + step - 1 && out.len() < 12 {
+    while out.len() < 12 {
         if let Ok(value) = i64::try_from(tick) {
             out.push(value);
         }

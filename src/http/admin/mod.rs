@@ -26,7 +26,7 @@ use axum::{Form, Router};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use self::session::{AdminSession, SameOrigin, TenantPage, TenantPageAdmin};
+use self::session::{AdminSession, Posted, SameOrigin, TenantPage, TenantPageAdmin};
 use super::auth::verify_token;
 use super::error::ApiError;
 use super::query::QueryParams;
@@ -238,24 +238,11 @@ async fn login(
     Ok(response)
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-fn csrf_field(form: Result<Form<CsrfForm>, FormRejection>) -> String {
-    form.map(|Form(f)| f.csrf).unwrap_or_default()
-}
-
 async fn logout(
-    _: SameOrigin,
-    session: AdminSession,
     State(state): State<AppState>,
     parts: Parts,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    Posted(session): Posted<AdminSession>,
 ) -> Result<Response, AdminError> {
-    session.check_csrf(&csrf_field(form))?;
     session.end(&state).await?;
     let mut response = Redirect::to("/admin/login").into_response();
     response.headers_mut().insert(
@@ -334,12 +321,9 @@ fn back_to(slug: &str, notice: &str) -> Response {
 }
 
 async fn start_sync(
-    _: SameOrigin,
-    TenantPageAdmin(page): TenantPageAdmin,
     State(state): State<AppState>,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    Posted(TenantPageAdmin(page)): Posted<TenantPageAdmin>,
 ) -> Result<Response, AdminError> {
-    page.session.check_csrf(&csrf_field(form))?;
     let notice = match super::sync::start_sync(&state, page.tenant.id).await? {
         Claim::Started(_) => "sync-started",
         Claim::Running(_) => "sync-running",
@@ -348,12 +332,9 @@ async fn start_sync(
 }
 
 async fn start_refresh(
-    _: SameOrigin,
-    TenantPageAdmin(page): TenantPageAdmin,
     State(state): State<AppState>,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    Posted(TenantPageAdmin(page)): Posted<TenantPageAdmin>,
 ) -> Result<Response, AdminError> {
-    page.session.check_csrf(&csrf_field(form))?;
     state
         .balances()
         .start_refresh(&page.tenant, RefreshScope::Tenant, Duration::ZERO)

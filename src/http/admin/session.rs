@@ -13,12 +13,14 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
+use axum::Form;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::AdminError;
@@ -261,6 +263,52 @@ impl FromRequestParts<AppState> for TenantPageAdmin {
             return Err(AdminError::Forbidden);
         }
         Ok(TenantPageAdmin(page))
+    }
+}
+
+/// Whatever carries the signed-in session.
+pub trait SignedIn {
+    fn session(&self) -> &AdminSession;
+}
+
+impl SignedIn for AdminSession {
+    fn session(&self) -> &AdminSession {
+        self
+    }
+}
+
+impl SignedIn for TenantPageAdmin {
+    fn session(&self) -> &AdminSession {
+        &self.0.session
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A form post that changes something: from the page's own origin, by a caller `T`
+/// allows, carrying the session's CSRF token — checked in that order.
+pub struct Posted<T>(pub T);
+
+impl<T> FromRequest<AppState> for Posted<T>
+where
+    T: FromRequestParts<AppState, Rejection = AdminError> + SignedIn + Send,
+{
+    type Rejection = AdminError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, AdminError> {
+        let (mut parts, body) = request.into_parts();
+        check_same_origin(&parts)?;
+        let caller = T::from_request_parts(&mut parts, state).await?;
+        let presented = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map(|Form(form)| form.csrf)
+            .unwrap_or_default();
+        caller.session().check_csrf(&presented)?;
+        Ok(Posted(caller))
     }
 }
 
