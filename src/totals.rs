@@ -61,9 +61,7 @@ impl Interval {
             .expect("zero minutes, seconds and nanoseconds exist in every UTC hour");
         match self {
             Interval::Hour => hour,
-            Interval::Day => hour
-                .with_hour(0)
-                .expect("midnight exists in every UTC day"),
+            Interval::Day => hour.with_hour(0).expect("midnight exists in every UTC day"),
         }
     }
 }
@@ -326,8 +324,17 @@ mod tests {
     fn dates_cover_whole_utc_days() {
         assert_eq!(parse_from("2026-11-01"), Some(at("2026-11-01T00:00:00Z")));
         assert_eq!(parse_to("2026-11-30"), Some(at("2026-12-01T00:00:00Z")));
-        assert_eq!(parse_to("2026-11-30T12:00:00+01:00"), Some(at("2026-11-30T11:00:00Z")));
-        for bad in ["2026-13-01", "2026-11-31", "yesterday", "2026-11-01T25:00:00Z", "1"] {
+        assert_eq!(
+            parse_to("2026-11-30T12:00:00+01:00"),
+            Some(at("2026-11-30T11:00:00Z"))
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-11-31",
+            "yesterday",
+            "2026-11-01T25:00:00Z",
+            "1",
+        ] {
             assert_eq!(parse_from(bad), None, "{bad}");
         }
     }

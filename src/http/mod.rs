@@ -12,6 +12,7 @@ mod query;
 mod streams;
 pub mod sync;
 pub mod tokens;
+pub mod totals;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -130,6 +131,7 @@ pub fn app(state: AppState) -> Router {
         .merge(balances::router())
         .merge(sync::router())
         .merge(tokens::router())
+        .merge(totals::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.

@@ -18,4 +18,5 @@ mod streams;
 mod sync;
 mod tenants;
 mod tokens;
+mod totals;
 mod webhooks;
