@@ -187,17 +187,23 @@ async fn recompute(
         totals: BTreeMap::new(),
     };
     let mut sum = Totals::default();
-    for (stripeid, listed_at, removed_at) in periods {
+    for (n, (stripeid, listed_at, removed_at)) in periods.iter().enumerate() {
         if only.is_some_and(|only| !only.contains(&stripeid.as_str())) {
             continue;
         }
         if *listed_at > at || removed_at.is_some_and(|end| end <= at) {
             continue;
         }
+        // In an account's first listing any balance counts (all were stored after it
+        // was listed); after a relisting, only those fetched since.
+        let first_listing = !periods[..n].iter().any(|(id, _, _)| id == stripeid);
         let latest = snapshots
             .iter()
             .filter(|(id, _, fetched_at, balance)| {
-                id == stripeid && balance.is_some() && fetched_at >= listed_at && *fetched_at <= at
+                id == stripeid
+                    && balance.is_some()
+                    && (first_listing || fetched_at >= listed_at)
+                    && *fetched_at <= at
             })
             .max_by_key(|(_, id, fetched_at, _)| (*fetched_at, *id));
         match latest {
@@ -312,6 +318,10 @@ async fn scenario() -> (TestApp, i64, Driver) {
     d.good(dd, base(28, 59), balance(2_000, 0, None)).await;
     // Another late one, with newer balances stored: it counts only until the next.
     d.good(dd, base(6, 40), balance(-300, 0, None)).await;
+    // Listed at 12:20, with a balance fetched at 12:05 delivered after that: it counts
+    // from the listing on, as in the live totals.
+    d.list(base(12, 20), &[("acct_1F", None)]).await;
+    d.good("acct_1F", base(12, 5), balance(70, 0, None)).await;
     (app, tenant_id, d)
 }
 
@@ -385,7 +395,12 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
         "A listed again, not read"
     );
     assert_eq!(at(28).totals["jpy"][0], 1 + 7, "C read on day two");
-    assert_eq!(at(29).totals["usd"][0], 500 + 2_600 + 2_000 + 99 + 42);
+    assert_eq!(
+        (at(13).accounts, at(13).missing),
+        (5, 1),
+        "F read before it was listed"
+    );
+    assert_eq!(at(29).totals["usd"][0], 500 + 2_600 + 2_000 + 99 + 42 + 70);
 
     // Days: `to` as a date is the whole day; the range touches three days.
     let daily = format!("{TOTALS}?interval=day&from=2026-10-05&to=2026-10-07");
@@ -403,7 +418,7 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
     let mut live_totals = live["totals"].as_array().expect("totals").clone();
     live_totals.sort_by_key(|row| row["currency"].as_str().map(str::to_owned));
     assert_eq!(newest["totals"], Value::Array(live_totals), "{live}");
-    assert_eq!(newest["accounts"], 5);
+    assert_eq!(newest["accounts"], 6);
     assert_eq!(newest["missing"], 0);
 
     // What the migration's rebuild computes from scratch equals what was kept.
