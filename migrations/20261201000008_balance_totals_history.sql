@@ -8,14 +8,17 @@
 --   * an account counts at T when one of its listing periods holds T
 --     (listed_at <= T < removed_at, or still listed);
 --   * it then adds its latest balance (a snapshot with a balance; errors are skipped,
---     so a failing account keeps its last good balance) fetched in that period at or
---     before T: fetched_at in [listed_at, T], the highest (fetched_at, id);
+--     so a failing account keeps its last good balance) fetched at or before T, the
+--     highest (fetched_at, id) — in its first listing period any such balance (every
+--     one was stored after the account was listed, even if fetched a little before:
+--     a late webhook, another host's clock), after a relisting only those fetched
+--     since (its old balances do not come back, as in the live totals);
 --   * an account without one counts as `missing` (never read, or every try failed).
 -- A snapshot that arrives late (a webhook delivered hours after it was created) moves
 -- the totals from its fetched_at up to the account's next balance, not from now.
 --
--- The rows: one per hour mark at which something changed, holding the running totals
--- as of that instant (inclusive). The totals at any T are the latest row at or before
+-- The rows: one per tenant and hour mark at which something changed, holding the
+-- running totals of every currency and the counts as of that instant (inclusive). The totals at any T are the latest row at or before
 -- T ("carry-forward"); a day's end is an hour mark, so day buckets read the same rows.
 
 -- When a listing or removal takes effect in history: the transaction's time. A test
@@ -56,45 +59,51 @@ $$;
 -- When each account was listed: from its insert (or its relisting) to its removal.
 -- Kept by the triggers below; the periods bound which snapshots count and when.
 CREATE TABLE stripe_account_listings (
-    tenant_id  BIGINT NOT NULL,
-    stripeid   TEXT NOT NULL,
-    listed_at  TIMESTAMPTZ NOT NULL,
+    tenant_id     BIGINT NOT NULL,
+    stripeid      TEXT NOT NULL,
+    listed_at     TIMESTAMPTZ NOT NULL,
     -- NULL: still listed.
-    removed_at TIMESTAMPTZ,
+    removed_at    TIMESTAMPTZ,
+    -- The earliest fetched_at that counts in this period: '-infinity' for the first
+    -- listing, listed_at for a relisting.
+    balances_from TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (tenant_id, stripeid, listed_at),
     FOREIGN KEY (tenant_id, stripeid) REFERENCES stripe_accounts (tenant_id, stripeid) ON DELETE CASCADE,
     CHECK (removed_at IS NULL OR removed_at >= listed_at)
 );
 
--- The tenant's totals per currency as of `at` (an hour mark), while they changed.
+-- The tenant's running totals as of `at` (an hour mark), at every mark where they
+-- changed: listed accounts with a balance (`accounts`) and without (`missing`), and
+-- per currency {"usd": [available, pending, connect_reserved, instant_available,
+-- holders], …}, holders being the accounts whose balance held the currency (a
+-- currency at 0 holders is not reported). One row per bucket read.
 CREATE TABLE balance_totals_history (
-    tenant_id         BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-    currency          TEXT NOT NULL,
-    at                TIMESTAMPTZ NOT NULL,
-    available         BIGINT NOT NULL,
-    pending           BIGINT NOT NULL,
-    connect_reserved  BIGINT NOT NULL,
-    instant_available BIGINT NOT NULL,
-    -- Accounts whose balance then held the currency; at 0 the currency is not reported.
-    holders           BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, currency, at)
-);
-
--- Listed accounts as of `at`: with a balance (`accounts`) and without (`missing`).
-CREATE TABLE balance_counts_history (
     tenant_id BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     at        TIMESTAMPTZ NOT NULL,
     accounts  BIGINT NOT NULL,
     missing   BIGINT NOT NULL,
+    totals    JSONB NOT NULL,
     PRIMARY KEY (tenant_id, at)
 );
 
--- Every currency the tenant's history holds, so a read need not scan for them.
-CREATE TABLE balance_history_currencies (
-    tenant_id BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-    currency  TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, currency)
-);
+-- Per-currency sums of two such totals objects; a currency whose five numbers all
+-- come to 0 is dropped. bigint arithmetic: an overflow fails, never wraps.
+CREATE FUNCTION balance_history_sum(p_totals JSONB, p_delta JSONB) RETURNS JSONB
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT COALESCE(jsonb_object_agg(s.currency, s.amounts), '{}'::jsonb)
+    FROM (
+        SELECT COALESCE(o.key, d.key) AS currency,
+               jsonb_build_array(
+                   COALESCE((o.value ->> 0)::bigint, 0) + COALESCE((d.value ->> 0)::bigint, 0),
+                   COALESCE((o.value ->> 1)::bigint, 0) + COALESCE((d.value ->> 1)::bigint, 0),
+                   COALESCE((o.value ->> 2)::bigint, 0) + COALESCE((d.value ->> 2)::bigint, 0),
+                   COALESCE((o.value ->> 3)::bigint, 0) + COALESCE((d.value ->> 3)::bigint, 0),
+                   COALESCE((o.value ->> 4)::bigint, 0) + COALESCE((d.value ->> 4)::bigint, 0)
+               ) AS amounts
+        FROM jsonb_each(p_totals) o FULL JOIN jsonb_each(p_delta) d ON o.key = d.key
+    ) s
+    WHERE s.amounts <> '[0, 0, 0, 0, 0]'::jsonb
+$$;
 
 -- History changes of one tenant run one at a time: a change copies the running totals
 -- forward into a new hour's row, which must not miss a concurrent change to the
@@ -105,13 +114,13 @@ LANGUAGE sql AS $$
     SELECT pg_advisory_xact_lock(1952541817, (p_tenant % 2147483647)::int)
 $$;
 
--- Adds amounts and counts to the tenant's history over [p_from, p_until) (NULL: from
--- then on): to every row at an hour mark in that range, after giving the range's
--- first mark, and the first mark after it, their own rows carried forward.
+-- Adds `p_delta` (a totals object) and counts to the tenant's history over
+-- [p_from, p_until) (NULL: from then on): to every row at an hour mark in that range,
+-- after giving the range's first mark, and the first mark after it, their own rows
+-- carried forward.
 CREATE FUNCTION balance_history_add(
-    p_tenant BIGINT, p_from TIMESTAMPTZ, p_until TIMESTAMPTZ,
-    p_currencies TEXT[], p_available BIGINT[], p_pending BIGINT[], p_reserved BIGINT[],
-    p_instant BIGINT[], p_holders BIGINT[], p_accounts BIGINT, p_missing BIGINT)
+    p_tenant BIGINT, p_from TIMESTAMPTZ, p_until TIMESTAMPTZ, p_delta JSONB,
+    p_accounts BIGINT, p_missing BIGINT)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -122,50 +131,21 @@ BEGIN
         RETURN;
     END IF;
     PERFORM balance_history_lock(p_tenant);
-    IF p_accounts <> 0 OR p_missing <> 0 THEN
-        INSERT INTO balance_counts_history (tenant_id, at, accounts, missing)
-        SELECT p_tenant, m.at, COALESCE(prev.accounts, 0), COALESCE(prev.missing, 0)
-        FROM unnest(ARRAY[from_at, until_at]) AS m(at)
-        LEFT JOIN LATERAL (
-            SELECT c.accounts, c.missing FROM balance_counts_history c
-            WHERE c.tenant_id = p_tenant AND c.at <= m.at ORDER BY c.at DESC LIMIT 1
-        ) prev ON true
-        WHERE m.at IS NOT NULL
-        ON CONFLICT (tenant_id, at) DO NOTHING;
-        UPDATE balance_counts_history
-        SET accounts = accounts + p_accounts, missing = missing + p_missing
-        WHERE tenant_id = p_tenant AND at >= from_at AND (until_at IS NULL OR at < until_at);
-    END IF;
-    IF cardinality(p_currencies) > 0 THEN
-        INSERT INTO balance_history_currencies (tenant_id, currency)
-        SELECT p_tenant, c FROM unnest(p_currencies) AS c
-        ON CONFLICT DO NOTHING;
-        INSERT INTO balance_totals_history AS h
-            (tenant_id, currency, at, available, pending, connect_reserved, instant_available, holders)
-        SELECT p_tenant, d.currency, m.at, COALESCE(prev.available, 0), COALESCE(prev.pending, 0),
-               COALESCE(prev.connect_reserved, 0), COALESCE(prev.instant_available, 0),
-               COALESCE(prev.holders, 0)
-        FROM unnest(p_currencies) AS d(currency)
-        CROSS JOIN unnest(ARRAY[from_at, until_at]) AS m(at)
-        LEFT JOIN LATERAL (
-            SELECT t.available, t.pending, t.connect_reserved, t.instant_available, t.holders
-            FROM balance_totals_history t
-            WHERE t.tenant_id = p_tenant AND t.currency = d.currency AND t.at <= m.at
-            ORDER BY t.at DESC LIMIT 1
-        ) prev ON true
-        WHERE m.at IS NOT NULL
-        ON CONFLICT (tenant_id, currency, at) DO NOTHING;
-        UPDATE balance_totals_history h
-        SET available = h.available + d.available,
-            pending = h.pending + d.pending,
-            connect_reserved = h.connect_reserved + d.connect_reserved,
-            instant_available = h.instant_available + d.instant_available,
-            holders = h.holders + d.holders
-        FROM unnest(p_currencies, p_available, p_pending, p_reserved, p_instant, p_holders)
-            AS d(currency, available, pending, connect_reserved, instant_available, holders)
-        WHERE h.tenant_id = p_tenant AND h.currency = d.currency
-          AND h.at >= from_at AND (until_at IS NULL OR h.at < until_at);
-    END IF;
+    INSERT INTO balance_totals_history (tenant_id, at, accounts, missing, totals)
+    SELECT p_tenant, m.at, COALESCE(prev.accounts, 0), COALESCE(prev.missing, 0),
+           COALESCE(prev.totals, '{}'::jsonb)
+    FROM unnest(ARRAY[from_at, until_at]) AS m(at)
+    LEFT JOIN LATERAL (
+        SELECT h.accounts, h.missing, h.totals FROM balance_totals_history h
+        WHERE h.tenant_id = p_tenant AND h.at <= m.at ORDER BY h.at DESC LIMIT 1
+    ) prev ON true
+    WHERE m.at IS NOT NULL
+    ON CONFLICT (tenant_id, at) DO NOTHING;
+    UPDATE balance_totals_history
+    SET accounts = accounts + p_accounts, missing = missing + p_missing,
+        totals = CASE WHEN p_delta = '{}'::jsonb THEN totals
+                      ELSE balance_history_sum(totals, p_delta) END
+    WHERE tenant_id = p_tenant AND at >= from_at AND (until_at IS NULL OR at < until_at);
 END $$;
 
 -- One account's part of the history over [p_from, p_until) goes from `old` to `new`:
@@ -176,49 +156,38 @@ CREATE FUNCTION balance_history_move(
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_currencies TEXT[];
-    v_available BIGINT[];
-    v_pending BIGINT[];
-    v_reserved BIGINT[];
-    v_instant BIGINT[];
-    v_holders BIGINT[];
+    v_delta JSONB;
     v_accounts BIGINT := (p_new_counted AND p_new IS NOT NULL)::int
-                       - (p_old_counted AND p_old IS NOT NULL)::int;
+                         - (p_old_counted AND p_old IS NOT NULL)::int;
     v_missing BIGINT := (p_new_counted AND p_new IS NULL)::int
-                      - (p_old_counted AND p_old IS NULL)::int;
+                        - (p_old_counted AND p_old IS NULL)::int;
 BEGIN
-    SELECT COALESCE(array_agg(d.currency ORDER BY d.currency), '{}'),
-           COALESCE(array_agg(d.available ORDER BY d.currency), '{}'),
-           COALESCE(array_agg(d.pending ORDER BY d.currency), '{}'),
-           COALESCE(array_agg(d.connect_reserved ORDER BY d.currency), '{}'),
-           COALESCE(array_agg(d.instant_available ORDER BY d.currency), '{}'),
-           COALESCE(array_agg(d.holders ORDER BY d.currency), '{}')
-    INTO v_currencies, v_available, v_pending, v_reserved, v_instant, v_holders
+    SELECT COALESCE(jsonb_object_agg(d.currency, d.amounts), '{}'::jsonb) INTO v_delta
     FROM (
         SELECT COALESCE(n.currency, o.currency) AS currency,
-               COALESCE(n.available, 0) - COALESCE(o.available, 0) AS available,
-               COALESCE(n.pending, 0) - COALESCE(o.pending, 0) AS pending,
-               COALESCE(n.connect_reserved, 0) - COALESCE(o.connect_reserved, 0) AS connect_reserved,
-               COALESCE(n.instant_available, 0) - COALESCE(o.instant_available, 0) AS instant_available,
-               (n.currency IS NOT NULL)::int::bigint - (o.currency IS NOT NULL)::int::bigint AS holders
+               jsonb_build_array(
+                   COALESCE(n.available, 0) - COALESCE(o.available, 0),
+                   COALESCE(n.pending, 0) - COALESCE(o.pending, 0),
+                   COALESCE(n.connect_reserved, 0) - COALESCE(o.connect_reserved, 0),
+                   COALESCE(n.instant_available, 0) - COALESCE(o.instant_available, 0),
+                   (n.currency IS NOT NULL)::int - (o.currency IS NOT NULL)::int
+               ) AS amounts
         FROM (SELECT * FROM balance_amounts(p_new) WHERE p_new_counted) n
         FULL JOIN (SELECT * FROM balance_amounts(p_old) WHERE p_old_counted) o
             ON n.currency = o.currency
     ) d
-    WHERE (d.available, d.pending, d.connect_reserved, d.instant_available, d.holders)
-          IS DISTINCT FROM (0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint);
-    IF v_accounts <> 0 OR v_missing <> 0 OR cardinality(v_currencies) > 0 THEN
-        PERFORM balance_history_add(p_tenant, p_from, p_until, v_currencies, v_available,
-                                    v_pending, v_reserved, v_instant, v_holders, v_accounts,
-                                    v_missing);
+    WHERE d.amounts <> '[0, 0, 0, 0, 0]'::jsonb;
+    IF v_accounts <> 0 OR v_missing <> 0 OR v_delta <> '{}'::jsonb THEN
+        PERFORM balance_history_add(p_tenant, p_from, p_until, v_delta, v_accounts, v_missing);
     END IF;
 END $$;
 
--- Adds (p_sign 1) or takes away (-1) what one account holds from p_from on, in its
--- listing period that started at p_listed_at: its balance at p_from, then each later
+-- Adds (p_sign 1) or takes away (-1) what one account holds from p_from on, counting
+-- the balances fetched from p_balances_from: its balance at p_from, then each later
 -- balance from its fetched_at. Normally that is one step (no balance is newer than now).
 CREATE FUNCTION balance_history_account(
-    p_tenant BIGINT, p_stripeid TEXT, p_listed_at TIMESTAMPTZ, p_from TIMESTAMPTZ, p_sign INTEGER)
+    p_tenant BIGINT, p_stripeid TEXT, p_balances_from TIMESTAMPTZ, p_from TIMESTAMPTZ,
+    p_sign INTEGER)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -228,7 +197,7 @@ DECLARE
 BEGIN
     SELECT s.balance INTO held FROM balance_snapshots s
     WHERE s.tenant_id = p_tenant AND s.stripeid = p_stripeid AND s.balance IS NOT NULL
-      AND s.fetched_at >= p_listed_at AND s.fetched_at <= p_from
+      AND s.fetched_at >= p_balances_from AND s.fetched_at <= p_from
     ORDER BY s.fetched_at DESC, s.id DESC LIMIT 1;
     FOR later IN
         SELECT s.fetched_at, s.balance FROM balance_snapshots s
@@ -244,10 +213,11 @@ BEGIN
     PERFORM balance_history_move(p_tenant, step_from, NULL, p_sign < 0, held, p_sign > 0, held);
 END $$;
 
--- A balance moves its account's part from its fetched_at up to the account's next
--- balance (or the end of the listing period): normally from now on; for a late one,
--- only the hours it was the latest. BEFORE the row is stored, so each row of a
--- many-row INSERT is judged against the rows stored before it, one at a time.
+-- A balance moves its account's part from its fetched_at (or the listing, if fetched
+-- before it) up to the account's next balance or the end of the listing period:
+-- normally from now on; for a late one, only the hours it was the latest. BEFORE the
+-- row is stored, so each row of a many-row INSERT is judged against the rows stored
+-- before it, one at a time.
 CREATE FUNCTION balance_history_on_snapshot() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -255,9 +225,11 @@ DECLARE
     prev JSONB;
     next_at TIMESTAMPTZ;
 BEGIN
-    SELECT l.listed_at, l.removed_at INTO period FROM stripe_account_listings l
+    SELECT l.listed_at, l.removed_at, l.balances_from INTO period
+    FROM stripe_account_listings l
     WHERE l.tenant_id = NEW.tenant_id AND l.stripeid = NEW.stripeid
-      AND l.listed_at <= NEW.fetched_at AND (l.removed_at IS NULL OR NEW.fetched_at < l.removed_at)
+      AND l.balances_from <= NEW.fetched_at
+      AND (l.removed_at IS NULL OR NEW.fetched_at < l.removed_at)
     ORDER BY l.listed_at DESC LIMIT 1;
     IF NOT FOUND THEN
         -- Fetched while the account was not listed: it never counts.
@@ -265,15 +237,16 @@ BEGIN
     END IF;
     SELECT s.balance INTO prev FROM balance_snapshots s
     WHERE s.tenant_id = NEW.tenant_id AND s.stripeid = NEW.stripeid AND s.balance IS NOT NULL
-      AND s.fetched_at >= period.listed_at AND s.fetched_at <= NEW.fetched_at
+      AND s.fetched_at >= period.balances_from AND s.fetched_at <= NEW.fetched_at
     ORDER BY s.fetched_at DESC, s.id DESC LIMIT 1;
     -- A stored balance of the same instant with a higher id (rows written with their
     -- own ids) stays the one that counts.
     SELECT min(s.fetched_at) INTO next_at FROM balance_snapshots s
     WHERE s.tenant_id = NEW.tenant_id AND s.stripeid = NEW.stripeid AND s.balance IS NOT NULL
-      AND (s.fetched_at > NEW.fetched_at OR (s.fetched_at = NEW.fetched_at AND s.id > NEW.id));
-    PERFORM balance_history_move(NEW.tenant_id, NEW.fetched_at, LEAST(next_at, period.removed_at),
-                                 true, prev, true, NEW.balance);
+      AND s.fetched_at >= NEW.fetched_at
+      AND (s.fetched_at > NEW.fetched_at OR s.id > NEW.id);
+    PERFORM balance_history_move(NEW.tenant_id, GREATEST(NEW.fetched_at, period.listed_at),
+                                 LEAST(next_at, period.removed_at), true, prev, true, NEW.balance);
     RETURN NEW;
 END $$;
 CREATE TRIGGER balance_snapshots_history BEFORE INSERT ON balance_snapshots
@@ -287,13 +260,12 @@ DECLARE
     at_now TIMESTAMPTZ := balance_history_now();
     tenant RECORD;
 BEGIN
-    INSERT INTO stripe_account_listings (tenant_id, stripeid, listed_at)
-    SELECT tenant_id, stripeid, at_now FROM new_rows WHERE removed_at IS NULL;
+    INSERT INTO stripe_account_listings (tenant_id, stripeid, listed_at, balances_from)
+    SELECT tenant_id, stripeid, at_now, '-infinity' FROM new_rows WHERE removed_at IS NULL;
     FOR tenant IN
         SELECT tenant_id, count(*) AS n FROM new_rows WHERE removed_at IS NULL GROUP BY tenant_id
     LOOP
-        PERFORM balance_history_add(tenant.tenant_id, at_now, NULL, '{}', '{}', '{}', '{}', '{}',
-                                    '{}', 0, tenant.n);
+        PERFORM balance_history_add(tenant.tenant_id, at_now, NULL, '{}', 0, tenant.n);
     END LOOP;
     RETURN NULL;
 END $$;
@@ -309,7 +281,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     at_now TIMESTAMPTZ := balance_history_now();
     changed RECORD;
-    started TIMESTAMPTZ;
+    period RECORD;
 BEGIN
     FOR changed IN
         SELECT n.tenant_id, n.stripeid, n.removed_at IS NULL AS listed
@@ -318,17 +290,18 @@ BEGIN
         ORDER BY n.tenant_id, n.stripeid
     LOOP
         IF changed.listed THEN
-            INSERT INTO stripe_account_listings AS l (tenant_id, stripeid, listed_at)
-            VALUES (changed.tenant_id, changed.stripeid, at_now)
+            INSERT INTO stripe_account_listings AS l (tenant_id, stripeid, listed_at, balances_from)
+            VALUES (changed.tenant_id, changed.stripeid, at_now, at_now)
             ON CONFLICT (tenant_id, stripeid, listed_at) DO UPDATE SET removed_at = NULL;
             PERFORM balance_history_account(changed.tenant_id, changed.stripeid, at_now, at_now, 1);
         ELSE
             UPDATE stripe_account_listings SET removed_at = GREATEST(at_now, listed_at)
             WHERE tenant_id = changed.tenant_id AND stripeid = changed.stripeid AND removed_at IS NULL
-            RETURNING listed_at INTO started;
+            RETURNING listed_at, balances_from INTO period;
             IF FOUND THEN
-                PERFORM balance_history_account(changed.tenant_id, changed.stripeid, started,
-                                                GREATEST(at_now, started), -1);
+                PERFORM balance_history_account(changed.tenant_id, changed.stripeid,
+                                                period.balances_from,
+                                                GREATEST(at_now, period.listed_at), -1);
             END IF;
         END IF;
     END LOOP;
@@ -339,15 +312,15 @@ CREATE TRIGGER stripe_accounts_history_update AFTER UPDATE ON stripe_accounts
     FOR EACH STATEMENT EXECUTE FUNCTION balance_history_on_account_update();
 
 -- Recomputes one tenant's history from its listing periods and stored snapshots (the
--- definition above, set-based): each period is missing until its first balance, then
--- holds each balance until the next or the period's end. Used to fill the history of
--- existing deployments below, and by the tests to check the incremental rows.
+-- definition above, set-based): each period is missing until its first balance
+-- counts, then holds each balance until the next or the period's end. Used to fill
+-- the history of existing deployments below, and by the tests to check the rows kept
+-- incrementally.
 CREATE FUNCTION balance_history_rebuild(p_tenant BIGINT) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM balance_history_lock(p_tenant);
     DELETE FROM balance_totals_history WHERE tenant_id = p_tenant;
-    DELETE FROM balance_counts_history WHERE tenant_id = p_tenant;
     CREATE TEMPORARY TABLE balance_history_steps ON COMMIT DROP AS
     WITH good AS (
         SELECT l.stripeid, l.listed_at, l.removed_at, s.fetched_at, s.balance,
@@ -356,69 +329,96 @@ BEGIN
         FROM stripe_account_listings l
         JOIN balance_snapshots s
           ON s.tenant_id = l.tenant_id AND s.stripeid = l.stripeid AND s.balance IS NOT NULL
-         AND s.fetched_at >= l.listed_at AND (l.removed_at IS NULL OR s.fetched_at < l.removed_at)
+         AND s.fetched_at >= l.balances_from
+         AND (l.removed_at IS NULL OR s.fetched_at < l.removed_at)
         WHERE l.tenant_id = p_tenant
     ), steps AS (
-        SELECT fetched_at AS step_from, LEAST(next_at, removed_at) AS step_until, balance FROM good
+        SELECT GREATEST(fetched_at, listed_at) AS step_from, LEAST(next_at, removed_at) AS step_until,
+               balance
+        FROM good
         UNION ALL
+        -- (GREATEST skips NULLs: an account never read is missing to the period's end.)
         SELECT l.listed_at,
-               COALESCE((SELECT min(g.fetched_at) FROM good g
-                         WHERE g.stripeid = l.stripeid AND g.listed_at = l.listed_at), l.removed_at),
+               CASE WHEN f.first_at IS NULL THEN l.removed_at
+                    ELSE GREATEST(f.first_at, l.listed_at) END,
                NULL
-        FROM stripe_account_listings l WHERE l.tenant_id = p_tenant
+        FROM stripe_account_listings l
+        LEFT JOIN (SELECT stripeid, listed_at, min(fetched_at) AS first_at FROM good
+                   GROUP BY stripeid, listed_at) f
+          ON f.stripeid = l.stripeid AND f.listed_at = l.listed_at
+        WHERE l.tenant_id = p_tenant
     )
     SELECT balance_history_mark(step_from) AS from_at, balance_history_mark(step_until) AS until_at,
            balance
     FROM steps;
     DELETE FROM balance_history_steps WHERE until_at IS NOT NULL AND until_at <= from_at;
 
-    INSERT INTO balance_counts_history (tenant_id, at, accounts, missing)
-    SELECT p_tenant, d.at,
-           (sum(sum(d.accounts)) OVER (ORDER BY d.at))::bigint,
-           (sum(sum(d.missing)) OVER (ORDER BY d.at))::bigint
-    FROM (
-        SELECT from_at AS at, (balance IS NOT NULL)::int AS accounts, (balance IS NULL)::int AS missing
-        FROM balance_history_steps
-        UNION ALL
-        SELECT until_at, -(balance IS NOT NULL)::int, -(balance IS NULL)::int
-        FROM balance_history_steps WHERE until_at IS NOT NULL
-    ) d
-    GROUP BY d.at;
-
-    INSERT INTO balance_totals_history
-        (tenant_id, currency, at, available, pending, connect_reserved, instant_available, holders)
-    SELECT p_tenant, d.currency, d.at,
-           (sum(sum(d.available)) OVER w)::bigint, (sum(sum(d.pending)) OVER w)::bigint,
-           (sum(sum(d.connect_reserved)) OVER w)::bigint,
-           (sum(sum(d.instant_available)) OVER w)::bigint, (sum(sum(d.holders)) OVER w)::bigint
-    FROM (
-        SELECT st.from_at AS at, a.currency, a.available, a.pending, a.connect_reserved,
-               a.instant_available, 1 AS holders
-        FROM balance_history_steps st CROSS JOIN LATERAL balance_amounts(st.balance) a
-        UNION ALL
-        SELECT st.until_at, a.currency, -a.available, -a.pending, -a.connect_reserved,
-               -a.instant_available, -1
-        FROM balance_history_steps st CROSS JOIN LATERAL balance_amounts(st.balance) a
-        WHERE st.until_at IS NOT NULL
-    ) d
-    GROUP BY d.currency, d.at
-    WINDOW w AS (PARTITION BY d.currency ORDER BY d.at);
-
-    INSERT INTO balance_history_currencies (tenant_id, currency)
-    SELECT DISTINCT p_tenant, currency FROM balance_totals_history WHERE tenant_id = p_tenant
-    ON CONFLICT DO NOTHING;
+    INSERT INTO balance_totals_history (tenant_id, at, accounts, missing, totals)
+    WITH amounts AS (
+        SELECT st.from_at, st.until_at, a.* FROM balance_history_steps st
+        CROSS JOIN LATERAL balance_amounts(st.balance) a
+    ), deltas AS (
+        SELECT d.at, d.currency, sum(d.available) AS available, sum(d.pending) AS pending,
+               sum(d.connect_reserved) AS connect_reserved,
+               sum(d.instant_available) AS instant_available, sum(d.holders) AS holders
+        FROM (
+            SELECT from_at AS at, currency, available, pending, connect_reserved,
+                   instant_available, 1 AS holders
+            FROM amounts
+            UNION ALL
+            SELECT until_at, currency, -available, -pending, -connect_reserved,
+                   -instant_available, -1
+            FROM amounts WHERE until_at IS NOT NULL
+        ) d
+        GROUP BY d.at, d.currency
+    ), count_deltas AS (
+        SELECT d.at, sum(d.accounts) AS accounts, sum(d.missing) AS missing
+        FROM (
+            SELECT from_at AS at, (balance IS NOT NULL)::int AS accounts,
+                   (balance IS NULL)::int AS missing
+            FROM balance_history_steps
+            UNION ALL
+            SELECT until_at, -(balance IS NOT NULL)::int, -(balance IS NULL)::int
+            FROM balance_history_steps WHERE until_at IS NOT NULL
+        ) d
+        GROUP BY d.at
+    ), points AS (
+        SELECT at FROM deltas UNION SELECT at FROM count_deltas
+    ), running AS (
+        SELECT p.at, c.currency,
+               jsonb_build_array(
+                   (sum(COALESCE(d.available, 0)) OVER w)::bigint,
+                   (sum(COALESCE(d.pending, 0)) OVER w)::bigint,
+                   (sum(COALESCE(d.connect_reserved, 0)) OVER w)::bigint,
+                   (sum(COALESCE(d.instant_available, 0)) OVER w)::bigint,
+                   (sum(COALESCE(d.holders, 0)) OVER w)::bigint) AS amounts
+        FROM points p
+        CROSS JOIN (SELECT DISTINCT currency FROM deltas) c
+        LEFT JOIN deltas d ON d.at = p.at AND d.currency = c.currency
+        WINDOW w AS (PARTITION BY c.currency ORDER BY p.at)
+    ), per_point AS (
+        SELECT at, jsonb_object_agg(currency, amounts)
+                       FILTER (WHERE amounts <> '[0, 0, 0, 0, 0]'::jsonb) AS totals
+        FROM running GROUP BY at
+    ), counts AS (
+        SELECT p.at, (sum(COALESCE(c.accounts, 0)) OVER (ORDER BY p.at))::bigint AS accounts,
+               (sum(COALESCE(c.missing, 0)) OVER (ORDER BY p.at))::bigint AS missing
+        FROM points p LEFT JOIN count_deltas c ON c.at = p.at
+    )
+    SELECT p_tenant, k.at, k.accounts, k.missing, COALESCE(pp.totals, '{}'::jsonb)
+    FROM counts k LEFT JOIN per_point pp ON pp.at = k.at;
     DROP TABLE balance_history_steps;
 END $$;
 
 -- Existing deployments: one listing period per stored account, from the earliest of
 -- its first snapshot and its last change (when it was first listed is not recorded)
 -- to its removal; then the history from every stored snapshot.
-INSERT INTO stripe_account_listings (tenant_id, stripeid, listed_at, removed_at)
+INSERT INTO stripe_account_listings (tenant_id, stripeid, listed_at, removed_at, balances_from)
 SELECT a.tenant_id, a.stripeid,
        LEAST(a.updated_at, COALESCE(a.removed_at, 'infinity'),
              (SELECT min(s.fetched_at) FROM balance_snapshots s
               WHERE s.tenant_id = a.tenant_id AND s.stripeid = a.stripeid)),
-       a.removed_at
+       a.removed_at, '-infinity'
 FROM stripe_accounts a;
 
 SELECT balance_history_rebuild(id) FROM tenants;

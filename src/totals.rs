@@ -187,6 +187,31 @@ pub enum TotalsError {
     Database(#[from] sqlx::Error),
 }
 
+/// A kept row's per-currency totals (`{"usd": [available, pending, connect_reserved,
+/// instant_available, holders], …}`), in currency order, currencies no account held
+/// left out.
+fn kept_totals(
+    totals: &serde_json::Value,
+    only: Option<&str>,
+) -> Result<Vec<TotalRow>, TotalsError> {
+    // A row the migration did not write is a decoding failure, like any bad column.
+    let rows: BTreeMap<String, [i64; 5]> = serde_json::from_value(totals.clone())
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    Ok(rows
+        .into_iter()
+        .filter(|(currency, amounts)| amounts[4] > 0 && only.is_none_or(|only| only == currency))
+        .map(
+            |(currency, [available, pending, connect_reserved, instant_available, _])| TotalRow {
+                currency,
+                available,
+                pending,
+                connect_reserved,
+                instant_available,
+            },
+        )
+        .collect())
+}
+
 /// The totals of the tenant (or of one owner's accounts) at each bucket end of
 /// `[from, to)`, newest first. The whole tenant costs an index lookup per bucket and
 /// currency; one owner is computed from that owner's snapshots.
@@ -202,23 +227,6 @@ pub async fn totals_over_time(
 ) -> Result<TotalsSeries, TotalsError> {
     let ends = bucket_ends(interval, from, to)?;
     let currency = currency.map(Currency::as_str);
-    let (counts, totals) = match owner {
-        None => (
-            store::totals_history::tenant_counts(pool, tenant_id, &ends).await?,
-            store::totals_history::tenant_totals(pool, tenant_id, &ends, currency).await?,
-        ),
-        Some(owner) => {
-            let owner = owner.as_str();
-            if !store::totals_history::owner_known(pool, tenant_id, owner).await? {
-                return Err(TotalsError::UnknownOwner);
-            }
-            (
-                store::totals_history::owner_counts(pool, tenant_id, owner, &ends).await?,
-                store::totals_history::owner_totals(pool, tenant_id, owner, &ends, currency)
-                    .await?,
-            )
-        }
-    };
     let mut buckets: BTreeMap<DateTime<Utc>, TotalsBucket> = ends
         .iter()
         .map(|at| {
@@ -231,22 +239,42 @@ pub async fn totals_over_time(
             (*at, bucket)
         })
         .collect();
-    for count in counts {
-        if let Some(bucket) = buckets.get_mut(&count.at) {
-            bucket.accounts = count.accounts;
-            bucket.missing = count.missing;
+    match owner {
+        None => {
+            for row in store::totals_history::tenant_series(pool, tenant_id, &ends).await? {
+                if let Some(bucket) = buckets.get_mut(&row.at) {
+                    bucket.accounts = row.accounts;
+                    bucket.missing = row.missing;
+                    bucket.totals = kept_totals(&row.totals, currency)?;
+                }
+            }
         }
-    }
-    // Rows come in (at, currency) order, so each bucket's currencies stay sorted.
-    for row in totals {
-        if let Some(bucket) = buckets.get_mut(&row.at) {
-            bucket.totals.push(TotalRow {
-                currency: row.currency,
-                available: row.available,
-                pending: row.pending,
-                connect_reserved: row.connect_reserved,
-                instant_available: row.instant_available,
-            });
+        Some(owner) => {
+            let owner = owner.as_str();
+            if !store::totals_history::owner_known(pool, tenant_id, owner).await? {
+                return Err(TotalsError::UnknownOwner);
+            }
+            let counts = store::totals_history::owner_counts(pool, tenant_id, owner, &ends);
+            for count in counts.await? {
+                if let Some(bucket) = buckets.get_mut(&count.at) {
+                    bucket.accounts = count.accounts;
+                    bucket.missing = count.missing;
+                }
+            }
+            let totals =
+                store::totals_history::owner_totals(pool, tenant_id, owner, &ends, currency);
+            // Rows come in (at, currency) order, so each bucket's currencies stay sorted.
+            for row in totals.await? {
+                if let Some(bucket) = buckets.get_mut(&row.at) {
+                    bucket.totals.push(TotalRow {
+                        currency: row.currency,
+                        available: row.available,
+                        pending: row.pending,
+                        connect_reserved: row.connect_reserved,
+                        instant_available: row.instant_available,
+                    });
+                }
+            }
         }
     }
     Ok(TotalsSeries {

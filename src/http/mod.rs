@@ -13,6 +13,7 @@ mod query;
 mod streams;
 pub mod sync;
 pub mod tokens;
+pub mod totals;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -133,6 +134,7 @@ pub fn app(state: AppState) -> Router {
         .merge(balances::router())
         .merge(sync::router())
         .merge(tokens::router())
+        .merge(totals::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
         .merge(admin::router())

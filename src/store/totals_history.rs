@@ -3,8 +3,8 @@
 //! listing and removal (see that migration for what a moment holds).
 //!
 //! The whole tenant is read from the kept rows with carry-forward (the latest row at
-//! or before each bucket end): an index lookup per bucket and currency, never a scan
-//! of snapshots. One owner's totals are computed from that owner's snapshots.
+//! or before each bucket end): an index lookup per bucket, never a scan of snapshots.
+//! One owner's totals are computed from that owner's snapshots.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
@@ -28,56 +28,35 @@ pub struct CurrencyAt {
     pub instant_available: i64,
 }
 
-/// The whole tenant's counts at each of `ends` (in the order given).
-pub async fn tenant_counts(
+/// The whole tenant's kept row at or before one bucket end.
+#[derive(Debug, Clone)]
+pub struct TenantAt {
+    pub at: DateTime<Utc>,
+    pub accounts: i64,
+    pub missing: i64,
+    /// `{"usd": [available, pending, connect_reserved, instant_available, holders], …}`
+    pub totals: serde_json::Value,
+}
+
+/// The whole tenant's totals and counts at each of `ends` (in the order given): one
+/// index lookup per bucket end.
+pub async fn tenant_series(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     ends: &[DateTime<Utc>],
-) -> Result<Vec<CountsAt>, sqlx::Error> {
+) -> Result<Vec<TenantAt>, sqlx::Error> {
     sqlx::query_as!(
-        CountsAt,
-        r#"SELECT b.at AS "at!", COALESCE(c.accounts, 0) AS "accounts!",
-                  COALESCE(c.missing, 0) AS "missing!"
+        TenantAt,
+        r#"SELECT b.at AS "at!", COALESCE(h.accounts, 0) AS "accounts!",
+                  COALESCE(h.missing, 0) AS "missing!", COALESCE(h.totals, '{}') AS "totals!"
            FROM unnest($2::timestamptz[]) WITH ORDINALITY AS b(at, n)
            LEFT JOIN LATERAL (
-               SELECT h.accounts, h.missing FROM balance_counts_history h
-               WHERE h.tenant_id = $1 AND h.at <= b.at ORDER BY h.at DESC LIMIT 1
-           ) c ON true
+               SELECT t.accounts, t.missing, t.totals FROM balance_totals_history t
+               WHERE t.tenant_id = $1 AND t.at <= b.at ORDER BY t.at DESC LIMIT 1
+           ) h ON true
            ORDER BY b.n"#,
         tenant_id,
         ends
-    )
-    .fetch_all(db)
-    .await
-}
-
-/// The whole tenant's totals at each of `ends`, for every currency some listed
-/// account held then (or only `currency`).
-pub async fn tenant_totals(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    ends: &[DateTime<Utc>],
-    currency: Option<&str>,
-) -> Result<Vec<CurrencyAt>, sqlx::Error> {
-    sqlx::query_as!(
-        CurrencyAt,
-        r#"SELECT b.at AS "at!", c.currency AS "currency!", t.available AS "available!",
-                  t.pending AS "pending!", t.connect_reserved AS "connect_reserved!",
-                  t.instant_available AS "instant_available!"
-           FROM unnest($2::timestamptz[]) AS b(at)
-           CROSS JOIN (SELECT currency FROM balance_history_currencies
-                       WHERE tenant_id = $1 AND ($3::text IS NULL OR currency = $3)) c
-           CROSS JOIN LATERAL (
-               SELECT h.available, h.pending, h.connect_reserved, h.instant_available, h.holders
-               FROM balance_totals_history h
-               WHERE h.tenant_id = $1 AND h.currency = c.currency AND h.at <= b.at
-               ORDER BY h.at DESC LIMIT 1
-           ) t
-           WHERE t.holders > 0
-           ORDER BY b.at, c.currency"#,
-        tenant_id,
-        ends,
-        currency
     )
     .fetch_all(db)
     .await
@@ -100,7 +79,8 @@ pub async fn owner_known(
 }
 
 /// One owner's counts at each of `ends` (only the ends at which some of the owner's
-/// accounts were listed), from the owner's listing periods and snapshots.
+/// accounts were listed), from the owner's listing periods and snapshots. Same
+/// definition as the kept history (see the migration).
 pub async fn owner_counts(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
@@ -118,7 +98,8 @@ pub async fn owner_counts(
            LEFT JOIN LATERAL (
                SELECT s.balance FROM balance_snapshots s
                WHERE s.tenant_id = l.tenant_id AND s.stripeid = l.stripeid
-                 AND s.balance IS NOT NULL AND s.fetched_at >= l.listed_at AND s.fetched_at <= b.at
+                 AND s.balance IS NOT NULL AND s.fetched_at >= l.balances_from
+                 AND s.fetched_at <= b.at
                ORDER BY s.fetched_at DESC, s.id DESC LIMIT 1
            ) g ON true
            WHERE a.tenant_id = $1 AND a.accountid = $2
@@ -153,7 +134,8 @@ pub async fn owner_totals(
            CROSS JOIN LATERAL (
                SELECT s.balance FROM balance_snapshots s
                WHERE s.tenant_id = l.tenant_id AND s.stripeid = l.stripeid
-                 AND s.balance IS NOT NULL AND s.fetched_at >= l.listed_at AND s.fetched_at <= b.at
+                 AND s.balance IS NOT NULL AND s.fetched_at >= l.balances_from
+                 AND s.fetched_at <= b.at
                ORDER BY s.fetched_at DESC, s.id DESC LIMIT 1
            ) g
            CROSS JOIN LATERAL balance_amounts(g.balance) m

@@ -20,4 +20,5 @@ mod streams;
 mod sync;
 mod tenants;
 mod tokens;
+mod totals;
 mod webhooks;
