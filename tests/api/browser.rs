@@ -415,6 +415,53 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     dashes.sort();
     dashes.dedup();
     assert_eq!(dashes.len(), series.len(), "a dash pattern per series");
+    // The chart's numbers (its table) are the totals endpoint's, bucket by bucket.
+    let from = (chrono::Utc::now() - chrono::Duration::days(29)).format("%Y-%m-%d");
+    let (status, history) = app
+        .get_json(
+            &format!("/api/administrator/connect/balances/totals?interval=day&from={from}"),
+            &reader,
+        )
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let mut expected_points = BTreeMap::new();
+    for bucket in history["data"].as_array().expect("buckets") {
+        let at = chrono::DateTime::parse_from_rfc3339(bucket["at"].as_str().expect("at"))
+            .expect("RFC 3339")
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M UTC")
+            .to_string();
+        for row in bucket["totals"].as_array().expect("totals") {
+            let currency = row["currency"].as_str().expect("currency").to_owned();
+            expected_points.insert(
+                (at.clone(), currency),
+                row["available"].as_i64().expect("minor"),
+            );
+        }
+    }
+    assert!(
+        expected_points.len() >= 5 * 25,
+        "a month of buckets: {}",
+        expected_points.len()
+    );
+    click(&client, "#history-title ~ details summary").await;
+    let mut shown_points = BTreeMap::new();
+    for row in client
+        .find_all(Locator::Css("#history tbody tr"))
+        .await
+        .expect("rows")
+    {
+        let cells = row.find_all(Locator::Css("td")).await.expect("cells");
+        let mut text = Vec::new();
+        for cell in cells {
+            text.push(cell.text().await.expect("text"));
+        }
+        let currency = text[1].to_lowercase();
+        let amount = parse_major(&text[2], &currency);
+        shown_points.insert((text[0].clone(), currency), amount);
+    }
+    assert_eq!(shown_points, expected_points);
+    click(&client, "#history-title ~ details summary").await;
     // The failing account is listed with its status, code and hint.
     let failure = text_of(
         &client,
@@ -441,7 +488,8 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     screenshot(&client, 1280, 2000, "admin-tenant").await;
     screenshot(&client, 390, 2400, "admin-tenant").await;
     client.set_window_size(1280, 1000).await.expect("size");
-    // The keyboard reaches the skip link first.
+    // The keyboard reaches the skip link first on a freshly loaded page.
+    client.refresh().await.expect("reload");
     client
         .find(Locator::Css("body"))
         .await
