@@ -261,9 +261,50 @@ async fn main() {
     );
     let owner = format!("{daily}&accountid=owner_7");
 
+    // Where the time goes: the SQL alone, and the use case (SQL and shaping) without HTTP.
+    let ends = tally::totals::bucket_ends(
+        tally::totals::Interval::Day,
+        today - Days::days(364),
+        today + Days::days(1),
+    )
+    .expect("a year of days");
+    let mut sql = Vec::new();
+    let mut use_case = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        store::totals_history::tenant_series(&pool, tenant_id, &ends)
+            .await
+            .expect("series");
+        sql.push(started.elapsed());
+        let started = Instant::now();
+        tally::totals::totals_over_time(
+            &pool,
+            tenant_id,
+            tally::totals::Interval::Day,
+            today - Days::days(364),
+            today + Days::days(1),
+            None,
+            None,
+        )
+        .await
+        .expect("totals");
+        use_case.push(started.elapsed());
+    }
+    sql.sort_unstable();
+    use_case.sort_unstable();
+    println!(
+        "365 days without HTTP (50 calls): SQL p50 {:.2} ms p99 {:.2} ms; use case p50 {:.2} ms p99 {:.2} ms",
+        ms(sql[25]),
+        ms(sql[49]),
+        ms(use_case[25]),
+        ms(use_case[49])
+    );
+
     let duration = Duration::from_secs(seconds);
     let mut summary = Vec::new();
+    let floor = "/api/administrator/connect/stripe-accounts-count".to_owned();
     for (name, path, concurrency) in [
+        ("HTTP floor: accounts count", &floor, 1),
         ("365 days, 1 client", &daily, 1),
         ("365 days", &daily, clients),
         ("1000 hours", &hourly, clients),

@@ -5,8 +5,9 @@
 //! [`totals_over_time`]; it reads stored data only and asks nothing of Stripe.
 //!
 //! What a moment holds: every account listed then adds its latest balance fetched at
-//! or before it (since it was last listed; a failing account keeps its last good
-//! balance); one without counts as `missing`. The whole tenant is read from the
+//! or before it (a failing account keeps its last good balance; after a relisting only
+//! balances fetched since count); one without counts as `missing`. The exact rules are
+//! in the `balance_totals_history` migration. The whole tenant is read from the
 //! history the database keeps beside each snapshot (`store::totals_history`).
 
 use std::collections::BTreeMap;

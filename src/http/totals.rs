@@ -9,11 +9,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
+use super::accounts::owner_param;
 use super::auth::TenantScope;
+use super::balances::wants_csv;
 use super::error::ApiError;
 use super::query::QueryParams;
 use super::AppState;
-use crate::domain::OwnerId;
 use crate::totals::{self, Currency, Interval, TotalsError};
 
 pub fn router() -> Router<AppState> {
@@ -83,17 +84,7 @@ async fn totals(
             })
         })
         .transpose()?;
-    let owner = params
-        .get("accountid")
-        .map(|value| {
-            OwnerId::parse(value).ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid-accountid",
-                    "accountid must be an owner id: at most 500 characters, no NUL",
-                )
-            })
-        })
-        .transpose()?;
+    let owner = owner_param(&params)?;
     let series = totals::totals_over_time(
         &state.pool,
         scope.tenant.id,
@@ -104,11 +95,7 @@ async fn totals(
         owner.as_ref(),
     )
     .await?;
-    let wants_csv = headers
-        .get(header::ACCEPT)
-        .and_then(|accept| accept.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/csv"));
-    if wants_csv {
+    if wants_csv(&headers) {
         let csv = series
             .to_csv()
             .map_err(|error| ApiError::Internal(error.into()))?;

@@ -42,13 +42,16 @@ fn balance(usd: i64, eur_pending: i64, jpy: Option<i64>) -> Value {
     })
 }
 
+/// A listing period as the test made it: stripeid, listed at, removed at.
+type Period = (String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Writes as the app does, with the history clock in our hands.
 struct Driver {
     conn: PgConnection,
     tenant_id: i64,
     owner_key: String,
     /// What the test did: (stripeid, listed_at, removed_at) per listing period.
-    periods: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    periods: Vec<Period>,
 }
 
 impl Driver {
@@ -170,7 +173,7 @@ struct Bucket {
 async fn recompute(
     app: &TestApp,
     tenant_id: i64,
-    periods: &[(String, DateTime<Utc>, Option<DateTime<Utc>>)],
+    periods: &[Period],
     only: Option<&[&str]>,
     at: DateTime<Utc>,
 ) -> Bucket {
