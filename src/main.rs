@@ -48,6 +48,22 @@ enum Command {
         max_age: u64,
         #[arg(long, value_enum, default_value = "table")]
         format: commands::balances::OutputFormat,
+        /// Totals over time instead, per UTC day or hour, from stored data only (nothing
+        /// is fetched from Stripe); needs --from.
+        #[arg(
+            long,
+            value_enum,
+            value_name = "INTERVAL",
+            requires = "from",
+            conflicts_with = "max_age"
+        )]
+        history: Option<commands::history::HistoryInterval>,
+        /// With --history: the first bucket (RFC 3339, or a date: 2026-11-01).
+        #[arg(long, value_name = "TIME", requires = "history")]
+        from: Option<String>,
+        /// With --history: the end (RFC 3339, or a date meaning the whole day); default now.
+        #[arg(long, value_name = "TIME", requires = "history")]
+        to: Option<String>,
     },
     /// Import a tenant's connected accounts from Stripe (progress on stderr).
     Sync { slug: String },
@@ -405,8 +421,24 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Balances {
             slug,
+            format,
+            history: Some(interval),
+            from,
+            to,
+            ..
+        } => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let from = from.context("--history needs --from")?;
+            let text = commands::history::run(&pool, &slug, interval, &from, to.as_deref(), format)
+                .await?;
+            print!("{text}");
+        }
+        Command::Balances {
+            slug,
             max_age,
             format,
+            history: None,
+            ..
         } => {
             let (pool, stripe) = commands::stripe_context(&settings).await?;
             let output = commands::balances::run(

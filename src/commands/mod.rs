@@ -3,6 +3,7 @@
 pub mod balances;
 pub mod demo;
 pub mod doctor;
+pub mod history;
 pub mod pgcluster;
 pub mod rekey;
 pub mod serve;

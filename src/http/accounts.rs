@@ -149,7 +149,7 @@ impl ListQuery {
 }
 
 /// The `accountid` filter of the listing and the count.
-fn owner_param(params: &QueryParams) -> Result<Option<OwnerId>, ApiError> {
+pub(super) fn owner_param(params: &QueryParams) -> Result<Option<OwnerId>, ApiError> {
     params
         .get("accountid")
         .map(|value| {

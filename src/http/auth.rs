@@ -150,6 +150,52 @@ fn refuse_expired(expires_at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The caller a presented token stands for, as every request checks it: unknown
+/// 401 `unauthorized`, revoked `token-revoked`, expired `token-expired`. The admin
+/// pages sign in with it too.
+pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let hash = hash_token(token);
+    if let Some((caller, expires_at)) = state.tokens.get(&hash) {
+        refuse_expired(expires_at)?;
+        state.token_uses.record(caller.token_id);
+        return Ok(caller);
+    }
+    let grant = store::tokens::find_by_hash(&state.pool, &hash)
+        .await?
+        .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+    if grant.revoked_at.is_some() {
+        return Err(ApiError::TokenRefused {
+            code: "token-revoked",
+            message: "this token was revoked",
+        });
+    }
+    refuse_expired(grant.expires_at)?;
+    if grant.tenant_disabled_at.is_some() {
+        return Err(ApiError::TokenRefused {
+            code: "tenant-removed",
+            message: "this token's tenant was removed (tally tenant remove); its tokens no longer work",
+        });
+    }
+    let role = Role::parse(&grant.role)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
+    let tenant = match grant.tenant_id {
+        Some(id) => Some(
+            store::tenants::find_by_id(&state.pool, id)
+                .await?
+                .ok_or(ApiError::Unauthorized("invalid or revoked token"))?,
+        ),
+        None => None,
+    };
+    let caller = Caller {
+        token_id: grant.id,
+        role,
+        tenant,
+    };
+    state.tokens.put(hash, caller.clone(), grant.expires_at);
+    state.token_uses.record(caller.token_id);
+    Ok(caller)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -157,46 +203,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let hash = hash_token(bearer_token(parts)?);
-        if let Some((caller, expires_at)) = state.tokens.get(&hash) {
-            refuse_expired(expires_at)?;
-            state.token_uses.record(caller.token_id);
-            parts.extensions.insert(caller.clone());
-            return Ok(caller);
-        }
-        let grant = store::tokens::find_by_hash(&state.pool, &hash)
-            .await?
-            .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
-        if grant.revoked_at.is_some() {
-            return Err(ApiError::TokenRefused {
-                code: "token-revoked",
-                message: "this token was revoked",
-            });
-        }
-        refuse_expired(grant.expires_at)?;
-        if grant.tenant_disabled_at.is_some() {
-            return Err(ApiError::TokenRefused {
-                code: "tenant-removed",
-                message: "this token's tenant was removed (tally tenant remove); its tokens no longer work",
-            });
-        }
-        let role = Role::parse(&grant.role)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
-        let tenant = match grant.tenant_id {
-            Some(id) => Some(
-                store::tenants::find_by_id(&state.pool, id)
-                    .await?
-                    .ok_or(ApiError::Unauthorized("invalid or revoked token"))?,
-            ),
-            None => None,
-        };
-        let caller = Caller {
-            token_id: grant.id,
-            role,
-            tenant,
-        };
-        state.tokens.put(hash, caller.clone(), grant.expires_at);
-        state.token_uses.record(caller.token_id);
+        let caller = verify_token(state, bearer_token(parts)?).await?;
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

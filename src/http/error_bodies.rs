@@ -21,11 +21,15 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
 }
 
 /// Replaces the body of an error response that is not already JSON with the error
-/// body, keyed by its status.
+/// body, keyed by its status. The admin pages' own HTML error pages (for people)
+/// are kept.
 pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type_is(&response, "application/json")
+        || content_type_is(&response, "text/html")
+    {
         return response;
     }
     let (parts, _) = response.into_parts();
@@ -39,12 +43,12 @@ pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     replaced
 }
 
-fn is_json(response: &Response) -> bool {
+fn content_type_is(response: &Response, prefix: &str) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(|v| v.starts_with(prefix))
 }
 
 fn framework_error(status: StatusCode) -> ApiError {

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod admin;
 pub mod auth;
 pub mod balances;
 pub mod error;
@@ -13,6 +14,7 @@ mod query;
 mod streams;
 pub mod sync;
 pub mod tokens;
+pub mod totals;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -113,6 +115,8 @@ pub fn app(state: AppState) -> Router {
     let stack = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
+            header::COOKIE,
+            header::SET_COOKIE,
             HeaderName::from_static("stripe-signature"),
         ]))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -132,8 +136,10 @@ pub fn app(state: AppState) -> Router {
         .merge(sync::router())
         .merge(tokens::router())
         .merge(audit::router())
+        .merge(totals::router())
         .merge(webhooks::router())
         .merge(metrics::router(&state.settings.server))
+        .merge(admin::router())
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.
         .fallback(axum::handler::Handler::layer(
             not_found,

@@ -18,6 +18,7 @@ use crate::audit::{self, Actor};
 use crate::domain::api_timestamp;
 use crate::store;
 use crate::store::sync_runs::{Claim, SyncRun};
+use crate::store::tenants::Tenant;
 use crate::sync::{self, SyncError, SyncOptions};
 
 pub fn router() -> Router<AppState> {
@@ -32,13 +33,28 @@ async fn start(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<SyncRunRecord>), ApiError> {
-    let tenant = scope.tenant.clone();
-    let client = state.stripe.client_for(&tenant)?;
+    let by = Actor::token(scope.token_id);
+    Ok(match start_sync(&state, &scope.tenant, &by).await? {
+        Claim::Started(run) => (
+            StatusCode::ACCEPTED,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+        Claim::Running(run) => (
+            StatusCode::OK,
+            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
+        ),
+    })
+}
+
+/// Starts the tenant's sync in the background, or finds the one running (what
+/// `POST /sync` and the admin page's button do), and records who asked.
+pub async fn start_sync(state: &AppState, tenant: &Tenant, by: &Actor) -> Result<Claim, ApiError> {
+    let client = state.stripe.client_for(tenant)?;
     let options = SyncOptions::from_settings(&state.settings);
     let claim = sync::start_in_background(
         state.pool.clone(),
         client,
-        tenant,
+        tenant.clone(),
         options,
         state.tasks.clone(),
     )
@@ -53,22 +69,13 @@ async fn start(
     };
     audit::record(
         &state.pool,
-        &Actor::token(scope.token_id),
+        by,
         "sync.start",
-        Some(&scope.tenant.slug),
+        Some(&tenant.slug),
         json!({"syncId": run.id, "joined": joined}),
     )
     .await?;
-    Ok(match claim {
-        Claim::Started(run) => (
-            StatusCode::ACCEPTED,
-            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
-        ),
-        Claim::Running(run) => (
-            StatusCode::OK,
-            Json(SyncRunRecord::new(&run, &scope.tenant.slug)),
-        ),
-    })
+    Ok(claim)
 }
 
 /// One run of the caller's tenant; another tenant's run answers as a missing one.

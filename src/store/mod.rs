@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod admin;
 pub mod budget;
 pub mod doctor;
 pub mod refreshes;
@@ -10,6 +11,7 @@ pub mod snapshots;
 pub mod sync_runs;
 pub mod tenants;
 pub mod tokens;
+pub mod totals_history;
 pub mod webhook_events;
 
 use std::time::Duration;

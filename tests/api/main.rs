@@ -1,9 +1,11 @@
 //! Integration tests of the admin API against a real Postgres.
 
 mod accounts;
+mod admin;
 mod auth;
 mod bad_input;
 mod balances;
+mod browser;
 mod cli;
 mod cursor;
 mod doctor;
@@ -19,4 +21,5 @@ mod sync;
 mod tenant_lifecycle;
 mod tenants;
 mod tokens;
+mod totals;
 mod webhooks;
