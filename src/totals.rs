@@ -284,23 +284,46 @@ pub async fn totals_over_time(
     })
 }
 
+/// The endpoint's body, serialized straight from the series (no intermediate JSON
+/// tree): `{"object":"list","interval","data":[{"at","accounts","missing","totals"}]}`.
+impl serde::Serialize for TotalsSeries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Bucket<'a> {
+            at: String,
+            accounts: i64,
+            missing: i64,
+            totals: &'a [TotalRow],
+        }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            object: &'static str,
+            interval: &'static str,
+            data: Vec<Bucket<'a>>,
+        }
+        Body {
+            object: "list",
+            interval: self.interval.as_str(),
+            data: self
+                .buckets
+                .iter()
+                .map(|bucket| Bucket {
+                    at: api_timestamp(&bucket.at),
+                    accounts: bucket.accounts,
+                    missing: bucket.missing,
+                    totals: &bucket.totals,
+                })
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
 impl TotalsSeries {
     /// The endpoint's body: `{"object":"list","interval","data":[{"at","accounts",
     /// "missing","totals":[…]}]}`, newest bucket first.
     pub fn to_json(&self) -> serde_json::Value {
-        let data: Vec<serde_json::Value> = self
-            .buckets
-            .iter()
-            .map(|bucket| {
-                serde_json::json!({
-                    "at": api_timestamp(&bucket.at),
-                    "accounts": bucket.accounts,
-                    "missing": bucket.missing,
-                    "totals": bucket.totals,
-                })
-            })
-            .collect();
-        serde_json::json!({"object": "list", "interval": self.interval.as_str(), "data": data})
+        serde_json::to_value(self).expect("a series serializes: strings and integers only")
     }
 
     /// One row per bucket and currency, newest bucket first; a bucket in which no

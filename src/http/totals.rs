@@ -108,5 +108,5 @@ async fn totals(
         )
             .into_response());
     }
-    Ok(Json(series.to_json()).into_response())
+    Ok(Json(series).into_response())
 }
