@@ -11,11 +11,11 @@ use axum::Json;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::TenantScope;
 use super::error::ApiError;
@@ -50,18 +50,18 @@ struct ListParams {
     limit: Option<i64>,
     /// `true` (or `1`): every record, streamed, `offset` and `limit` ignored. Not with a
     /// cursor.
-    #[param(pattern = "^(|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$")]
+    #[param(pattern = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$")]
     all: Option<String>,
     /// Only the records of this owner (the platform's own user id, from the Stripe
     /// account's metadata). An owner with no stored account is 404 `invalid-accountid`.
-    #[param(max_length = 500, pattern = "^[^\\x00]*$")]
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
     accountid: Option<String>,
     /// A cursor: the page of records after this listed account. Not with `offset`,
     /// `all` or `ending_before`.
-    #[param(pattern = "^(acct_[A-Za-z0-9]{1,255})?$")]
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
     starting_after: Option<String>,
     /// A cursor: the page of records before this listed account.
-    #[param(pattern = "^(acct_[A-Za-z0-9]{1,255})?$")]
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
     ending_before: Option<String>,
 }
 
@@ -72,7 +72,7 @@ struct ListParams {
 struct OwnerParams {
     /// Only the records of this owner; an owner with no stored account is 404
     /// `invalid-accountid`.
-    #[param(max_length = 500, pattern = "^[^\\x00]*$")]
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
     accountid: Option<String>,
 }
 

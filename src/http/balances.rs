@@ -24,7 +24,7 @@ use super::schemas;
 use super::AppState;
 use crate::balances::{AccountBalance, Answer, Fresh};
 use crate::domain::api_timestamp;
-use crate::domain::StripeAccountId;
+use crate::domain::{OwnerId, StripeAccountId};
 use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
 use crate::store::tenants::Tenant;
@@ -68,10 +68,10 @@ struct AccountBalanceParams {
 struct AggregateParams {
     /// Only this owner's accounts; an owner with no listed account is 404
     /// `invalid-accountid`.
-    #[param(max_length = 500, pattern = "^[^\\x00]*$")]
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
     accountid: Option<String>,
     /// Only this currency (3 letters, any case).
-    #[param(pattern = "^([A-Za-z]{3})?$")]
+    #[param(pattern = "^[A-Za-z]{3}$")]
     currency: Option<String>,
 }
 
@@ -100,8 +100,10 @@ struct RefreshListParams {
     /// At most this many, newest first; default 10.
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// The page after this refresh id.
-    #[param(format = Uuid)]
+    /// The page after this refresh id (a UUID).
+    #[param(
+        pattern = "^([0-9A-Fa-f]{32}|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
     starting_after: Option<String>,
 }
 
@@ -110,10 +112,10 @@ struct RefreshListParams {
 #[into_params(parameter_in = Query)]
 struct StartRefreshParams {
     /// Refresh only this owner's accounts (not with `stripeid`).
-    #[param(max_length = 500, pattern = "^[^\\x00]*$")]
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
     accountid: Option<String>,
     /// Refresh only this account (not with `accountid`).
-    #[param(pattern = "^(acct_[A-Za-z0-9]{1,255})?$")]
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
     stripeid: Option<String>,
     /// Refresh what was not tried within this many seconds; default 0 (everything).
     #[param(minimum = 0, maximum = 31536000)]
@@ -235,6 +237,21 @@ fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
         .get("stripeid")
         .and_then(StripeAccountId::parse)
         .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
+}
+
+/// The `accountid` of the aggregate and of a refresh.
+fn owner(params: &QueryParams) -> Result<Option<&str>, ApiError> {
+    params
+        .get("accountid")
+        .map(|value| {
+            OwnerId::parse(value).map(|_| value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-accountid",
+                    "accountid must be an owner id: at most 500 characters, no NUL",
+                )
+            })
+        })
+        .transpose()
 }
 
 fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
@@ -360,7 +377,7 @@ async fn aggregate(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let fresh = fresh(&params)?;
-    let owner = params.get("accountid");
+    let owner = owner(&params)?;
     let currency = currency(&params)?;
     let tenant = tenant_row(&state, &scope).await?;
     let balances = state.balances();
@@ -470,7 +487,7 @@ async fn start_refresh(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let max_age = max_age(&params)?.unwrap_or(Duration::ZERO);
-    let refresh_scope = match (params.get("accountid"), params.get("stripeid")) {
+    let refresh_scope = match (owner(&params)?, params.get("stripeid")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "invalid-scope",

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
+use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::openapi::{api_errors, Access};
@@ -21,11 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 api_errors!(HealthErrors, Access::Public, []);
-api_errors!(
-    ReadyErrors,
-    Access::Public,
-    [(503, "database-unavailable")]
-);
+api_errors!(ReadyErrors, Access::Public, [(503, "database-unavailable")]);
 
 /// The process is up.
 #[utoipa::path(

@@ -191,7 +191,12 @@ pub fn error_responses(
 ) -> BTreeMap<String, RefOr<ApiResponse>> {
     let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
     let always = [(500, "internal-error"), (503, "request-timeout")];
-    for (status, code) in access.codes().into_iter().chain(codes.iter().copied()).chain(always) {
+    for (status, code) in access
+        .codes()
+        .into_iter()
+        .chain(codes.iter().copied())
+        .chain(always)
+    {
         let codes = by_status.entry(status).or_default();
         if !codes.contains(&code) {
             codes.push(code);
@@ -259,10 +264,16 @@ macro_rules! api_errors {
 pub(crate) use api_errors;
 
 /// Headers that are always present where the document names them.
-const REQUIRED_HEADERS: &[&str] = &["X-Total-Count", "Retry-After", "Location", "WWW-Authenticate"];
+const REQUIRED_HEADERS: &[&str] = &[
+    "X-Total-Count",
+    "Retry-After",
+    "Location",
+    "WWW-Authenticate",
+];
 
 /// The document as served: what the annotations gave, plus `X-Request-Id` on every
-/// response and `required` on the headers that are always sent.
+/// response, `required` on the headers that are always sent, and `allowEmptyValue` on
+/// optional query parameters (an empty value counts as absent).
 pub fn finish(openapi: utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
     let request_id = json!({
@@ -273,7 +284,22 @@ pub fn finish(openapi: utoipa::openapi::OpenApi) -> Value {
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for item in paths.values_mut().filter_map(Value::as_object_mut) {
             for operation in item.values_mut().filter_map(Value::as_object_mut) {
-                let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+                // An empty query value counts as absent, as the Dashboard module has it.
+                if let Some(parameters) = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                {
+                    for parameter in parameters.iter_mut().filter_map(Value::as_object_mut) {
+                        if parameter.get("in") == Some(&json!("query"))
+                            && parameter.get("required") != Some(&json!(true))
+                        {
+                            parameter.insert("allowEmptyValue".into(), json!(true));
+                        }
+                    }
+                }
+                let Some(responses) = operation
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
                 else {
                     continue;
                 };
@@ -369,6 +395,6 @@ pub struct TenantParam {
     /// The tenant's slug: required with an owner token (400 `missing-tenant`), optional
     /// with a tenant token (another tenant's slug is 404 `invalid-tenant`, as an
     /// unknown one is).
-    #[param(pattern = "^([a-z0-9][a-z0-9_-]{0,62})?$")]
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     tenant: Option<String>,
 }

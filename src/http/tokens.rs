@@ -171,10 +171,16 @@ struct CreateBody {
     role: String,
     /// The tenant's slug: required for admin and reader tokens, refused for owner ones.
     tenant: Option<String>,
-    /// 1 to 100 characters.
+    /// 1 to 100 characters, not only spaces, no NUL.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+    )]
     name: Option<String>,
-    /// `90d`, `12h`, `30m`, `45s`: between 1 s and ten years.
-    #[schema(pattern = "^[0-9]+[dhms]$")]
+    /// `90d`, `12h`, `30m`, `45s`: a number of days, hours, minutes or seconds,
+    /// between 1 s and ten years.
+    #[schema(pattern = "^0*[1-9][0-9]{0,2}[dhms]$")]
     expires_in: Option<String>,
 }
 
