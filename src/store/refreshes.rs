@@ -137,33 +137,40 @@ pub async fn claim_due(
                -- By the kept list of accounts without a snapshot: an index walk over
                -- exactly those. Its row is locked, and storing the first snapshot
                -- deletes it, so a claim racing that store skips the account.
-               SELECT a.stripeid, NULL::timestamptz AS fetched_at
+               SELECT u.stripeid, NULL::timestamptz AS fetched_at
                FROM unfetched_accounts u
-               JOIN stripe_accounts a ON a.tenant_id = u.tenant_id AND a.stripeid = u.stripeid
-               WHERE $5 AND u.tenant_id = $1 AND a.removed_at IS NULL
-                 AND ($2::text IS NULL OR a.accountid = $2)
+               WHERE $5 AND u.tenant_id = $1
                  AND ($3::text IS NULL OR u.stripeid = $3)
+                 -- Scalar subqueries rather than joins (here and below): the walk stays
+                 -- on the driving table's index whatever the planner's statistics say.
+                 -- Joined, a tenant whose tables were never analyzed (autovacuum off or
+                 -- behind a bulk load) was planned as a scan of every account per claim.
+                 AND (SELECT a.removed_at IS NULL AND ($2::text IS NULL OR a.accountid = $2)
+                      FROM stripe_accounts a
+                      WHERE a.tenant_id = u.tenant_id AND a.stripeid = u.stripeid)
                  AND NOT EXISTS (SELECT 1 FROM refresh_leases r
                                  WHERE r.tenant_id = u.tenant_id AND r.stripeid = u.stripeid
                                    AND r.expires_at > now())
                LIMIT $6
-               FOR UPDATE OF a, u SKIP LOCKED
+               FOR UPDATE OF u SKIP LOCKED
            ),
            stale AS (
+               -- Oldest first along the age index, stopping at the limit. A row being
+               -- stored right now is locked and skipped; one stored since this
+               -- statement began is re-checked against the cutoff and dropped.
                SELECT l.stripeid, l.fetched_at
                FROM latest_balances l
-               JOIN stripe_accounts a ON a.tenant_id = l.tenant_id AND a.stripeid = l.stripeid
-               WHERE l.tenant_id = $1 AND l.fetched_at < $4 AND a.removed_at IS NULL
-                 AND ($2::text IS NULL OR a.accountid = $2)
+               WHERE l.tenant_id = $1 AND l.fetched_at < $4
                  AND ($3::text IS NULL OR l.stripeid = $3)
+                 AND (SELECT a.removed_at IS NULL AND ($2::text IS NULL OR a.accountid = $2)
+                      FROM stripe_accounts a
+                      WHERE a.tenant_id = l.tenant_id AND a.stripeid = l.stripeid)
                  AND NOT EXISTS (SELECT 1 FROM refresh_leases r
                                  WHERE r.tenant_id = l.tenant_id AND r.stripeid = l.stripeid
                                    AND r.expires_at > now())
                ORDER BY l.fetched_at
                LIMIT $6
-               -- The account row first, as storing a snapshot locks it: the same
-               -- order everywhere, and accounts being stored right now are skipped.
-               FOR UPDATE OF a, l SKIP LOCKED
+               FOR UPDATE OF l SKIP LOCKED
            ),
            picked AS (
                SELECT stripeid FROM (SELECT * FROM never UNION ALL SELECT * FROM stale) due
