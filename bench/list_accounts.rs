@@ -113,17 +113,18 @@ fn page_script(tenant: i64, offset: usize) -> String {
     )
 }
 
-/// A `starting_after` page, as the statements tally runs for it: the total from the
-/// kept count, the cursor's listing key, and the index walk from that key.
+/// store::accounts::page_from_cursor (forward), as one pgbench statement.
 fn cursor_script(tenant: i64, after: &str) -> String {
     format!(
-        "SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = {tenant}), 0);\n\
-         SELECT created_at, stripeid FROM stripe_accounts WHERE tenant_id = {tenant} \
-         AND stripeid = '{after}' AND removed_at IS NULL;\n\
-         SELECT {ROW} FROM stripe_accounts a WHERE tenant_id = {tenant} AND removed_at IS NULL \
-         AND created_at <= (SELECT created_at FROM stripe_accounts WHERE tenant_id = {tenant} AND stripeid = '{after}') \
-         AND (created_at < (SELECT created_at FROM stripe_accounts WHERE tenant_id = {tenant} AND stripeid = '{after}') \
-         OR stripeid > '{after}') ORDER BY created_at DESC, stripeid LIMIT 11;\n"
+        "WITH k AS (SELECT created_at, stripeid FROM stripe_accounts WHERE tenant_id = {tenant} \
+         AND stripeid = '{after}' AND removed_at IS NULL) \
+         SELECT EXISTS (SELECT 1 FROM k), \
+         COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = {tenant}), 0), {ROW} \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT a.* FROM k JOIN stripe_accounts a \
+         ON a.tenant_id = {tenant} AND a.removed_at IS NULL AND a.created_at <= k.created_at \
+         AND (a.created_at < k.created_at OR a.stripeid > k.stripeid) \
+         ORDER BY a.created_at DESC, a.stripeid LIMIT 11) AS a ON true \
+         ORDER BY a.created_at DESC, a.stripeid;\n"
     )
 }
 

@@ -195,7 +195,7 @@ impl ListQuery {
         let cursor = match (after, before) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
-                    "invalid-ending-before",
+                    "invalid-paging",
                     "give starting_after or ending_before, not both",
                 ))
             }
@@ -206,13 +206,13 @@ impl ListQuery {
         if cursor.is_some() {
             if params.get("offset").is_some() {
                 return Err(ApiError::invalid(
-                    "invalid-offset",
+                    "invalid-paging",
                     "offset and a cursor (starting_after, ending_before) cannot be combined",
                 ));
             }
             if all {
                 return Err(ApiError::invalid(
-                    "invalid-all",
+                    "invalid-paging",
                     "all=true and a cursor (starting_after, ending_before) cannot be combined",
                 ));
             }
@@ -343,29 +343,30 @@ async fn list(
             (page.rows, page.total, query.offset > 0, has_next)
         }
         Some((direction, stripeid)) => {
-            let total = listed_count(&state, scope.tenant.id, query.owner.as_ref()).await?;
             let (code, key_name) = match direction {
                 Direction::Forward => ("invalid-starting-after", "starting_after"),
                 Direction::Backward => ("invalid-ending-before", "ending_before"),
             };
-            let key = store::accounts::listing_key(&state.pool, scope.tenant.id, stripeid.as_str())
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        code,
-                        format!("{key_name}: no listed account has that stripeid"),
-                    )
-                })?;
             // One more than asked says whether the walk goes on past this page.
-            let mut rows = store::accounts::page_from(
+            let page = store::accounts::page_from_cursor(
                 &state.pool,
                 scope.tenant.id,
                 owner,
-                &key,
+                stripeid.as_str(),
                 *direction,
                 query.limit + 1,
             )
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    code,
+                    format!("{key_name}: no listed account has that stripeid"),
+                )
+            })?;
+            if owner.is_some() && page.total == 0 {
+                return Err(unknown_owner());
+            }
+            let (mut rows, total) = (page.rows, page.total);
             let more = rows.len() as i64 > query.limit;
             match direction {
                 Direction::Forward => {
@@ -785,15 +786,15 @@ mod tests {
         );
         assert_eq!(
             parse("starting_after=acct_1A&ending_before=acct_1B").unwrap_err(),
-            "invalid-ending-before"
+            "invalid-paging"
         );
         assert_eq!(
             parse("starting_after=acct_1A&offset=2").unwrap_err(),
-            "invalid-offset"
+            "invalid-paging"
         );
         assert_eq!(
             parse("starting_after=acct_1A&all=true").unwrap_err(),
-            "invalid-all"
+            "invalid-paging"
         );
         assert_eq!(
             parse("starting_after=acct_1A&limit=501").unwrap_err(),

@@ -591,79 +591,97 @@ mod tests {
     }
 }
 
-/// The listing key of a listed account of the tenant (a cursor), or `None`.
-pub async fn listing_key(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    stripeid: &str,
-) -> Result<Option<ListingKey>, sqlx::Error> {
-    sqlx::query_as!(
-        ListingKey,
-        r#"SELECT created_at, stripeid FROM stripe_accounts
-           WHERE tenant_id = $1 AND stripeid = $2 AND removed_at IS NULL"#,
-        tenant_id,
-        stripeid
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// Up to `limit` listed records just after `after` (`Forward`) or just before it
-/// (`Backward`), in listing order either way (of one owner's when `owner` is given).
-/// The index walk starts at the key, so a page costs the same at any depth.
-pub async fn page_from(
+/// The page just after the listed record `cursor` (`Forward`, `starting_after`) or
+/// just before it (`Backward`, `ending_before`), in listing order either way, of one
+/// owner's records when `owner` is given, with the total: one round trip, like
+/// [`page_with_total`]. The index walk starts at the cursor's key, so a page costs the
+/// same at any depth. `None` when no listed record has that stripeid.
+pub async fn page_from_cursor(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     owner: Option<&str>,
-    key: &ListingKey,
+    cursor: &str,
     direction: Direction,
     limit: i64,
-) -> Result<Vec<AccountRow>, sqlx::Error> {
-    match direction {
-        Direction::Forward => {
-            sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND removed_at IS NULL
-                     AND ($4::text IS NULL OR accountid = $4)
-                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
-                   ORDER BY created_at DESC, stripeid
-                   LIMIT $5"#,
-                tenant_id,
-                key.created_at,
-                key.stripeid,
-                owner,
-                limit
-            )
-            .fetch_all(db)
-            .await
-        }
-        Direction::Backward => {
-            let mut rows = sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, stripe_object::text AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND removed_at IS NULL
-                     AND ($4::text IS NULL OR accountid = $4)
-                     AND created_at >= $2 AND (created_at > $2 OR stripeid < $3)
-                   ORDER BY created_at, stripeid DESC
-                   LIMIT $5"#,
-                tenant_id,
-                key.created_at,
-                key.stripeid,
-                owner,
-                limit
-            )
-            .fetch_all(db)
-            .await?;
-            rows.reverse();
-            Ok(rows)
-        }
+) -> Result<Option<Page>, sqlx::Error> {
+    let (total, owner_filter) = match owner {
+        None => (
+            "COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0)",
+            "",
+        ),
+        Some(_) => (
+            "(SELECT count(*) FROM stripe_accounts
+              WHERE tenant_id = $1 AND accountid = $3 AND removed_at IS NULL)",
+            "AND a.accountid = $3",
+        ),
+    };
+    let (beyond_key, walk_order) = match direction {
+        Direction::Forward => (
+            "a.created_at <= k.created_at AND (a.created_at < k.created_at OR a.stripeid > k.stripeid)",
+            "a.created_at DESC, a.stripeid",
+        ),
+        Direction::Backward => (
+            "a.created_at >= k.created_at AND (a.created_at > k.created_at OR a.stripeid < k.stripeid)",
+            "a.created_at, a.stripeid DESC",
+        ),
+    };
+    // The limit is written in as an integer, as in `page_with_total`, so each page
+    // shape keeps one cached plan. The first column says whether the cursor exists.
+    let sql = format!(
+        "WITH k AS (SELECT created_at, stripeid FROM stripe_accounts
+                    WHERE tenant_id = $1 AND stripeid = $2 AND removed_at IS NULL)
+         SELECT EXISTS (SELECT 1 FROM k), {total}, a.stripeid, a.accountid, a.platform_id,
+                a.stripe_object::text, a.created_at, a.updated_at, a.removed_at
+         FROM (SELECT 1) AS one
+         LEFT JOIN LATERAL (
+             SELECT a.* FROM k JOIN stripe_accounts a
+                 ON a.tenant_id = $1 {owner_filter} AND a.removed_at IS NULL AND {beyond_key}
+             ORDER BY {walk_order}
+             LIMIT {limit}
+         ) AS a ON true
+         ORDER BY a.created_at DESC, a.stripeid"
+    );
+    let mut query = sqlx::query_as::<_, CursorPageRow>(&sql)
+        .bind(tenant_id)
+        .bind(cursor);
+    if let Some(owner) = owner {
+        query = query.bind(owner);
     }
+    let rows = query.fetch_all(db).await?;
+    if !rows.first().is_some_and(|row| row.0) {
+        return Ok(None);
+    }
+    let total = rows.first().map_or(0, |row| row.1);
+    let rows = rows
+        .into_iter()
+        .filter_map(
+            |(_, _, stripeid, accountid, platform_id, object, created, updated, removed)| {
+                Some(AccountRow {
+                    stripeid: stripeid?,
+                    accountid,
+                    platform_id,
+                    stripe_object: object?,
+                    created_at: created?,
+                    updated_at: updated?,
+                    removed_at: removed,
+                })
+            },
+        )
+        .collect();
+    Ok(Some(Page { total, rows }))
 }
+
+type CursorPageRow = (
+    bool,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// Which side of a cursor a page is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -220,6 +220,7 @@ fn documented(path: &str, status: u16, code: &str) -> bool {
                         | "invalid-accountid"
                         | "invalid-starting-after"
                         | "invalid-ending-before"
+                        | "invalid-paging"
                 )
                 | (404, "invalid-accountid")
                 | (429, "too-many-streams")

@@ -100,6 +100,50 @@ async fn a_cursor_walk_equals_the_offset_walk_even_while_accounts_arrive() {
 }
 
 #[tokio::test]
+async fn one_owners_cursor_walk_equals_its_offset_walk() {
+    let app = spawn_app().await;
+    let tenant_id = app.add_tenant("acme").await;
+    // Two owners interleaved; the cursor walk of one must never show the other's.
+    let objects: Vec<Value> = (0..30)
+        .map(|i| {
+            let owner = if i % 3 == 0 { "owner_a" } else { "owner_b" };
+            account_object(
+                &format!("acct_1Own{i:04}"),
+                1_700_000_000 + i / 2,
+                Some(owner),
+            )
+        })
+        .collect();
+    app.store_accounts(tenant_id, &objects).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    let (by_offset, _, _) =
+        page(&app, &format!("{LIST}?accountid=owner_a&limit=100"), &token).await;
+    assert_eq!(by_offset.len(), 10);
+    let mut by_cursor = Vec::new();
+    let mut next = Some(format!("{LIST}?accountid=owner_a&limit=3"));
+    while let Some(path) = next {
+        let response = app.get(&path, &token).await;
+        assert_eq!(response.headers()["x-total-count"], "10", "{path}");
+        let following = link(&response, "next");
+        let body: Value = response.json().await.expect("json");
+        by_cursor.extend(ids(&body));
+        next = following;
+    }
+    assert_eq!(by_cursor, by_offset);
+    // A valid cursor with an owner nobody has is still an unknown owner.
+    let (status, body) = app
+        .get_json(
+            &format!("{LIST}?accountid=owner_z&starting_after={}", by_offset[0]),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("invalid-accountid"))
+    );
+}
+
+#[tokio::test]
 async fn cursors_are_checked() {
     let app = spawn_app().await;
     let tenant_id = app.add_tenant("acme").await;
@@ -115,9 +159,10 @@ async fn cursors_are_checked() {
         ("starting_after=nonsense", "invalid-starting-after"),
         (
             "starting_after=acct_1Only&ending_before=acct_1Only",
-            "invalid-ending-before",
+            "invalid-paging",
         ),
-        ("starting_after=acct_1Only&offset=1", "invalid-offset"),
+        ("starting_after=acct_1Only&offset=1", "invalid-paging"),
+        ("ending_before=acct_1Only&all=true", "invalid-paging"),
         ("starting_after=acct_1Only&limit=501", "invalid-limit"),
     ] {
         let (status, body) = app.get_json(&format!("{LIST}?{query}"), &token).await;
