@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::domain::api_timestamp;
-use crate::fanout::{self, Aggregate, FanoutError};
+use crate::fanout::{self, Aggregate, Failure, FanoutError};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
@@ -45,7 +44,7 @@ pub enum BalanceError {
     UnknownOwner,
     /// The account's latest try failed; Stripe's error, request id and a hint.
     #[error("Stripe did not return the balance")]
-    Upstream(Value),
+    Upstream(Box<Failure>),
     #[error("the tenant's Stripe credential cannot be used: {0}")]
     Credential(String),
     #[error(transparent)]
@@ -132,18 +131,12 @@ impl Balances {
             (None, error) => {
                 // The failure says when it was tried and how old the last good balance
                 // (the one the totals still hold) is.
-                let mut failure = error.clone().unwrap_or_else(|| json!({}));
-                if let Some(fields) = failure.as_object_mut() {
-                    fields.insert(
-                        "fetchedAt".into(),
-                        json!(api_timestamp(&snapshot.fetched_at)),
-                    );
-                    fields.insert(
-                        "lastGoodAt".into(),
-                        json!(good_at.as_ref().map(api_timestamp)),
-                    );
-                }
-                Err(BalanceError::Upstream(failure))
+                Err(BalanceError::Upstream(Box::new(Failure {
+                    stripeid: stripeid.to_owned(),
+                    failure: error.clone().map(|e| e.0).unwrap_or_default(),
+                    fetched_at: Some(snapshot.fetched_at),
+                    last_good_at: good_at,
+                })))
             }
         }
     }

@@ -137,6 +137,34 @@ pub fn without_nul(value: &Value) -> Cow<'_, Value> {
     Cow::Owned(owned)
 }
 
+/// Why one account's balance could not be read: what Stripe said (or tally, for a
+/// failure of its own, `type: "tally_error"`), and a hint. Stored as a snapshot's
+/// `error` and read back as this type, so the aggregate's `failures[]`, its CSV, one
+/// account's balance and its history all show the same fields.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FetchFailure {
+    /// Stripe's HTTP status; `None` when no answer came (timeout, unreachable).
+    pub status: Option<u16>,
+    #[serde(rename = "type")]
+    pub error_type: Option<String>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub param: Option<String>,
+    pub doc_url: Option<String>,
+    pub request_id: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl FetchFailure {
+    /// The most specific word for what went wrong: Stripe's code, else its type.
+    pub fn code_or_type(&self) -> Option<&str> {
+        self.code.as_deref().or(self.error_type.as_deref())
+    }
+}
+
 /// What an API token may do (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

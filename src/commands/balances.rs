@@ -192,22 +192,19 @@ pub fn render_table(aggregate: &Aggregate) -> String {
     ));
     if !aggregate.failures.is_empty() {
         out.push_str("\nfailures:\n");
-        for failure in &aggregate.failures {
+        for failed in &aggregate.failures {
+            let failure = &failed.failure;
             out.push_str(&format!(
                 "  {}  {} {}  {}\n    request {}\n    hint: {}\n    {}\n",
-                failure.stripeid,
+                failed.stripeid,
                 failure
                     .status
                     .map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                failure
-                    .code
-                    .as_deref()
-                    .or(failure.error_type.as_deref())
-                    .unwrap_or("-"),
+                failure.code_or_type().unwrap_or("-"),
                 failure.message.as_deref().unwrap_or(""),
                 failure.request_id.as_deref().unwrap_or("-"),
                 failure.hint.as_deref().unwrap_or("-"),
-                last_good_line(failure),
+                last_good_line(failed),
             ));
         }
     }

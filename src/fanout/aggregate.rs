@@ -3,11 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::FanoutError;
+use crate::domain::FetchFailure;
 use crate::money::{CurrencyAmounts, Totals};
 use crate::store;
 
@@ -69,19 +69,14 @@ impl From<CurrencyAmounts> for TotalRow {
     }
 }
 
-/// An account that did not contribute, and why.
+/// An account that did not contribute a fresh balance, and why.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = AccountFailure)]
 pub struct Failure {
     pub stripeid: String,
-    pub status: Option<u16>,
-    #[serde(rename = "type")]
-    pub error_type: Option<String>,
-    pub code: Option<String>,
-    pub message: Option<String>,
-    pub request_id: Option<String>,
-    pub hint: Option<String>,
+    #[serde(flatten)]
+    pub failure: FetchFailure,
     /// When the failing try was made (`None`: never tried).
     pub fetched_at: Option<DateTime<Utc>>,
     /// When the account's last good balance was fetched: the totals still hold it
@@ -90,40 +85,18 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn from_stored(
-        stripeid: String,
-        error: &Value,
-        fetched_at: Option<DateTime<Utc>>,
-        last_good_at: Option<DateTime<Utc>>,
-    ) -> Failure {
-        let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
-        Failure {
-            stripeid,
-            status: error
-                .get("status")
-                .and_then(Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok()),
-            error_type: text("type"),
-            code: text("code"),
-            message: text("message"),
-            request_id: text("requestId"),
-            hint: text("hint"),
-            fetched_at,
-            last_good_at,
-        }
-    }
-
     fn never_fetched(stripeid: String) -> Failure {
         Failure {
             stripeid,
-            status: None,
-            error_type: Some("tally_error".into()),
-            code: Some("not-fetched".into()),
-            message: Some("no balance has been fetched for this account yet".into()),
-            request_id: None,
-            hint: Some(
-                "The refresher has not reached it yet; ask with max_age to wait for it.".into(),
-            ),
+            failure: FetchFailure {
+                error_type: Some("tally_error".into()),
+                code: Some("not-fetched".into()),
+                message: Some("no balance has been fetched for this account yet".into()),
+                hint: Some(
+                    "The refresher has not reached it yet; ask with max_age to wait for it.".into(),
+                ),
+                ..FetchFailure::default()
+            },
             fetched_at: None,
             last_good_at: None,
         }
@@ -147,13 +120,11 @@ pub async fn read(
             let mut failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
                 .await?
                 .into_iter()
-                .map(|failed| {
-                    Failure::from_stored(
-                        failed.stripeid,
-                        &failed.error,
-                        Some(failed.fetched_at),
-                        failed.good_at,
-                    )
+                .map(|failed| Failure {
+                    stripeid: failed.stripeid,
+                    failure: failed.error.0,
+                    fetched_at: Some(failed.fetched_at),
+                    last_good_at: failed.good_at,
                 })
                 .collect();
             // Accounts with no snapshot at all did not contribute either: list them
@@ -190,12 +161,12 @@ pub async fn read(
                     .map_err(store::snapshots::SnapshotError::from)?;
                 match (row.ok, &row.error) {
                     (Some(true), _) => ok += 1,
-                    (Some(false), Some(error)) => failures.push(Failure::from_stored(
-                        row.stripeid.clone(),
-                        error,
-                        row.fetched_at,
-                        row.good_at,
-                    )),
+                    (Some(false), Some(error)) => failures.push(Failure {
+                        stripeid: row.stripeid.clone(),
+                        failure: error.0.clone(),
+                        fetched_at: row.fetched_at,
+                        last_good_at: row.good_at,
+                    }),
                     _ => failures.push(Failure::never_fetched(row.stripeid.clone())),
                 }
             }
@@ -268,11 +239,7 @@ pub async fn csv(
             let code = row
                 .error
                 .as_ref()
-                .and_then(|e| {
-                    e.get("code")
-                        .and_then(Value::as_str)
-                        .or_else(|| e.get("type").and_then(Value::as_str))
-                })
+                .and_then(|e| e.code_or_type())
                 .unwrap_or("not-fetched")
                 .to_owned();
             ("failed", code)

@@ -7,10 +7,11 @@ pub mod aggregate;
 mod hint;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::FetchFailure;
 use crate::money::Totals;
 use crate::store;
 use crate::store::snapshots::{Recorded, SnapshotOutcome};
@@ -47,14 +48,19 @@ pub async fn fetch_and_record(
     let fetched = client.retrieve_balance(stripeid, platform).await;
     let fetched_at = Utc::now();
     // Either the balance with its per-currency totals, or the failure to store.
-    let result: Result<(Value, Totals), Value> = match fetched {
+    let result: Result<(Value, Totals), FetchFailure> = match fetched {
         Ok(balance) => match Totals::from_balance(&balance.value) {
             Ok(totals) => Ok((balance.raw, totals)),
-            Err(overflow) => Err(json!({
-                "status": null, "type": "tally_error", "code": "amount-overflow",
-                "message": overflow.to_string(), "requestId": balance.request_id,
-                "hint": "This balance cannot be summed in 64-bit minor units; report it.",
-            })),
+            Err(overflow) => Err(FetchFailure {
+                error_type: Some("tally_error".into()),
+                code: Some("amount-overflow".into()),
+                message: Some(overflow.to_string()),
+                request_id: balance.request_id,
+                hint: Some(
+                    "This balance cannot be summed in 64-bit minor units; report it.".into(),
+                ),
+                ..FetchFailure::default()
+            }),
         },
         Err(error) => {
             let kind = crate::tenants::credential_kind(tenant).unwrap_or(CredentialKind::Platform);
@@ -62,7 +68,7 @@ pub async fn fetch_and_record(
             // and its snapshot; the retry loop already logged what was retried.
             tracing::debug!(tenant = %tenant.slug, stripeid, status = ?error.status(), code = ?error.code(),
                            request_id = ?error.request_id(), "balance fetch failed");
-            Err(failure_json(kind, stripeid, platform, &error))
+            Err(failure_of(kind, stripeid, platform, &error))
         }
     };
     let outcome = match &result {
@@ -97,24 +103,24 @@ pub async fn tenant_is_fresh(
 }
 
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.
-pub fn failure_json(
+pub fn failure_of(
     kind: CredentialKind,
     stripeid: &str,
     platform: Option<&str>,
     error: &StripeError,
-) -> Value {
+) -> FetchFailure {
     let (param, doc_url) = match error {
         StripeError::Api { error, .. } => (error.param.clone(), error.doc_url.clone()),
         _ => (None, None),
     };
-    json!({
-        "status": error.status(),
-        "type": error.error_type(),
-        "code": error.code(),
-        "message": error.message(),
-        "param": param,
-        "docUrl": doc_url,
-        "requestId": error.request_id(),
-        "hint": hint(kind, stripeid, platform, error),
-    })
+    FetchFailure {
+        status: error.status(),
+        error_type: Some(error.error_type().to_owned()),
+        code: error.code().map(str::to_owned),
+        message: Some(error.message()),
+        param,
+        doc_url,
+        request_id: error.request_id().map(str::to_owned),
+        hint: Some(hint(kind, stripeid, platform, error)),
+    }
 }

@@ -34,7 +34,7 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// Stripe could not give us what was asked; the body carries Stripe's error and a hint.
     #[error("Stripe did not return the balance; see failure")]
-    Upstream(serde_json::Value),
+    Upstream(Box<crate::fanout::Failure>),
     /// The tenant's stored Stripe key cannot be used by this server (wrong
     /// TALLY_MASTER_KEY, or a tampered record): an operator must fix it.
     #[error("the tenant's Stripe credential cannot be used: {0}")]
@@ -62,7 +62,7 @@ struct ErrorBody<'a> {
     message: &'a str,
     /// Only on `stripe-request-failed`: Stripe's error, request id and a hint.
     #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<&'a serde_json::Value>,
+    failure: Option<&'a crate::fanout::Failure>,
 }
 
 impl ApiError {
@@ -189,7 +189,7 @@ impl IntoResponse for ApiError {
         }
         let message = self.to_string();
         let failure = match &self {
-            ApiError::Upstream(failure) => Some(failure),
+            ApiError::Upstream(failure) => Some(&**failure),
             _ => None,
         };
         let body = ErrorBody {

@@ -38,7 +38,7 @@ pub const BEARER: &str = "bearer";
         license(name = "MIT"),
     ),
     modifiers(&Security),
-    components(schemas(ErrorBody, StripeFailure)),
+    components(schemas(ErrorBody)),
     tags(
         (name = "accounts", description = "Stored accounts, Dashboard Stripe Connect module compatible"),
         (name = "balances", description = "Balances, the per-currency aggregate, refreshes and history"),
@@ -82,32 +82,13 @@ pub struct ErrorBody {
     code: String,
     /// For people; may change.
     message: String,
-    /// Only on `stripe-request-failed`: Stripe's answer, its request id and a hint.
-    #[schema(value_type = Option<StripeFailure>)]
-    failure: Option<Value>,
+    /// Only on `stripe-request-failed`: Stripe's answer, its request id, a hint, and
+    /// when the account was tried and last read.
+    failure: Option<crate::fanout::Failure>,
 }
 
 fn error_kind() -> Schema {
     kind("error")
-}
-
-/// What Stripe answered when it did not give the balance, with what to do about it.
-#[allow(dead_code)]
-#[derive(ToSchema)]
-
-pub struct StripeFailure {
-    /// Stripe's HTTP status (absent when Stripe could not be reached).
-    status: Option<i64>,
-    /// Stripe's error type (`invalid_request_error`, …).
-    #[schema(rename = "type")]
-    error_type: Option<String>,
-    /// Stripe's error code (`account_invalid`, …).
-    code: Option<String>,
-    message: Option<String>,
-    /// Stripe's `Request-Id`.
-    request_id: Option<String>,
-    /// What to do about it.
-    hint: Option<String>,
 }
 
 /// A string schema that takes one value: the `object` of a record.
@@ -212,7 +193,7 @@ fn error_response(status: u16, codes: &[&str]) -> ApiResponse {
     let mut narrowed = ObjectBuilder::new().property("code", one_of_strings(codes));
     if codes.contains(&"stripe-request-failed") {
         narrowed = narrowed
-            .property("failure", Ref::from_schema_name("StripeFailure"))
+            .property("failure", Ref::from_schema_name("AccountFailure"))
             .required("failure");
     }
     let schema = AllOfBuilder::new()

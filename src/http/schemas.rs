@@ -148,9 +148,8 @@ pub struct BalanceSnapshot {
     /// Stripe's balance object as returned (null when the try failed).
     #[schema(value_type = Option<Object>)]
     balance: Option<Value>,
-    /// What Stripe answered, raw (null when the try succeeded).
-    #[schema(value_type = Option<Object>)]
-    error: Option<Value>,
+    /// What Stripe answered (null when the try succeeded).
+    error: Option<crate::domain::FetchFailure>,
 }
 
 /// `/healthz`

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
+
+use crate::domain::FetchFailure;
 
 use crate::money::{CurrencyAmounts, MoneyOverflow, Totals};
 
@@ -11,8 +14,8 @@ use crate::money::{CurrencyAmounts, MoneyOverflow, Totals};
 pub enum SnapshotOutcome<'a> {
     /// The balance as Stripe returned it, and its per-currency amounts.
     Balance { raw: &'a Value, totals: &'a Totals },
-    /// Why it could not be read (status, type, code, message, requestId, hint).
-    Error(&'a Value),
+    /// Why it could not be read.
+    Error(&'a FetchFailure),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +92,7 @@ pub async fn record_releasing(
     }
     let (balance, error, new_totals) = match &outcome {
         SnapshotOutcome::Balance { raw, totals } => (Some(*raw), None, Some(*totals)),
-        SnapshotOutcome::Error(error) => (None, Some(*error), None),
+        SnapshotOutcome::Error(error) => (None, Some(Json(*error)), None),
     };
     let snapshot_id = sqlx::query_scalar!(
         r#"INSERT INTO balance_snapshots (tenant_id, stripeid, fetched_at, source, balance, error)
@@ -99,7 +102,7 @@ pub async fn record_releasing(
         fetched_at,
         source,
         balance,
-        error
+        error as _
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -337,7 +340,7 @@ pub struct AccountLatest {
     /// When the last good balance was fetched; `None` if the account was never read.
     pub good_at: Option<DateTime<Utc>>,
     /// The latest try's error, when it failed.
-    pub error: Option<Value>,
+    pub error: Option<Json<FetchFailure>>,
 }
 
 impl AccountLatest {
@@ -362,7 +365,7 @@ pub async fn scope_latest(
         AccountLatest,
         r#"SELECT a.stripeid, a.accountid, a.platform_id,
                   l.fetched_at AS "fetched_at?", l.ok AS "ok?", l.amounts AS "amounts?",
-                  l.good_at AS "good_at?", s.error AS "error?"
+                  l.good_at AS "good_at?", s.error AS "error?: Json<FetchFailure>"
            FROM stripe_accounts a
            LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
            LEFT JOIN balance_snapshots s ON s.id = l.snapshot_id AND NOT l.ok
@@ -426,7 +429,7 @@ pub async fn never_fetched(
 #[derive(Debug, Clone)]
 pub struct FailedAccount {
     pub stripeid: String,
-    pub error: Value,
+    pub error: Json<FetchFailure>,
     pub fetched_at: DateTime<Utc>,
     pub good_at: Option<DateTime<Utc>>,
 }
@@ -439,7 +442,7 @@ pub async fn tenant_failures(
 ) -> Result<Vec<FailedAccount>, sqlx::Error> {
     sqlx::query_as!(
         FailedAccount,
-        r#"SELECT l.stripeid, s.error AS "error!", l.fetched_at, l.good_at
+        r#"SELECT l.stripeid, s.error AS "error!: Json<FetchFailure>", l.fetched_at, l.good_at
            FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
            WHERE l.tenant_id = $1 AND NOT l.ok
            ORDER BY l.stripeid"#,
@@ -456,7 +459,7 @@ pub struct Snapshot {
     pub fetched_at: DateTime<Utc>,
     pub source: String,
     pub balance: Option<Value>,
-    pub error: Option<Value>,
+    pub error: Option<Json<FetchFailure>>,
 }
 
 /// An account's latest snapshot (its latest try).
@@ -478,7 +481,8 @@ pub async fn latest_and_good_at(
     stripeid: &str,
 ) -> Result<Option<(Snapshot, Option<DateTime<Utc>>)>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT s.id, s.fetched_at, s.source, s.balance, s.error, l.good_at
+        r#"SELECT s.id, s.fetched_at, s.source, s.balance,
+                  s.error AS "error: Json<FetchFailure>", l.good_at
            FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
            WHERE l.tenant_id = $1 AND l.stripeid = $2"#,
         tenant_id,
@@ -509,7 +513,8 @@ pub async fn history(
 ) -> Result<Vec<Snapshot>, sqlx::Error> {
     sqlx::query_as!(
         Snapshot,
-        r#"SELECT id, fetched_at, source, balance, error FROM balance_snapshots
+        r#"SELECT id, fetched_at, source, balance, error AS "error: Json<FetchFailure>"
+           FROM balance_snapshots
            WHERE tenant_id = $1 AND stripeid = $2
              AND ($3::timestamptz IS NULL OR fetched_at >= $3)
              AND ($4::timestamptz IS NULL OR fetched_at <= $4)

@@ -473,3 +473,50 @@ async fn a_key_sealed_under_another_master_key_is_explained_not_leaked() {
     assert!(!text.contains(&key));
     assert_eq!(sim.stats().total_requests, 0, "nothing was sent to Stripe");
 }
+
+#[tokio::test]
+async fn a_failure_reads_the_same_in_the_aggregate_the_account_and_its_history() {
+    let (app, sim, ids, token) = platform_setup(3).await;
+    sim.revoke(&ids[0]);
+    let (_, body) = app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
+    let aggregate = body["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .find(|f| f["stripeid"] == ids[0].as_str())
+        .cloned()
+        .expect("the revoked account is listed");
+    // Everything Stripe said is kept, the documentation link too.
+    assert_eq!(aggregate["code"], "account_invalid");
+    assert_eq!(
+        aggregate["docUrl"],
+        "https://stripe.com/docs/error-codes/account-invalid"
+    );
+    assert!(aggregate.as_object().expect("object").contains_key("param"));
+
+    let (status, one) = app
+        .get_json(&format!("{ONE}?stripeid={}", ids[0]), &token)
+        .await;
+    assert_eq!(status, 502);
+    let (_, history) = app
+        .get_json(&format!("{HISTORY}?stripeid={}", ids[0]), &token)
+        .await;
+    let stored = &history[0]["error"];
+    for key in [
+        "status",
+        "type",
+        "code",
+        "message",
+        "param",
+        "docUrl",
+        "requestId",
+        "hint",
+    ] {
+        assert_eq!(
+            one["failure"][key], aggregate[key],
+            "{key}: account vs aggregate"
+        );
+        assert_eq!(stored[key], aggregate[key], "{key}: history vs aggregate");
+    }
+    assert_eq!(one["failure"]["lastGoodAt"], aggregate["lastGoodAt"]);
+}

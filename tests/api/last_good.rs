@@ -185,8 +185,14 @@ async fn record(
         .expect("query")
         .expect("tenant")
         .id;
-    let error = serde_json::json!({"status": 500, "type": "api_error", "code": null,
-                                   "message": "down", "requestId": "req_1", "hint": "retry"});
+    let error = tally::domain::FetchFailure {
+        status: Some(500),
+        error_type: Some("api_error".into()),
+        message: Some("down".into()),
+        request_id: Some("req_1".into()),
+        hint: Some("retry".into()),
+        ..Default::default()
+    };
     let totals = balance.map(|balance| {
         let parsed: tally::stripe::Balance =
             serde_json::from_value(balance.clone()).expect("balance");
