@@ -56,8 +56,8 @@ struct ListParams {
     /// account's metadata). An owner with no stored account is 404 `invalid-accountid`.
     #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
     accountid: Option<String>,
-    /// A cursor: the page of records after this listed account. Not with `offset`,
-    /// `all` or `ending_before`.
+    /// A cursor: the page of records after this listed account (at most 500 per page).
+    /// With `offset`, `all=true` or `ending_before`: 400 `invalid-paging`.
     #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
     starting_after: Option<String>,
     /// A cursor: the page of records before this listed account.
@@ -97,6 +97,7 @@ api_errors!(
         (400, "invalid-accountid"),
         (400, "invalid-starting-after"),
         (400, "invalid-ending-before"),
+        (400, "invalid-paging"),
         (404, "invalid-accountid"),
         (429, "too-many-streams"),
     ]

@@ -529,6 +529,10 @@ async fn real_answers_match_the_document() {
         ("accountid=a%00b", "invalid-accountid"),
         ("starting_after=acct_1Unknown", "invalid-starting-after"),
         ("ending_before=x", "invalid-ending-before"),
+        (
+            "starting_after=acct_1A&ending_before=acct_1B",
+            "invalid-paging",
+        ),
     ] {
         expect(
             app,
