@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
@@ -188,7 +189,12 @@ impl Balances {
         tenant: &Tenant,
         scope: RefreshScope,
         max_age: Duration,
+        by: &Actor,
     ) -> Result<PendingRefresh, BalanceError> {
+        // A refresh nobody here can serve is refused now, as a poll would be.
+        self.stripe
+            .client_for(tenant)
+            .map_err(|error| BalanceError::Credential(error.to_string()))?;
         match &scope {
             RefreshScope::Tenant => {}
             RefreshScope::Owner(owner) => {
@@ -207,9 +213,16 @@ impl Balances {
         let total = store::refreshes::progress(&self.pool, tenant.id, &scope, cutoff)
             .await?
             .listed;
-        let (refresh, _) =
+        let (refresh, started) =
             store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
                 .await?;
+        let details = json!({
+            "refreshId": refresh.id,
+            "scope": scope_label(&scope),
+            "maxAge": max_age.as_secs(),
+            "joined": !started,
+        });
+        audit::record(&self.pool, by, "refresh.start", Some(&tenant.slug), details).await?;
         if let Some(refresher) = &self.refresher {
             refresher.wake();
         }
@@ -249,5 +262,14 @@ impl Balances {
                 .await?
                 .pending(),
         )
+    }
+}
+
+/// A refresh's scope for the audit log.
+fn scope_label(scope: &RefreshScope) -> Value {
+    match scope {
+        RefreshScope::Tenant => json!("tenant"),
+        RefreshScope::Owner(owner) => json!({"accountid": owner}),
+        RefreshScope::Account(stripeid) => json!({"stripeid": stripeid}),
     }
 }

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 /// The environment variable holding base64 of the 32-byte master key.
 pub const MASTER_KEY_ENV: &str = "TALLY_MASTER_KEY";
+/// During a master key rollout, the key secrets may still be sealed with: it opens
+/// them, never seals (`tally rekey` re-seals everything under the current key).
+pub const PREVIOUS_MASTER_KEY_ENV: &str = "TALLY_MASTER_KEY_PREVIOUS";
 const NONCE_LEN: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,27 +22,63 @@ pub enum CryptoError {
     MasterKeyMissing,
     #[error("{MASTER_KEY_ENV} is malformed: {0}")]
     MasterKeyMalformed(&'static str),
+    #[error("{PREVIOUS_MASTER_KEY_ENV} is malformed: {0}")]
+    PreviousKeyMalformed(&'static str),
     #[error("a stored secret could not be decrypted: wrong {MASTER_KEY_ENV}, or the record was tampered with")]
     Decrypt,
 }
 
-/// The key that seals Stripe keys at rest. Deliberately not `Debug`.
-pub struct MasterKey(SecretBox<[u8; 32]>);
+/// The key that seals Stripe keys at rest, and during a rollout the previous one,
+/// which only opens. Deliberately not `Debug`.
+///
+/// A sealed secret is bound to its tenant's slug (the AES-GCM associated data), so
+/// anything that renamed a tenant would have to open its secrets under the old slug
+/// and re-seal them under the new one in the same transaction.
+pub struct MasterKey {
+    current: SecretBox<[u8; 32]>,
+    previous: Option<SecretBox<[u8; 32]>>,
+}
+
+/// Which key opened a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedWith {
+    Current,
+    Previous,
+}
+
+fn decode_key(value: &str) -> Result<[u8; 32], &'static str> {
+    let bytes = STANDARD
+        .decode(value.trim())
+        .map_err(|_| "not valid base64")?;
+    bytes
+        .try_into()
+        .map_err(|_| "must decode to exactly 32 bytes")
+}
 
 impl MasterKey {
+    /// `TALLY_MASTER_KEY`, and `TALLY_MASTER_KEY_PREVIOUS` when set (non-empty).
     pub fn from_env() -> Result<MasterKey, CryptoError> {
         let value = std::env::var(MASTER_KEY_ENV).map_err(|_| CryptoError::MasterKeyMissing)?;
-        MasterKey::from_base64(&value)
+        let key = MasterKey::from_base64(&value)?;
+        match std::env::var(PREVIOUS_MASTER_KEY_ENV) {
+            Ok(previous) if !previous.trim().is_empty() => key.with_previous_base64(&previous),
+            _ => Ok(key),
+        }
     }
 
     pub fn from_base64(value: &str) -> Result<MasterKey, CryptoError> {
-        let bytes = STANDARD
-            .decode(value.trim())
-            .map_err(|_| CryptoError::MasterKeyMalformed("not valid base64"))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| CryptoError::MasterKeyMalformed("must decode to exactly 32 bytes"))?;
-        Ok(MasterKey(SecretBox::new(Box::new(key))))
+        let key = decode_key(value).map_err(CryptoError::MasterKeyMalformed)?;
+        Ok(MasterKey {
+            current: SecretBox::new(Box::new(key)),
+            previous: None,
+        })
+    }
+
+    /// Also opens secrets sealed with `previous` (base64 of 32 bytes).
+    pub fn with_previous_base64(mut self, previous: &str) -> Result<MasterKey, CryptoError> {
+        let key = decode_key(previous).map_err(CryptoError::PreviousKeyMalformed)?;
+        self.previous = Some(SecretBox::new(Box::new(key)));
+        Ok(self)
     }
 
     /// A fresh random key, base64-encoded (the demo and tests use it).
@@ -50,7 +89,7 @@ impl MasterKey {
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(self.0.expose_secret().into())
+        Aes256Gcm::new(self.current.expose_secret().into())
     }
 
     /// Seals `plaintext`, binding it to `context` (the tenant slug) so a sealed key
@@ -71,22 +110,43 @@ impl MasterKey {
         sealed
     }
 
+    /// Opens with the current key, or else the previous one.
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<SecretString, CryptoError> {
-        if sealed.len() <= NONCE_LEN {
-            return Err(CryptoError::Decrypt);
-        }
-        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let payload = Payload {
-            msg: ciphertext,
-            aad: context.as_bytes(),
-        };
-        let plaintext = self
-            .cipher()
-            .decrypt(Nonce::from_slice(nonce), payload)
-            .map_err(|_| CryptoError::Decrypt)?;
-        let text = String::from_utf8(plaintext).map_err(|_| CryptoError::Decrypt)?;
-        Ok(SecretString::from(text))
+        self.open_reporting(context, sealed)
+            .map(|(secret, _)| secret)
     }
+
+    /// As [`MasterKey::open`], saying which key opened it.
+    pub fn open_reporting(
+        &self,
+        context: &str,
+        sealed: &[u8],
+    ) -> Result<(SecretString, OpenedWith), CryptoError> {
+        if let Some(secret) = open_with(&self.cipher(), context, sealed) {
+            return Ok((secret, OpenedWith::Current));
+        }
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|key| Aes256Gcm::new(key.expose_secret().into()));
+        previous
+            .and_then(|cipher| open_with(&cipher, context, sealed))
+            .map(|secret| (secret, OpenedWith::Previous))
+            .ok_or(CryptoError::Decrypt)
+    }
+}
+
+fn open_with(cipher: &Aes256Gcm, context: &str, sealed: &[u8]) -> Option<SecretString> {
+    if sealed.len() <= NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let payload = Payload {
+        msg: ciphertext,
+        aad: context.as_bytes(),
+    };
+    let plaintext = cipher.decrypt(Nonce::from_slice(nonce), payload).ok()?;
+    String::from_utf8(plaintext).ok().map(SecretString::from)
 }
 
 /// Prefix that makes tally tokens recognisable in a leaked-secret scan.
@@ -131,6 +191,34 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_key_opens_but_never_seals() {
+        let old = MasterKey::generate_base64();
+        let sealed_old = MasterKey::from_base64(&old)
+            .expect("old")
+            .seal("acme", "sk_test_x");
+        let rolling = MasterKey::from_base64(&MasterKey::generate_base64())
+            .expect("new")
+            .with_previous_base64(&old)
+            .expect("previous");
+        let (opened, with) = rolling.open_reporting("acme", &sealed_old).expect("opens");
+        assert_eq!(opened.expose_secret(), "sk_test_x");
+        assert_eq!(with, OpenedWith::Previous);
+        let resealed = rolling.seal("acme", "sk_test_x");
+        assert_eq!(
+            rolling.open_reporting("acme", &resealed).expect("opens").1,
+            OpenedWith::Current
+        );
+        assert!(MasterKey::from_base64(&old)
+            .expect("old")
+            .open("acme", &resealed)
+            .is_err());
+        assert!(matches!(
+            rolling.open("other", &sealed_old),
+            Err(CryptoError::Decrypt)
+        ));
+    }
+
+    #[test]
     fn malformed_master_keys_are_refused_with_a_reason() {
         assert!(matches!(
             MasterKey::from_base64("not base64!"),
@@ -139,6 +227,15 @@ mod tests {
         assert!(matches!(
             MasterKey::from_base64(&STANDARD.encode([0u8; 16])),
             Err(CryptoError::MasterKeyMalformed(_))
+        ));
+        let previous = MasterKey::from_base64(&MasterKey::generate_base64())
+            .expect("valid key")
+            .with_previous_base64("c2hvcnQ=");
+        assert!(matches!(
+            previous,
+            Err(CryptoError::PreviousKeyMalformed(
+                "must decode to exactly 32 bytes"
+            ))
         ));
     }
 

@@ -5,6 +5,7 @@
 //! in for Stripe offline, `commands` implements the CLI.
 
 pub mod app;
+pub mod audit;
 pub mod balances;
 pub mod commands;
 pub mod config;

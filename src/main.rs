@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use tally::audit::Actor;
 use tally::commands::{self, tenant::TenantSpec};
 use tally::config::Settings;
 use tally::crypto::MasterKey;
@@ -65,6 +66,23 @@ enum Command {
     Doctor {
         #[arg(long)]
         repair: bool,
+    },
+    /// Re-seal every stored secret under TALLY_MASTER_KEY, in one transaction
+    /// (TALLY_MASTER_KEY_PREVIOUS opens those sealed with the old key).
+    Rekey,
+    /// Who changed what: tenants, tokens, syncs and refreshes started over the API,
+    /// rekeys; newest first.
+    Audit {
+        #[arg(long, value_name = "SLUG")]
+        tenant: Option<String>,
+        /// Only changes at or after this time (2026-12-01T10:00:00Z, or 2026-12-01).
+        #[arg(long, value_name = "TIME", value_parser = tally::audit::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
     },
 }
 
@@ -126,6 +144,47 @@ enum TenantCommand {
         /// Environment variable holding the webhook endpoint secret (whsec_…).
         #[arg(long, value_name = "VAR")]
         webhook_secret_env: Option<String>,
+        /// Store the key without checking it with Stripe (offline set-up).
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Rotate a tenant's Stripe key without downtime: checked with Stripe, then every
+    /// server uses it within 2 s (requests already sent finish with the old one).
+    SetKey {
+        slug: String,
+        /// Environment variable holding the new key.
+        #[arg(long, value_name = "VAR")]
+        key_env: String,
+        /// Store the key without checking it with Stripe (offline set-up).
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Change a tenant's settings (tenant add's flags; --platform / --account replace
+    /// the lists); every server uses them within 2 s.
+    Update {
+        slug: String,
+        #[arg(long = "platform", value_name = "acct_P")]
+        platforms: Vec<String>,
+        #[arg(long = "account", value_name = "acct_X")]
+        accounts: Vec<String>,
+        #[arg(long, value_name = "URL")]
+        api_base: Option<String>,
+        #[arg(long, value_name = "V")]
+        api_version: Option<String>,
+        #[arg(long, value_name = "PER_SECOND")]
+        rate_limit: Option<u32>,
+        #[arg(long, value_name = "VAR")]
+        webhook_secret_env: Option<String>,
+    },
+    /// Disable a tenant (its tokens are refused, the refresher and sync skip it, its
+    /// data stays); --purge --yes deletes it and everything it owns.
+    Remove {
+        slug: String,
+        #[arg(long)]
+        purge: bool,
+        /// Confirms --purge.
+        #[arg(long)]
+        yes: bool,
     },
     /// List tenants (keys shown as last four only).
     List {
@@ -224,8 +283,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             api_version,
             rate_limit,
             webhook_secret_env,
+            no_verify,
         }) => {
-            let master = MasterKey::from_env()?;
             let spec = TenantSpec {
                 slug,
                 key: secret_from_env(&key_env)?,
@@ -239,12 +298,102 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     .map(secret_from_env)
                     .transpose()?,
             };
-            let pool = commands::connect_and_migrate(&settings).await?;
-            let tenant = commands::tenant::add(&pool, &master, &settings, spec).await?;
+            let (pool, stripe) = commands::stripe_context(&settings).await?;
+            let verify_with = (!no_verify).then_some(stripe.as_ref());
+            let tenant = commands::tenant::add_as(
+                &pool,
+                stripe.master(),
+                &settings,
+                spec,
+                verify_with,
+                &Actor::cli(),
+            )
+            .await?;
             println!(
-                "tenant {} added: {} key …{}, Stripe-Version {}",
-                tenant.slug, tenant.kind, tenant.key_last4, tenant.api_version
+                "tenant {} added: {} key …{}, Stripe-Version {}{}",
+                tenant.slug,
+                tenant.kind,
+                tenant.key_last4,
+                tenant.api_version,
+                if no_verify {
+                    " (not checked with Stripe)"
+                } else {
+                    ""
+                }
             );
+        }
+        Command::Tenant(TenantCommand::SetKey {
+            slug,
+            key_env,
+            no_verify,
+        }) => {
+            let key = secret_from_env(&key_env)?;
+            let (pool, stripe) = commands::stripe_context(&settings).await?;
+            let verify_with = (!no_verify).then_some(stripe.as_ref());
+            let tenant = commands::tenant::set_key(
+                &pool,
+                stripe.master(),
+                &settings,
+                &slug,
+                &key,
+                verify_with,
+                &Actor::cli(),
+            )
+            .await?;
+            println!(
+                "tenant {} now uses key …{}{}; running servers switch within 2 s",
+                tenant.slug,
+                tenant.key_last4,
+                if no_verify {
+                    " (not checked with Stripe)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Tenant(TenantCommand::Update {
+            slug,
+            platforms,
+            accounts,
+            api_base,
+            api_version,
+            rate_limit,
+            webhook_secret_env,
+        }) => {
+            let master = MasterKey::from_env()?;
+            let change = commands::tenant::TenantUpdate {
+                platforms: (!platforms.is_empty()).then_some(platforms),
+                accounts: (!accounts.is_empty()).then_some(accounts),
+                api_base,
+                api_version,
+                rate_limit,
+                webhook_secret: webhook_secret_env
+                    .as_deref()
+                    .map(secret_from_env)
+                    .transpose()?,
+            };
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let tenant =
+                commands::tenant::update(&pool, &master, &slug, change, &Actor::cli()).await?;
+            println!(
+                "tenant {} updated; running servers use it within 2 s",
+                tenant.slug
+            );
+        }
+        Command::Tenant(TenantCommand::Remove { slug, purge, yes }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            match commands::tenant::remove(&pool, &slug, purge, yes, &Actor::cli()).await? {
+                commands::tenant::Removal::Disabled(true) => println!(
+                    "tenant {slug} removed: its tokens are refused, its data is kept \
+                     (tally tenant remove {slug} --purge --yes deletes it)"
+                ),
+                commands::tenant::Removal::Disabled(false) => {
+                    println!("tenant {slug} was already removed")
+                }
+                commands::tenant::Removal::Purged { accounts, tokens } => println!(
+                    "tenant {slug} purged: deleted with {accounts} accounts and {tokens} tokens"
+                ),
+            }
         }
         Command::Tenant(TenantCommand::List { format }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
@@ -305,6 +454,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Rekey => {
+            let master = MasterKey::from_env()?;
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let report = commands::rekey::run(&pool, &master, &Actor::cli()).await?;
+            println!(
+                "re-sealed {} secrets of {} tenants under TALLY_MASTER_KEY ({} were sealed with TALLY_MASTER_KEY_PREVIOUS)",
+                report.secrets, report.tenants, report.from_previous
+            );
+        }
+        Command::Audit {
+            tenant,
+            since,
+            limit,
+            format,
+        } => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            let filter = tally::audit::AuditFilter {
+                tenant,
+                since,
+                starting_after: None,
+                limit,
+            };
+            let (events, more) = tally::audit::list(&pool, &filter).await?;
+            match format {
+                ListFormat::Table => print!("{}", tally::audit::render_table(&events)),
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+            }
+            if more {
+                eprintln!("(showing the newest {limit}; --limit shows more)");
+            }
+        }
         Command::Doctor { repair } => {
             let report = commands::doctor::run(&settings, repair).await?;
             print!("{}", report.render());
@@ -323,7 +503,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 name,
                 expires_in,
             };
-            let (token, _) = commands::token::create_with(&pool, role, &spec).await?;
+            let (token, _) =
+                commands::token::create_with(&pool, role, &spec, &Actor::cli()).await?;
             println!("{}", token.expose_secret());
         }
         Command::Token(TokenCommand::List { tenant, format }) => {
@@ -336,7 +517,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Token(TokenCommand::Revoke { id }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let token = commands::token::revoke(&pool, id).await?;
+            let token = commands::token::revoke(&pool, id, &Actor::cli()).await?;
             println!(
                 "token {} ({}) revoked at {}",
                 token.id,

@@ -14,7 +14,7 @@ use crate::crypto::{CryptoError, MasterKey};
 use crate::refresh::budget::SharedBudget;
 use crate::store::tenants::Tenant;
 use crate::stripe::{
-    ClientSettings, Credential, CredentialKind, RateSettings, StripeClient, StripeError,
+    AdaptiveRate, ClientSettings, Credential, RateBudget, RateSettings, StripeClient, StripeError,
     TenantClient,
 };
 
@@ -34,7 +34,15 @@ pub struct StripeTenants {
     /// When set, every tenant's requests are paced by the budget shared through this
     /// database with every other process; otherwise by a limiter of this process's own.
     shared_budget: Option<PgPool>,
-    clients: Mutex<HashMap<i64, TenantClient>>,
+    clients: Mutex<HashMap<i64, Cached>>,
+}
+
+/// A tenant's client and the row it was built from.
+struct Cached {
+    /// The row's `version`: a newer row (a rotated key, changed settings) rebuilds it.
+    version: i64,
+    rate: u32,
+    client: TenantClient,
 }
 
 impl StripeTenants {
@@ -67,11 +75,65 @@ impl StripeTenants {
         &self.master
     }
 
-    /// The tenant's client, created on first use and shared afterwards.
+    /// The tenant's client, created on first use and shared afterwards; rebuilt when
+    /// `tenant` is a newer version of the row than the client was built from (the key
+    /// was rotated or a setting changed, by any process). The rebuilt client keeps the
+    /// old one's in-flight cap and, unless the rate changed, its budget; either way it
+    /// is paced by the same budget row in Postgres, so nothing outruns the tenant's
+    /// rate while both finish their requests. Callers pass a row they just read, so a
+    /// change reaches every process as fast as it rereads the row.
     pub fn client_for(&self, tenant: &Tenant) -> Result<TenantClient, TenantClientError> {
-        if let Some(client) = self.lock().get(&tenant.id) {
-            return Ok(client.clone());
+        let previous = {
+            let clients = self.lock();
+            match clients.get(&tenant.id) {
+                Some(cached) if cached.version >= tenant.version => {
+                    return Ok(cached.client.clone())
+                }
+                Some(cached) => Some((cached.rate, cached.client.clone())),
+                None => None,
+            }
+        };
+        let credential = self.credential(tenant)?;
+        let rate = self.rate_for(tenant);
+        let client = match previous {
+            Some((old_rate, old)) if old_rate == rate => old.with_credential(credential, None),
+            Some((_, old)) => old.with_credential(credential, Some(self.budget(tenant.id, rate))),
+            None => self.stripe.tenant_with_budget(
+                credential,
+                self.defaults.max_in_flight,
+                self.budget(tenant.id, rate),
+            ),
+        };
+        let mut clients = self.lock();
+        let cached = clients.entry(tenant.id).or_insert(Cached {
+            version: tenant.version,
+            rate,
+            client: client.clone(),
+        });
+        // Two threads may rebuild at once; the newest row wins.
+        if cached.version < tenant.version {
+            *cached = Cached {
+                version: tenant.version,
+                rate,
+                client,
+            };
         }
+        Ok(cached.client.clone())
+    }
+
+    /// A client for a key that is not stored yet (checking it before `tenant add` or
+    /// `set-key`), paced on its own: it sends one request.
+    pub fn unstored_client(&self, credential: Credential) -> TenantClient {
+        self.stripe.tenant(
+            credential,
+            RateSettings {
+                per_second: 1,
+                max_in_flight: 1,
+            },
+        )
+    }
+
+    fn credential(&self, tenant: &Tenant) -> Result<Credential, TenantClientError> {
         let invalid = |reason: String| TenantClientError::Invalid {
             slug: tenant.slug.clone(),
             reason,
@@ -83,21 +145,16 @@ impl StripeTenants {
             .unwrap_or(&self.defaults.api_base);
         let base_url =
             Url::parse(base).map_err(|_| invalid(format!("api base {base:?} is not a URL")))?;
-        let credential = Credential::new(key, tenant.api_version.clone(), base_url)
-            .map_err(|error| invalid(error.to_string()))?;
-        let rate = RateSettings {
-            per_second: self.rate_for(tenant),
-            max_in_flight: self.defaults.max_in_flight,
-        };
-        let client = match &self.shared_budget {
-            Some(pool) => self.stripe.tenant_with_budget(
-                credential,
-                rate.max_in_flight,
-                Arc::new(SharedBudget::new(pool.clone(), tenant.id, rate.per_second)),
-            ),
-            None => self.stripe.tenant(credential, rate),
-        };
-        Ok(self.lock().entry(tenant.id).or_insert(client).clone())
+        Credential::new(key, tenant.api_version.clone(), base_url)
+            .map_err(|error| invalid(error.to_string()))
+    }
+
+    /// The tenant's pace: shared through Postgres with every process, or this process's own.
+    fn budget(&self, tenant_id: i64, rate: u32) -> Arc<dyn RateBudget> {
+        match &self.shared_budget {
+            Some(pool) => Arc::new(SharedBudget::new(pool.clone(), tenant_id, rate)),
+            None => Arc::new(AdaptiveRate::new(rate)),
+        }
     }
 
     /// Requests per second the tenant's credential may send.
@@ -122,15 +179,10 @@ impl StripeTenants {
             .transpose()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, TenantClient>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cached>> {
         // A panic while holding this lock cannot leave the map half-written.
         self.clients
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The tenant's credential kind as stored.
-pub fn credential_kind(tenant: &Tenant) -> Option<CredentialKind> {
-    tenant.credential_kind.parse().ok()
 }

@@ -98,6 +98,10 @@ pub async fn run(
     let tenant = store::tenants::find_by_slug(pool, slug)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no tenant named '{slug}' (see `tally tenant list`)"))?;
+    anyhow::ensure!(
+        tenant.disabled_at.is_none(),
+        "tenant '{slug}' was removed (tally tenant remove); its balances are not fetched"
+    );
     let tasks = Tasks::new();
     let refresher = Refresher::new(
         pool.clone(),

@@ -4,6 +4,7 @@ pub mod balances;
 pub mod demo;
 pub mod doctor;
 pub mod pgcluster;
+pub mod rekey;
 pub mod serve;
 pub mod sync;
 pub mod tenant;

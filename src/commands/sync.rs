@@ -17,6 +17,10 @@ pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary>
     let tenant = store::tenants::find_by_slug(&pool, slug)
         .await?
         .with_context(|| format!("no tenant named '{slug}' (see `tally tenant list`)"))?;
+    anyhow::ensure!(
+        tenant.disabled_at.is_none(),
+        "tenant '{slug}' was removed (tally tenant remove); it is not synced"
+    );
     let client = stripe.client_for(&tenant)?;
     let options = SyncOptions::from_settings(settings);
     let run = match sync::claim(&pool, tenant.id, &options).await? {

@@ -7,8 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor};
 use crate::crypto::generate_token;
 use crate::domain::{api_timestamp, Role};
 use crate::store;
@@ -55,14 +57,15 @@ pub async fn create(
         tenant: tenant.map(str::to_owned),
         ..TokenSpec::default()
     };
-    Ok(create_with(pool, role, &spec).await?.0)
+    Ok(create_with(pool, role, &spec, &Actor::cli()).await?.0)
 }
 
-/// Creates a token as `spec` says; returns it and its record.
+/// Creates a token as `spec` says, recording who did; returns it and its record.
 pub async fn create_with(
     pool: &PgPool,
     role: Role,
     spec: &TokenSpec,
+    actor: &Actor,
 ) -> Result<(SecretString, TokenRecord), TokenError> {
     let tenant_id = match (role, spec.tenant.as_deref()) {
         (Role::Owner, Some(_)) => return Err(TokenError::OwnerWithTenant),
@@ -84,8 +87,9 @@ pub async fn create_with(
     });
     let (token, hash) = generate_token();
     let prefix: String = token.expose_secret().chars().take(PREFIX_CHARS).collect();
+    let mut tx = pool.begin().await?;
     let id = store::tokens::insert(
-        pool,
+        &mut *tx,
         &NewToken {
             token_hash: &hash,
             prefix: &prefix,
@@ -96,9 +100,25 @@ pub async fn create_with(
         },
     )
     .await?;
-    let record = store::tokens::get(pool, id)
+    let record = store::tokens::get(&mut *tx, id)
         .await?
         .ok_or(TokenError::UnknownToken(id))?;
+    let details = json!({
+        "tokenId": id,
+        "name": record.name,
+        "role": role.as_str(),
+        "prefix": record.prefix,
+        "expiresAt": record.expires_at.as_ref().map(api_timestamp),
+    });
+    audit::record(
+        &mut *tx,
+        actor,
+        "token.create",
+        spec.tenant.as_deref(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
     Ok((token, record))
 }
 
@@ -119,12 +139,24 @@ pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<TokenView>,
         .collect())
 }
 
-/// Revokes a token: every replica refuses it within two seconds.
-pub async fn revoke(pool: &PgPool, id: i64) -> Result<TokenView, TokenError> {
-    store::tokens::revoke(pool, id)
+/// Revokes a token, recording who did: every replica refuses it within two seconds.
+pub async fn revoke(pool: &PgPool, id: i64, actor: &Actor) -> Result<TokenView, TokenError> {
+    let mut tx = pool.begin().await?;
+    let record = store::tokens::revoke(&mut *tx, id)
         .await?
-        .map(|record| TokenView::from(&record))
-        .ok_or(TokenError::UnknownToken(id))
+        .ok_or(TokenError::UnknownToken(id))?;
+    let details =
+        json!({"tokenId": id, "name": record.name, "role": record.role, "prefix": record.prefix});
+    audit::record(
+        &mut *tx,
+        actor,
+        "token.revoke",
+        record.tenant_slug.as_deref(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(TokenView::from(&record))
 }
 
 /// A token as shown (never the token).

@@ -63,7 +63,7 @@ pub async fn fetch_and_record(
             }),
         },
         Err(error) => {
-            let kind = crate::tenants::credential_kind(tenant).unwrap_or(CredentialKind::Platform);
+            let kind = tenant.credential_kind;
             // Debug, not warn: a failing account is normal, reported in the aggregate
             // and its snapshot; the retry loop already logged what was retried.
             tracing::debug!(tenant = %tenant.slug, stripeid, status = ?error.status(), code = ?error.code(),

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::crypto::hash_token;
 use crate::domain::{Role, TenantSlug};
 use crate::store;
+use crate::store::tenants::Tenant;
 
 /// Any valid token.
 #[derive(Debug, Clone)]
@@ -22,14 +23,9 @@ pub struct Caller {
     /// The token's id (what per-token limits count by).
     pub token_id: i64,
     pub role: Role,
-    /// The tenant an admin or reader token is bound to; `None` for owners.
-    pub tenant: Option<TenantRef>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TenantRef {
-    pub id: i64,
-    pub slug: String,
+    /// The tenant an admin or reader token is bound to, as read with the token
+    /// (cached with it, so at most [`TOKEN_CACHE_TTL`] old); `None` for owners.
+    pub tenant: Option<Tenant>,
 }
 
 /// A caller allowed to read one tenant: an owner naming it with `?tenant=`, or that
@@ -37,7 +33,8 @@ pub struct TenantRef {
 #[derive(Debug, Clone)]
 pub struct TenantScope {
     pub role: Role,
-    pub tenant: TenantRef,
+    /// The tenant's row, read once by the extractor: handlers never load it again.
+    pub tenant: Tenant,
     /// The token's id (what per-token limits count by).
     pub token_id: i64,
 }
@@ -177,11 +174,21 @@ impl FromRequestParts<AppState> for Caller {
             });
         }
         refuse_expired(grant.expires_at)?;
+        if grant.tenant_disabled_at.is_some() {
+            return Err(ApiError::TokenRefused {
+                code: "tenant-removed",
+                message: "this token's tenant was removed (tally tenant remove); its tokens no longer work",
+            });
+        }
         let role = Role::parse(&grant.role)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
-        let tenant = match (grant.tenant_id, grant.tenant_slug) {
-            (Some(id), Some(slug)) => Some(TenantRef { id, slug }),
-            _ => None,
+        let tenant = match grant.tenant_id {
+            Some(id) => Some(
+                store::tenants::find_by_id(&state.pool, id)
+                    .await?
+                    .ok_or(ApiError::Unauthorized("invalid or revoked token"))?,
+            ),
+            None => None,
         };
         let caller = Caller {
             token_id: grant.id,
@@ -244,10 +251,13 @@ impl FromRequestParts<AppState> for TenantScope {
                 let tenant = store::tenants::find_by_slug(&state.pool, slug.as_str())
                     .await?
                     .ok_or_else(unknown_tenant)?;
-                TenantRef {
-                    id: tenant.id,
-                    slug: tenant.slug,
+                if tenant.disabled_at.is_some() {
+                    return Err(ApiError::not_found(
+                        "tenant-removed",
+                        "that tenant was removed (tally tenant remove); its data is kept but not served",
+                    ));
                 }
+                tenant
             }
             (_, Some(own)) => match requested {
                 // Another tenant's slug gets exactly the answer an unknown one gets.

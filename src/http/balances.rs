@@ -22,12 +22,12 @@ use super::openapi::{api_errors, Access, TenantParam};
 use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
+use crate::audit::Actor;
 use crate::balances::{AccountBalance, Answer, Fresh};
 use crate::domain::api_timestamp;
 use crate::domain::{OwnerId, StripeAccountId};
 use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
-use crate::store::tenants::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -267,12 +267,6 @@ fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
     }
 }
 
-async fn tenant_row(state: &AppState, scope: &TenantScope) -> Result<Tenant, ApiError> {
-    store::tenants::find_by_id(&state.pool, scope.tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))
-}
-
 /// Stripe's balance object with `stripeid`, `fetchedAt` and `source` added.
 fn balance_body(account: &AccountBalance) -> Value {
     let mut body = match &account.balance {
@@ -323,7 +317,7 @@ async fn account_balance(
         wait: seconds(&params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
             .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS)),
     });
-    let tenant = tenant_row(&state, &scope).await?;
+    let tenant = scope.tenant.clone();
     match state
         .balances()
         .account(&tenant, stripeid.as_str(), fresh)
@@ -379,7 +373,7 @@ async fn aggregate(
     let fresh = fresh(&params)?;
     let owner = owner(&params)?;
     let currency = currency(&params)?;
-    let tenant = tenant_row(&state, &scope).await?;
+    let tenant = scope.tenant.clone();
     let balances = state.balances();
     if wants_csv(&headers) {
         return Ok(
@@ -498,10 +492,15 @@ async fn start_refresh(
         (None, Some(_)) => RefreshScope::Account(stripeid(&params)?.as_str().to_owned()),
         (None, None) => RefreshScope::Tenant,
     };
-    let tenant = tenant_row(&state, &scope).await?;
+    let tenant = scope.tenant.clone();
     let pending = state
         .balances()
-        .start_refresh(&tenant, refresh_scope, max_age)
+        .start_refresh(
+            &tenant,
+            refresh_scope,
+            max_age,
+            &Actor::token(scope.token_id),
+        )
         .await?;
     Ok(accepted(&scope.tenant.slug, &pending))
 }
@@ -553,7 +552,7 @@ async fn list_refreshes(
         store::refreshes::list(&state.pool, scope.tenant.id, limit + 1, starting_after).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let tenant = tenant_row(&state, &scope).await?;
+    let tenant = scope.tenant.clone();
     let mut data = Vec::with_capacity(rows.len());
     for refresh in rows {
         let view = state.balances().refresh_view(&tenant, refresh).await?;
@@ -595,7 +594,7 @@ async fn show_refresh(
     let refresh = store::refreshes::get(&state.pool, scope.tenant.id, id)
         .await?
         .ok_or_else(missing)?;
-    let tenant = tenant_row(&state, &scope).await?;
+    let tenant = scope.tenant.clone();
     let view = state.balances().refresh_view(&tenant, refresh).await?;
     Ok(Json(refresh_body(&scope.tenant.slug, &view)))
 }

@@ -133,6 +133,15 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A tenant secret this server cannot open (wrong master key, tampered record) or a
+/// tenant row it cannot use: the same answer on every authenticated endpoint.
+impl From<crate::tenants::TenantClientError> for ApiError {
+    fn from(error: crate::tenants::TenantClientError) -> ApiError {
+        // The messages name the cause (master key, bad base URL), never the key.
+        ApiError::TenantCredential(error.to_string())
+    }
+}
+
 impl From<&FanoutError> for ApiError {
     fn from(error: &FanoutError) -> ApiError {
         match error {

@@ -2,6 +2,7 @@
 //! stack, built once here.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod balances;
 pub mod error;
@@ -153,6 +154,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(balances::router())
         .merge(sync::router())
         .merge(tokens::router())
+        .merge(audit::router())
         .merge(webhooks::router())
         .routes(routes!(openapi::serve_document))
 }

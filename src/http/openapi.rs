@@ -44,6 +44,7 @@ pub const BEARER: &str = "bearer";
         (name = "balances", description = "Balances, the per-currency aggregate, refreshes and history"),
         (name = "sync", description = "Importing accounts from Stripe"),
         (name = "tokens", description = "API tokens (owner)"),
+        (name = "audit", description = "Who changed what (owner)"),
         (name = "webhooks", description = "Signed Stripe Connect events"),
         (name = "health", description = "Probes and this document"),
     )
@@ -134,6 +135,7 @@ impl Access {
             (400, "missing-tenant"),
             (400, "invalid-tenant"),
             (404, "invalid-tenant"),
+            (500, "tenant-credential-unusable"),
         ];
         match self {
             Access::Public => vec![],

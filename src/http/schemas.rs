@@ -201,3 +201,36 @@ pub struct StripeEvent {
     #[schema(value_type = Object)]
     data: Value,
 }
+
+fn audit_event_kind() -> Schema {
+    kind("auditEvent")
+}
+
+/// One recorded change.
+#[derive(ToSchema)]
+#[schema(as = AuditEvent)]
+pub struct AuditEvent {
+    id: i64,
+    #[schema(schema_with = audit_event_kind)]
+    object: String,
+    #[schema(format = DateTime)]
+    at: String,
+    /// `{"type": "token", "tokenId", "name"}` or `{"type": "cli", "user"}`.
+    actor: Value,
+    /// What was done (`tenant.add`, `token.revoke`, …).
+    action: String,
+    /// The tenant's slug, when the change was about one.
+    tenant: Option<String>,
+    /// What changed (never a secret).
+    details: Value,
+}
+
+/// A page of audit events, newest first.
+#[derive(ToSchema)]
+pub struct AuditEventList {
+    #[schema(schema_with = list_kind)]
+    object: String,
+    url: String,
+    has_more: bool,
+    data: Vec<AuditEvent>,
+}

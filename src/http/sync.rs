@@ -11,10 +11,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use serde_json::json;
+
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::openapi::{api_errors, one_of_strings, Access, TenantParam};
 use super::AppState;
+use crate::audit::{self, Actor};
 use crate::domain::api_timestamp;
 use crate::store;
 use crate::store::sync_runs::{Claim, SyncRun};
@@ -55,13 +58,8 @@ async fn start(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<SyncRunRecord>), ApiError> {
-    let tenant = store::tenants::find_by_id(&state.pool, scope.tenant.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("invalid-tenant", "no such tenant"))?;
-    let client = state
-        .stripe
-        .client_for(&tenant)
-        .map_err(|error| ApiError::Internal(error.into()))?;
+    let tenant = scope.tenant.clone();
+    let client = state.stripe.client_for(&tenant)?;
     let options = SyncOptions::from_settings(&state.settings);
     let claim = sync::start_in_background(
         state.pool.clone(),
@@ -75,6 +73,18 @@ async fn start(
         SyncError::Database(error) => ApiError::from(error),
         other => ApiError::Internal(other.into()),
     })?;
+    let (run, joined) = match &claim {
+        Claim::Started(run) => (run, false),
+        Claim::Running(run) => (run, true),
+    };
+    audit::record(
+        &state.pool,
+        &Actor::token(scope.token_id),
+        "sync.start",
+        Some(&scope.tenant.slug),
+        json!({"syncId": run.id, "joined": joined}),
+    )
+    .await?;
     Ok(match claim {
         Claim::Started(run) => (
             StatusCode::ACCEPTED,

@@ -14,11 +14,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::Owner;
+use super::auth::{Caller, Owner};
 use super::error::ApiError;
 use super::openapi::{api_errors, kind, one_of_strings, Access};
 use super::query::QueryParams;
 use super::AppState;
+use crate::audit::Actor;
 use crate::commands::token::{self, TokenError, TokenSpec};
 use crate::domain::Role;
 
@@ -201,6 +202,7 @@ struct CreateBody {
 )]
 async fn create(
     _: Owner,
+    caller: Caller,
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -221,7 +223,8 @@ async fn create(
         name: body.name,
         expires_in,
     };
-    let (secret, record) = token::create_with(&state.pool, role, &spec).await?;
+    let (secret, record) =
+        token::create_with(&state.pool, role, &spec, &Actor::token(caller.token_id)).await?;
     let mut view = serde_json::to_value(token::TokenView::from(&record))
         .map_err(|error| ApiError::Internal(error.into()))?;
     view["token"] = json!(secret.expose_secret());
@@ -245,11 +248,14 @@ async fn create(
 )]
 async fn revoke(
     _: Owner,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<token::TokenView>, ApiError> {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::not_found("invalid-tokenid", "no token has that id"))?;
-    Ok(Json(token::revoke(&state.pool, id).await?))
+    Ok(Json(
+        token::revoke(&state.pool, id, &Actor::token(caller.token_id)).await?,
+    ))
 }

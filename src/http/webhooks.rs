@@ -176,7 +176,11 @@ async fn tenant_with_secret(
     let Some(slug) = TenantSlug::parse(slug) else {
         return Ok(Err(Refusal::UnknownTenant(None)));
     };
-    let Some(tenant) = store::tenants::find_by_slug(&state.pool, slug.as_str()).await? else {
+    // A removed tenant takes no events: answered as an unknown one.
+    let found = store::tenants::find_by_slug(&state.pool, slug.as_str())
+        .await?
+        .filter(|tenant| tenant.disabled_at.is_none());
+    let Some(tenant) = found else {
         return Ok(Err(Refusal::UnknownTenant(Some(slug.as_str().to_owned()))));
     };
     Ok(match state.stripe.webhook_secret(&tenant) {

@@ -37,9 +37,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often the tenant list is re-read (new tenants start, removed ones stop).
 const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
-/// How often a tenant's row (removed? credential usable?) and sync schedule are looked
-/// at again. The tenant's Stripe client itself is built once per process.
-const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// How often a tenant's row (removed? key rotated? settings changed?) is read again:
+/// a newer row rebuilds the tenant's Stripe client, so `tally tenant set-key` and
+/// `update` reach this worker within about a second (one primary-key read each).
+const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How often a tenant's sync schedule is looked at again.
+const SYNC_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// On shutdown, fetches already sent get this long (or half the grace period, if
 /// shorter) to land before they are dropped; their leases are given back either way.
 const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(3);
@@ -337,8 +340,9 @@ impl Inner {
             .is_none_or(|at| at.elapsed() >= TENANT_RELOAD_EVERY);
         if stale {
             match store::tenants::find_by_id(&self.pool, tenant_id).await {
-                Ok(Some(tenant)) => state.tenant = Some(tenant),
-                Ok(None) => return Ok(None),
+                // A removed tenant is skipped like a deleted one.
+                Ok(Some(tenant)) if tenant.disabled_at.is_none() => state.tenant = Some(tenant),
+                Ok(_) => return Ok(None),
                 Err(error) => {
                     tracing::warn!(tenant_id, error = %error, "refresher cannot read the tenant");
                     if state.tenant.is_none() {
@@ -528,7 +532,7 @@ impl Inner {
         };
         if state
             .sync_checked_at
-            .is_some_and(|at| at.elapsed() < TENANT_RELOAD_EVERY)
+            .is_some_and(|at| at.elapsed() < SYNC_CHECK_EVERY)
         {
             return;
         }

@@ -14,6 +14,8 @@ pub struct Caller {
     pub masked: String,
     /// Names the key in stats and logs: the platform id, or `org`.
     pub label: String,
+    /// A restricted key's permissions; `None` for a secret key.
+    pub permissions: Option<Vec<String>>,
 }
 
 /// The account a request acts as.
@@ -87,6 +89,12 @@ pub fn authenticate(headers: &HeaderMap, world: &World) -> Result<Caller, SimErr
             format!("Invalid API Key provided: {masked}"),
         ));
     };
+    if world.is_expired(&key) {
+        return Err(SimError::invalid(
+            StatusCode::UNAUTHORIZED,
+            format!("Expired API Key provided: {masked}"),
+        ));
+    }
     let label = match owner {
         KeyOwner::Platform(p) => world.platforms[p].id.clone(),
         KeyOwner::Org => "org".to_string(),
@@ -95,7 +103,44 @@ pub fn authenticate(headers: &HeaderMap, world: &World) -> Result<Caller, SimErr
         owner,
         masked,
         label,
+        permissions: world.key_permissions(&key).map(<[String]>::to_vec),
     })
+}
+
+/// The permission a restricted key needs for a route (`GET /v1/balance`, …).
+fn required_permission(route: &str) -> Option<&'static str> {
+    match route {
+        "GET /v1/balance" => Some("rak_balance_read"),
+        "GET /v1/account" | "GET /v1/accounts" | "GET /v1/accounts/{id}" => {
+            Some("rak_accounts_read")
+        }
+        "POST /v1/accounts" => Some("rak_accounts_write"),
+        _ => None,
+    }
+}
+
+/// A restricted key without the route's permission gets Stripe's 403, naming the
+/// permission and the account the request acts on.
+pub fn authorize(caller: &Caller, route: &str, headers: &HeaderMap) -> Result<(), SimError> {
+    let (Some(permissions), Some(required)) = (&caller.permissions, required_permission(route))
+    else {
+        return Ok(());
+    };
+    if permissions.iter().any(|p| p == required) {
+        return Ok(());
+    }
+    let account = header(headers, "stripe-account")
+        .or_else(|| header(headers, "stripe-context"))
+        .unwrap_or(&caller.label);
+    Err(SimError::invalid(
+        StatusCode::FORBIDDEN,
+        format!(
+            "The provided key '{}' does not have the required permissions for this endpoint \
+             on account '{account}'. Having the '{required}' permission would allow this \
+             request to continue.",
+            caller.masked
+        ),
+    ))
 }
 
 /// A header's value, with an empty value treated as absent (as SDKs send none for None).

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use auth::mask_key;
 pub use knobs::Knobs;
 pub use server::API_VERSION;
 pub use stats::SimStats;
@@ -257,6 +258,27 @@ impl SimHandle {
             Some(p) => world.add_connected(p, n),
             None => Vec::new(),
         }
+    }
+
+    /// A second secret key for `platform` (as Stripe's "roll key" makes one; the old key
+    /// keeps working until `expire_key`). `None` for an unknown platform.
+    pub fn roll_key(&self, platform: &str) -> Option<String> {
+        let mut world = self.state.world_mut();
+        let p = world.platform_index(platform)?;
+        Some(world.new_platform_key(p, None))
+    }
+
+    /// A restricted key (`rk_test_…`) of `platform` holding only `permissions`
+    /// (`rak_balance_read`, `rak_accounts_read`, `rak_accounts_write`).
+    pub fn restricted_key(&self, platform: &str, permissions: &[&str]) -> Option<String> {
+        let mut world = self.state.world_mut();
+        let p = world.platform_index(platform)?;
+        Some(world.new_platform_key(p, Some(permissions)))
+    }
+
+    /// `key` expires: from now on it gets 401 "Expired API Key provided".
+    pub fn expire_key(&self, key: &str) {
+        self.state.world_mut().expire_key(key);
     }
 
     /// Sends a signed Connect event about `account` to `url`; returns the endpoint's status.

@@ -142,6 +142,7 @@ async fn observe(
 /// handlers then apply the header rules through the `Target` extractor.
 async fn gate(
     State(state): State<Arc<SimState>>,
+    matched: Option<MatchedPath>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, SimError> {
@@ -151,6 +152,7 @@ async fn gate(
     let admitted = match &caller {
         Ok(caller) => {
             state.stats.arrived(&caller.label, arrival);
+            state.stats.used_key(&caller.masked);
             state
                 .limiter()
                 .admit(&caller.label, knobs.rate_limit, arrival)
@@ -167,6 +169,14 @@ async fn gate(
     if knobs.inject_error() {
         return Err(SimError::api_error());
     }
+    let route = format!(
+        "{} {}",
+        request.method(),
+        matched
+            .as_ref()
+            .map_or(request.uri().path(), MatchedPath::as_str)
+    );
+    auth::authorize(&caller, &route, request.headers())?;
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }

@@ -23,6 +23,10 @@ pub struct SimStats {
     pub header_violations: u64,
     /// Requests per route, like `GET /v1/balance` or `GET /v1/accounts/{id}`.
     pub by_path: BTreeMap<String, u64>,
+    /// Authenticated requests per key, by the key masked as Stripe shows it
+    /// (`sk_test_****…abcd`), so a test can tell which of a platform's keys was used.
+    #[serde(default)]
+    pub by_key: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -82,6 +86,16 @@ impl Recorder {
             .entry(key.to_string())
             .or_default();
         *max = (*max).max(rate);
+    }
+
+    /// Counts a request authenticated with the key masked as `masked`.
+    pub fn used_key(&self, masked: &str) {
+        *self
+            .lock()
+            .stats
+            .by_key
+            .entry(masked.to_string())
+            .or_default() += 1;
     }
 
     pub fn finish(&self, outcome: Outcome<'_>) {

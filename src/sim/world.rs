@@ -155,6 +155,12 @@ pub struct World {
     pub org_accounts: Vec<usize>,
     pub org_key: String,
     keys: HashMap<String, KeyOwner>,
+    /// Restricted keys (`rk_test_…`) and the permissions each holds (`rak_balance_read`, …).
+    restricted: HashMap<String, Vec<String>>,
+    /// Keys rolled and expired: Stripe answers them 401 "Expired API Key provided".
+    expired: std::collections::HashSet<String>,
+    /// Keys made after the world was generated (rolled, restricted), numbered.
+    extra_keys: u64,
 }
 
 impl World {
@@ -168,6 +174,9 @@ impl World {
             org_accounts: Vec::new(),
             org_key: format!("sk_org_test_{}", alnum(&mut rng, 96)),
             keys: HashMap::new(),
+            restricted: HashMap::new(),
+            expired: std::collections::HashSet::new(),
+            extra_keys: 0,
         };
         world.keys.insert(world.org_key.clone(), KeyOwner::Org);
         let mut clock = EPOCH - 86_400 * 30;
@@ -231,6 +240,48 @@ impl World {
 
     pub fn key_owner(&self, key: &str) -> Option<KeyOwner> {
         self.keys.get(key).copied()
+    }
+
+    /// The permissions of a restricted key; `None` for a secret key (it may do anything).
+    pub fn key_permissions(&self, key: &str) -> Option<&[String]> {
+        self.restricted.get(key).map(Vec::as_slice)
+    }
+
+    pub fn is_expired(&self, key: &str) -> bool {
+        self.expired.contains(key)
+    }
+
+    /// A new key for platform `p`, beside its others (as Stripe's "roll key" makes one
+    /// while the old stays valid until it expires): a secret key, or, with
+    /// `permissions`, a restricted key holding just those.
+    pub fn new_platform_key(&mut self, p: usize, permissions: Option<&[&str]>) -> String {
+        self.extra_keys += 1;
+        let mut rng = StdRng::seed_from_u64(self.seed ^ self.extra_keys.rotate_left(32));
+        let prefix = if permissions.is_some() {
+            "rk_test_51"
+        } else {
+            "sk_test_51"
+        };
+        let key = format!(
+            "{prefix}{}{}",
+            &self.platforms[p].id[6..],
+            alnum(&mut rng, 84)
+        );
+        self.keys.insert(key.clone(), KeyOwner::Platform(p));
+        if let Some(permissions) = permissions {
+            self.restricted.insert(
+                key.clone(),
+                permissions.iter().map(|p| (*p).to_owned()).collect(),
+            );
+        }
+        key
+    }
+
+    /// The key stops working: 401 "Expired API Key provided".
+    pub fn expire_key(&mut self, key: &str) {
+        if self.keys.contains_key(key) {
+            self.expired.insert(key.to_owned());
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Account> {

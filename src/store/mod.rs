@@ -2,6 +2,7 @@
 //! an executor so callers choose the transaction.
 
 pub mod accounts;
+pub mod audit;
 pub mod budget;
 pub mod doctor;
 pub mod refreshes;

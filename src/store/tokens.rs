@@ -13,6 +13,8 @@ pub struct TokenGrant {
     pub tenant_slug: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Set when the token's tenant was removed (`tally tenant remove`).
+    pub tenant_disabled_at: Option<DateTime<Utc>>,
 }
 
 pub struct NewToken<'a> {
@@ -45,7 +47,8 @@ pub async fn find_by_hash(
 ) -> Result<Option<TokenGrant>, sqlx::Error> {
     sqlx::query_as!(
         TokenGrant,
-        r#"SELECT k.id, k.role, k.tenant_id, t.slug AS "tenant_slug?", k.expires_at, k.revoked_at
+        r#"SELECT k.id, k.role, k.tenant_id, t.slug AS "tenant_slug?", k.expires_at, k.revoked_at,
+                  t.disabled_at AS "tenant_disabled_at?"
            FROM api_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id
            WHERE k.token_hash = $1"#,
         token_hash

@@ -109,7 +109,7 @@ impl StripeClient {
                 http: self.http.clone(),
                 settings: self.settings.clone(),
                 budget,
-                in_flight: Semaphore::new(max_in_flight.max(1)),
+                in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
                 credential,
             }),
             priority: Priority::Interactive,
@@ -130,7 +130,8 @@ struct Tenant {
     settings: Arc<ClientSettings>,
     credential: Credential,
     budget: Arc<dyn RateBudget>,
-    in_flight: Semaphore,
+    /// Shared with the clients that replace this one when its key rotates.
+    in_flight: Arc<Semaphore>,
 }
 
 /// A decoded Stripe object with what came with it.
@@ -265,6 +266,59 @@ impl TenantClient {
             what: "account",
         };
         self.execute(call, |v| parse_object(v, "account")).await
+    }
+
+    /// `GET /v1/balance` of the key's own account: the cheapest request that proves a key
+    /// works and may read balances. A platform key sends no account header; an
+    /// organization key must name an account in the organization (`Stripe-Context`).
+    #[tracing::instrument(name = "stripe.retrieve_own_balance", skip_all, fields(attempt))]
+    pub async fn retrieve_own_balance(
+        &self,
+        context: Option<&str>,
+    ) -> Result<Fetched<Balance>, StripeError> {
+        let account = match (self.inner.credential.kind, context) {
+            (CredentialKind::Platform, _) => None,
+            (CredentialKind::Organization, Some(account)) => {
+                Some(account_header(CredentialKind::Organization, account, None))
+            }
+            (CredentialKind::Organization, None) => {
+                return Err(StripeError::Config(
+                    "an organization key reads a balance only for an account it names in \
+                     Stripe-Context"
+                        .to_owned(),
+                ))
+            }
+        };
+        let call = Call {
+            method: Method::GET,
+            path: segments(&["balance"]),
+            query: Vec::new(),
+            form: None,
+            account,
+            what: "balance",
+        };
+        self.execute(call, parse_balance).await
+    }
+
+    /// A client for `credential` (a rotated key, a changed API version) that keeps this
+    /// one's in-flight cap, and its rate budget unless `budget` replaces it: requests
+    /// already sent finish with the old key, new ones use the new key, and the two
+    /// together never exceed the tenant's pace.
+    pub fn with_credential(
+        &self,
+        credential: Credential,
+        budget: Option<Arc<dyn RateBudget>>,
+    ) -> TenantClient {
+        TenantClient {
+            inner: Arc::new(Tenant {
+                http: self.inner.http.clone(),
+                settings: self.inner.settings.clone(),
+                budget: budget.unwrap_or_else(|| self.inner.budget.clone()),
+                in_flight: self.inner.in_flight.clone(),
+                credential,
+            }),
+            priority: self.priority,
+        }
     }
 
     /// Requests per second in force now: the configured rate, or less for a while after a 429.

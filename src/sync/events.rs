@@ -157,8 +157,7 @@ async fn account_updated(
 
 /// The platform in an organization tenant's `P/X` context; platform tenants store none.
 fn platform_from_context(tenant: &Tenant, context: Option<&str>) -> Option<String> {
-    let organization =
-        crate::tenants::credential_kind(tenant) == Some(CredentialKind::Organization);
+    let organization = tenant.credential_kind == CredentialKind::Organization;
     let (platform, _account) = context?.split_once('/')?;
     (organization && !platform.is_empty()).then(|| platform.to_owned())
 }
@@ -262,7 +261,7 @@ mod tests {
         Tenant {
             id: 1,
             slug: "acme".into(),
-            credential_kind: kind.into(),
+            credential_kind: kind.parse().expect("a credential kind"),
             key_ciphertext: Vec::new(),
             key_last4: "0000".into(),
             api_version: "2025-04-30.basil".into(),
@@ -272,6 +271,8 @@ mod tests {
             org_account_ids: Vec::new(),
             webhook_secret_ciphertext: None,
             created_at: Utc::now(),
+            version: 1,
+            disabled_at: None,
         }
     }
 

@@ -83,8 +83,6 @@ pub enum SyncError {
     EmptyPage { scope: String },
     #[error(transparent)]
     InvalidObject(#[from] InvalidAccountObject),
-    #[error("tenant has an unknown credential kind '{0}'")]
-    UnknownKind(String),
     #[error("the run's lease expired (no heartbeat) and another sync took over")]
     Superseded,
     #[error("database: {0}")]
@@ -252,9 +250,7 @@ async fn sync_scopes(sync: &mut scope::Sync<'_>) -> Result<(), SyncError> {
 
 /// What a tenant's sync walks, in order.
 fn scopes(tenant: &Tenant) -> Result<Vec<Scope>, SyncError> {
-    let kind = crate::tenants::credential_kind(tenant)
-        .ok_or_else(|| SyncError::UnknownKind(tenant.credential_kind.clone()))?;
-    Ok(match kind {
+    Ok(match tenant.credential_kind {
         CredentialKind::Platform => vec![Scope::OwnAccounts],
         CredentialKind::Organization => {
             let mut scopes: Vec<Scope> = tenant

@@ -471,6 +471,31 @@ async fn a_key_sealed_under_another_master_key_is_explained_not_leaked() {
         "{body}"
     );
     assert!(!text.contains(&key));
+    // Every authenticated endpoint that needs the key says the same.
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let account = &sim.keys().platforms[0].accounts[0];
+    for (method, path) in [
+        ("POST", "/api/administrator/connect/sync".to_owned()),
+        (
+            "POST",
+            "/api/administrator/connect/balances/refreshes".to_owned(),
+        ),
+        ("GET", format!("{ONE}?stripeid={account}&max_age=0")),
+    ] {
+        let request = match method {
+            "POST" => app.client.post(format!("{}{path}", app.address)),
+            _ => app.client.get(format!("{}{path}", app.address)),
+        };
+        let response = request.bearer_auth(&admin).send().await.expect("sent");
+        assert_eq!(response.status(), 500, "{method} {path}");
+        let text = response.text().await.expect("body");
+        let body: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            body["code"], "tenant-credential-unusable",
+            "{method} {path}"
+        );
+        assert!(!text.contains(&key));
+    }
     assert_eq!(sim.stats().total_requests, 0, "nothing was sent to Stripe");
 }
 

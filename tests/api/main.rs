@@ -17,6 +17,7 @@ mod openapi;
 mod refresh;
 mod streams;
 mod sync;
+mod tenant_lifecycle;
 mod tenants;
 mod tokens;
 mod webhooks;

@@ -904,6 +904,48 @@ async fn real_answers_match_the_document() {
     )
     .await;
 
+    // The audit log (the token changes above are in it).
+    const AUDIT: &str = "/api/administrator/audit";
+    let page = expect(
+        app,
+        c,
+        get(AUDIT, format!("{AUDIT}?limit=1"), owner),
+        200,
+        None,
+    )
+    .await;
+    assert!(page
+        .header("link")
+        .is_some_and(|l| l.contains("rel=\"next\"")));
+    expect(
+        app,
+        c,
+        get(
+            AUDIT,
+            format!("{AUDIT}?tenant=acme&since=2026-01-01"),
+            owner,
+        ),
+        200,
+        None,
+    )
+    .await;
+    expect(app, c, get(AUDIT, AUDIT, admin), 403, Some("forbidden")).await;
+    for (query, code) in [
+        ("limit=0", "invalid-limit"),
+        ("starting_after=x", "invalid-starting-after"),
+        ("tenant=A%20B", "invalid-tenant"),
+        ("since=later", "invalid-since"),
+    ] {
+        expect(
+            app,
+            c,
+            get(AUDIT, format!("{AUDIT}?{query}"), owner),
+            400,
+            Some(code),
+        )
+        .await;
+    }
+
     // Webhooks: signed events, refusals.
     let hook = "/webhooks/stripe/acme";
     let event = json!({

@@ -145,7 +145,14 @@ async fn the_cli_adds_and_lists_tenants_without_ever_printing_the_key() {
     ];
     let added = tally(
         &app,
-        &["tenant", "add", "acme", "--key-env", "ACME_KEY"],
+        &[
+            "tenant",
+            "add",
+            "acme",
+            "--key-env",
+            "ACME_KEY",
+            "--no-verify",
+        ],
         &env,
     );
     assert!(
@@ -192,7 +199,14 @@ async fn the_cli_explains_a_missing_or_malformed_master_key() {
     let app = spawn_app().await;
     let missing = tally(
         &app,
-        &["tenant", "add", "acme", "--key-env", "ACME_KEY"],
+        &[
+            "tenant",
+            "add",
+            "acme",
+            "--key-env",
+            "ACME_KEY",
+            "--no-verify",
+        ],
         &[("ACME_KEY", PLATFORM_KEY)],
     );
     assert!(!missing.status.success());
@@ -201,7 +215,14 @@ async fn the_cli_explains_a_missing_or_malformed_master_key() {
 
     let malformed = tally(
         &app,
-        &["tenant", "add", "acme", "--key-env", "ACME_KEY"],
+        &[
+            "tenant",
+            "add",
+            "acme",
+            "--key-env",
+            "ACME_KEY",
+            "--no-verify",
+        ],
         &[("ACME_KEY", PLATFORM_KEY), ("TALLY_MASTER_KEY", "c2hvcnQ=")],
     );
     assert!(!malformed.status.success());
@@ -210,7 +231,14 @@ async fn the_cli_explains_a_missing_or_malformed_master_key() {
     let master = tally::crypto::MasterKey::generate_base64();
     let bad_prefix = tally(
         &app,
-        &["tenant", "add", "acme", "--key-env", "ACME_KEY"],
+        &[
+            "tenant",
+            "add",
+            "acme",
+            "--key-env",
+            "ACME_KEY",
+            "--no-verify",
+        ],
         &[
             ("ACME_KEY", "pk_test_123"),
             ("TALLY_MASTER_KEY", master.as_str()),
