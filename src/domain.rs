@@ -141,7 +141,9 @@ pub fn without_nul(value: &Value) -> Cow<'_, Value> {
 /// failure of its own, `type: "tally_error"`), and a hint. Stored as a snapshot's
 /// `error` and read back as this type, so the aggregate's `failures[]`, its CSV, one
 /// account's balance and its history all show the same fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FetchFailure {
     /// Stripe's HTTP status; `None` when no answer came (timeout, unreachable).

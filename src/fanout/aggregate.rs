@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use super::FanoutError;
 use crate::domain::FetchFailure;
@@ -11,9 +12,11 @@ use crate::money::{CurrencyAmounts, Totals};
 use crate::store;
 
 /// The balances endpoint's body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = BalanceAggregate)]
 pub struct Aggregate {
+    #[schema(schema_with = aggregate_kind)]
     pub object: &'static str,
     pub tenant: String,
     pub accountid: Option<String>,
@@ -27,7 +30,15 @@ pub struct Aggregate {
     pub failures: Vec<Failure>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+fn aggregate_kind() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["balance_aggregate"]))
+        .build()
+        .into()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, ToSchema)]
 pub struct AccountCounts {
     pub total: i64,
     pub ok: i64,
@@ -36,7 +47,7 @@ pub struct AccountCounts {
     pub stale: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TotalRow {
     pub currency: String,
@@ -59,8 +70,9 @@ impl From<CurrencyAmounts> for TotalRow {
 }
 
 /// An account that did not contribute a fresh balance, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AccountFailure)]
 pub struct Failure {
     pub stripeid: String,
     #[serde(flatten)]

@@ -7,16 +7,19 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::TenantScope;
 use super::error::ApiError;
+use super::openapi::{api_errors, Access, TenantParam};
 use super::query::QueryParams;
 use super::streams::StreamSlot;
 use super::AppState;
@@ -25,15 +28,98 @@ use crate::domain::{OwnerId, StripeAccountId};
 use crate::store;
 use crate::store::accounts::{AccountRow, Direction, ListingKey, CHUNK_ROWS};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/administrator/connect/stripe-accounts", get(list))
-        .route(
-            "/api/administrator/connect/stripe-accounts-count",
-            get(count),
-        )
-        .route("/api/administrator/connect/stripe-account", get(one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(count))
+        .routes(routes!(one))
 }
+
+/// The listing's query parameters, as documented (parsed by [`ListQuery::parse`]).
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Records to skip, newest `createdAt` first (ties by stripeid); default 0. Not with
+    /// a cursor.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    offset: Option<i64>,
+    /// Records per page; default `api.page_size` (`PAGE_SIZE`). Above 500 the page is
+    /// streamed; with a cursor at most 500.
+    #[param(minimum = 1, maximum = 9223372036854775807_i64)]
+    limit: Option<i64>,
+    /// `true` (or `1`): every record, streamed, `offset` and `limit` ignored. Not with a
+    /// cursor.
+    #[param(pattern = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$")]
+    all: Option<String>,
+    /// Only the records of this owner (the platform's own user id, from the Stripe
+    /// account's metadata). An owner with no stored account is 404 `invalid-accountid`.
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
+    accountid: Option<String>,
+    /// A cursor: the page of records after this listed account (at most 500 per page).
+    /// With `offset`, `all=true` or `ending_before`: 400 `invalid-paging`.
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    starting_after: Option<String>,
+    /// A cursor: the page of records before this listed account.
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    ending_before: Option<String>,
+}
+
+/// The `accountid` filter of the count.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct OwnerParams {
+    /// Only the records of this owner; an owner with no stored account is 404
+    /// `invalid-accountid`.
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
+    accountid: Option<String>,
+}
+
+/// The account of the one-record lookup.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StripeIdParam {
+    /// The account's Stripe id.
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    stripeid: String,
+}
+
+api_errors!(
+    ListErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-offset"),
+        (400, "invalid-limit"),
+        (400, "invalid-all"),
+        (400, "invalid-accountid"),
+        (400, "invalid-starting-after"),
+        (400, "invalid-ending-before"),
+        (400, "invalid-paging"),
+        (404, "invalid-accountid"),
+        (429, "too-many-streams"),
+    ]
+);
+api_errors!(
+    CountErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-accountid"),
+        (404, "invalid-accountid"),
+    ]
+);
+api_errors!(
+    OneErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-stripeid"),
+        (404, "invalid-stripeid"),
+    ]
+);
 
 /// Pages larger than this are streamed chunk by chunk instead of collected.
 const STREAM_ABOVE: i64 = 500;
@@ -206,6 +292,30 @@ async fn listed_count(
 }
 
 /// `GET /api/administrator/connect/stripe-accounts`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-accounts",
+    tag = "accounts",
+    operation_id = "listStripeAccounts",
+    description = "Stored accounts, newest `createdAt` first (ties by stripeid), as the \
+        Dashboard module lists them: the body is a JSON array of records (empty when there \
+        are none), never a list object. Page by `offset`/`limit`, or by cursor \
+        (`starting_after`/`ending_before`). `all=true`, and pages with `limit` above 500, \
+        are streamed: the same array, written as it is read, with no `Link`; a stream that \
+        ends early is cut off before its closing `]`. At most `api.max_streams_per_token` (4) \
+        streams per token and `api.max_streams` (32) in all are open at once.",
+    params(ListParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of records (or every record, streamed).",
+            body = [StripeAccountRecord<'static>],
+            headers(
+                ("X-Total-Count" = i64, description = "How many records the listing walks (the filter applied), whatever the page."),
+                ("Link" = String, description = "RFC 8288 links to the neighbouring pages by cursor, `rel=\"prev\"` and `rel=\"next\"`, keeping the other parameters; absent on streamed listings and when there is no neighbour."),
+            )),
+        ListErrors,
+    )
+)]
 async fn list(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -526,6 +636,19 @@ impl ArrayWriter {
 }
 
 /// `GET /api/administrator/connect/stripe-accounts-count`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-accounts-count",
+    tag = "accounts",
+    operation_id = "countStripeAccounts",
+    description = "How many stored accounts the listing walks (the same `accountid` filter).",
+    params(OwnerParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The count, a bare integer.", body = i64, content_type = "application/json"),
+        CountErrors,
+    )
+)]
 async fn count(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -538,6 +661,19 @@ async fn count(
 }
 
 /// `GET /api/administrator/connect/stripe-account?stripeid=acct_…`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-account",
+    tag = "accounts",
+    operation_id = "getStripeAccount",
+    description = "One stored account, also one Stripe no longer returns (then with `removedAt`).",
+    params(StripeIdParam, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The record.", body = StripeAccountRecord<'static>),
+        OneErrors,
+    )
+)]
 async fn one(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -555,21 +691,42 @@ async fn one(
 }
 
 /// The Dashboard module's record shape.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = StripeAccount)]
 pub struct StripeAccountRecord<'a> {
+    /// The Stripe account id.
+    #[schema(value_type = String, pattern = "^acct_[A-Za-z0-9]+$")]
     stripeid: &'a str,
+    #[schema(schema_with = stripe_account_kind)]
     object: &'static str,
+    /// The owner: the platform's own id for the user owning the account, from the
+    /// Stripe account's metadata (`accounts.owner_metadata_key`); null when absent.
+    #[schema(value_type = Option<String>)]
     accountid: Option<&'a str>,
+    /// The tenant's slug.
+    #[schema(value_type = String)]
     appid: &'a str,
+    /// The platform controlling the account (organization tenants); null for accounts
+    /// directly in the organization and for platform tenants.
+    #[schema(value_type = Option<String>)]
     platformid: Option<&'a str>,
     /// Stripe's account object exactly as stored, not re-parsed.
+    #[schema(value_type = Object)]
     stripe_object: &'a RawValue,
+    /// Stripe's `created`.
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
     /// Only on records Stripe no longer returns; they are kept, not deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     removed_at: Option<String>,
+}
+
+fn stripe_account_kind() -> utoipa::openapi::schema::Schema {
+    super::openapi::kind("stripeAccount")
 }
 
 impl<'a> StripeAccountRecord<'a> {

@@ -5,13 +5,17 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Owner;
 use super::error::ApiError;
+use super::openapi::{api_errors, Access};
 use super::query::QueryParams;
+use super::schemas;
 use super::AppState;
 use crate::audit::{self, AuditFilter};
 use crate::domain::TenantSlug;
@@ -21,9 +25,38 @@ const PATH: &str = "/api/administrator/audit";
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(PATH, get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AuditParams {
+    /// Only this tenant's events (also a tenant that was purged).
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    tenant: Option<String>,
+    /// Only events at or after this time: RFC 3339 or `YYYY-MM-DD`.
+    since: Option<String>,
+    /// At most this many, newest first; default 20.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The page after this event id.
+    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
+    starting_after: Option<String>,
+}
+
+api_errors!(
+    ListErrors,
+    Access::Owner,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-limit"),
+        (400, "invalid-starting-after"),
+        (400, "invalid-tenant"),
+        (400, "invalid-since"),
+    ]
+);
 
 fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
     let limit = match params.get("limit") {
@@ -75,6 +108,20 @@ fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
 }
 
 /// `GET /api/administrator/audit[?tenant=…][&since=…][&limit=…][&starting_after=…]`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/audit",
+    tag = "audit",
+    operation_id = "listAudit",
+    description = "Who changed what (owner), newest first. Secrets never appear in it.",
+    params(AuditParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of events.", body = schemas::AuditEventList,
+            headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
+        ListErrors,
+    )
+)]
 async fn list(
     _: Owner,
     State(state): State<AppState>,

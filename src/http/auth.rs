@@ -173,7 +173,8 @@ pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiEr
     if grant.tenant_disabled_at.is_some() {
         return Err(ApiError::TokenRefused {
             code: "tenant-removed",
-            message: "this token's tenant was removed (tally tenant remove); its tokens no longer work",
+            message:
+                "this token's tenant was removed (tally tenant remove); its tokens no longer work",
         });
     }
     let role = Role::parse(&grant.role)

@@ -8,40 +8,186 @@ use std::time::Duration;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
+use super::openapi::{api_errors, Access, TenantParam};
 use super::query::QueryParams;
+use super::schemas;
 use super::AppState;
 use crate::audit::Actor;
 use crate::balances::{AccountBalance, Answer, Fresh};
 use crate::domain::api_timestamp;
-use crate::domain::StripeAccountId;
+use crate::domain::{OwnerId, StripeAccountId};
 use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/administrator/connect/stripe-account/balance",
-            get(account_balance),
-        )
-        .route("/api/administrator/connect/balances", get(aggregate))
-        .route("/api/administrator/connect/balances/history", get(history))
-        .route(
-            "/api/administrator/connect/balances/refreshes",
-            get(list_refreshes).post(start_refresh),
-        )
-        .route(
-            "/api/administrator/connect/balances/refreshes/{id}",
-            get(show_refresh),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(account_balance))
+        .routes(routes!(aggregate))
+        .routes(routes!(history))
+        .routes(routes!(list_refreshes, start_refresh))
+        .routes(routes!(show_refresh))
 }
+
+/// `max_age` and `wait`, as documented.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FreshParams {
+    /// Seconds: every account of the scope must have been tried within this long.
+    /// Met at once from what is stored, else the request joins (or starts) the scope's
+    /// refresh and waits up to `wait`, then answers 202 with the refresh to poll.
+    #[param(minimum = 0, maximum = 31536000)]
+    max_age: Option<i64>,
+    /// Seconds to wait for a refresh before answering 202; default 10.
+    #[param(minimum = 0, maximum = 25)]
+    wait: Option<i64>,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AccountBalanceParams {
+    /// The account's Stripe id.
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    stripeid: String,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AggregateParams {
+    /// Only this owner's accounts; an owner with no listed account is 404
+    /// `invalid-accountid`.
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
+    accountid: Option<String>,
+    /// Only this currency (3 letters, any case).
+    #[param(pattern = "^[A-Za-z]{3}$")]
+    currency: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct HistoryParams {
+    /// The account's Stripe id.
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    stripeid: String,
+    /// Snapshots fetched at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Snapshots fetched at or before this time (RFC 3339).
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// At most this many, newest first; default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RefreshListParams {
+    /// At most this many, newest first; default 10.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The page after this refresh id (a UUID).
+    #[param(
+        pattern = "^([0-9A-Fa-f]{32}|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+    )]
+    starting_after: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StartRefreshParams {
+    /// Refresh only this owner's accounts (not with `stripeid`).
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
+    accountid: Option<String>,
+    /// Refresh only this account (not with `accountid`).
+    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
+    stripeid: Option<String>,
+    /// Refresh what was not tried within this many seconds; default 0 (everything).
+    #[param(minimum = 0, maximum = 31536000)]
+    max_age: Option<i64>,
+}
+
+api_errors!(
+    AccountBalanceErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-stripeid"),
+        (400, "invalid-max-age"),
+        (400, "invalid-wait"),
+        (404, "invalid-stripeid"),
+        (500, "tenant-credential-unusable"),
+        (502, "stripe-request-failed"),
+    ]
+);
+api_errors!(
+    AggregateErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-max-age"),
+        (400, "invalid-wait"),
+        (400, "invalid-accountid"),
+        (400, "invalid-currency"),
+        (404, "invalid-accountid"),
+        (500, "tenant-credential-unusable"),
+    ]
+);
+api_errors!(
+    HistoryErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-stripeid"),
+        (400, "invalid-from"),
+        (400, "invalid-to"),
+        (400, "invalid-limit"),
+        (404, "invalid-stripeid"),
+    ]
+);
+api_errors!(
+    ListRefreshesErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-limit"),
+        (400, "invalid-starting-after"),
+    ]
+);
+api_errors!(
+    StartRefreshErrors,
+    Access::TenantAdmin,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-scope"),
+        (400, "invalid-stripeid"),
+        (400, "invalid-accountid"),
+        (400, "invalid-max-age"),
+        (404, "invalid-stripeid"),
+        (404, "invalid-accountid"),
+        (500, "tenant-credential-unusable"),
+    ]
+);
+api_errors!(
+    ShowRefreshErrors,
+    Access::TenantRead,
+    [(404, "invalid-refreshid")]
+);
 
 /// A year: no snapshot is kept fresher than that on purpose, and larger values
 /// would overflow date arithmetic.
@@ -93,6 +239,21 @@ fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
         .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
 }
 
+/// The `accountid` of the aggregate and of a refresh.
+fn owner(params: &QueryParams) -> Result<Option<&str>, ApiError> {
+    params
+        .get("accountid")
+        .map(|value| {
+            OwnerId::parse(value).map(|_| value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid-accountid",
+                    "accountid must be an owner id: at most 500 characters, no NUL",
+                )
+            })
+        })
+        .transpose()
+}
+
 fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
     match params.get("currency") {
         None => Ok(None),
@@ -123,6 +284,27 @@ fn balance_body(account: &AccountBalance) -> Value {
 
 /// `GET /api/administrator/connect/stripe-account/balance?stripeid=…&max_age=…&wait=…`
 /// Without `max_age`, a snapshot younger than `refresh.interval_secs` is served.
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-account/balance",
+    tag = "balances",
+    operation_id = "getStripeAccountBalance",
+    description = "One account's Stripe balance. `max_age` defaults to \
+        `refresh.interval_secs`: a younger snapshot is served, else the account is fetched \
+        (and stored) within `wait`, else 202. An account whose latest try failed answers 502 \
+        with Stripe's error.",
+    params(AccountBalanceParams, FreshParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The balance.", body = schemas::AccountBalance),
+        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = schemas::BalanceRefresh,
+            headers(
+                ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
+                ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
+            )),
+        AccountBalanceErrors,
+    )
+)]
 async fn account_balance(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -154,6 +336,33 @@ pub(super) fn wants_csv(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /api/administrator/connect/balances?max_age=…&wait=…&accountid=…&currency=…`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/balances",
+    tag = "balances",
+    operation_id = "getBalances",
+    description = "Per-currency totals across the tenant's listed accounts (or one owner's), \
+        with freshness and every failing account explained. Without `max_age` it answers at \
+        once from what is stored. With `Accept: text/csv`, one row per account and currency \
+        (columns `stripeid`, `accountid`, `platformid`, `currency`, `available`, `pending`, \
+        `connect_reserved`, `instant_available`, `fetched_at`, `status`, `error_code`, \
+        `last_good_at`).",
+    params(AggregateParams, FreshParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The aggregate (JSON), or its rows (CSV with `Accept: text/csv`).",
+            content(
+                (crate::fanout::aggregate::Aggregate = "application/json"),
+                (String = "text/csv"),
+            )),
+        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = schemas::BalanceRefresh,
+            headers(
+                ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
+                ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
+            )),
+        AggregateErrors,
+    )
+)]
 async fn aggregate(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -162,7 +371,7 @@ async fn aggregate(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let fresh = fresh(&params)?;
-    let owner = params.get("accountid");
+    let owner = owner(&params)?;
     let currency = currency(&params)?;
     let tenant = scope.tenant.clone();
     let balances = state.balances();
@@ -246,6 +455,25 @@ fn accepted(appid: &str, pending: &PendingRefresh) -> Response {
 
 /// `POST /api/administrator/connect/balances/refreshes[?accountid=…|stripeid=…][&max_age=…]`
 /// (admin or owner): refresh now whatever is older than `max_age` (default 0: all).
+#[utoipa::path(
+    post,
+    path = "/api/administrator/connect/balances/refreshes",
+    tag = "balances",
+    operation_id = "startBalanceRefresh",
+    description = "Refresh now (admin or owner): the tenant, one owner (`accountid`) or one \
+        account (`stripeid`), whatever was not tried within `max_age` (default 0: all). Joins \
+        the scope's running refresh if there is one.",
+    params(StartRefreshParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The refresh, running.", body = schemas::BalanceRefresh,
+            headers(
+                ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
+                ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
+            )),
+        StartRefreshErrors,
+    )
+)]
 async fn start_refresh(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
@@ -253,7 +481,7 @@ async fn start_refresh(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let max_age = max_age(&params)?.unwrap_or(Duration::ZERO);
-    let refresh_scope = match (params.get("accountid"), params.get("stripeid")) {
+    let refresh_scope = match (owner(&params)?, params.get("stripeid")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "invalid-scope",
@@ -279,6 +507,19 @@ async fn start_refresh(
 
 /// `GET /api/administrator/connect/balances/refreshes?limit=…&starting_after=…`,
 /// newest first.
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/balances/refreshes",
+    tag = "balances",
+    operation_id = "listBalanceRefreshes",
+    description = "What the refresher did and is doing, newest first.",
+    params(RefreshListParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of refreshes.", body = schemas::BalanceRefreshList),
+        ListRefreshesErrors,
+    )
+)]
 async fn list_refreshes(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -327,6 +568,22 @@ async fn list_refreshes(
 
 /// `GET /api/administrator/connect/balances/refreshes/{id}`; another tenant's id is
 /// not found.
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/balances/refreshes/{id}",
+    tag = "balances",
+    operation_id = "getBalanceRefresh",
+    description = "One refresh, with its progress.",
+    params(
+        ("id" = String, Path, description = "The refresh's id (a UUID; anything else is an unknown refresh)."),
+        TenantParam,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The refresh.", body = schemas::BalanceRefresh),
+        ShowRefreshErrors,
+    )
+)]
 async fn show_refresh(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -360,6 +617,19 @@ fn parse_time(
 }
 
 /// `GET /api/administrator/connect/balances/history?stripeid=…&from=…&to=…&limit=…`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/balances/history",
+    tag = "balances",
+    operation_id = "getBalanceHistory",
+    description = "An account's stored snapshots (balances and failed tries), newest first.",
+    params(HistoryParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The snapshots (a JSON array).", body = [schemas::BalanceSnapshot]),
+        HistoryErrors,
+    )
+)]
 async fn history(
     scope: TenantScope,
     State(state): State<AppState>,

@@ -3,26 +3,54 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::openapi::{api_errors, Access};
+use super::schemas;
 use super::AppState;
 use crate::store;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
+api_errors!(HealthErrors, Access::Public, []);
+api_errors!(ReadyErrors, Access::Public, [(503, "database-unavailable")]);
+
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    description = "The process is up. No token needed.",
+    responses(
+        (status = 200, description = "Up.", body = schemas::Health),
+        HealthErrors,
+    )
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The process can serve: its database answers within two seconds.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    description = "The process can serve: its database answers within 2 s. No token needed.",
+    responses(
+        (status = 200, description = "Ready.", body = schemas::Readiness),
+        ReadyErrors,
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), store::ping(&state.pool)).await {
         Ok(Ok(())) => Ok(Json(json!({"status": "ok", "database": "ok"}))),

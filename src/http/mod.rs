@@ -2,15 +2,17 @@
 //! stack, built once here.
 
 pub mod accounts;
-pub mod audit;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod balances;
 pub mod error;
 mod error_bodies;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 mod query;
+mod schemas;
 mod streams;
 pub mod sync;
 pub mod tokens;
@@ -31,6 +33,9 @@ use tower_http::request_id::{
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::balances::Balances;
 use crate::config::Settings;
@@ -129,15 +134,9 @@ pub fn app(state: AppState) -> Router {
             error_bodies::time_limit,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
-    Router::new()
-        .merge(health::router())
-        .merge(accounts::router())
-        .merge(balances::router())
-        .merge(sync::router())
-        .merge(tokens::router())
-        .merge(audit::router())
-        .merge(totals::router())
-        .merge(webhooks::router())
+    let (api, _) = api_routes().split_for_parts();
+    api
+        // Not in the OpenAPI document: Prometheus text for scrapers.
         .merge(metrics::router(&state.settings.server))
         .merge(admin::router())
         // Route layers skip the fallback: count unknown paths too, as `unmatched`.
@@ -148,6 +147,22 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(stack)
         .with_state(state)
+}
+
+/// Every route of the API, each with its `#[utoipa::path]` description: the router
+/// and `GET /openapi.json` are both made from this one list. Only `/metrics` (and the
+/// HTML pages for people) are routed outside it, and stay out of the document.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(health::router())
+        .merge(accounts::router())
+        .merge(balances::router())
+        .merge(sync::router())
+        .merge(tokens::router())
+        .merge(audit::router())
+        .merge(totals::router())
+        .merge(webhooks::router())
+        .routes(routes!(openapi::serve_document))
 }
 
 async fn not_found() -> error::ApiError {

@@ -4,15 +4,18 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use serde_json::json;
 
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
+use super::openapi::{api_errors, one_of_strings, Access, TenantParam};
 use super::AppState;
 use crate::audit::{self, Actor};
 use crate::domain::api_timestamp;
@@ -21,14 +24,37 @@ use crate::store::sync_runs::{Claim, SyncRun};
 use crate::store::tenants::Tenant;
 use crate::sync::{self, SyncError, SyncOptions};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/administrator/connect/sync", post(start))
-        .route("/api/administrator/connect/sync/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(show))
 }
+
+api_errors!(
+    StartErrors,
+    Access::TenantAdmin,
+    [(500, "tenant-credential-unusable")]
+);
+api_errors!(ShowErrors, Access::TenantRead, [(404, "invalid-syncid")]);
 
 /// Starts a sync: 202 with the new run, or 200 with the run already going (one sync
 /// per tenant at a time; asking again while it runs is not an error).
+#[utoipa::path(
+    post,
+    path = "/api/administrator/connect/sync",
+    tag = "sync",
+    operation_id = "startSync",
+    description = "Import the tenant's accounts from Stripe, in the background (admin or \
+        owner). One sync per tenant runs at a time across every process; asking while one \
+        runs answers that run.",
+    params(TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "A new run started.", body = SyncRunRecord),
+        (status = 200, description = "A run was already going: that run.", body = SyncRunRecord),
+        StartErrors,
+    )
+)]
 async fn start(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
@@ -79,6 +105,22 @@ pub async fn start_sync(state: &AppState, tenant: &Tenant, by: &Actor) -> Result
 }
 
 /// One run of the caller's tenant; another tenant's run answers as a missing one.
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/sync/{id}",
+    tag = "sync",
+    operation_id = "getSync",
+    description = "One sync run, with its progress and result.",
+    params(
+        ("id" = String, Path, description = "The run's id (a UUID; anything else is an unknown run)."),
+        TenantParam,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run.", body = SyncRunRecord),
+        ShowErrors,
+    )
+)]
 async fn show(
     scope: TenantScope,
     State(state): State<AppState>,
@@ -103,13 +145,17 @@ fn run_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| unknown_run())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SyncRun)]
 pub struct SyncRunRecord {
     id: Uuid,
+    #[schema(schema_with = sync_run_kind)]
     object: &'static str,
+    /// The tenant's slug.
     appid: String,
     /// `running`, `succeeded`, `failed` or `interrupted`.
+    #[schema(schema_with = sync_status)]
     status: String,
     pages: i64,
     accounts_seen: i64,
@@ -117,10 +163,23 @@ pub struct SyncRunRecord {
     updated: i64,
     unchanged: i64,
     removed: i64,
+    /// Why it failed or was interrupted (with Stripe's request id when Stripe answered).
     error: Option<String>,
+    #[schema(format = DateTime)]
     started_at: String,
+    /// The lease's last renewal.
+    #[schema(format = DateTime)]
     heartbeat_at: String,
+    #[schema(format = DateTime)]
     finished_at: Option<String>,
+}
+
+fn sync_run_kind() -> utoipa::openapi::schema::Schema {
+    super::openapi::kind("syncRun")
+}
+
+fn sync_status() -> utoipa::openapi::schema::Schema {
+    one_of_strings(&["running", "succeeded", "failed", "interrupted"])
 }
 
 impl SyncRunRecord {

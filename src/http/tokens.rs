@@ -5,24 +5,123 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Caller, Owner};
 use super::error::ApiError;
+use super::openapi::{api_errors, kind, one_of_strings, Access};
 use super::query::QueryParams;
 use super::AppState;
 use crate::audit::Actor;
 use crate::commands::token::{self, TokenError, TokenSpec};
 use crate::domain::Role;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/administrator/tokens", get(list).post(create))
-        .route("/api/administrator/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only this tenant's tokens (an unknown tenant is 404 `invalid-tenant`).
+    tenant: Option<String>,
+}
+
+api_errors!(
+    ListErrors,
+    Access::Owner,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-tenant"),
+        (404, "invalid-tenant"),
+    ]
+);
+api_errors!(
+    CreateErrors,
+    Access::Owner,
+    [
+        (400, "invalid-body"),
+        (400, "invalid-role"),
+        (400, "invalid-tenant"),
+        (400, "invalid-name"),
+        (400, "invalid-expires-in"),
+        (404, "invalid-tenant"),
+        (413, "body-too-large"),
+    ]
+);
+api_errors!(RevokeErrors, Access::Owner, [(404, "invalid-tokenid")]);
+
+/// A token record, as listed (never the token).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = ApiToken)]
+#[serde(rename_all = "camelCase")]
+struct TokenDoc {
+    id: i64,
+    #[schema(schema_with = token_kind)]
+    object: String,
+    name: Option<String>,
+    #[schema(schema_with = role)]
+    role: String,
+    /// The tenant's slug (null for owner tokens).
+    tenant: Option<String>,
+    /// The token's first characters and `…`, to recognise it by.
+    prefix: String,
+    #[schema(schema_with = token_status)]
+    status: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Collected in memory and written every 5 s.
+    #[schema(format = DateTime)]
+    last_used_at: Option<String>,
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    revoked_at: Option<String>,
+}
+
+/// A token just made: its record and, this once, the token.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = NewApiToken)]
+#[serde(rename_all = "camelCase")]
+struct NewTokenDoc {
+    #[serde(flatten)]
+    record: TokenDoc,
+    /// The bearer token (`tly_…`). Shown only here; keep it.
+    token: String,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = ApiTokenList)]
+struct TokenListDoc {
+    #[schema(schema_with = list_kind)]
+    object: String,
+    data: Vec<TokenDoc>,
+}
+
+fn token_kind() -> Schema {
+    kind("apiToken")
+}
+fn list_kind() -> Schema {
+    kind("list")
+}
+fn role() -> Schema {
+    one_of_strings(&["owner", "admin", "reader"])
+}
+fn token_status() -> Schema {
+    one_of_strings(&["active", "expired", "revoked"])
 }
 
 impl From<TokenError> for ApiError {
@@ -42,6 +141,19 @@ impl From<TokenError> for ApiError {
 }
 
 /// `GET /api/administrator/tokens[?tenant=<slug>]`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/tokens",
+    tag = "tokens",
+    operation_id = "listTokens",
+    description = "Every token (owner), or one tenant's; never the tokens themselves.",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The tokens.", body = TokenListDoc),
+        ListErrors,
+    )
+)]
 async fn list(
     _: Owner,
     State(state): State<AppState>,
@@ -52,18 +164,42 @@ async fn list(
     Ok(Json(json!({"object": "list", "data": tokens})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = NewApiTokenRequest)]
 struct CreateBody {
+    #[schema(schema_with = role)]
     role: String,
+    /// The tenant's slug: required for admin and reader tokens, refused for owner ones.
     tenant: Option<String>,
+    /// 1 to 100 characters, not only spaces, no NUL.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+    )]
     name: Option<String>,
-    /// `90d`, `12h`, `30m`, `45s`.
+    /// `90d`, `12h`, `30m`, `45s`: a number of days, hours, minutes or seconds,
+    /// between 1 s and ten years.
+    #[schema(pattern = "^0*[1-9][0-9]{0,2}[dhms]$")]
     expires_in: Option<String>,
 }
 
 /// `POST /api/administrator/tokens` with `{"role", "tenant"?, "name"?, "expiresIn"?}`:
 /// 201 with the token record and, this once, the token.
+#[utoipa::path(
+    post,
+    path = "/api/administrator/tokens",
+    tag = "tokens",
+    operation_id = "createToken",
+    description = "Make a token (owner). The answer holds the token, shown this once.",
+    request_body(content = CreateBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The token's record, and the token.", body = NewTokenDoc),
+        CreateErrors,
+    )
+)]
 async fn create(
     _: Owner,
     caller: Caller,
@@ -96,6 +232,20 @@ async fn create(
 }
 
 /// `DELETE /api/administrator/tokens/{id}`: revoked on every replica within 2 s.
+#[utoipa::path(
+    delete,
+    path = "/api/administrator/tokens/{id}",
+    tag = "tokens",
+    operation_id = "revokeToken",
+    description = "Revoke a token (owner): every server refuses it within 2 s (401 \
+        `token-revoked`). It is kept, marked; revoking it again answers the same record.",
+    params(("id" = String, Path, description = "The token's id (an integer; anything else is an unknown token).")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The revoked token's record.", body = TokenDoc),
+        RevokeErrors,
+    )
+)]
 async fn revoke(
     _: Owner,
     caller: Caller,

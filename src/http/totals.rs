@@ -5,21 +5,61 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::accounts::owner_param;
 use super::auth::TenantScope;
 use super::balances::wants_csv;
 use super::error::ApiError;
+use super::openapi::{api_errors, Access, TenantParam};
 use super::query::QueryParams;
+use super::schemas;
 use super::AppState;
 use crate::totals::{self, Currency, Interval, TotalsError};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/administrator/connect/balances/totals", get(totals))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(totals))
 }
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TotalsParams {
+    /// Bucket size, `hour` or `day` (the default); buckets end on UTC boundaries.
+    #[param(pattern = "^(hour|day)$")]
+    interval: Option<String>,
+    /// The first bucket's moment: an RFC 3339 timestamp or a date (`2026-11-01`).
+    from: String,
+    /// The last bucket's moment (default now); a date means the end of that day.
+    to: Option<String>,
+    /// Only this currency (3 letters, any case).
+    #[param(pattern = "^[A-Za-z]{3}$")]
+    currency: Option<String>,
+    /// Only this owner's accounts; an owner with no listed account is 404
+    /// `invalid-accountid`.
+    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
+    accountid: Option<String>,
+}
+
+api_errors!(
+    TotalsErrors,
+    Access::TenantRead,
+    [
+        (400, "invalid-query"),
+        (400, "invalid-interval"),
+        (400, "invalid-from"),
+        (400, "invalid-to"),
+        (400, "invalid-range"),
+        (400, "too-many-buckets"),
+        (400, "invalid-currency"),
+        (400, "invalid-accountid"),
+        (404, "invalid-accountid"),
+    ]
+);
 
 impl From<TotalsError> for ApiError {
     fn from(error: TotalsError) -> ApiError {
@@ -57,6 +97,25 @@ fn moment(
 
 /// `GET /api/administrator/connect/balances/totals?interval=hour|day&from=…&to=…
 /// [&currency=…][&accountid=…]`, newest bucket first; `Accept: text/csv` for CSV.
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/balances/totals",
+    tag = "balances",
+    operation_id = "getBalanceTotals",
+    description = "Per-currency totals as of each bucket end: every listed account's latest \
+        balance at or before it (accounts never read yet counted as `missing`). At most 1,000 \
+        buckets. With `Accept: text/csv`, one row per bucket and currency.",
+    params(TotalsParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The buckets, newest first (JSON), or their rows (CSV with `Accept: text/csv`).",
+            content(
+                (schemas::TotalsList = "application/json"),
+                (String = "text/csv"),
+            )),
+        TotalsErrors,
+    )
+)]
 async fn totals(
     scope: TenantScope,
     State(state): State<AppState>,

@@ -7,12 +7,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::openapi::{api_errors, Access};
+use super::schemas;
 use super::AppState;
 use crate::crypto::CryptoError;
 use crate::domain::TenantSlug;
@@ -21,10 +24,44 @@ use crate::store::tenants::Tenant;
 use crate::sync::events::{self, EventError};
 use crate::sync::signature::{self, SignatureError};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/webhooks/stripe/{tenant}", post(receive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
 }
 
+api_errors!(
+    ReceiveErrors,
+    Access::Public,
+    [
+        (400, "invalid-signature"),
+        (400, "invalid-event"),
+        (413, "body-too-large"),
+        (503, "database-unavailable"),
+    ]
+);
+
+/// `POST /webhooks/stripe/{tenant}`
+#[utoipa::path(
+    post,
+    path = "/webhooks/stripe/{tenant}",
+    tag = "webhooks",
+    operation_id = "receiveStripeWebhook",
+    description = "Stripe's signed Connect events (`account.updated`, \
+        `account.application.deauthorized`, `balance.available`; other types are ignored). \
+        No bearer token: `Stripe-Signature` (HMAC-SHA256 with the tenant's endpoint secret, \
+        300 s tolerance) is checked over the raw body first. Every refusal (missing, \
+        malformed, wrong or stale signature, unknown tenant, tenant without a secret) is the \
+        same 400 `invalid-signature`. Each event id is applied once.",
+    params(
+        ("tenant" = String, Path, description = "The tenant's slug."),
+        ("Stripe-Signature" = String, Header, description = "`t=<unix>,v1=<hex>[,v1=…]`"),
+    ),
+    request_body(content = schemas::StripeEvent, content_type = "application/json",
+        description = "The event exactly as Stripe sent it."),
+    responses(
+        (status = 200, description = "The event was verified and recorded.", body = schemas::WebhookReceipt),
+        ReceiveErrors,
+    )
+)]
 async fn receive(
     State(state): State<AppState>,
     slug: Result<Path<String>, PathRejection>,

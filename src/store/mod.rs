@@ -2,8 +2,8 @@
 //! an executor so callers choose the transaction.
 
 pub mod accounts;
-pub mod audit;
 pub mod admin;
+pub mod audit;
 pub mod budget;
 pub mod doctor;
 pub mod refreshes;

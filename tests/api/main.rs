@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod last_good;
 mod metrics;
+mod openapi;
 mod refresh;
 mod streams;
 mod sync;

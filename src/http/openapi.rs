@@ -1,0 +1,383 @@
+//! The OpenAPI 3.1 document served at `GET /openapi.json`. It is generated from the
+//! code: each handler carries a `#[utoipa::path]` annotation, and the routers are
+//! built from those annotations (utoipa-axum's `routes!`), so a route is served
+//! exactly where the document says. What the annotations cannot say (an error body
+//! per status with the codes that endpoint answers, headers every response carries)
+//! is added here, once.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use utoipa::openapi::response::{Response as ApiResponse, ResponseBuilder};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, KnownFormat, Ref, RefOr};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+/// The name of the bearer security scheme.
+pub const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tally",
+        description = "Multi-tenant Stripe Connect balance aggregation. Every endpoint but the \
+            health probes, this document and the webhook receiver takes \
+            `Authorization: Bearer <token>`. Roles: `owner` (every tenant; names it with \
+            `?tenant=<slug>`), `admin` and `reader` (one tenant). A tenant token asking for \
+            another tenant's data gets exactly the answer a missing record gets. Every error, \
+            including those the framework makes (unknown path 404 `not-found`, another method \
+            405 `method-not-allowed` with `Allow`, a body over 1 MiB 413 `body-too-large`), is \
+            `{\"object\": \"error\", \"code\", \"message\"}`; each response documents the codes it \
+            can carry. An empty query value counts as absent. 5xx answers come only from faults \
+            (the database or Stripe failing, a request over `server.request_timeout_secs`, a \
+            stored secret this server cannot open), never from input.",
+        license(name = "MIT"),
+    ),
+    modifiers(&Security),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "accounts", description = "Stored accounts, Dashboard Stripe Connect module compatible"),
+        (name = "balances", description = "Balances, the per-currency aggregate, refreshes and history"),
+        (name = "sync", description = "Importing accounts from Stripe"),
+        (name = "tokens", description = "API tokens (owner)"),
+        (name = "audit", description = "Who changed what (owner)"),
+        (name = "webhooks", description = "Signed Stripe Connect events"),
+        (name = "health", description = "Probes and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`tly_…`) from `tally token create` or \
+                         `POST /api/administrator/tokens`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The error body every failure carries. Each response narrows `code` to the codes
+/// that endpoint can answer with that status.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    #[schema(schema_with = error_kind)]
+    object: String,
+    /// Stable, kebab-case: what a program acts on.
+    code: String,
+    /// For people; may change.
+    message: String,
+    /// Only on `stripe-request-failed`: Stripe's answer, its request id, a hint, and
+    /// when the account was tried and last read.
+    failure: Option<crate::fanout::Failure>,
+}
+
+fn error_kind() -> Schema {
+    kind("error")
+}
+
+/// A string schema that takes one value: the `object` of a record.
+pub fn kind(value: &str) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([value]))
+        .build()
+        .into()
+}
+
+/// A string schema that takes one of `values`.
+pub fn one_of_strings(values: &[&str]) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+        .into()
+}
+
+/// Who may call an operation; each brings the errors its extractor answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token (probes, webhooks, this document).
+    Public,
+    /// Any token of the tenant, or an owner naming it (`TenantScope`).
+    TenantRead,
+    /// An admin token of the tenant, or an owner naming it (`TenantAdmin`).
+    TenantAdmin,
+    /// An owner token (`Owner`).
+    Owner,
+}
+
+impl Access {
+    fn codes(self) -> Vec<(u16, &'static str)> {
+        let token = [
+            (401, "unauthorized"),
+            (401, "token-revoked"),
+            (401, "token-expired"),
+            (503, "database-unavailable"),
+        ];
+        let tenant = [
+            (400, "missing-tenant"),
+            (400, "invalid-tenant"),
+            (404, "invalid-tenant"),
+            (500, "tenant-credential-unusable"),
+        ];
+        match self {
+            Access::Public => vec![],
+            Access::TenantRead => token.into_iter().chain(tenant).collect(),
+            Access::TenantAdmin => token
+                .into_iter()
+                .chain(tenant)
+                .chain([(403, "forbidden")])
+                .collect(),
+            Access::Owner => token.into_iter().chain([(403, "forbidden")]).collect(),
+        }
+    }
+}
+
+fn status_description(status: u16) -> &'static str {
+    match status {
+        400 => "Malformed input; nothing was changed.",
+        401 => "No token, an unknown one (`unauthorized`), a revoked one (`token-revoked`) or an expired one (`token-expired`).",
+        403 => "The token's role may not do this.",
+        404 => "No such record for this caller (another tenant's record answers the same).",
+        413 => "The request body is over 1 MiB.",
+        429 => "A cap on concurrent work was reached; retry later.",
+        500 => "A bug (`internal-error`), or a tenant whose stored secret this server cannot open (`tenant-credential-unusable`, an operator must fix the master key). Never caused by input.",
+        502 => "Only under a Stripe fault: Stripe did not return the balance; `failure` says what it answered.",
+        503 => "Only under a fault: the database did not answer (`database-unavailable`), or the request took longer than `server.request_timeout_secs` (`request-timeout`).",
+        _ => "Error.",
+    }
+}
+
+/// The error responses of one operation: the codes its access brings, the codes
+/// given, and the faults every operation can meet (`internal-error`,
+/// `request-timeout`), by status.
+pub fn error_responses(
+    access: Access,
+    codes: &[(u16, &'static str)],
+) -> BTreeMap<String, RefOr<ApiResponse>> {
+    let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
+    let always = [(500, "internal-error"), (503, "request-timeout")];
+    for (status, code) in access
+        .codes()
+        .into_iter()
+        .chain(codes.iter().copied())
+        .chain(always)
+    {
+        let codes = by_status.entry(status).or_default();
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    by_status
+        .into_iter()
+        .map(|(status, codes)| (status.to_string(), error_response(status, &codes).into()))
+        .collect()
+}
+
+fn error_response(status: u16, codes: &[&str]) -> ApiResponse {
+    let mut narrowed = ObjectBuilder::new().property("code", one_of_strings(codes));
+    if codes.contains(&"stripe-request-failed") {
+        narrowed = narrowed
+            .property("failure", Ref::from_schema_name("AccountFailure"))
+            .required("failure");
+    }
+    let schema = AllOfBuilder::new()
+        .item(Ref::from_schema_name("Error"))
+        .item(narrowed)
+        .build();
+    let schema = Schema::AllOf(schema);
+    let described = format!(
+        "{} Codes: {}.",
+        status_description(status),
+        codes
+            .iter()
+            .map(|code| format!("`{code}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut response = ResponseBuilder::new().description(described).content(
+        "application/json",
+        ContentBuilder::new().schema(Some(schema)).build(),
+    );
+    if status == 401 {
+        response = response.header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(kind("Bearer"))
+                .description(Some("`Bearer`"))
+                .build(),
+        );
+    }
+    response.build()
+}
+
+/// Declares a type listing an operation's error responses, for `responses(...)` in
+/// its `#[utoipa::path]`:
+/// `api_errors!(ListErrors, Access::TenantRead, [(400, "invalid-offset")]);`
+macro_rules! api_errors {
+    ($name:ident, $access:expr, [$(($status:literal, $code:literal)),* $(,)?]) => {
+        pub struct $name;
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                $crate::http::openapi::error_responses($access, &[$(($status, $code)),*])
+            }
+        }
+    };
+}
+pub(crate) use api_errors;
+
+/// Headers that are always present where the document names them.
+const REQUIRED_HEADERS: &[&str] = &[
+    "X-Total-Count",
+    "Retry-After",
+    "Location",
+    "WWW-Authenticate",
+];
+
+/// The document as served: what the annotations gave, plus `X-Request-Id` on every
+/// response, `required` on the headers that are always sent, and `allowEmptyValue` on
+/// optional query parameters (an empty value counts as absent).
+pub fn finish(openapi: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
+    let request_id = json!({
+        "description": "The request's id: yours if you sent `X-Request-Id`, else a new UUID.",
+        "required": true,
+        "schema": {"type": "string"},
+    });
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in item.values_mut().filter_map(Value::as_object_mut) {
+                // An empty query value counts as absent, as the Dashboard module has it.
+                if let Some(parameters) = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                {
+                    for parameter in parameters.iter_mut().filter_map(Value::as_object_mut) {
+                        if parameter.get("in") == Some(&json!("query"))
+                            && parameter.get("required") != Some(&json!(true))
+                        {
+                            parameter.insert("allowEmptyValue".into(), json!(true));
+                        }
+                    }
+                }
+                let Some(responses) = operation
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
+                else {
+                    continue;
+                };
+                for response in responses.values_mut().filter_map(Value::as_object_mut) {
+                    let headers = response
+                        .entry("headers")
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
+                        .expect("headers is an object");
+                    for (name, header) in headers.iter_mut() {
+                        if REQUIRED_HEADERS.contains(&name.as_str()) {
+                            header["required"] = json!(true);
+                        }
+                    }
+                    headers.insert("X-Request-Id".into(), request_id.clone());
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// The served document, built once from [`super::api_routes`].
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| finish(super::api_routes().into_openapi()))
+}
+
+fn rendered() -> &'static [u8] {
+    static RENDERED: OnceLock<Vec<u8>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        serde_json::to_vec_pretty(document()).expect("the OpenAPI document serializes")
+    })
+}
+
+/// The document itself, as an OpenAPI 3.1 object.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+
+pub struct OpenApiObject {
+    /// `3.1.0`
+    openapi: String,
+    #[schema(value_type = Object)]
+    info: Value,
+    #[schema(value_type = Object)]
+    paths: Value,
+}
+
+/// `GET /openapi.json`
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    operation_id = "openapi",
+    description = "This document (OpenAPI 3.1), generated from the code. No token needed.",
+    responses(
+        (status = 200, description = "The OpenAPI document.", body = OpenApiObject),
+        OpenApiErrors,
+    )
+)]
+pub async fn serve_document() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        rendered(),
+    )
+        .into_response()
+}
+
+api_errors!(OpenApiErrors, Access::Public, []);
+
+/// A date-time string, for `schema_with`.
+pub fn date_time() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .build()
+        .into()
+}
+
+/// The schema of `T`, for building others by hand.
+pub fn schema_of<T: PartialSchema>() -> RefOr<Schema> {
+    T::schema()
+}
+
+/// `tenant`, on every tenant-scoped operation.
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantParam {
+    /// The tenant's slug: required with an owner token (400 `missing-tenant`), optional
+    /// with a tenant token (another tenant's slug is 404 `invalid-tenant`, as an
+    /// unknown one is).
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    tenant: Option<String>,
+}
