@@ -43,6 +43,9 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
+    /// Postgres ends a session of ours that sits inside a transaction doing nothing
+    /// for this long (`idle_in_transaction_session_timeout`), releasing its locks.
+    pub idle_in_transaction_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// while the database is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;
+    // A future dropped mid-transaction (a cancelled request, a killed task) can leave
+    // its connection idle inside the transaction, holding row locks that block the
+    // next writer; Postgres ends such a session after this, whatever our code did.
+    let options = options.options([(
+        "idle_in_transaction_session_timeout",
+        format!("{}s", settings.idle_in_transaction_timeout_secs),
+    )]);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))

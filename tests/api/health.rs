@@ -118,3 +118,32 @@ async fn metrics_count_requests_by_route_template() {
     assert!(text.contains("tally_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/healthz\""), "{text}");
 }
+
+#[tokio::test]
+async fn a_session_left_idle_inside_a_transaction_is_ended_and_its_locks_freed() {
+    let app = spawn_app().await;
+    let tenant_id = app.add_tenant("acme").await;
+    let mut database = app.settings.database.clone();
+    database.idle_in_transaction_timeout_secs = 1;
+    let pool = tally::store::pool(&database).expect("pool");
+    // What a future dropped mid-transaction leaves behind: a lock, and nobody.
+    let mut stuck = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(tenant_id)
+        .execute(&mut *stuck)
+        .await
+        .expect("lock");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Another writer gets the row at once, and the idle session is gone.
+    let updated = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("UPDATE tenants SET rate_limit = 7 WHERE id = $1")
+            .bind(tenant_id)
+            .execute(&app.pool),
+    )
+    .await
+    .expect("the lock was released")
+    .expect("update");
+    assert_eq!(updated.rows_affected(), 1);
+    assert!(sqlx::query("SELECT 1").execute(&mut *stuck).await.is_err());
+}
