@@ -120,9 +120,10 @@ fn cursor_script(tenant: i64, after: &str) -> String {
          AND stripeid = '{after}' AND removed_at IS NULL) \
          SELECT EXISTS (SELECT 1 FROM k), \
          COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = {tenant}), 0), {ROW} \
-         FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT a.* FROM k JOIN stripe_accounts a \
-         ON a.tenant_id = {tenant} AND a.removed_at IS NULL AND a.created_at <= k.created_at \
-         AND (a.created_at < k.created_at OR a.stripeid > k.stripeid) \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT a.* FROM stripe_accounts a \
+         WHERE a.tenant_id = {tenant} AND a.removed_at IS NULL \
+         AND a.created_at <= (SELECT created_at FROM k) \
+         AND (a.created_at < (SELECT created_at FROM k) OR a.stripeid > (SELECT stripeid FROM k)) \
          ORDER BY a.created_at DESC, a.stripeid LIMIT 11) AS a ON true \
          ORDER BY a.created_at DESC, a.stripeid;\n"
     )

@@ -124,9 +124,13 @@ fn parse_major(text: &str, currency: &str) -> i64 {
     }
 }
 
+/// The text of the element, waiting for it to appear (a click's navigation may
+/// still be loading when this is asked).
 async fn text_of(client: &Client, css: &str) -> String {
     client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(std::time::Duration::from_secs(15))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|error| panic!("{css}: {error}"))
         .text()
