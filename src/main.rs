@@ -331,11 +331,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 tenant.kind,
                 tenant.key_last4,
                 tenant.api_version,
-                if no_verify {
-                    " (not checked with Stripe)"
-                } else {
-                    ""
-                }
+                unchecked_note(no_verify)
             );
         }
         Command::Tenant(TenantCommand::SetKey {
@@ -360,11 +356,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 "tenant {} now uses key …{}{}; running servers switch within 2 s",
                 tenant.slug,
                 tenant.key_last4,
-                if no_verify {
-                    " (not checked with Stripe)"
-                } else {
-                    ""
-                }
+                unchecked_note(no_verify)
             );
         }
         Command::Tenant(TenantCommand::Update {
@@ -559,4 +551,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Said after a key stored with `--no-verify`.
+fn unchecked_note(no_verify: bool) -> &'static str {
+    if no_verify {
+        " (not checked with Stripe)"
+    } else {
+        ""
+    }
 }

@@ -220,7 +220,11 @@ pub struct AccountRow {
 
 /// One row of [`page_with_total`]: the total, then an account's columns (all null
 /// when the page is empty).
+/// One row of a page statement: whether its anchor exists (always true for an
+/// offset page; the cursor's record for a cursor page), the total, then the record's
+/// columns (all NULL on the single row of an empty page).
 type PageRow = (
+    bool,
     i64,
     Option<String>,
     Option<String>,
@@ -267,7 +271,7 @@ pub async fn page_with_total(
     // statement on every request; as literals, each page shape gets one cached plan,
     // which is most of the per-request cost of a small page.
     let sql = format!(
-        "SELECT {total}, a.stripeid, a.accountid, a.platform_id, a.stripe_object::text,
+        "SELECT true, {total}, a.stripeid, a.accountid, a.platform_id, a.stripe_object::text,
                 a.created_at, a.updated_at, a.removed_at
          FROM (SELECT 1) AS one
          LEFT JOIN LATERAL (
@@ -286,11 +290,22 @@ pub async fn page_with_total(
         query = query.bind(owner);
     }
     let rows = query.fetch_all(db).await?;
-    let total = rows.first().map_or(0, |row| row.0);
+    Ok(page_of(rows).unwrap_or(Page {
+        total: 0,
+        rows: Vec::new(),
+    }))
+}
+
+/// The page a page statement returned; `None` when its anchor does not exist.
+fn page_of(rows: Vec<PageRow>) -> Option<Page> {
+    let (found, total) = rows.first().map_or((false, 0), |row| (row.0, row.1));
+    if !found {
+        return None;
+    }
     let rows = rows
         .into_iter()
         .filter_map(
-            |(_, stripeid, accountid, platform_id, object, created, updated, removed)| {
+            |(_, _, stripeid, accountid, platform_id, object, created, updated, removed)| {
                 Some(AccountRow {
                     stripeid: stripeid?,
                     accountid,
@@ -303,7 +318,7 @@ pub async fn page_with_total(
             },
         )
         .collect();
-    Ok(Page { total, rows })
+    Some(Page { total, rows })
 }
 
 /// Where a keyset read resumes: just after this record in listing order
@@ -646,47 +661,14 @@ pub async fn page_from_cursor(
          ) AS a ON true
          ORDER BY a.created_at DESC, a.stripeid"
     );
-    let mut query = sqlx::query_as::<_, CursorPageRow>(&sql)
+    let mut query = sqlx::query_as::<_, PageRow>(&sql)
         .bind(tenant_id)
         .bind(cursor);
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    let rows = query.fetch_all(db).await?;
-    if !rows.first().is_some_and(|row| row.0) {
-        return Ok(None);
-    }
-    let total = rows.first().map_or(0, |row| row.1);
-    let rows = rows
-        .into_iter()
-        .filter_map(
-            |(_, _, stripeid, accountid, platform_id, object, created, updated, removed)| {
-                Some(AccountRow {
-                    stripeid: stripeid?,
-                    accountid,
-                    platform_id,
-                    stripe_object: object?,
-                    created_at: created?,
-                    updated_at: updated?,
-                    removed_at: removed,
-                })
-            },
-        )
-        .collect();
-    Ok(Some(Page { total, rows }))
+    Ok(page_of(query.fetch_all(db).await?))
 }
-
-type CursorPageRow = (
-    bool,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
 
 /// Which side of a cursor a page is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
