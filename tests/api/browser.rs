@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tally::domain::Role;
@@ -138,6 +139,7 @@ async fn text_of(client: &Client, css: &str) -> String {
         .expect("text")
 }
 
+/// Clicks what does not leave the page (a `<details>` summary).
 async fn click(client: &Client, css: &str) {
     client
         .find(Locator::Css(css))
@@ -146,6 +148,41 @@ async fn click(client: &Client, css: &str) {
         .click()
         .await
         .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
+}
+
+/// Clicks a link or a form's button and waits until the browser shows the page it
+/// leads to. WebDriver's click may return before a form post's answer has even
+/// started loading, and then the old page would be read as if it were the new one.
+async fn click_to(client: &Client, element: Element) {
+    client
+        .execute("window.tallyLeftBehind = true", vec![])
+        .await
+        .expect("mark the page");
+    element.click().await.expect("clicked");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // While the next page loads the script may fail; that is "not yet".
+        let arrived = client
+            .execute(
+                "return document.readyState === 'complete' && !window.tallyLeftBehind",
+                vec![],
+            )
+            .await
+            .ok();
+        if arrived == Some(json!(true)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the click led to no new page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn navigate(client: &Client, css: &str) {
+    let element = client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("{css}: {error}"));
+    click_to(client, element).await;
 }
 
 async fn sign_in(client: &Client, app: &TestApp, token: &str) {
@@ -158,7 +195,7 @@ async fn sign_in(client: &Client, app: &TestApp, token: &str) {
         .await
         .expect("token field");
     field.send_keys(token).await.expect("typed");
-    click(client, "form[action='/admin/login'] button").await;
+    navigate(client, "form[action='/admin/login'] button").await;
     client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -507,7 +544,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .expect("focus");
     assert_eq!(focused, json!("Skip to content"));
     while let Ok(next) = client.find(Locator::Css("a[rel='next']")).await {
-        next.click().await.expect("next page");
+        click_to(&client, next).await;
         walked.extend(shown_account_ids(&client).await);
         assert!(walked.len() <= 24, "paging ends");
     }
@@ -516,7 +553,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .await
         .starts_with("Page 3 of 3"));
     // Back again.
-    click(&client, "a[rel='prev']").await;
+    navigate(&client, "a[rel='prev']").await;
     assert_eq!(
         shown_account_ids(&client).await,
         expected[per_page..2 * per_page]
@@ -536,7 +573,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .expect("filter");
     field.clear().await.expect("clear");
     field.send_keys(&owner).await.expect("typed");
-    click(&client, "form.filter button").await;
+    navigate(&client, "form.filter button").await;
     let (_, owned) = app
         .get_json(
             &format!("/api/administrator/connect/stripe-accounts?limit=100&accountid={owner}"),
@@ -549,13 +586,7 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
     let csrf = csrf_in(&client.source().await.expect("source"));
     let evil = attacker_page(format!("{}/admin/tenants/acme/sync", app.address), csrf).await;
     client.goto(&evil).await.expect("attacker page");
-    client
-        .find(Locator::Id("go"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("clicked");
+    navigate(&client, "#go").await;
     let refused = client.source().await.expect("source");
     assert!(
         refused.contains("data-code=\"cross-site-request\""),
@@ -568,12 +599,12 @@ async fn a_person_signs_in_reads_totals_pages_accounts_and_only_admins_get_butto
         .goto(&format!("{}/admin/tenants/acme", app.address))
         .await
         .expect("tenant page");
-    click(&client, "form[action='/admin/tenants/acme/sync'] button").await;
+    navigate(&client, "form[action='/admin/tenants/acme/sync'] button").await;
     assert!(text_of(&client, "p.notice").await.contains("Sync"));
     assert_eq!(count(&app, "SELECT count(*) FROM sync_runs").await, 1);
 
     // Sign out; the pages are closed again.
-    click(&client, "form[action='/admin/logout'] button").await;
+    navigate(&client, "form[action='/admin/logout'] button").await;
     client
         .goto(&format!("{}/admin/tenants/acme", app.address))
         .await
@@ -681,13 +712,11 @@ async fn an_owner_sees_every_tenant_with_totals_freshness_and_last_sync() {
     );
     screenshot(&client, 1280, 900, "admin-owner").await;
     screenshot(&client, 390, 1200, "admin-owner").await;
-    client
+    let link = client
         .find(Locator::LinkText("globex"))
         .await
-        .expect("link")
-        .click()
-        .await
-        .expect("clicked");
+        .expect("link");
+    click_to(&client, link).await;
     assert_eq!(text_of(&client, "main h1").await, "Tenant globex");
     client.close().await.expect("browser closes");
 }
