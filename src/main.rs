@@ -533,7 +533,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Token(TokenCommand::List { tenant, format }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let tokens = commands::token::list(&pool, tenant.as_deref()).await?;
+            let tokens = commands::token::list(&pool, tenant.as_deref(), None, i64::MAX).await?;
             match format {
                 ListFormat::Table => print!("{}", commands::token::render_table(&tokens)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),

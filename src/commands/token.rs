@@ -122,7 +122,14 @@ pub async fn create_with(
     Ok((token, record))
 }
 
-pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<TokenView>, TokenError> {
+/// Tokens in the order they were made, `tenant`'s only if named, after the token
+/// `after_id`, at most `limit`.
+pub async fn list(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TokenView>, TokenError> {
     let tenant_id = match tenant {
         None => None,
         Some(slug) => Some(
@@ -132,7 +139,7 @@ pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<TokenView>,
                 .id,
         ),
     };
-    Ok(store::tokens::list(pool, tenant_id)
+    Ok(store::tokens::list(pool, tenant_id, after_id, limit)
         .await?
         .iter()
         .map(TokenView::from)

@@ -3,10 +3,7 @@
 //! `tenant` (a slug, also one that was purged) and `since` filter it.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use axum::response::Response;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,6 +11,7 @@ use utoipa_axum::routes;
 use super::auth::Owner;
 use super::error::ApiError;
 use super::openapi::{api_errors, Access};
+use super::paging::{unknown_cursor, Page, PageRequest};
 use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
@@ -23,7 +21,6 @@ use crate::store;
 
 const PATH: &str = "/api/administrator/audit";
 const DEFAULT_LIMIT: i64 = 20;
-const MAX_LIMIT: i64 = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
@@ -59,27 +56,7 @@ api_errors!(
 );
 
 fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(value) => value
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid("invalid-limit", "limit must be an integer from 1 to 100")
-            })?,
-    };
-    let starting_after = params
-        .get("starting_after")
-        .map(|id| {
-            id.parse::<i64>().map_err(|_| {
-                ApiError::invalid(
-                    "invalid-starting-after",
-                    "starting_after must be an audit event id",
-                )
-            })
-        })
-        .transpose()?;
+    let page = PageRequest::<i64>::parse(params, DEFAULT_LIMIT, "an audit event id")?;
     let tenant = params
         .get("tenant")
         .map(|slug| {
@@ -102,8 +79,8 @@ fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
     Ok(AuditFilter {
         tenant,
         since,
-        starting_after,
-        limit,
+        starting_after: page.starting_after,
+        limit: page.limit,
     })
 }
 
@@ -131,35 +108,9 @@ async fn list(
     let filter = filter(&params)?;
     if let Some(id) = filter.starting_after {
         if !store::audit::exists(&state.pool, id).await? {
-            return Err(ApiError::invalid(
-                "invalid-starting-after",
-                "no audit event has that id",
-            ));
+            return Err(unknown_cursor("an audit event id"));
         }
     }
-    let (events, has_more) = audit::list(&state.pool, &filter).await?;
-    let next = events
-        .last()
-        .filter(|_| has_more)
-        .map(|last| next_link(raw.as_deref(), filter.limit, last.id));
-    let body = json!({"object": "list", "url": PATH, "has_more": has_more, "data": events});
-    let mut response = Json(body).into_response();
-    if let Some(value) = next.and_then(|link| HeaderValue::from_str(&link).ok()) {
-        response.headers_mut().insert(header::LINK, value);
-    }
-    Ok(response)
-}
-
-/// `rel="next"`: the page after event `last`, keeping the other parameters.
-fn next_link(raw: Option<&str>, limit: i64, last: i64) -> String {
-    let mut pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(key, value)| key != "starting_after" && key != "limit" && !value.is_empty())
-            .collect();
-    pairs.push(("limit".into(), limit.to_string()));
-    pairs.push(("starting_after".into(), last.to_string()));
-    let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
-    format!("<{PATH}?{encoded}>; rel=\"next\"")
+    let (data, has_more) = audit::list(&state.pool, &filter).await?;
+    Ok(Page { data, has_more }.respond(PATH, raw.as_deref(), filter.limit, |event| event.id))
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::openapi::{api_errors, Access, TenantParam};
+use super::paging::{unknown_cursor, Page, PageRequest};
 use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
@@ -195,6 +196,7 @@ pub const MAX_AGE_LIMIT_SECS: u64 = 31_536_000;
 /// The longest a request waits for a refresh before answering 202.
 pub const WAIT_LIMIT_SECS: u64 = 25;
 const WAIT_DEFAULT_SECS: u64 = 10;
+const REFRESHES_PATH: &str = "/api/administrator/connect/balances/refreshes";
 
 fn seconds(
     params: &QueryParams,
@@ -516,7 +518,8 @@ async fn start_refresh(
     params(RefreshListParams, TenantParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of refreshes.", body = schemas::BalanceRefreshList),
+        (status = 200, description = "A page of refreshes.", body = schemas::BalanceRefreshList,
+            headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
         ListRefreshesErrors,
     )
 )]
@@ -524,46 +527,41 @@ async fn list_refreshes(
     scope: TenantScope,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let limit = match params.get("limit") {
-        None => 10,
-        Some(value) => value
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid("invalid-limit", "limit must be an integer from 1 to 100")
-            })?,
-    };
-    let starting_after = params
-        .get("starting_after")
-        .map(|id| {
-            Uuid::parse_str(id).map_err(|_| {
-                ApiError::invalid(
-                    "invalid-starting-after",
-                    "starting_after must be a refresh id",
-                )
-            })
-        })
-        .transpose()?;
-    // One more than asked tells whether more follow.
-    let mut rows =
-        store::refreshes::list(&state.pool, scope.tenant.id, limit + 1, starting_after).await?;
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let page = PageRequest::<Uuid>::parse(&params, 10, "a refresh id")?;
+    if let Some(id) = page.starting_after {
+        // Another tenant's refresh is as unknown as one that never was.
+        if store::refreshes::get(&state.pool, scope.tenant.id, id)
+            .await?
+            .is_none()
+        {
+            return Err(unknown_cursor("a refresh id"));
+        }
+    }
+    let rows = store::refreshes::list(
+        &state.pool,
+        scope.tenant.id,
+        page.fetch_limit(),
+        page.starting_after,
+    )
+    .await?;
+    let rows = Page::from_fetched(rows, page.limit);
     let tenant = scope.tenant.clone();
-    let mut data = Vec::with_capacity(rows.len());
-    for refresh in rows {
+    let mut data = Vec::with_capacity(rows.data.len());
+    for refresh in rows.data {
         let view = state.balances().refresh_view(&tenant, refresh).await?;
         data.push(refresh_body(&scope.tenant.slug, &view));
     }
-    Ok(Json(json!({
-        "object": "list",
-        "url": "/api/administrator/connect/balances/refreshes",
-        "has_more": has_more,
-        "data": data,
-    })))
+    let page_of_bodies = Page {
+        data,
+        has_more: rows.has_more,
+    };
+    Ok(
+        page_of_bodies.respond(REFRESHES_PATH, raw.as_deref(), page.limit, |body| {
+            body["id"].as_str().unwrap_or_default().to_owned()
+        }),
+    )
 }
 
 /// `GET /api/administrator/connect/balances/refreshes/{id}`; another tenant's id is

@@ -11,6 +11,7 @@ mod error_bodies;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+mod paging;
 mod query;
 mod schemas;
 mod streams;

@@ -129,12 +129,14 @@ impl Access {
             (401, "unauthorized"),
             (401, "token-revoked"),
             (401, "token-expired"),
+            (401, "tenant-removed"),
             (503, "database-unavailable"),
         ];
         let tenant = [
             (400, "missing-tenant"),
             (400, "invalid-tenant"),
             (404, "invalid-tenant"),
+            (404, "tenant-removed"),
             (500, "tenant-credential-unusable"),
         ];
         match self {
@@ -153,7 +155,7 @@ impl Access {
 fn status_description(status: u16) -> &'static str {
     match status {
         400 => "Malformed input; nothing was changed.",
-        401 => "No token, an unknown one (`unauthorized`), a revoked one (`token-revoked`) or an expired one (`token-expired`).",
+        401 => "No token, an unknown one (`unauthorized`), a revoked one (`token-revoked`), an expired one (`token-expired`), or one of a tenant that was removed (`tenant-removed`).",
         403 => "The token's role may not do this.",
         404 => "No such record for this caller (another tenant's record answers the same).",
         413 => "The request body is over 1 MiB.",

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -17,11 +18,15 @@ use utoipa_axum::routes;
 use super::auth::{Caller, Owner};
 use super::error::ApiError;
 use super::openapi::{api_errors, kind, one_of_strings, Access};
+use super::paging::{unknown_cursor, Page, PageRequest, MAX_LIMIT};
 use super::query::QueryParams;
 use super::AppState;
 use crate::audit::Actor;
 use crate::commands::token::{self, TokenError, TokenSpec};
 use crate::domain::Role;
+use crate::store;
+
+const PATH: &str = "/api/administrator/tokens";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,6 +40,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct ListParams {
     /// Only this tenant's tokens (an unknown tenant is 404 `invalid-tenant`).
     tenant: Option<String>,
+    /// At most this many, in the order they were made; default 100.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The page after this token id.
+    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
+    starting_after: Option<String>,
 }
 
 api_errors!(
@@ -43,6 +54,8 @@ api_errors!(
     [
         (400, "invalid-query"),
         (400, "invalid-tenant"),
+        (400, "invalid-limit"),
+        (400, "invalid-starting-after"),
         (404, "invalid-tenant"),
     ]
 );
@@ -108,6 +121,9 @@ struct NewTokenDoc {
 struct TokenListDoc {
     #[schema(schema_with = list_kind)]
     object: String,
+    url: String,
+    /// More tokens follow: the `Link` header's `rel="next"` reads them.
+    has_more: bool,
     data: Vec<TokenDoc>,
 }
 
@@ -150,7 +166,8 @@ impl From<TokenError> for ApiError {
     params(ListParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The tokens.", body = TokenListDoc),
+        (status = 200, description = "A page of tokens, in the order they were made.", body = TokenListDoc,
+            headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
         ListErrors,
     )
 )]
@@ -158,10 +175,22 @@ async fn list(
     _: Owner,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let tokens = token::list(&state.pool, params.get("tenant")).await?;
-    Ok(Json(json!({"object": "list", "data": tokens})))
+    let page = PageRequest::<i64>::parse(&params, MAX_LIMIT, "a token id")?;
+    if let Some(id) = page.starting_after {
+        if store::tokens::get(&state.pool, id).await?.is_none() {
+            return Err(unknown_cursor("a token id"));
+        }
+    }
+    let tokens = token::list(
+        &state.pool,
+        params.get("tenant"),
+        page.starting_after,
+        page.fetch_limit(),
+    )
+    .await?;
+    Ok(Page::from_fetched(tokens, page.limit).respond(PATH, raw.as_deref(), page.limit, |t| t.id))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -72,9 +72,12 @@ pub struct TokenRecord {
 }
 
 /// Every token, or one tenant's, oldest first.
+/// Tokens in the order they were made (by id), after `after_id`, at most `limit`.
 pub async fn list(
     db: impl PgExecutor<'_>,
     tenant_id: Option<i64>,
+    after_id: Option<i64>,
+    limit: i64,
 ) -> Result<Vec<TokenRecord>, sqlx::Error> {
     sqlx::query_as!(
         TokenRecord,
@@ -82,8 +85,12 @@ pub async fn list(
                   k.last_used_at, k.expires_at, k.revoked_at
            FROM api_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id
            WHERE ($1::bigint IS NULL OR k.tenant_id = $1)
-           ORDER BY k.id"#,
-        tenant_id
+             AND ($2::bigint IS NULL OR k.id > $2)
+           ORDER BY k.id
+           LIMIT $3"#,
+        tenant_id,
+        after_id,
+        limit
     )
     .fetch_all(db)
     .await

@@ -402,3 +402,30 @@ impl TestApp {
             .expect("serve starts")
     }
 }
+
+/// Every record of a Stripe-style list (tokens, audit, refreshes), from `first`
+/// (a path with `limit=…`) following `Link: rel="next"` until there is none; each
+/// page holds at most `limit` and says `has_more` exactly when a next link follows.
+pub async fn walk_list(app: &TestApp, first: &str, token: &str, limit: usize) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(path) = next.take() {
+        let response = app.get(&path, token).await;
+        assert_eq!(response.status(), 200, "{path}");
+        next = response
+            .headers()
+            .get("link")
+            .map(|link| link.to_str().expect("ascii").to_owned())
+            .map(|link| {
+                assert!(link.ends_with("rel=\"next\""), "{link}");
+                link[1..link.find('>').expect("<…>")].to_owned()
+            });
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["object"], "list");
+        let page = body["data"].as_array().expect("data").clone();
+        assert!(page.len() <= limit, "{path}: {} records", page.len());
+        assert_eq!(body["has_more"], next.is_some(), "{path}");
+        records.extend(page);
+    }
+    records
+}

@@ -1049,6 +1049,47 @@ async fn real_answers_match_the_document() {
     )
     .await;
 
+    // A removed tenant: its own tokens are refused (401), an owner naming it gets 404.
+    let globex_reader = expect(
+        app,
+        c,
+        post(TOKENS, TOKENS, owner).json(&json!({"role": "reader", "tenant": "globex"})),
+        201,
+        None,
+    )
+    .await
+    .json()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    tally::commands::tenant::remove(
+        &app.pool,
+        "globex",
+        false,
+        false,
+        &tally::audit::Actor::cli(),
+    )
+    .await
+    .expect("removed");
+    // Verified tokens are cached for a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    expect(
+        app,
+        c,
+        get(LIST, LIST, &globex_reader),
+        401,
+        Some("tenant-removed"),
+    )
+    .await;
+    expect(
+        app,
+        c,
+        get(LIST, format!("{LIST}?tenant=globex"), owner),
+        404,
+        Some("tenant-removed"),
+    )
+    .await;
+
     // Every documented operation was answered with a success at least once.
     for (method, template) in c.operations() {
         let statuses = c.seen.get(&(method.clone(), template.clone()));
@@ -1090,6 +1131,7 @@ async fn real_answers_match_the_document() {
         "invalid-signature",
         "invalid-event",
         "stripe-request-failed",
+        "tenant-removed",
     ] {
         assert!(reached.contains(&code), "{code} not reached: {reached:?}");
     }

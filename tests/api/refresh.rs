@@ -12,7 +12,9 @@ use tally::domain::Role;
 use tally::sim::{SimConfig, SimHandle};
 use tally::store;
 
-use crate::helpers::{free_port, spawn_app_on, spawn_app_with, spawn_sim, TestApp, TestDb};
+use crate::helpers::{
+    free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list, TestApp, TestDb,
+};
 
 const BALANCES: &str = "/api/administrator/connect/balances";
 const REFRESHES: &str = "/api/administrator/connect/balances/refreshes";
@@ -286,6 +288,68 @@ async fn refresh_parameters_and_ids_are_checked() {
     );
     let (status, body) = app
         .get_json(&format!("{REFRESHES}?starting_after=nope"), &reader)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-starting-after"))
+    );
+
+    // One refresh per account asked for by a person; the list walks them all by
+    // `Link`, newest first, each once; another tenant's id is no cursor here.
+    let mut started = vec![id.to_owned()];
+    for stripeid in &sim.keys().platforms[0].accounts {
+        let response = app
+            .client
+            .post(format!("{}{REFRESHES}?stripeid={stripeid}", app.address))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("sent");
+        assert!(response.status().is_success(), "{}", response.status());
+        let body: Value = response.json().await.expect("json");
+        started.push(body["id"].as_str().expect("id").to_owned());
+    }
+    started.dedup();
+    let walked = walk_list(&app, &format!("{REFRESHES}?limit=1"), &reader, 1).await;
+    let walked_ids: Vec<String> = walked
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_refreshes b JOIN tenants t ON t.id = b.tenant_id \
+         WHERE t.slug = 'acme'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(walked_ids.len() as i64, stored, "each refresh once");
+    for id in &started {
+        assert!(walked_ids.contains(id), "{id} listed");
+    }
+    let started_at: Vec<&str> = walked
+        .iter()
+        .map(|r| r["startedAt"].as_str().expect("startedAt"))
+        .collect();
+    assert!(
+        started_at.windows(2).all(|pair| pair[0] >= pair[1]),
+        "newest first: {started_at:?}"
+    );
+    let post_globex = app
+        .client
+        .post(format!("{}{REFRESHES}?tenant=globex", app.address))
+        .bearer_auth(app.token(Role::Owner, None).await)
+        .send()
+        .await
+        .expect("sent");
+    let globex_refresh: Value = post_globex.json().await.expect("json");
+    let (status, body) = app
+        .get_json(
+            &format!(
+                "{REFRESHES}?starting_after={}",
+                globex_refresh["id"].as_str().expect("id")
+            ),
+            &reader,
+        )
         .await;
     assert_eq!(
         (status, body["code"].as_str()),

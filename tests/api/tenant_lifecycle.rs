@@ -16,7 +16,7 @@ use tally::store;
 use tally::tenants::StripeTenants;
 
 use crate::helpers::{
-    free_port, spawn_app_on, spawn_app_with, spawn_sim, TestApp, TestDb, PLATFORM_KEY,
+    free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list, TestApp, TestDb, PLATFORM_KEY,
 };
 
 const BALANCE: &str = "/api/administrator/connect/stripe-account/balance";
@@ -915,26 +915,7 @@ async fn purge_deletes_the_tenant_and_all_it_owns_and_leaves_the_others_alone() 
 
 /// Every event of the audit log, following `Link: rel="next"` pages of `limit`.
 async fn all_audit_pages(app: &TestApp, owner: &str, limit: usize) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut next = Some(format!("{AUDIT}?limit={limit}"));
-    while let Some(path) = next.take() {
-        let response = app.get(&path, owner).await;
-        assert_eq!(response.status(), 200);
-        next = response
-            .headers()
-            .get("link")
-            .map(|link| link.to_str().expect("ascii").to_owned())
-            .map(|link| {
-                assert!(link.ends_with("rel=\"next\""), "{link}");
-                link[1..link.find('>').expect("<…>")].to_owned()
-            });
-        let body: Value = response.json().await.expect("json");
-        let page = body["data"].as_array().expect("data").clone();
-        assert!(page.len() <= limit);
-        assert_eq!(body["has_more"], next.is_some());
-        events.extend(page);
-    }
-    events
+    walk_list(app, &format!("{AUDIT}?limit={limit}"), owner, limit).await
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tally::domain::Role;
 
-use crate::helpers::{free_port, spawn_app, TestApp};
+use crate::helpers::{free_port, spawn_app, walk_list, TestApp};
 
 const TOKENS: &str = "/api/administrator/tokens";
 const COUNT: &str = "/api/administrator/connect/stripe-accounts-count";
@@ -230,4 +230,39 @@ async fn a_token_revoked_with_the_cli_is_refused_by_another_server_within_two_se
     );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test]
+async fn the_token_list_pages_by_link_in_the_order_tokens_were_made() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    app.add_tenant("globex").await;
+    let owner = app.token(Role::Owner, None).await;
+    for tenant in ["acme", "globex", "acme", "acme", "globex"] {
+        app.token(Role::Reader, Some(tenant)).await;
+    }
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM api_tokens ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .expect("ids");
+    let id_of = |t: &Value| t["id"].as_i64().expect("id");
+    let walked = walk_list(&app, &format!("{TOKENS}?limit=2"), &owner, 2).await;
+    assert_eq!(walked.iter().map(id_of).collect::<Vec<_>>(), all);
+    // The tenant filter is kept on every next link.
+    let acme = walk_list(&app, &format!("{TOKENS}?tenant=acme&limit=2"), &owner, 2).await;
+    assert_eq!(acme.len(), 3);
+    assert!(acme.iter().all(|t| t["tenant"] == "acme"), "{acme:?}");
+    for (query, code) in [
+        ("limit=0", "invalid-limit"),
+        ("limit=101", "invalid-limit"),
+        ("starting_after=x", "invalid-starting-after"),
+        ("starting_after=999999", "invalid-starting-after"),
+    ] {
+        let (status, body) = app.get_json(&format!("{TOKENS}?{query}"), &owner).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
 }
