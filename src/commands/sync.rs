@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use serde_json::json;
+
+use crate::audit::{self, Actor};
 use crate::config::Settings;
 use crate::store;
 use crate::store::sync_runs::{Claim, RunCounts};
@@ -32,6 +35,14 @@ pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary>
         ),
     };
     let run_id = run.id;
+    audit::record(
+        &pool,
+        &Actor::cli(),
+        "sync.start",
+        Some(&tenant.slug),
+        json!({"syncId": run_id, "joined": false}),
+    )
+    .await?;
     let bar = Bar::new();
     let outcome = tokio::select! {
         outcome = sync::execute(&pool, &client, &tenant, run, &options, &bar) => outcome,

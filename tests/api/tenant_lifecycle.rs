@@ -977,6 +977,8 @@ async fn the_audit_log_records_every_kind_of_change_with_who_did_it_and_no_secre
     )
     .await;
     assert!(set.status.success(), "{}", text(&set));
+    let synced = run(&app, &["sync", "acme"], &[("USER", "ops-alice")]).await;
+    assert!(synced.status.success(), "{}", text(&synced));
 
     // Over HTTP, as an owner token with a name.
     let owner_cli = run(
@@ -1092,6 +1094,12 @@ async fn the_audit_log_records_every_kind_of_change_with_who_did_it_and_no_secre
         update["details"]["changed"],
         serde_json::json!(["rateLimit", "webhookSecret"])
     );
+    let cli_sync = events
+        .iter()
+        .find(|e| e["action"] == "sync.start" && e["actor"]["type"] == "cli")
+        .expect("tally sync is recorded");
+    assert_eq!(cli_sync["actor"]["user"], "ops-alice");
+    assert_eq!(cli_sync["tenant"], "acme");
     let sync = find("sync.start");
     assert_eq!(sync["actor"]["type"], "token");
     assert_eq!(sync["actor"]["name"], "ops-bot");
