@@ -902,3 +902,190 @@ async fn accounts_created_on_stripe_appear_without_anyone_running_sync() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// How many times each account was fetched since `since`, in stripeid order.
+async fn fetches_since(
+    app: &TestApp,
+    tenant_id: i64,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT count(s.stripeid) FROM stripe_accounts a
+           LEFT JOIN balance_snapshots s ON s.tenant_id = a.tenant_id AND s.stripeid = a.stripeid
+                AND s.source = 'fetch' AND s.fetched_at >= $2
+          WHERE a.tenant_id = $1 GROUP BY a.stripeid ORDER BY a.stripeid",
+    )
+    .bind(tenant_id)
+    .bind(since)
+    .fetch_all(&app.pool)
+    .await
+    .expect("counts")
+}
+
+/// The age of the tenant's oldest latest snapshot, by the database's clock.
+async fn oldest_age(app: &TestApp, tenant_id: i64) -> Duration {
+    let seconds: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(latest))::float8, 1e9) FROM (
+           SELECT max(s.fetched_at) AS latest FROM stripe_accounts a
+             LEFT JOIN balance_snapshots s ON s.tenant_id = a.tenant_id AND s.stripeid = a.stripeid
+            WHERE a.tenant_id = $1 GROUP BY a.stripeid) latest",
+    )
+    .bind(tenant_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("age");
+    Duration::from_secs_f64(seconds.max(0.0))
+}
+
+// Several threads: the simulator times arrivals on the runtime the replicas use too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_keep_every_account_fresh_interval_after_interval() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 30,
+        latency_ms: 20,
+        rate_limit: 25,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = TestDb::create().await;
+    const INTERVAL: u64 = 3;
+    let configure = |settings: &mut tally::config::Settings| {
+        settings.refresh.enabled = true;
+        settings.refresh.interval_secs = INTERVAL;
+    };
+    let master = tally::crypto::MasterKey::generate_base64();
+    let setup = spawn_app_on(db.alias(), master.clone(), api_only).await;
+    let tenant_id = tenant_on(&setup, &sim, "acme", 20).await;
+    let replicas = [
+        spawn_app_on(db.alias(), master.clone(), configure).await,
+        spawn_app_on(db.alias(), master.clone(), configure).await,
+        spawn_app_on(db, master, configure).await,
+    ];
+    wait_until_all_tried(&replicas[0], tenant_id, Duration::from_secs(20)).await;
+
+    // Steady state: three intervals, watched twice a second.
+    sim.reset_stats();
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&setup.pool)
+        .await
+        .expect("now");
+    let mut oldest = Duration::ZERO;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3 * INTERVAL) {
+        oldest = oldest.max(oldest_age(&setup, tenant_id).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let counts = fetches_since(&setup, tenant_id, since).await;
+    eprintln!("steady state over 3 intervals: fetches per account {counts:?}, oldest {oldest:?}");
+    assert_eq!(counts.len(), 30);
+    // Three intervals: each account three times, give or take the one that was
+    // due just before or just after the window's edges; never a burst of repeats.
+    assert!(
+        counts.iter().all(|n| (2..=4).contains(n)),
+        "fetches per account over 3 intervals: {counts:?}"
+    );
+    let total: i64 = counts.iter().sum();
+    assert!(
+        (80..=100).contains(&total),
+        "about 30 accounts × 3 intervals: {total}"
+    );
+    assert!(
+        oldest < Duration::from_secs(INTERVAL) + Duration::from_millis(2500),
+        "the oldest snapshot stayed near the interval: {oldest:?}"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 0, "no 429s: {stats:?}");
+    let max_rate = stats.max_rate_per_key.values().copied().max().unwrap_or(0);
+    assert!(
+        max_rate <= 20,
+        "never above the tenant's 20/s: saw {max_rate}"
+    );
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_at_another_replica_joins_the_same_refresh_and_one_account_or_owner_waits_alike() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 20,
+        // Slow enough that nothing is fresh within wait=0 or wait=1.
+        latency_ms: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let db = TestDb::create().await;
+    let master = tally::crypto::MasterKey::generate_base64();
+    let first = spawn_app_on(db.alias(), master.clone(), |_| {}).await;
+    let second = spawn_app_on(db, master, |_| {}).await;
+    let tenant_id = tenant_on(&first, &sim, "acme", 10).await;
+    let token = first.token(Role::Reader, Some("acme")).await;
+
+    let at_first = first
+        .get(&format!("{BALANCES}?max_age=600&wait=0"), &token)
+        .await;
+    assert_eq!(at_first.status(), 202);
+    let refresh: Value = at_first.json().await.expect("json");
+    let at_second = second
+        .get(&format!("{BALANCES}?max_age=600&wait=0"), &token)
+        .await;
+    assert_eq!(at_second.status(), 202);
+    let joined: Value = at_second.json().await.expect("json");
+    assert_eq!(joined["id"], refresh["id"], "one refresh for both replicas");
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_refreshes WHERE tenant_id = $1 AND status = 'running'
+           AND scope_owner IS NULL AND scope_stripeid IS NULL",
+    )
+    .bind(tenant_id)
+    .fetch_one(&first.pool)
+    .await
+    .expect("count");
+    assert_eq!(running, 1);
+
+    // One account and one owner's aggregate follow the same rule: 202 + Location
+    // within `wait`, then 200 once their accounts were tried.
+    let stripeid = sim.keys().platforms[0].accounts[0].clone();
+    let owner: String = sqlx::query_scalar(
+        "SELECT accountid FROM stripe_accounts WHERE tenant_id = $1 AND accountid IS NOT NULL
+          ORDER BY stripeid LIMIT 1",
+    )
+    .bind(tenant_id)
+    .fetch_one(&first.pool)
+    .await
+    .expect("an owner");
+    let paths = [
+        format!(
+            "/api/administrator/connect/stripe-account/balance?stripeid={stripeid}&max_age=600"
+        ),
+        format!("{BALANCES}?accountid={owner}&max_age=600"),
+    ];
+    for path in &paths {
+        let started = Instant::now();
+        let response = second.get(&format!("{path}&wait=0"), &token).await;
+        // Nothing answers from Stripe in under 1.5 s, so nothing is fresh yet.
+        assert_eq!(response.status(), 202, "{path}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let location = response.headers()["location"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        assert!(location.starts_with(REFRESHES), "{location}");
+        let (status, body) = second.get_json(&location, &token).await;
+        assert_eq!(
+            (status, body["object"].as_str()),
+            (200, Some("balanceRefresh"))
+        );
+    }
+    for path in &paths {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = second.get_json(&format!("{path}&wait=5"), &token).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 202, "{path}: {body}");
+            assert!(Instant::now() < deadline, "{path} never became fresh");
+        }
+    }
+}
