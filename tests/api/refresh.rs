@@ -1089,3 +1089,52 @@ async fn a_poll_at_another_replica_joins_the_same_refresh_and_one_account_or_own
         }
     }
 }
+
+/// How long eight request slots of `budget` take to be granted.
+async fn eight_slots(budget: &dyn tally::stripe::RateBudget) -> Duration {
+    let started = Instant::now();
+    for _ in 0..8 {
+        budget.acquire(tally::stripe::Priority::Interactive).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
+    use tally::refresh::budget::SharedBudget;
+    use tally::stripe::{Priority, RateBudget};
+
+    let app = spawn_app_with(api_only).await;
+    let tenant_id = app.add_tenant("acme").await;
+    // Two processes: each its own pool, as two replicas would have.
+    let pool = || async { sqlx::PgPool::connect(&app.db.url).await.expect("pool") };
+    let seeing = SharedBudget::new(pool().await, tenant_id, 20);
+    let other = SharedBudget::new(pool().await, tenant_id, 20);
+    // At 20/s, eight slots are 7 gaps of 52.5 ms.
+    let before = eight_slots(&other).await;
+    assert!(before < Duration::from_millis(600), "{before:?}");
+
+    seeing.throttled();
+    // The 429 is shared in the background; give it a moment to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = eight_slots(&other).await;
+    // At 10/s, 7 gaps of 105 ms.
+    assert!(after >= Duration::from_millis(700), "{after:?}");
+    assert_eq!(
+        other.current(),
+        10,
+        "the other process paces at half the rate"
+    );
+    let in_force: i32 =
+        sqlx::query_scalar("SELECT current_rate FROM stripe_budgets WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("rate");
+    assert_eq!(in_force, 10);
+
+    // Quiet for two seconds, the rate comes back by a quarter, for everyone.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    RateBudget::acquire(&other, Priority::Interactive).await;
+    assert_eq!(other.current(), 15);
+}
