@@ -637,6 +637,65 @@ async fn set_key_reaches_a_second_running_server_within_two_seconds() {
 }
 
 #[tokio::test]
+async fn update_reaches_a_second_running_server_within_two_seconds() {
+    // Two simulators with one seed hold the same keys and accounts: moving the
+    // tenant's API base from one to the other shows which one a server asks.
+    let config = || SimConfig {
+        platforms: 1,
+        accounts_per_platform: 3,
+        ..SimConfig::default()
+    };
+    let (before, after) = (spawn_sim(config()).await, spawn_sim(config()).await);
+    let app = spawn_app_with(api_only).await;
+    let key = before.keys().platforms[0].key.clone();
+    sim_tenant(&app, &before, "acme", &key).await;
+    let reader = app.token(Role::Reader, Some("acme")).await;
+    let account = before.keys().platforms[0].accounts[0].clone();
+    let port = free_port();
+    let server = app.serve_process(port, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_up(&app, &base).await;
+    let url = format!("{base}{BALANCE}?stripeid={account}&max_age=0");
+    let (status, body) = get_json(&app, &url, &reader).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(after.stats().total_requests, 0);
+
+    let updated = run(
+        &app,
+        &["tenant", "update", "acme", "--api-base", &after.base_url()],
+        &[],
+    )
+    .await;
+    assert!(updated.status.success(), "{}", text(&updated));
+    let updated_at = Instant::now();
+    let moved_after = loop {
+        let (status, body) = get_json(&app, &url, &reader).await;
+        assert_eq!(status, 200, "{body}");
+        if after
+            .stats()
+            .by_path
+            .get("GET /v1/balance")
+            .copied()
+            .unwrap_or(0)
+            > 0
+        {
+            break updated_at.elapsed();
+        }
+        assert!(
+            updated_at.elapsed() < Duration::from_secs(6),
+            "the server never moved to the new API base"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop(server);
+    eprintln!("tenant update reached the other server after {moved_after:?}");
+    assert!(
+        moved_after <= Duration::from_secs(2),
+        "moved after {moved_after:?}"
+    );
+}
+
+#[tokio::test]
 async fn update_replaces_the_lists_and_changes_the_rate_the_client_uses() {
     let app = spawn_app_with(api_only).await;
     let org = TenantSpec {
