@@ -4,7 +4,7 @@
 //! the process holds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,9 @@ struct Inner {
     wake: Notify,
     /// Set with `wake`: the demand may be for a tenant this worker has not seen yet.
     rescan: AtomicBool,
+    /// Live workers, this one included, as of the last heartbeat: they queue for one
+    /// shared Stripe budget, which bounds how much each may claim (`claim_cap`).
+    live_workers: AtomicUsize,
     tasks: Tasks,
 }
 
@@ -145,6 +148,7 @@ impl Refresher {
                 pid: i32::try_from(std::process::id()).unwrap_or(0),
                 wake: Notify::new(),
                 rescan: AtomicBool::new(false),
+                live_workers: AtomicUsize::new(1),
                 tasks,
             }),
         }
@@ -199,6 +203,16 @@ impl Inner {
                 .await
                 {
                     tracing::warn!(error = %error, "refresher heartbeat failed");
+                }
+                if let Ok(others) = store::refreshes::other_live_workers(
+                    &self.pool,
+                    self.id,
+                    ALIVE_WITHIN.as_secs_f64(),
+                )
+                .await
+                {
+                    let live = usize::try_from(others).unwrap_or(0).saturating_add(1);
+                    self.live_workers.store(live, Ordering::Relaxed);
                 }
                 next_heartbeat = now + HEARTBEAT_EVERY;
             }
@@ -291,7 +305,7 @@ impl Inner {
             }) else {
                 break; // the tenant is gone
             };
-            let cap = self.stripe.max_in_flight();
+            let cap = self.claim_cap(&client);
             let should_top_up =
                 inflight.len() <= cap / 2 || last_topup.elapsed() >= self.options.tick;
             if should_top_up {
@@ -367,6 +381,17 @@ impl Inner {
                 Err(())
             }
         }
+    }
+
+    /// How many of a tenant's accounts this worker may hold at once: the in-flight
+    /// cap, but never more than the shared budget can serve within half a lease. A
+    /// claimed account waits its turn in the budget behind every worker's claims; if
+    /// that wait outlasted the lease, another worker would take the account over and
+    /// both would fetch it.
+    fn claim_cap(&self, client: &TenantClient) -> usize {
+        let live = self.live_workers.load(Ordering::Relaxed).max(1) as f64;
+        let servable = f64::from(client.rate()) * self.options.lease.as_secs_f64() / 2.0 / live;
+        lease_bounded_cap(self.stripe.max_in_flight(), servable)
     }
 
     /// One round for a tenant: schedule background work and re-syncs, then claim
@@ -574,4 +599,31 @@ struct TenantState {
     loaded_at: Option<Instant>,
     sync_checked_at: Option<Instant>,
     credential_warned: bool,
+}
+
+/// `in_flight` capped at `servable` (requests the budget serves to one worker within
+/// half a lease), never below one.
+fn lease_bounded_cap(in_flight: usize, servable: f64) -> usize {
+    let servable = if servable.is_finite() {
+        servable.floor().max(1.0) as usize
+    } else {
+        1
+    };
+    in_flight.min(servable).max(1)
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::lease_bounded_cap;
+
+    #[test]
+    fn the_cap_keeps_a_claim_servable_within_half_a_lease() {
+        // Defaults: 20/s, a 60 s lease, three replicas: the in-flight cap rules.
+        assert_eq!(lease_bounded_cap(16, 20.0 * 60.0 / 2.0 / 3.0), 16);
+        // 15/s, a 3 s lease, three replicas: at most 7 each, 21 queued = 1.4 s.
+        assert_eq!(lease_bounded_cap(16, 15.0 * 3.0 / 2.0 / 3.0), 7);
+        // Never nothing at all.
+        assert_eq!(lease_bounded_cap(16, 0.2), 1);
+        assert_eq!(lease_bounded_cap(16, f64::NAN), 1);
+    }
 }

@@ -561,7 +561,7 @@ async fn fetched(app: &TestApp, tenant_id: i64) -> i64 {
         .expect("count")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
     let sim = spawn_sim(SimConfig {
         platforms: 1,
@@ -577,8 +577,26 @@ async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
     let tenant_id = tenant_on(&app, &sim, "acme", 15).await;
     let admin = app.token(Role::Admin, Some("acme")).await;
 
+    // Three replicas: a `tally serve` process to be killed, and two that stay.
     let mut killed = serve_process(&app, free_port(), 3);
-    // The process's refresher picks the demand up on its next tick.
+    let pid = i32::try_from(killed.id()).expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let killed_worker: uuid::Uuid = loop {
+        let worker = sqlx::query_scalar("SELECT id FROM workers WHERE pid = $1")
+            .bind(pid)
+            .fetch_optional(&app.pool)
+            .await
+            .expect("workers");
+        if let Some(worker) = worker {
+            break worker;
+        }
+        assert!(Instant::now() < deadline, "the process never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivors = [
+        spawn_app_on(app.db.alias(), master.clone(), |s| s.refresh.lease_secs = 3).await,
+        spawn_app_on(app.db.alias(), master, |s| s.refresh.lease_secs = 3).await,
+    ];
     let response = app
         .client
         .post(format!("{}{REFRESHES}", app.address))
@@ -587,32 +605,30 @@ async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 202);
+
+    // Kill it while it holds accounts it has not stored yet.
+    let leases_of_killed = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT stripeid FROM refresh_leases WHERE worker_id = $1 AND expires_at > now()",
+        )
+        .bind(killed_worker)
+        .fetch_all(&app.pool)
+        .await
+        .expect("leases")
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fetched(&app, tenant_id).await < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the process never started fetching"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while leases_of_killed().await.is_empty() || fetched(&app, tenant_id).await < 5 {
+        assert!(Instant::now() < deadline, "the process never held a lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     killed.kill().expect("SIGKILL");
     killed.wait().expect("reaped");
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM refresh_leases WHERE tenant_id = $1 AND expires_at > now()",
-    )
-    .bind(tenant_id)
-    .fetch_one(&app.pool)
-    .await
-    .expect("count");
-    assert!(held > 0, "the killed replica held leases");
-    let left_by_it = 60 - fetched(&app, tenant_id).await;
-    assert!(left_by_it > 0);
+    let killed_at = chrono::Utc::now();
+    // What it held when it died: a lease is given back only with its snapshot.
+    let held = leases_of_killed().await;
+    assert!(!held.is_empty(), "the killed replica held leases");
 
-    // Another replica finishes the same refresh once the leases expire.
-    let survivor = spawn_app_on(app.db.alias(), master, |settings| {
-        settings.refresh.lease_secs = 3;
-    })
-    .await;
+    // The others finish the same refresh, its accounts included, once the leases expire.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status: String = sqlx::query_scalar("SELECT status FROM balance_refreshes")
@@ -624,12 +640,31 @@ async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
         }
         assert!(
             Instant::now() < deadline,
-            "the survivor never finished: {status}"
+            "the survivors never finished: {status}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(fetched(&app, tenant_id).await, 60, "every account tried");
-    drop(survivor);
+    assert_eq!(
+        fetches_per_account(&app, tenant_id).await,
+        vec![1; 60],
+        "every account stored once"
+    );
+    let taken_over: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_snapshots
+          WHERE tenant_id = $1 AND stripeid = ANY($2) AND fetched_at > $3",
+    )
+    .bind(tenant_id)
+    .bind(&held)
+    .bind(killed_at)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(
+        taken_over,
+        held.len() as i64,
+        "the killed replica's accounts were fetched by the others: {held:?}"
+    );
+    drop(survivors);
 }
 
 #[tokio::test]
