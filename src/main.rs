@@ -97,6 +97,9 @@ enum Command {
         /// At most this many (newest first).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         limit: i64,
+        /// The page after this event id (the last id of the page before).
+        #[arg(long, value_name = "ID")]
+        starting_after: Option<i64>,
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
@@ -134,6 +137,39 @@ struct SimArgs {
     keys_file: Option<std::path::PathBuf>,
 }
 
+/// What `tenant add` sets and `tenant update` changes, besides the key.
+#[derive(clap::Args)]
+struct TenantSettingsArgs {
+    /// Organization keys: a platform in the organization (repeatable; on update, replaces the list).
+    #[arg(long = "platform", value_name = "acct_P")]
+    platforms: Vec<String>,
+    /// Organization keys: an account directly in the organization (repeatable; on update, replaces the list).
+    #[arg(long = "account", value_name = "acct_X")]
+    accounts: Vec<String>,
+    /// Stripe API base URL (the simulator's, for example).
+    #[arg(long, value_name = "URL")]
+    api_base: Option<String>,
+    /// Stripe-Version pinned for this tenant (default from config stripe.api_version).
+    #[arg(long, value_name = "V")]
+    api_version: Option<String>,
+    /// Requests per second to Stripe for this credential.
+    #[arg(long, value_name = "PER_SECOND")]
+    rate_limit: Option<u32>,
+    /// Environment variable holding the webhook endpoint secret (whsec_…).
+    #[arg(long, value_name = "VAR")]
+    webhook_secret_env: Option<String>,
+}
+
+impl TenantSettingsArgs {
+    /// The webhook secret named by `--webhook-secret-env`, read from the environment.
+    fn webhook_secret(&self) -> anyhow::Result<Option<secrecy::SecretString>> {
+        self.webhook_secret_env
+            .as_deref()
+            .map(secret_from_env)
+            .transpose()
+    }
+}
+
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Add a tenant; the kind is inferred from the key's prefix.
@@ -142,24 +178,8 @@ enum TenantCommand {
         /// Environment variable holding the Stripe key (keys never go on the command line).
         #[arg(long, value_name = "VAR")]
         key_env: String,
-        /// Organization keys: a platform in the organization (repeatable).
-        #[arg(long = "platform", value_name = "acct_P")]
-        platforms: Vec<String>,
-        /// Organization keys: an account directly in the organization (repeatable).
-        #[arg(long = "account", value_name = "acct_X")]
-        accounts: Vec<String>,
-        /// Stripe API base URL (the simulator's, for example).
-        #[arg(long, value_name = "URL")]
-        api_base: Option<String>,
-        /// Stripe-Version pinned for this tenant (default from config stripe.api_version).
-        #[arg(long, value_name = "V")]
-        api_version: Option<String>,
-        /// Requests per second to Stripe for this credential.
-        #[arg(long, value_name = "PER_SECOND")]
-        rate_limit: Option<u32>,
-        /// Environment variable holding the webhook endpoint secret (whsec_…).
-        #[arg(long, value_name = "VAR")]
-        webhook_secret_env: Option<String>,
+        #[command(flatten)]
+        settings: TenantSettingsArgs,
         /// Store the key without checking it with Stripe (offline set-up).
         #[arg(long)]
         no_verify: bool,
@@ -179,18 +199,8 @@ enum TenantCommand {
     /// the lists); every server uses them within 2 s.
     Update {
         slug: String,
-        #[arg(long = "platform", value_name = "acct_P")]
-        platforms: Vec<String>,
-        #[arg(long = "account", value_name = "acct_X")]
-        accounts: Vec<String>,
-        #[arg(long, value_name = "URL")]
-        api_base: Option<String>,
-        #[arg(long, value_name = "V")]
-        api_version: Option<String>,
-        #[arg(long, value_name = "PER_SECOND")]
-        rate_limit: Option<u32>,
-        #[arg(long, value_name = "VAR")]
-        webhook_secret_env: Option<String>,
+        #[command(flatten)]
+        settings: TenantSettingsArgs,
     },
     /// Disable a tenant (its tokens are refused, the refresher and sync skip it, its
     /// data stays); --purge --yes deletes it and everything it owns.
@@ -293,26 +303,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Tenant(TenantCommand::Add {
             slug,
             key_env,
-            platforms,
-            accounts,
-            api_base,
-            api_version,
-            rate_limit,
-            webhook_secret_env,
+            settings: flags,
             no_verify,
         }) => {
             let spec = TenantSpec {
                 slug,
                 key: secret_from_env(&key_env)?,
-                platforms,
-                accounts,
-                api_base,
-                api_version,
-                rate_limit,
-                webhook_secret: webhook_secret_env
-                    .as_deref()
-                    .map(secret_from_env)
-                    .transpose()?,
+                webhook_secret: flags.webhook_secret()?,
+                platforms: flags.platforms,
+                accounts: flags.accounts,
+                api_base: flags.api_base,
+                api_version: flags.api_version,
+                rate_limit: flags.rate_limit,
             };
             let (pool, stripe) = commands::stripe_context(&settings).await?;
             let verify_with = (!no_verify).then_some(stripe.as_ref());
@@ -361,24 +363,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Tenant(TenantCommand::Update {
             slug,
-            platforms,
-            accounts,
-            api_base,
-            api_version,
-            rate_limit,
-            webhook_secret_env,
+            settings: flags,
         }) => {
             let master = MasterKey::from_env()?;
             let change = commands::tenant::TenantUpdate {
-                platforms: (!platforms.is_empty()).then_some(platforms),
-                accounts: (!accounts.is_empty()).then_some(accounts),
-                api_base,
-                api_version,
-                rate_limit,
-                webhook_secret: webhook_secret_env
-                    .as_deref()
-                    .map(secret_from_env)
-                    .transpose()?,
+                webhook_secret: flags.webhook_secret()?,
+                platforms: (!flags.platforms.is_empty()).then_some(flags.platforms),
+                accounts: (!flags.accounts.is_empty()).then_some(flags.accounts),
+                api_base: flags.api_base,
+                api_version: flags.api_version,
+                rate_limit: flags.rate_limit,
             };
             let pool = commands::connect_and_migrate(&settings).await?;
             let tenant =
@@ -491,13 +485,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tenant,
             since,
             limit,
+            starting_after,
             format,
         } => {
             let pool = commands::connect_and_migrate(&settings).await?;
             let filter = tally::audit::AuditFilter {
                 tenant,
                 since,
-                starting_after: None,
+                starting_after,
                 limit,
             };
             let (events, more) = tally::audit::list(&pool, &filter).await?;
@@ -505,8 +500,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 ListFormat::Table => print!("{}", tally::audit::render_table(&events)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
             }
-            if more {
-                eprintln!("(showing the newest {limit}; --limit shows more)");
+            if let (true, Some(last)) = (more, events.last()) {
+                eprintln!(
+                    "(more follow: --starting-after {} shows the next {limit})",
+                    last.id
+                );
             }
         }
         Command::Doctor { repair } => {

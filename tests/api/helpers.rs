@@ -392,6 +392,21 @@ impl TestApp {
     }
 
     /// `tally serve` as a separate process on `port`, with extra settings from `env`.
+    /// Waits until a `tally serve` process at `base` answers `/healthz`.
+    pub async fn wait_until_serving(&self, base: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self
+            .client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "serve never came up");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn serve_process(&self, port: u16, env: &[(&str, &str)]) -> std::process::Child {
         self.tally_command()
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])

@@ -778,17 +778,7 @@ async fn sigterm_ends_a_long_request_after_the_grace_period() {
     let port = free_port();
     let mut server = app.serve_process(port, &[("TALLY__SERVER__SHUTDOWN_GRACE_SECS", "2")]);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "serve never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_until_serving(&base).await;
     // 100 accounts at 5/s cannot be fresh for a minute: this poll waits its 25 s.
     let poll = tokio::spawn({
         let request = app

@@ -94,21 +94,6 @@ async fn tenants(app: &TestApp) -> i64 {
         .expect("count")
 }
 
-/// Waits until a `tally serve` process answers.
-async fn wait_up(app: &TestApp, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "serve never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -362,7 +347,7 @@ async fn rekey_reseals_under_the_new_master_key_and_a_server_with_only_it_reads_
     let port = free_port();
     let server = app.serve_process(port, &[("TALLY_MASTER_KEY", &new)]);
     let base = format!("http://127.0.0.1:{port}");
-    wait_up(&app, &base).await;
+    app.wait_until_serving(&base).await;
     let (status, body) = get_json(&app, &balance(&base, 0), &reader).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -381,7 +366,7 @@ async fn rekey_reseals_under_the_new_master_key_and_a_server_with_only_it_reads_
         ],
     );
     let base = format!("http://127.0.0.1:{port}");
-    wait_up(&app, &base).await;
+    app.wait_until_serving(&base).await;
     let (status, body) = get_json(&app, &balance(&base, 0), &reader).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -437,7 +422,7 @@ async fn rekey_reseals_under_the_new_master_key_and_a_server_with_only_it_reads_
     let port = free_port();
     let server = app.serve_process(port, &[("TALLY_MASTER_KEY", &new)]);
     let base = format!("http://127.0.0.1:{port}");
-    wait_up(&app, &base).await;
+    app.wait_until_serving(&base).await;
     let (status, body) = get_json(&app, &balance(&base, 1), &reader).await;
     assert_eq!(status, 200, "{body}");
     let webhook = sim
@@ -596,7 +581,7 @@ async fn set_key_reaches_a_second_running_server_within_two_seconds() {
     let port = free_port();
     let server = app.serve_process(port, &[]);
     let base = format!("http://127.0.0.1:{port}");
-    wait_up(&app, &base).await;
+    app.wait_until_serving(&base).await;
     let url = format!("{base}{BALANCE}?stripeid={}&max_age=0", accounts[0]);
     let (status, body) = get_json(&app, &url, &reader).await;
     assert_eq!(status, 200, "{body}");
@@ -654,7 +639,7 @@ async fn update_reaches_a_second_running_server_within_two_seconds() {
     let port = free_port();
     let server = app.serve_process(port, &[]);
     let base = format!("http://127.0.0.1:{port}");
-    wait_up(&app, &base).await;
+    app.wait_until_serving(&base).await;
     let url = format!("{base}{BALANCE}?stripeid={account}&max_age=0");
     let (status, body) = get_json(&app, &url, &reader).await;
     assert_eq!(status, 200, "{body}");
@@ -1235,6 +1220,39 @@ async fn the_audit_log_records_every_kind_of_change_with_who_did_it_and_no_secre
     assert!(text(&table).contains("cli (ops-alice)"), "{}", text(&table));
     let bad = run(&app, &["audit", "--since", "soon"], &[]).await;
     assert!(!bad.status.success());
+
+    // The CLI pages too: --limit, and --starting-after the last id it names.
+    let all = run(&app, &["audit", "--format", "json"], &[]).await;
+    let all: Vec<Value> = serde_json::from_slice(&all.stdout).expect("json");
+    assert!(all.len() >= 3, "{all:?}");
+    let mut walked = Vec::new();
+    let mut args = vec!["audit".to_owned(), "--limit".into(), "2".into()];
+    loop {
+        let mut page_args = args.clone();
+        page_args.extend(["--format".into(), "json".into()]);
+        let argv: Vec<&str> = page_args.iter().map(String::as_str).collect();
+        let page = run(&app, &argv, &[]).await;
+        assert!(page.status.success(), "{}", text(&page));
+        let events: Vec<Value> = serde_json::from_slice(&page.stdout).expect("json");
+        assert!(events.len() <= 2);
+        walked.extend(events);
+        let note = String::from_utf8_lossy(&page.stderr).to_string();
+        let Some(next) = note.split("--starting-after ").nth(1) else {
+            break;
+        };
+        let id = next.split_whitespace().next().expect("an id").to_owned();
+        args = vec![
+            "audit".into(),
+            "--limit".into(),
+            "2".into(),
+            "--starting-after".into(),
+            id,
+        ];
+    }
+    assert_eq!(
+        walked, all,
+        "the pages are the whole log, newest first, once each"
+    );
 }
 
 #[tokio::test]
