@@ -502,7 +502,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             if let (true, Some(last)) = (more, events.last()) {
                 eprintln!(
-                    "(more follow: --starting-after {} shows the next {limit})",
+                    "(more follow: the same command with --starting-after {} shows the next {limit})",
                     last.id
                 );
             }

@@ -35,14 +35,25 @@ pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary>
         ),
     };
     let run_id = run.id;
-    audit::record(
+    let recorded = audit::record(
         &pool,
         &Actor::cli(),
         "sync.start",
         Some(&tenant.slug),
         json!({"syncId": run_id, "joined": false}),
     )
-    .await?;
+    .await;
+    if let Err(error) = recorded {
+        // Not started after all: free the tenant for the next sync at once rather
+        // than leaving a claimed run to wait out its lease.
+        let _ = store::sync_runs::interrupt(
+            &pool,
+            run_id,
+            "interrupted: the audit log could not be written",
+        )
+        .await;
+        return Err(error).context("recording the sync in the audit log");
+    }
     let bar = Bar::new();
     let outcome = tokio::select! {
         outcome = sync::execute(&pool, &client, &tenant, run, &options, &bar) => outcome,

@@ -391,7 +391,6 @@ impl TestApp {
         command
     }
 
-    /// `tally serve` as a separate process on `port`, with extra settings from `env`.
     /// Waits until a `tally serve` process at `base` answers `/healthz`.
     pub async fn wait_until_serving(&self, base: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -407,6 +406,7 @@ impl TestApp {
         }
     }
 
+    /// `tally serve` as a separate process on `port`, with extra settings from `env`.
     pub fn serve_process(&self, port: u16, env: &[(&str, &str)]) -> std::process::Child {
         self.tally_command()
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
@@ -424,7 +424,10 @@ impl TestApp {
 pub async fn walk_list(app: &TestApp, first: &str, token: &str, limit: usize) -> Vec<Value> {
     let mut records = Vec::new();
     let mut next = Some(first.to_owned());
+    let mut pages = 0;
     while let Some(path) = next.take() {
+        pages += 1;
+        assert!(pages <= 1000, "the Link chain never ends: {path}");
         let response = app.get(&path, token).await;
         assert_eq!(response.status(), 200, "{path}");
         next = response

@@ -597,6 +597,19 @@ async fn a_replica_killed_mid_refresh_leaves_its_accounts_to_the_others() {
         spawn_app_on(app.db.alias(), master.clone(), |s| s.refresh.lease_secs = 3).await,
         spawn_app_on(app.db.alias(), master, |s| s.refresh.lease_secs = 3).await,
     ];
+    // Every worker counts the others at its heartbeat (every 2 s) and sizes its
+    // claims by that count: let all three have seen all three before the work starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workers")
+        .fetch_one(&app.pool)
+        .await
+        .expect("workers")
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the survivors never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let response = app
         .client
         .post(format!("{}{REFRESHES}", app.address))
@@ -1140,8 +1153,24 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
     assert!(before < Duration::from_millis(600), "{before:?}");
 
     seeing.throttled();
-    // The 429 is shared in the background; give it a moment to land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The 429 is shared in the background: wait until the database has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rate: i32 =
+            sqlx::query_scalar("SELECT current_rate FROM stripe_budgets WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_one(&app.pool)
+                .await
+                .expect("rate");
+        if rate == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 429 never reached the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let after = eight_slots(&other).await;
     // At 10/s, 7 gaps of 105 ms.
     assert!(after >= Duration::from_millis(700), "{after:?}");
