@@ -84,6 +84,15 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
     assert!(!body["totals"].as_array().expect("totals").is_empty());
     assert_eq!(get("stripe-accounts-count").await, 50);
 
+    // The balances the demo printed were fetched by its server's own refresher: the
+    // refresh it ran is listed, finished, every account tried.
+    let refreshes = get("balances/refreshes").await;
+    let refresh = &refreshes["data"][0];
+    assert_eq!(refresh["object"], "balanceRefresh", "{refreshes}");
+    assert_eq!(refresh["status"], "succeeded", "{refresh}");
+    assert_eq!(refresh["total"], 50, "{refresh}");
+    assert_eq!(refresh["done"], 50, "{refresh}");
+
     let killed = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
         .status()
