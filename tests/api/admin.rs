@@ -386,3 +386,50 @@ async fn a_reader_cannot_post_and_no_one_can_post_from_another_site() {
         "/admin/tenants/acme?notice=refresh-started"
     );
 }
+
+#[tokio::test]
+async fn an_empty_tenant_page_says_what_to_do_for_each_role() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let (admin, _) = signed_in(&app, Role::Admin).await;
+    let html = page(&app.address, "/admin/tenants/acme", &admin)
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("No accounts stored yet. Start a sync above"),
+        "{html}"
+    );
+    assert!(html.contains("No balances read yet. Start a refresh above"));
+    assert!(html.contains("None: every account's latest balance was read."));
+    // Every form field has a label a screen reader reads.
+    assert!(html.contains("<label for=\"owner\">"), "{html}");
+
+    let (reader, _) = signed_in(&app, Role::Reader).await;
+    let html = page(&app.address, "/admin/tenants/acme", &reader)
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("Ask an admin to sync the tenant (or run <code>tally sync acme</code>)"),
+        "{html}"
+    );
+    assert!(html.contains("They appear once the refresher has read the accounts."));
+
+    // A filter that matches nothing says so and how to clear it.
+    let html = page(
+        &app.address,
+        "/admin/tenants/acme?owner=user_nobody",
+        &reader,
+    )
+    .await
+    .text()
+    .await
+    .expect("html");
+    assert!(
+        html.contains("No listed account has owner “user_nobody”"),
+        "{html}"
+    );
+}
