@@ -33,6 +33,8 @@ struct TotalsParams {
     #[param(pattern = "^(hour|day)$")]
     interval: Option<String>,
     /// The first bucket's moment: an RFC 3339 timestamp or a date (`2026-11-01`).
+    /// Required, and (unlike the optional parameters) not empty.
+    #[param(min_length = 1)]
     from: String,
     /// The last bucket's moment (default now); a date means the end of that day.
     to: Option<String>,
