@@ -201,6 +201,12 @@ enum TenantCommand {
         slug: String,
         #[command(flatten)]
         settings: TenantSettingsArgs,
+        /// Organization keys: empty the list of platforms (--platform replaces it).
+        #[arg(long, conflicts_with = "platforms")]
+        clear_platforms: bool,
+        /// Organization keys: empty the list of accounts directly in the organization.
+        #[arg(long, conflicts_with = "accounts")]
+        clear_accounts: bool,
     },
     /// Disable a tenant (its tokens are refused, the refresher and sync skip it, its
     /// data stays); --purge --yes deletes it and everything it owns.
@@ -364,12 +370,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Tenant(TenantCommand::Update {
             slug,
             settings: flags,
+            clear_platforms,
+            clear_accounts,
         }) => {
             let master = MasterKey::from_env()?;
+            // No flag leaves a list as it is; a flag replaces it; --clear-… empties it.
+            let list =
+                |given: Vec<String>, clear: bool| (clear || !given.is_empty()).then_some(given);
             let change = commands::tenant::TenantUpdate {
                 webhook_secret: flags.webhook_secret()?,
-                platforms: (!flags.platforms.is_empty()).then_some(flags.platforms),
-                accounts: (!flags.accounts.is_empty()).then_some(flags.accounts),
+                platforms: list(flags.platforms, clear_platforms),
+                accounts: list(flags.accounts, clear_accounts),
                 api_base: flags.api_base,
                 api_version: flags.api_version,
                 rate_limit: flags.rate_limit,

@@ -742,6 +742,33 @@ async fn update_replaces_the_lists_and_changes_the_rate_the_client_uses() {
         "the newer row rebuilds the client"
     );
 
+    // --clear-accounts empties a list no --account flag can.
+    let cleared = run(&app, &["tenant", "update", "org", "--clear-accounts"], &[]).await;
+    assert!(cleared.status.success(), "{}", text(&cleared));
+    let row = store::tenants::find_by_slug(&app.pool, "org")
+        .await
+        .expect("query")
+        .expect("tenant");
+    assert!(row.org_account_ids.is_empty(), "{:?}", row.org_account_ids);
+    assert_eq!(row.platform_ids, ["acct_1PlatformC"], "not given: kept");
+    let both = run(
+        &app,
+        &[
+            "tenant",
+            "update",
+            "org",
+            "--clear-platforms",
+            "--platform",
+            "acct_1X",
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        !both.status.success(),
+        "clearing and replacing at once is refused"
+    );
+
     let nothing = run(&app, &["tenant", "update", "org"], &[]).await;
     assert!(
         text(&nothing).contains("nothing to update"),
