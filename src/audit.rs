@@ -103,22 +103,24 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-/// Newest first; `limit + 1` are read so the caller knows whether more follow.
+/// A page of events, newest first.
 pub async fn list(
     db: impl PgExecutor<'_>,
     filter: &AuditFilter,
-) -> Result<(Vec<AuditView>, bool), sqlx::Error> {
-    let mut rows = store::audit::list(
+) -> Result<store::Page<AuditView>, sqlx::Error> {
+    let rows = store::audit::list(
         db,
         filter.tenant.as_deref(),
         filter.since,
         filter.starting_after,
-        filter.limit.saturating_add(1),
+        store::fetch_limit(filter.limit),
     )
     .await?;
-    let has_more = rows.len() as i64 > filter.limit;
-    rows.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
-    Ok((rows.into_iter().map(AuditView::from).collect(), has_more))
+    let page = store::Page::from_fetched(rows, filter.limit);
+    Ok(store::Page {
+        data: page.data.into_iter().map(AuditView::from).collect(),
+        has_more: page.has_more,
+    })
 }
 
 /// `2026-12-01T10:00:00Z`, or a date `2026-12-01` (midnight UTC): for `--since`.

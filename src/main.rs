@@ -506,7 +506,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 starting_after,
                 limit,
             };
-            let (events, more) = tally::audit::list(&pool, &filter).await?;
+            let tally::store::Page {
+                data: events,
+                has_more: more,
+            } = tally::audit::list(&pool, &filter).await?;
             match format {
                 ListFormat::Table => print!("{}", tally::audit::render_table(&events)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),

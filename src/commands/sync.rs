@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-
 use serde_json::json;
 
 use crate::audit::{self, Actor};

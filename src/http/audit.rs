@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::auth::Owner;
 use super::error::ApiError;
 use super::openapi::{api_errors, Access};
-use super::paging::{unknown_cursor, Page, PageRequest};
+use super::paging::{unknown_cursor, PageRequest};
 use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
@@ -111,6 +111,6 @@ async fn list(
             return Err(unknown_cursor("an audit event id"));
         }
     }
-    let (data, has_more) = audit::list(&state.pool, &filter).await?;
-    Ok(Page { data, has_more }.respond(PATH, raw.as_deref(), filter.limit, |event| event.id))
+    let page = audit::list(&state.pool, &filter).await?;
+    Ok(page.respond(PATH, raw.as_deref(), filter.limit, |event| event.id))
 }

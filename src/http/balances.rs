@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::auth::{TenantAdmin, TenantScope};
 use super::error::ApiError;
 use super::openapi::{api_errors, Access, TenantParam};
-use super::paging::{unknown_cursor, Page, PageRequest};
+use super::paging::{unknown_cursor, PageRequest};
 use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
@@ -546,14 +546,14 @@ async fn list_refreshes(
         page.starting_after,
     )
     .await?;
-    let rows = Page::from_fetched(rows, page.limit);
+    let rows = store::Page::from_fetched(rows, page.limit);
     let tenant = scope.tenant.clone();
     let mut data = Vec::with_capacity(rows.data.len());
     for refresh in rows.data {
         let view = state.balances().refresh_view(&tenant, refresh).await?;
         data.push(refresh_body(&scope.tenant.slug, &view));
     }
-    let page_of_bodies = Page {
+    let page_of_bodies = store::Page {
         data,
         has_more: rows.has_more,
     };

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::query::QueryParams;
+use crate::store::{self, Page};
 
 pub const MAX_LIMIT: i64 = 100;
 
@@ -55,7 +56,7 @@ impl<Id: FromStr> PageRequest<Id> {
 
     /// How many rows to read: one more than asked tells whether more follow.
     pub fn fetch_limit(&self) -> i64 {
-        self.limit.saturating_add(1)
+        store::fetch_limit(self.limit)
     }
 }
 
@@ -68,24 +69,7 @@ pub fn unknown_cursor(what: &str) -> ApiError {
     )
 }
 
-/// One page of a list: the rows asked for, and whether more follow. Build it from
-/// the `fetch_limit()` rows read.
-pub struct Page<T> {
-    pub data: Vec<T>,
-    pub has_more: bool,
-}
-
 impl<T> Page<T> {
-    pub fn from_fetched(mut rows: Vec<T>, limit: i64) -> Page<T> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let has_more = rows.len() > limit;
-        rows.truncate(limit);
-        Page {
-            data: rows,
-            has_more,
-        }
-    }
-
     /// The page as Stripe's list body, with `Link: <…starting_after=last>;
     /// rel="next"` when more follow. `raw` is the request's query string: the next
     /// link keeps its other parameters. `id` is a row's id as the client sends it back.
@@ -152,6 +136,7 @@ mod tests {
         assert!(page.has_more);
         let last = Page::from_fetched(vec![1, 2], 2);
         assert!(!last.has_more);
+        assert_eq!(store::fetch_limit(2), 3);
     }
 
     #[test]

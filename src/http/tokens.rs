@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::auth::{Caller, Owner};
 use super::error::ApiError;
 use super::openapi::{api_errors, kind, one_of_strings, Access};
-use super::paging::{unknown_cursor, Page, PageRequest, MAX_LIMIT};
+use super::paging::{unknown_cursor, PageRequest, MAX_LIMIT};
 use super::query::QueryParams;
 use super::AppState;
 use crate::audit::Actor;
@@ -190,7 +190,12 @@ async fn list(
         page.fetch_limit(),
     )
     .await?;
-    Ok(Page::from_fetched(tokens, page.limit).respond(PATH, raw.as_deref(), page.limit, |t| t.id))
+    Ok(store::Page::from_fetched(tokens, page.limit).respond(
+        PATH,
+        raw.as_deref(),
+        page.limit,
+        |t| t.id,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]

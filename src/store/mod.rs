@@ -24,6 +24,31 @@ use crate::config::DatabaseSettings;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// One page of a keyset-paged list: the rows asked for, and whether more follow.
+/// Read `fetch_limit(limit)` rows (one more than asked) and build it with
+/// `from_fetched`; the HTTP lists render it (`http::paging`).
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+/// How many rows to read for a page of `limit`: the extra one says more follow.
+pub fn fetch_limit(limit: i64) -> i64 {
+    limit.saturating_add(1)
+}
+
+impl<T> Page<T> {
+    pub fn from_fetched(mut rows: Vec<T>, limit: i64) -> Page<T> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Page {
+            data: rows,
+            has_more,
+        }
+    }
+}
+
 /// A pool that connects on first use, so `serve` can start (and report not ready)
 /// while the database is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {

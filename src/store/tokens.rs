@@ -71,7 +71,6 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Every token, or one tenant's, oldest first.
 /// Tokens in the order they were made (by id), after `after_id`, at most `limit`.
 pub async fn list(
     db: impl PgExecutor<'_>,
