@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::audit::{self, Actor};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
+use crate::freshness::{self, Requirement};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
@@ -28,6 +29,8 @@ pub struct Balances {
     pub refresher: Option<Refresher>,
     /// `refresh.interval_secs`: the age beyond which an account counts as stale.
     pub interval: Duration,
+    /// `webhooks.max_silence_secs`, for the freshness rule.
+    pub max_silence: Duration,
 }
 
 /// Answered now, or the refresh to poll.
@@ -91,6 +94,7 @@ impl Balances {
             max_age: fresh.max_age,
             wait: fresh.wait,
             trigger,
+            max_silence: self.max_silence,
         };
         let rate = self.stripe.rate_for(tenant);
         match refresh::freshen(&self.pool, self.refresher.as_ref(), rate, &demand).await? {
@@ -210,9 +214,14 @@ impl Balances {
             }
         }
         let cutoff = refresh::cutoff(max_age);
-        let total = store::refreshes::progress(&self.pool, tenant.id, &scope, cutoff)
-            .await?
-            .listed;
+        let total = store::refreshes::progress(
+            &self.pool,
+            tenant.id,
+            &scope,
+            &Requirement::fetched_since(cutoff),
+        )
+        .await?
+        .listed;
         let (refresh, started) =
             store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
                 .await?;
@@ -226,7 +235,13 @@ impl Balances {
         if let Some(refresher) = &self.refresher {
             refresher.wake();
         }
-        Ok(PendingRefresh::of(&self.pool, refresh, self.stripe.rate_for(tenant)).await?)
+        Ok(PendingRefresh::of(
+            &self.pool,
+            refresh,
+            self.stripe.rate_for(tenant),
+            self.max_silence,
+        )
+        .await?)
     }
 
     /// A refresh with its live progress.
@@ -235,7 +250,13 @@ impl Balances {
         tenant: &Tenant,
         refresh: refresh::Refresh,
     ) -> Result<PendingRefresh, BalanceError> {
-        Ok(PendingRefresh::of(&self.pool, refresh, self.stripe.rate_for(tenant)).await?)
+        Ok(PendingRefresh::of(
+            &self.pool,
+            refresh,
+            self.stripe.rate_for(tenant),
+            self.max_silence,
+        )
+        .await?)
     }
 
     async fn aggregate_scope(
@@ -254,11 +275,13 @@ impl Balances {
         }
     }
 
-    /// Listed accounts of the scope not tried within the refresh interval.
+    /// Listed accounts of the scope not confirmed within the refresh interval.
     async fn stale(&self, tenant: &Tenant, scope: &RefreshScope) -> Result<i64, BalanceError> {
-        let cutoff: DateTime<Utc> = refresh::cutoff(self.interval);
+        let tenant_freshness =
+            refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
+        let requirement = freshness::requirement(&tenant_freshness, Utc::now(), self.interval);
         Ok(
-            store::refreshes::progress(&self.pool, tenant.id, scope, cutoff)
+            store::refreshes::progress(&self.pool, tenant.id, scope, &requirement)
                 .await?
                 .pending(),
         )

@@ -23,6 +23,7 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub refresh: RefreshSettings,
     pub sync: SyncSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
 }
 
@@ -90,6 +91,20 @@ pub struct RefreshSettings {
     pub lease_secs: u64,
     /// How often a worker looks for new work when it has none.
     pub tick_ms: u64,
+    /// A changed account (a Connect event about it arrived) is fetched this long after
+    /// its first event, so a burst of events makes one fetch.
+    pub change_delay_ms: u64,
+    /// In `events` mode, accounts no event named are re-read this often, the safety
+    /// net for changes Stripe announced to nobody.
+    pub sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// A tenant's event stream with no event for this long vouches for nothing: its
+    /// `events` freshness falls back to the poll rule until it speaks again and every
+    /// account was fetched since.
+    pub max_silence_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +212,12 @@ impl Settings {
         if self.refresh.interval_secs < 1 {
             return invalid("refresh.interval_secs", "must be at least 1");
         }
+        if self.refresh.sweep_interval_secs < 1 {
+            return invalid("refresh.sweep_interval_secs", "must be at least 1");
+        }
+        if self.webhooks.max_silence_secs < 1 {
+            return invalid("webhooks.max_silence_secs", "must be at least 1");
+        }
         if self.sync.lease_secs < 1 {
             return invalid("sync.lease_secs", "must be at least 1");
         }
@@ -214,6 +235,11 @@ impl Settings {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
+    }
+
+    /// What the freshness rule needs of a tenant beyond its accounts.
+    pub fn max_silence(&self) -> Duration {
+        Duration::from_secs(self.webhooks.max_silence_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

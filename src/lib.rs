@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod dashboard;
 pub mod domain;
 pub mod fanout;
+pub mod freshness;
 pub mod http;
 pub mod money;
 pub mod refresh;

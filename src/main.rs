@@ -207,6 +207,12 @@ enum TenantCommand {
         /// Organization keys: empty the list of accounts directly in the organization.
         #[arg(long, conflicts_with = "accounts")]
         clear_accounts: bool,
+        /// How balances are kept current: `poll` re-reads every account each
+        /// refresh.interval_secs; `events` re-reads the accounts Connect events name and
+        /// lets a live event stream vouch for the rest (needs the tenant's webhook
+        /// endpoint: `tally tenant webhooks`, or --webhook-secret-env).
+        #[arg(long, value_name = "poll|events")]
+        freshness: Option<tally::freshness::FreshnessMode>,
     },
     /// Disable a tenant (its tokens are refused, the refresher and sync skip it, its
     /// data stays); --purge --yes deletes it and everything it owns.
@@ -372,6 +378,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             settings: flags,
             clear_platforms,
             clear_accounts,
+            freshness,
         }) => {
             let master = MasterKey::from_env()?;
             // No flag leaves a list as it is; a flag replaces it; --clear-… empties it.
@@ -384,6 +391,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 api_base: flags.api_base,
                 api_version: flags.api_version,
                 rate_limit: flags.rate_limit,
+                freshness,
             };
             let pool = commands::connect_and_migrate(&settings).await?;
             let tenant =

@@ -119,6 +119,7 @@ pub async fn run(
         stripe: stripe.clone(),
         refresher: Some(refresher),
         interval: Duration::from_secs(settings.refresh.interval_secs),
+        max_silence: settings.max_silence(),
     };
     let fresh = Fresh {
         max_age,

@@ -10,6 +10,7 @@ use crate::audit::{self, Actor};
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::domain::{StripeAccountId, TenantSlug};
+use crate::freshness::FreshnessMode;
 use crate::store;
 use crate::store::tenants::Tenant;
 use crate::stripe::{key_last4, Credential, CredentialKind, StripeError};
@@ -66,8 +67,10 @@ pub enum TenantError {
     Removed(String),
     #[error("tenant '{slug}' has {stored} key; set-key keeps the kind, so give it {stored} key (a new tenant takes the other kind)")]
     KindChange { slug: String, stored: &'static str },
-    #[error("nothing to update: give at least one of --platform, --account, --api-base, --api-version, --rate-limit, --webhook-secret-env")]
+    #[error("nothing to update: give at least one of --platform, --account, --api-base, --api-version, --rate-limit, --webhook-secret-env, --freshness")]
     NothingToUpdate,
+    #[error("tenant '{0}' receives no Connect events yet, so events cannot vouch for its balances: register its endpoint first (tally tenant webhooks {0} --url https://…/webhooks/stripe/{0}, or --webhook-secret-env for one made by hand)")]
+    EventsNeedAnEndpoint(String),
     #[error("--purge deletes the tenant and everything it owns (accounts, balances, tokens, syncs) for good; add --yes to confirm")]
     PurgeNeedsYes,
     /// Stripe refused the key: its own message and request id. Nothing was stored.
@@ -404,6 +407,7 @@ pub struct TenantUpdate {
     pub api_version: Option<String>,
     pub rate_limit: Option<u32>,
     pub webhook_secret: Option<SecretString>,
+    pub freshness: Option<FreshnessMode>,
 }
 
 /// `tally tenant update`: every running server uses the new settings within about a second.
@@ -455,6 +459,16 @@ pub async fn update(
         // Which field, never the secret.
         note("webhookSecret", json!("replaced"));
     }
+    if let Some(mode) = change.freshness {
+        // Events vouch only if tally can receive them: a secret to verify them with.
+        let can_receive = webhook.is_some()
+            || tenant.webhook_secret_ciphertext.is_some()
+            || store::webhook_endpoints::count(pool, tenant.id).await? > 0;
+        if mode == FreshnessMode::Events && !can_receive {
+            return Err(TenantError::EventsNeedAnEndpoint(tenant.slug.clone()));
+        }
+        note("freshness", json!(mode.as_str()));
+    }
     if changed.is_empty() {
         return Err(TenantError::NothingToUpdate);
     }
@@ -465,6 +479,7 @@ pub async fn update(
         platform_ids: platforms.as_deref(),
         org_account_ids: accounts.as_deref(),
         webhook_secret_ciphertext: webhook.as_deref(),
+        freshness: change.freshness,
     };
     let mut tx = pool.begin().await?;
     let updated = store::tenants::update(&mut *tx, tenant.id, &changes)

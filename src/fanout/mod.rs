@@ -6,12 +6,13 @@
 pub mod aggregate;
 mod hint;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::FetchFailure;
+use crate::freshness::Requirement;
 use crate::money::Totals;
 use crate::store;
 use crate::store::snapshots::{Recorded, SnapshotOutcome};
@@ -45,6 +46,8 @@ pub async fn fetch_and_record(
     platform: Option<&str>,
     lease_holder: Option<Uuid>,
 ) -> Result<(Recorded, bool), FanoutError> {
+    // Events that arrived before the request was queued are covered by its answer.
+    let started = Utc::now();
     let fetched = client.retrieve_balance(stripeid, platform).await;
     let fetched_at = Utc::now();
     // Either the balance with its per-currency totals, or the failure to store.
@@ -84,22 +87,33 @@ pub async fn fetch_and_record(
         "fetch",
         outcome,
         lease_holder,
+        Some(started),
     )
     .await?;
     Ok((recorded, result.is_ok()))
 }
 
-/// True when every listed account of the tenant has a snapshot tried at or after
-/// `cutoff`: decided from the kept counts and the oldest latest snapshot, without
-/// scanning accounts.
+/// True when every listed account of the tenant meets `requirement`: decided from
+/// the kept counts, the oldest latest snapshot and (when a live stream vouches) the
+/// changed accounts, without scanning accounts.
 pub async fn tenant_is_fresh(
     pool: &PgPool,
     tenant_id: i64,
-    cutoff: DateTime<Utc>,
+    requirement: &Requirement,
 ) -> Result<bool, sqlx::Error> {
     let state = store::snapshots::tenant_freshness(pool, tenant_id).await?;
-    Ok(state.ok + state.failed == state.listed
-        && state.oldest.is_none_or(|oldest| oldest >= cutoff))
+    let all_tried = state.ok + state.failed == state.listed;
+    if !all_tried
+        || state
+            .oldest
+            .is_some_and(|oldest| oldest < requirement.refetch_before())
+    {
+        return Ok(false);
+    }
+    // Vouched for, unless an event named it since a fetch older than the cutoff.
+    Ok(requirement.vouched_since.is_none()
+        || !store::changes::any_changed_before(pool, tenant_id, requirement.fetched_since)
+            .await?)
 }
 
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.

@@ -93,6 +93,7 @@ impl AppState {
             stripe: self.stripe.clone(),
             refresher: Some(self.refresher.clone()),
             interval: std::time::Duration::from_secs(self.settings.refresh.interval_secs),
+            max_silence: self.settings.max_silence(),
         }
     }
 }

@@ -86,6 +86,7 @@ async fn receive(
         &state.pool,
         &tenant,
         &state.settings.accounts.owner_metadata_key,
+        state.settings.max_silence(),
         &event,
     )
     .await

@@ -1,7 +1,8 @@
-//! The balance use cases' freshness rule, in one place: what "younger than max_age"
-//! means, and how a request that needs fresher data than is stored gets it — by
-//! joining (or starting) the scope's refresh, waiting up to `wait`, and otherwise
-//! answering with the refresh to poll.
+//! How a request that needs fresher data than is stored gets it: by joining (or
+//! starting) the scope's refresh, waiting up to `wait`, and otherwise answering with
+//! the refresh to poll. What "fresh enough" means is `crate::freshness`'s rule; this
+//! module reads what the rule needs (the tenant's mode and event stream) and applies
+//! it to a scope.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use sqlx::PgPool;
 
 use super::Refresher;
 use crate::fanout;
+use crate::freshness::{self, Requirement, TenantFreshness};
 use crate::store;
 use crate::store::refreshes::{Progress, Refresh, RefreshScope};
 use crate::store::tenants::Tenant;
@@ -19,13 +21,41 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Retry-After never says more than this (an hour), however large the backlog.
 const MAX_RETRY_AFTER_SECS: u64 = 3600;
 
-/// The oldest snapshot time that is still younger than `max_age`: the one cutoff
-/// every freshness decision uses.
+/// The oldest snapshot time that is still younger than `max_age`, now.
 pub fn cutoff(max_age: Duration) -> DateTime<Utc> {
-    let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    Utc::now()
-        .checked_sub_signed(age)
-        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    freshness::cutoff(Utc::now(), max_age)
+}
+
+/// The tenant's side of the freshness rule, read now: its mode and event stream.
+pub async fn tenant_freshness(
+    pool: &PgPool,
+    tenant_id: i64,
+    max_silence: Duration,
+) -> Result<TenantFreshness, sqlx::Error> {
+    let (mode, stream) = store::changes::mode_and_stream(pool, tenant_id).await?;
+    Ok(TenantFreshness {
+        mode,
+        stream,
+        max_silence,
+    })
+}
+
+/// What a refresh still asks for, judged now: its cutoff, and (unless it is a sweep,
+/// whose point is to fetch) the live stream's word for unchanged accounts.
+pub async fn refresh_requirement(
+    pool: &PgPool,
+    refresh: &Refresh,
+    max_silence: Duration,
+) -> Result<Requirement, sqlx::Error> {
+    if refresh.trigger == "schedule" {
+        return Ok(Requirement::fetched_since(refresh.cutoff));
+    }
+    let tenant = tenant_freshness(pool, refresh.tenant_id, max_silence).await?;
+    Ok(freshness::requirement_since(
+        &tenant,
+        Utc::now(),
+        refresh.cutoff,
+    ))
 }
 
 /// Whether the stored data can answer.
@@ -54,9 +84,11 @@ impl PendingRefresh {
         pool: &PgPool,
         refresh: Refresh,
         rate_per_second: u32,
+        max_silence: Duration,
     ) -> Result<PendingRefresh, sqlx::Error> {
+        let requirement = refresh_requirement(pool, &refresh, max_silence).await?;
         let progress =
-            store::refreshes::progress(pool, refresh.tenant_id, &refresh.scope, refresh.cutoff)
+            store::refreshes::progress(pool, refresh.tenant_id, &refresh.scope, &requirement)
                 .await?;
         let pending = u64::try_from(progress.pending()).unwrap_or(0);
         let secs = pending
@@ -82,6 +114,8 @@ pub struct Demand<'a> {
     pub wait: Duration,
     /// `poll` or `person`.
     pub trigger: &'static str,
+    /// `webhooks.max_silence_secs`.
+    pub max_silence: Duration,
 }
 
 /// Makes the data of the demand's scope fresh enough, or says where to poll.
@@ -93,11 +127,14 @@ pub async fn freshen(
     rate_per_second: u32,
     demand: &Demand<'_>,
 ) -> Result<Freshness, sqlx::Error> {
-    let cutoff = cutoff(demand.max_age);
-    if is_met(pool, demand, cutoff).await? {
+    let asked_at = Utc::now();
+    let cutoff = freshness::cutoff(asked_at, demand.max_age);
+    let tenant_freshness = tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?;
+    let requirement = freshness::requirement_since(&tenant_freshness, asked_at, cutoff);
+    if is_met(pool, demand, &requirement).await? {
         return Ok(Freshness::Met);
     }
-    let total = store::refreshes::progress(pool, demand.tenant.id, &demand.scope, cutoff)
+    let total = store::refreshes::progress(pool, demand.tenant.id, &demand.scope, &requirement)
         .await?
         .listed;
     let (refresh, started) = store::refreshes::start_or_join(
@@ -126,29 +163,31 @@ pub async fn freshen(
             "failed" => return Ok(Freshness::Failed(current)),
             _ => {}
         }
-        if is_met(pool, demand, cutoff).await? {
+        // The stream's word is taken as of when the request arrived: an event that
+        // arrives while it waits does not make an account it named fresh.
+        if is_met(pool, demand, &requirement).await? {
             return Ok(Freshness::Met);
         }
         let now = tokio::time::Instant::now();
         if now >= deadline || current.status != "running" {
             return Ok(Freshness::Pending(
-                PendingRefresh::of(pool, current, rate_per_second).await?,
+                PendingRefresh::of(pool, current, rate_per_second, demand.max_silence).await?,
             ));
         }
         tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
     }
 }
 
-/// Every listed account of the scope tried at or after `cutoff`, or at or after the
-/// cutoff of the scope's latest refresh that asked for data this fresh and finished
-/// within `max_age`.
+/// Every listed account of the scope meets the requirement, or met the requirement of
+/// the scope's latest refresh that asked for data this fresh and finished within
+/// `max_age`.
 async fn is_met(
     pool: &PgPool,
     demand: &Demand<'_>,
-    cutoff: DateTime<Utc>,
+    requirement: &Requirement,
 ) -> Result<bool, sqlx::Error> {
     let tenant_id = demand.tenant.id;
-    if tried_since(pool, tenant_id, &demand.scope, cutoff).await? {
+    if meets(pool, tenant_id, &demand.scope, requirement).await? {
         return Ok(true);
     }
     let recent = store::refreshes::recent_success_cutoff(
@@ -159,23 +198,30 @@ async fn is_met(
     )
     .await?;
     match recent {
-        Some(recent) if recent < cutoff => {
-            tried_since(pool, tenant_id, &demand.scope, recent).await
+        Some(recent) if recent < requirement.fetched_since => {
+            meets(
+                pool,
+                tenant_id,
+                &demand.scope,
+                &Requirement::fetched_since(recent),
+            )
+            .await
         }
         _ => Ok(false),
     }
 }
 
-async fn tried_since(
+/// Whether every listed account of the scope meets the requirement.
+pub async fn meets(
     pool: &PgPool,
     tenant_id: i64,
     scope: &RefreshScope,
-    cutoff: DateTime<Utc>,
+    requirement: &Requirement,
 ) -> Result<bool, sqlx::Error> {
     Ok(match scope {
-        RefreshScope::Tenant => fanout::tenant_is_fresh(pool, tenant_id, cutoff).await?,
+        RefreshScope::Tenant => fanout::tenant_is_fresh(pool, tenant_id, requirement).await?,
         scope => {
-            store::refreshes::progress(pool, tenant_id, scope, cutoff)
+            store::refreshes::progress(pool, tenant_id, scope, requirement)
                 .await?
                 .pending()
                 == 0

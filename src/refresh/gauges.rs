@@ -4,17 +4,16 @@
 //! interval) or failing, the refresher's backlog (accounts its running refreshes
 //! still need), accounts leased right now, and the shared rate in force.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use sqlx::PgPool;
 
 use super::demand;
+use super::RefresherOptions;
 use crate::store;
 
-pub async fn update(pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error> {
+pub async fn update(pool: &PgPool, options: &RefresherOptions) -> Result<(), sqlx::Error> {
     let now = Utc::now();
-    for tenant in store::refreshes::tenant_health(pool, demand::cutoff(interval)).await? {
+    for tenant in store::refreshes::tenant_health(pool, demand::cutoff(options.interval)).await? {
         let labels = [("tenant", tenant.slug.clone())];
         let oldest_age = tenant.oldest.map_or(0.0, |oldest| {
             (now - oldest).num_milliseconds() as f64 / 1000.0
@@ -31,12 +30,16 @@ pub async fn update(pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error
         }
         let mut backlog = 0;
         for refresh in store::refreshes::running(pool, tenant.tenant_id).await? {
+            let requirement =
+                demand::refresh_requirement(pool, &refresh, options.max_silence).await?;
             backlog +=
-                store::refreshes::progress(pool, tenant.tenant_id, &refresh.scope, refresh.cutoff)
+                store::refreshes::progress(pool, tenant.tenant_id, &refresh.scope, &requirement)
                     .await?
                     .pending();
         }
         metrics::gauge!("tally_refresh_backlog_accounts", &labels).set(backlog as f64);
+        let waiting = store::changes::waiting(pool, tenant.tenant_id).await?;
+        metrics::gauge!("tally_changed_accounts_waiting", &labels).set(waiting.accounts as f64);
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::demand;
 use super::Tasks;
 use crate::config::Settings;
+use crate::freshness::FreshnessMode;
 use crate::fanout;
 use crate::store;
 use crate::store::refreshes::{ClaimRequest, Refresh, RefreshScope};
@@ -78,6 +79,12 @@ pub struct RefresherOptions {
     /// How long fetches in flight may finish after cancellation, leaving the rest of
     /// the shutdown grace for giving back leases.
     pub drain: Duration,
+    /// A changed account is fetched this long after its first event.
+    pub change_delay: Duration,
+    /// The background interval of a tenant in `events` mode (the safety-net sweep).
+    pub sweep_interval: Duration,
+    /// `webhooks.max_silence_secs`, for the freshness rule.
+    pub max_silence: Duration,
 }
 
 impl RefresherOptions {
@@ -91,15 +98,27 @@ impl RefresherOptions {
                 .then(|| Duration::from_secs(settings.sync.interval_secs)),
             sync: SyncOptions::from_settings(settings),
             drain: DRAIN_ON_SHUTDOWN.min(settings.shutdown_grace() / 2),
+            change_delay: Duration::from_millis(settings.refresh.change_delay_ms),
+            sweep_interval: Duration::from_secs(settings.refresh.sweep_interval_secs),
+            max_silence: settings.max_silence(),
         }
     }
 
-    /// How long before an account reaches `interval` a background round takes it:
-    /// rounds start when the oldest account is this close, and take every account
-    /// that gets this close within the next lead, so a round is a batch, not a trickle.
-    fn lead(&self) -> Duration {
-        self.interval / 20
+    /// How often background rounds re-read every account of a tenant in `mode`:
+    /// the poll interval, or, when events say what changed, the slower sweep.
+    fn background_interval(&self, mode: FreshnessMode) -> Duration {
+        match mode {
+            FreshnessMode::Poll => self.interval,
+            FreshnessMode::Events => self.sweep_interval,
+        }
     }
+}
+
+/// How long before an account reaches `interval` a background round takes it:
+/// rounds start when the oldest account is this close, and take every account that
+/// gets this close within the next lead, so a round is a batch, not a trickle.
+fn lead(interval: Duration) -> Duration {
+    interval / 20
 }
 
 /// The process's refresher. Cheap to clone.
@@ -186,7 +205,7 @@ impl Inner {
         loop {
             let now = Instant::now();
             if self.kind == WorkerKind::Serve && now >= next_gauges {
-                if let Err(error) = super::gauges::update(&self.pool, self.options.interval).await {
+                if let Err(error) = super::gauges::update(&self.pool, &self.options).await {
                     tracing::warn!(error = %error, "reading the refresher gauges failed");
                 }
                 next_gauges = now + GAUGES_EVERY;
@@ -203,6 +222,18 @@ impl Inner {
                 .await
                 {
                     tracing::warn!(error = %error, "refresher heartbeat failed");
+                }
+                // A live worker's claims never expire under it: a claim that waits its
+                // turn in the shared budget longer than the lease would otherwise be
+                // taken over, and fetched twice. A killed worker stops renewing.
+                if let Err(error) = store::refreshes::renew_worker_leases(
+                    &self.pool,
+                    self.id,
+                    self.options.lease.as_secs_f64(),
+                )
+                .await
+                {
+                    tracing::warn!(error = %error, "renewing the refresher's leases failed");
                 }
                 if let Ok(others) = store::refreshes::other_live_workers(
                     &self.pool,
@@ -414,6 +445,26 @@ impl Inner {
         if self.kind == WorkerKind::Serve {
             self.maybe_sync(tenant, client, state).await;
         }
+        // Accounts an event named go first: they are what changed.
+        let free = cap.saturating_sub(inflight.len());
+        if free > 0 {
+            let due = demand::cutoff(self.options.change_delay);
+            let changed = store::changes::claim_changed(
+                &self.pool,
+                tenant.id,
+                due,
+                i64::try_from(free).unwrap_or(i64::MAX),
+                self.id,
+                self.options.lease.as_secs_f64(),
+            )
+            .await?;
+            if !changed.is_empty() {
+                let client = client.with_priority(Priority::Interactive);
+                for account in changed {
+                    inflight.spawn(self.fetch(tenant.clone(), client.clone(), account, true));
+                }
+            }
+        }
         for demand in &demands {
             let free = cap.saturating_sub(inflight.len());
             let claimed = if free == 0 {
@@ -430,7 +481,7 @@ impl Inner {
                     };
                     let client = client.with_priority(priority);
                     for account in claimed {
-                        inflight.spawn(self.fetch(tenant.clone(), client.clone(), account));
+                        inflight.spawn(self.fetch(tenant.clone(), client.clone(), account, false));
                     }
                 }
                 Some(_) => self.close_if_done(tenant, demand).await?,
@@ -446,6 +497,10 @@ impl Inner {
         demand: &Refresh,
         limit: usize,
     ) -> Result<Vec<store::refreshes::Claimed>, sqlx::Error> {
+        // Accounts a live stream vouches for are not fetched for a poll; the changed
+        // ones among them are the change pass's.
+        let requirement =
+            demand::refresh_requirement(&self.pool, demand, self.options.max_silence).await?;
         let include_never_fetched = match demand.scope {
             RefreshScope::Tenant => {
                 let freshness = store::snapshots::tenant_freshness(&self.pool, tenant.id).await?;
@@ -458,7 +513,7 @@ impl Inner {
             &ClaimRequest {
                 tenant_id: tenant.id,
                 scope: &demand.scope,
-                cutoff: demand.cutoff,
+                cutoff: requirement.refetch_before(),
                 include_never_fetched,
                 limit: i64::try_from(limit).unwrap_or(i64::MAX),
                 worker: self.id,
@@ -473,9 +528,14 @@ impl Inner {
         tenant: Tenant,
         client: TenantClient,
         account: store::refreshes::Claimed,
+        changed: bool,
     ) -> BoxFuture<'static, ()> {
         let inner = self.clone();
         async move {
+            if changed {
+                metrics::counter!("tally_changed_account_fetches_total", "tenant" => tenant.slug.clone())
+                    .increment(1);
+            }
             let stored = fanout::fetch_and_record(
                 &inner.pool,
                 &client,
@@ -503,8 +563,10 @@ impl Inner {
 
     /// Ends a demand whose every listed account was tried since its cutoff.
     async fn close_if_done(&self, tenant: &Tenant, demand: &Refresh) -> Result<(), sqlx::Error> {
+        let requirement =
+            demand::refresh_requirement(&self.pool, demand, self.options.max_silence).await?;
         let progress =
-            store::refreshes::progress(&self.pool, tenant.id, &demand.scope, demand.cutoff).await?;
+            store::refreshes::progress(&self.pool, tenant.id, &demand.scope, &requirement).await?;
         if progress.pending() == 0
             && store::refreshes::finish(&self.pool, demand.id, "succeeded", &progress, None).await?
         {
@@ -525,8 +587,9 @@ impl Inner {
         if demands.iter().any(|d| d.scope == RefreshScope::Tenant) {
             return Ok(None);
         }
-        let lead = self.options.lead();
-        let due = demand::cutoff(self.options.interval.saturating_sub(lead));
+        let interval = self.options.background_interval(tenant.freshness);
+        let lead = lead(interval);
+        let due = demand::cutoff(interval.saturating_sub(lead));
         let freshness = store::snapshots::tenant_freshness(&self.pool, tenant.id).await?;
         if freshness.listed == 0 {
             return Ok(None);
@@ -535,7 +598,7 @@ impl Inner {
         if all_tried && freshness.oldest.is_none_or(|oldest| oldest >= due) {
             return Ok(None);
         }
-        let cutoff = demand::cutoff(self.options.interval.saturating_sub(lead * 2));
+        let cutoff = demand::cutoff(interval.saturating_sub(lead * 2));
         let (round, _) = store::refreshes::start_or_join(
             &self.pool,
             tenant.id,

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod budget;
+pub mod changes;
 pub mod doctor;
 pub mod refreshes;
 pub mod snapshots;
@@ -12,6 +13,7 @@ pub mod sync_runs;
 pub mod tenants;
 pub mod tokens;
 pub mod totals_history;
+pub mod webhook_endpoints;
 pub mod webhook_events;
 
 use std::time::Duration;

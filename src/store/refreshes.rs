@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::freshness::Requirement;
+
 /// What a refresh covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RefreshScope {
@@ -211,6 +213,23 @@ pub async fn release_worker_leases(
             .await?
             .rows_affected(),
     )
+}
+
+/// Extends every lease the worker holds by `lease_secs` from now (its heartbeat).
+pub async fn renew_worker_leases(
+    db: impl PgExecutor<'_>,
+    worker: Uuid,
+    lease_secs: f64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE refresh_leases SET expires_at = now() + make_interval(secs => $2)
+           WHERE worker_id = $1 AND expires_at > now()"#,
+        worker,
+        lease_secs
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// Gives back one lease (the fetch could not be stored).
@@ -426,38 +445,61 @@ pub async fn progress(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     scope: &RefreshScope,
-    cutoff: DateTime<Utc>,
+    requirement: &Requirement,
 ) -> Result<Progress, sqlx::Error> {
+    let cutoff = requirement.fetched_since;
+    let vouched_since = requirement.vouched_since;
     match scope {
-        // From the kept counts minus what is older than the cutoff: the index range
-        // read is the stale part only, so a fresh million-account tenant costs nothing.
+        // From the kept counts minus what does not meet the requirement: the index
+        // range read is the part older than the cutoff (or, when a live event stream
+        // vouches, older than the time it vouches since) plus the changed accounts,
+        // never a scan of what is fresh.
         RefreshScope::Tenant => sqlx::query_as!(
             Progress,
-            r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
+            r#"WITH unmet AS (
+                   SELECT l.ok FROM latest_balances l
+                   WHERE l.tenant_id = $1 AND l.fetched_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))
+                   UNION ALL
+                   SELECT l.ok FROM changed_accounts c
+                   JOIN latest_balances l ON l.tenant_id = c.tenant_id AND l.stripeid = c.stripeid
+                   WHERE c.tenant_id = $1 AND $3::timestamptz IS NOT NULL
+                     AND l.fetched_at >= $3 AND l.fetched_at < $2
+               )
+               SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
                       COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0)
                           - count(*) FILTER (WHERE ok) AS "ok!",
                       COALESCE((SELECT failed FROM tenant_balance_counts WHERE tenant_id = $1), 0)
                           - count(*) FILTER (WHERE NOT ok) AS "failed!"
-               FROM latest_balances WHERE tenant_id = $1 AND fetched_at < $2"#,
+               FROM unmet"#,
             tenant_id,
-            cutoff
+            cutoff,
+            vouched_since
         )
         .fetch_one(db)
         .await,
         _ => sqlx::query_as!(
             Progress,
             r#"SELECT count(*) AS "listed!",
-                      count(*) FILTER (WHERE l.fetched_at >= $4 AND l.ok) AS "ok!",
-                      count(*) FILTER (WHERE l.fetched_at >= $4 AND NOT l.ok) AS "failed!"
+                      count(*) FILTER (WHERE m.met AND l.ok) AS "ok!",
+                      count(*) FILTER (WHERE m.met AND NOT l.ok) AS "failed!"
                FROM stripe_accounts a
                LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
+               CROSS JOIN LATERAL (
+                   -- The freshness rule (crate::freshness::Requirement::met_by).
+                   SELECT l.fetched_at >= $4
+                          OR ($5::timestamptz IS NOT NULL AND l.fetched_at >= $5
+                              AND NOT EXISTS (SELECT 1 FROM changed_accounts c
+                                              WHERE c.tenant_id = a.tenant_id
+                                                AND c.stripeid = a.stripeid)) AS met
+               ) m
                WHERE a.tenant_id = $1 AND a.removed_at IS NULL
                  AND ($2::text IS NULL OR a.accountid = $2)
                  AND ($3::text IS NULL OR a.stripeid = $3)"#,
             tenant_id,
             scope.owner(),
             scope.stripeid(),
-            cutoff
+            cutoff,
+            vouched_since
         )
         .fetch_one(db)
         .await,

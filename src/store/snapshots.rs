@@ -50,13 +50,15 @@ pub async fn record(
     source: &str,
     outcome: SnapshotOutcome<'_>,
 ) -> Result<Recorded, SnapshotError> {
-    record_releasing(conn, tenant_id, stripeid, fetched_at, source, outcome, None).await
+    record_releasing(conn, tenant_id, stripeid, fetched_at, source, outcome, None, None).await
 }
 
 /// [`record`], also giving back the refresher's lease on the account (held by
 /// `lease_holder`) in the same transaction: a claim that runs after this commits
 /// sees the new snapshot, one that ran before saw the lease, so no other worker
-/// fetches the account again for the same demand.
+/// fetches the account again for the same demand. A fetch that started at
+/// `fetch_started` also covers the change marks of events that arrived before it.
+#[allow(clippy::too_many_arguments)]
 pub async fn record_releasing(
     conn: &mut PgConnection,
     tenant_id: i64,
@@ -65,6 +67,7 @@ pub async fn record_releasing(
     source: &str,
     outcome: SnapshotOutcome<'_>,
     lease_holder: Option<uuid::Uuid>,
+    fetch_started: Option<DateTime<Utc>>,
 ) -> Result<Recorded, SnapshotError> {
     let mut tx = conn.begin().await?;
     // Locks the account so a concurrent removal cannot interleave with the totals.
@@ -89,6 +92,9 @@ pub async fn record_releasing(
         )
         .execute(&mut *tx)
         .await?;
+    }
+    if let Some(started) = fetch_started {
+        super::changes::covered_by_fetch(&mut *tx, tenant_id, stripeid, started).await?;
     }
     let (balance, error, new_totals) = match &outcome {
         SnapshotOutcome::Balance { raw, totals } => (Some(*raw), None, Some(*totals)),

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::{PgExecutor, Postgres};
 
+use crate::freshness::FreshnessMode;
 use crate::stripe::CredentialKind;
 
 /// A tenant row. The key stays sealed here; `TenantSecrets` opens it.
@@ -26,6 +27,8 @@ pub struct Tenant {
     pub version: i64,
     /// Set by `tally tenant remove`: tokens refused, refresher and sync skip it.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// How its balances are kept current (`poll` or `events`).
+    pub freshness: FreshnessMode,
 }
 
 /// Stored as its name (`platform`, `organization`) in a TEXT column.
@@ -41,6 +44,24 @@ impl sqlx::Type<Postgres> for CredentialKind {
 
 impl<'r> sqlx::Decode<'r, Postgres> for CredentialKind {
     fn decode(value: PgValueRef<'r>) -> Result<CredentialKind, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        Ok(name.parse()?)
+    }
+}
+
+/// Stored as its name (`poll`, `events`) in a TEXT column.
+impl sqlx::Type<Postgres> for FreshnessMode {
+    fn type_info() -> PgTypeInfo {
+        <&str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for FreshnessMode {
+    fn decode(value: PgValueRef<'r>) -> Result<FreshnessMode, sqlx::error::BoxDynError> {
         let name = <&str as sqlx::Decode<Postgres>>::decode(value)?;
         Ok(name.parse()?)
     }
@@ -73,7 +94,7 @@ pub async fn insert(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at"#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
         tenant.slug,
         tenant.credential_kind,
         tenant.key_ciphertext,
@@ -97,7 +118,7 @@ pub async fn find_by_slug(
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
-                  version, disabled_at
+                  version, disabled_at, freshness AS "freshness: FreshnessMode"
            FROM tenants WHERE slug = $1"#,
         slug
     )
@@ -110,7 +131,7 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Tenan
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
-                  version, disabled_at
+                  version, disabled_at, freshness AS "freshness: FreshnessMode"
            FROM tenants WHERE id = $1"#,
         id
     )
@@ -165,6 +186,7 @@ pub struct TenantChanges<'a> {
     pub platform_ids: Option<&'a [String]>,
     pub org_account_ids: Option<&'a [String]>,
     pub webhook_secret_ciphertext: Option<&'a [u8]>,
+    pub freshness: Option<FreshnessMode>,
 }
 
 /// Applies `changes` and bumps the version, so every process rebuilds its client.
@@ -182,11 +204,12 @@ pub async fn update(
                platform_ids = COALESCE($5, platform_ids),
                org_account_ids = COALESCE($6, org_account_ids),
                webhook_secret_ciphertext = COALESCE($7, webhook_secret_ciphertext),
+               freshness = COALESCE($8, freshness),
                version = version + 1, updated_at = now()
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at"#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
         id,
         changes.api_version,
         changes.api_base,
@@ -194,6 +217,7 @@ pub async fn update(
         changes.platform_ids,
         changes.org_account_ids,
         changes.webhook_secret_ciphertext,
+        changes.freshness.map(FreshnessMode::as_str),
     )
     .fetch_optional(db)
     .await
@@ -214,7 +238,7 @@ pub async fn set_key(
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at"#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
         id,
         credential_kind,
         key_ciphertext,

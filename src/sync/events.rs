@@ -1,6 +1,8 @@
 //! Connect webhook events (DESIGN §1): parsed only after the signature was verified,
 //! each applied once per tenant, in the transaction that records its id.
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::Value;
@@ -10,6 +12,7 @@ use crate::domain::without_nul;
 use crate::money::Totals;
 use crate::store;
 use crate::store::accounts::{AccountInput, Observed};
+use crate::store::changes::Marked;
 use crate::store::snapshots::{Recorded, SnapshotError, SnapshotOutcome};
 use crate::store::tenants::Tenant;
 use crate::stripe::{Balance, CredentialKind};
@@ -90,14 +93,20 @@ pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
 }
 
 /// Applies `event` to the tenant's records once: a replayed id changes nothing, and
-/// an event older than what wrote the record is recorded but not applied.
+/// an event older than what wrote the record is recorded but not applied. Every
+/// event about a connected account marks it changed (fetched again shortly), except
+/// `balance.available`, whose balance is stored as the account's fetch, and the
+/// deauthorization, which removes it. Any event, a replay too, tells that the
+/// tenant's stream is alive.
 #[tracing::instrument(name = "webhook", skip_all, fields(tenant = %tenant.slug, event = %event.id, kind = %event.event_type))]
 pub async fn apply(
     pool: &PgPool,
     tenant: &Tenant,
     owner_key: &str,
+    max_silence: Duration,
     event: &Event,
 ) -> Result<Applied, EventError> {
+    let received = Utc::now();
     let mut tx = pool.begin().await?;
     let first_time = store::webhook_events::record(
         &mut *tx,
@@ -107,17 +116,53 @@ pub async fn apply(
         event.account.as_deref(),
     )
     .await?;
-    if !first_time {
-        return Ok(Applied::Duplicate);
-    }
-    let applied = match event.event_type.as_str() {
-        ACCOUNT_UPDATED => account_updated(&mut tx, tenant, owner_key, event).await?,
-        ACCOUNT_DEAUTHORIZED => account_deauthorized(&mut tx, tenant.id, event).await?,
-        BALANCE_AVAILABLE => balance_available(&mut tx, tenant.id, event).await?,
-        _ => Applied::Ignored,
+    store::changes::heard(&mut *tx, tenant.id, received, max_silence.as_secs_f64()).await?;
+    let applied = if !first_time {
+        Applied::Duplicate
+    } else {
+        match event.event_type.as_str() {
+            ACCOUNT_UPDATED => {
+                match account_updated(&mut tx, tenant, owner_key, event, received).await? {
+                    Applied::Applied => mark_changed(&mut tx, tenant.id, event, received).await?,
+                    other => other,
+                }
+            }
+            ACCOUNT_DEAUTHORIZED => {
+                account_deauthorized(&mut tx, tenant.id, event, received).await?
+            }
+            BALANCE_AVAILABLE => balance_available(&mut tx, tenant.id, event, received).await?,
+            _ => mark_changed(&mut tx, tenant.id, event, received).await?,
+        }
     };
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Marks the event's connected account changed. An event about no connected account
+/// (the platform's own), or one the tenant does not list, is ignored.
+async fn mark_changed(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: i64,
+    event: &Event,
+    received: DateTime<Utc>,
+) -> Result<Applied, EventError> {
+    let Some(account) = event
+        .account
+        .as_deref()
+        .filter(|account| account.starts_with("acct_"))
+    else {
+        return Ok(Applied::Ignored);
+    };
+    let created = event_time(event, received)?;
+    Ok(
+        match store::changes::mark_changed(&mut **tx, tenant_id, account, created, received)
+            .await?
+        {
+            Marked::Changed => Applied::Applied,
+            Marked::Stale => Applied::Stale,
+            Marked::UnknownAccount => Applied::Ignored,
+        },
+    )
 }
 
 /// Stores the new account object, unless the record was written from something
@@ -128,8 +173,9 @@ async fn account_updated(
     tenant: &Tenant,
     owner_key: &str,
     event: &Event,
+    received: DateTime<Utc>,
 ) -> Result<Applied, EventError> {
-    let observed = observation(event)?;
+    let observed = observation(event, received)?;
     let object = &event.data.object;
     let stripeid = object
         .get("id")
@@ -168,8 +214,9 @@ async fn account_deauthorized(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: i64,
     event: &Event,
+    received: DateTime<Utc>,
 ) -> Result<Applied, EventError> {
-    let observed = observation(event)?;
+    let observed = observation(event, received)?;
     let account = connected_account(event)?;
     let stored = store::accounts::lock_for_event(&mut **tx, tenant_id, account).await?;
     if stored.is_some_and(|s| s.is_newer_than(observed)) {
@@ -193,6 +240,7 @@ async fn balance_available(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: i64,
     event: &Event,
+    received: DateTime<Utc>,
 ) -> Result<Applied, EventError> {
     let account = connected_account(event)?;
     // Locked first, so the listed state read here is the one `record` decides on.
@@ -207,7 +255,7 @@ async fn balance_available(
         tx,
         tenant_id,
         account,
-        event_time(event)?,
+        event_time(event, received)?,
         "webhook",
         SnapshotOutcome::Balance {
             raw: &event.data.object,
@@ -239,18 +287,23 @@ fn connected_account(event: &Event) -> Result<&str, EventError> {
         })
 }
 
-/// When the event observed the account: its `created`, received now.
-fn observation(event: &Event) -> Result<Observed, EventError> {
+/// When the event observed the account: its `created`, received at `received`.
+fn observation(event: &Event, received: DateTime<Utc>) -> Result<Observed, EventError> {
     Ok(Observed::Event {
-        created: event_time(event)?,
-        received: Utc::now(),
+        created: event_time(event, received)?,
+        received,
     })
 }
 
-fn event_time(event: &Event) -> Result<DateTime<Utc>, EventError> {
-    Utc.timestamp_opt(event.created, 0)
+/// The event's `created`, but never after it arrived: an event claiming a later time
+/// (a skewed clock, a forged test) would otherwise stand as the newest word on its
+/// account until that time came.
+fn event_time(event: &Event, received: DateTime<Utc>) -> Result<DateTime<Utc>, EventError> {
+    let created = Utc
+        .timestamp_opt(event.created, 0)
         .single()
-        .ok_or_else(|| EventError::Invalid("the event's `created` is not a timestamp".into()))
+        .ok_or_else(|| EventError::Invalid("the event's `created` is not a timestamp".into()))?;
+    Ok(created.min(received))
 }
 
 #[cfg(test)]
@@ -273,6 +326,7 @@ mod tests {
             created_at: Utc::now(),
             version: 1,
             disabled_at: None,
+            freshness: Default::default(),
         }
     }
 
