@@ -285,7 +285,8 @@ async fn a_new_account_takes_its_platform_from_the_context() {
 }
 
 #[tokio::test]
-async fn unknown_types_are_ignored_and_unknown_tenants_refused_as_bad_signatures() {
+async fn other_types_mark_their_account_changed_and_unknown_tenants_are_refused_as_bad_signatures(
+) {
     let app = spawn_app().await;
     let sim = spawn_sim(1, 3, 0).await;
     synced_org(&app, &sim, "acme", SECRET).await;
@@ -299,6 +300,15 @@ async fn unknown_types_are_ignored_and_unknown_tenants_refused_as_bad_signatures
     );
 
     let (status, body) = post_event(&app, "acme", SECRET, &payout, now()).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("applied")));
+    // About an account the tenant does not list: recorded, nothing to mark.
+    let elsewhere = event(
+        "evt_payout2",
+        "payout.paid",
+        "acct_1NotListedHere",
+        json!({"id": "po_2"}),
+    );
+    let (status, body) = post_event(&app, "acme", SECRET, &elsewhere, now()).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("ignored")));
     // An unknown tenant, a malformed slug and a tenant without a secret get exactly
     // a bad signature's answer: an unauthenticated caller learns nothing.
