@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::audit::{self, Actor};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
-use crate::freshness::{self, Requirement};
+use crate::freshness::{self, AccountState, Confirmation, FreshnessBy, Requirement};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
@@ -68,12 +68,13 @@ pub struct Fresh {
     pub wait: Duration,
 }
 
-/// One account's latest snapshot that is a balance.
+/// One account's latest snapshot that is a balance, and how current it is known to be.
 #[derive(Debug, Clone)]
 pub struct AccountBalance {
     pub stripeid: String,
     pub snapshot: Snapshot,
     pub balance: Value,
+    pub confirmation: Confirmation,
 }
 
 impl Balances {
@@ -128,11 +129,27 @@ impl Balances {
                 .await?
                 .ok_or(BalanceError::UnknownAccount)?;
         match (&snapshot.balance, &snapshot.error) {
-            (Some(balance), _) => Ok(Answer::Ready(AccountBalance {
-                stripeid: stripeid.to_owned(),
-                balance: balance.clone(),
-                snapshot,
-            })),
+            (Some(balance), _) => {
+                let tenant_freshness =
+                    refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence)
+                        .await?;
+                let changed = store::changes::is_changed(&self.pool, tenant.id, stripeid).await?;
+                let account = AccountState {
+                    fetched_at: Some(snapshot.fetched_at),
+                    changed,
+                };
+                let confirmation = freshness::confirm(&tenant_freshness, account, Utc::now())
+                    .unwrap_or(Confirmation {
+                        confirmed_at: snapshot.fetched_at,
+                        by: FreshnessBy::Fetch,
+                    });
+                Ok(Answer::Ready(AccountBalance {
+                    stripeid: stripeid.to_owned(),
+                    balance: balance.clone(),
+                    snapshot,
+                    confirmation,
+                }))
+            }
             (None, error) => {
                 // The failure says when it was tried and how old the last good balance
                 // (the one the totals still hold) is.
@@ -164,6 +181,29 @@ impl Balances {
         let mut aggregate =
             fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency).await?;
         aggregate.accounts.stale = self.stale(tenant, &scope).await?;
+        let tenant_freshness =
+            refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
+        let live = tenant_freshness.live_stream(Utc::now());
+        aggregate.freshness_mode = tenant_freshness.mode;
+        aggregate.stream_live = live.is_some();
+        aggregate.oldest_confirmed_at = match (live, aggregate.oldest_fetched_at) {
+            // The stream vouches up to its latest event for every account fetched
+            // since it was whole and named since by no event; the others stand on
+            // their fetch.
+            (Some(vouch), Some(oldest)) if oldest < vouch.until => {
+                let mut confirmed = vouch.until;
+                if oldest < vouch.since {
+                    confirmed = confirmed.min(oldest);
+                }
+                if let Some(changed) =
+                    store::changes::oldest_changed_fetch(&self.pool, tenant.id, owner).await?
+                {
+                    confirmed = confirmed.min(changed);
+                }
+                Some(confirmed)
+            }
+            (_, oldest) => oldest,
+        };
         Ok(Answer::Ready(aggregate))
     }
 
@@ -182,8 +222,11 @@ impl Balances {
                 return Ok(Answer::Pending(Box::new(pending)));
             }
         }
+        let tenant_freshness =
+            refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
         Ok(Answer::Ready(
-            fanout::aggregate::csv(&self.pool, tenant.id, owner, currency).await?,
+            fanout::aggregate::csv(&self.pool, tenant.id, owner, currency, &tenant_freshness)
+                .await?,
         ))
     }
 

@@ -210,7 +210,9 @@ pub fn confirm(
         by: FreshnessBy::Fetch,
     };
     match tenant.live_stream(now) {
-        Some(vouch) if !account.changed && fetched_at >= vouch.since && vouch.until > fetched_at => {
+        Some(vouch)
+            if !account.changed && fetched_at >= vouch.since && vouch.until > fetched_at =>
+        {
             Some(Confirmation {
                 confirmed_at: vouch.until,
                 by: FreshnessBy::Events,
@@ -300,7 +302,10 @@ mod tests {
         // The stream's latest event is at the request: it vouches up to now.
         assert_eq!(rule.vouched_since, Some(at(0)));
         let rule = requirement(&tenant, at(101), Duration::ZERO);
-        assert_eq!(rule.vouched_since, None, "the stream says nothing about 101");
+        assert_eq!(
+            rule.vouched_since, None,
+            "the stream says nothing about 101"
+        );
         assert!(!rule.met_by(fetched(100)));
     }
 
@@ -310,7 +315,10 @@ mod tests {
         let rule = requirement(&tenant, at(1000), Duration::from_secs(60));
         assert_eq!(rule.vouched_since, Some(at(500)));
         assert!(rule.met_by(fetched(600)), "unchanged, fetched after 500");
-        assert!(!rule.met_by(fetched(400)), "fetched before the stream was whole");
+        assert!(
+            !rule.met_by(fetched(400)),
+            "fetched before the stream was whole"
+        );
         assert!(!rule.met_by(AccountState {
             fetched_at: Some(at(600)),
             changed: true
@@ -369,8 +377,8 @@ mod tests {
                                 let rule =
                                     requirement(&tenant, at(now), Duration::from_secs(max_age));
                                 let confirmed = confirm(&tenant, account, at(now));
-                                let within = confirmed
-                                    .is_some_and(|c| c.confirmed_at >= rule.fetched_since);
+                                let within =
+                                    confirmed.is_some_and(|c| c.confirmed_at >= rule.fetched_since);
                                 assert_eq!(
                                     rule.met_by(account),
                                     within,

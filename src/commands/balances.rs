@@ -13,7 +13,8 @@ use sqlx::PgPool;
 
 use crate::balances::{Answer, Balances, Fresh};
 use crate::config::Settings;
-use crate::fanout::{self, Aggregate};
+use crate::fanout::Aggregate;
+use crate::freshness::FreshnessMode;
 use crate::money::format_minor;
 use crate::refresh::{Refresher, RefresherOptions, Tasks, WorkerKind};
 use crate::store;
@@ -139,9 +140,12 @@ pub async fn run(
     let text = match format {
         OutputFormat::Table => render_table(&aggregate),
         OutputFormat::Json => serde_json::to_string_pretty(&aggregate)? + "\n",
-        OutputFormat::Csv => {
-            String::from_utf8(fanout::aggregate::csv(pool, tenant.id, None, None).await?)?
-        }
+        OutputFormat::Csv => match balances.aggregate_csv(&tenant, None, None, None).await {
+            Ok(Answer::Ready(csv)) => String::from_utf8(csv)?,
+            // Asked for what is stored, so never pending; said plainly if it ever is.
+            Ok(Answer::Pending(_)) => anyhow::bail!("balances of {slug}: the CSV was not ready"),
+            Err(error) => anyhow::bail!("balances of {slug}: {error}"),
+        },
     };
     Ok(BalancesOutput {
         text,
@@ -184,16 +188,29 @@ pub fn render_table(aggregate: &Aggregate) -> String {
             format_minor(row.instant_available, &row.currency),
         ));
     }
-    let oldest = aggregate.oldest_fetched_at.map_or_else(
-        || "-".to_owned(),
-        |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    );
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
+            || "-".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let oldest = time(aggregate.oldest_fetched_at);
     out.push_str(&format!(
         "\naccounts: {} total, {} ok, {} failed; oldest snapshot {oldest}; complete: {}\n",
         aggregate.accounts.total,
         aggregate.accounts.ok,
         aggregate.accounts.failed,
         aggregate.complete
+    ));
+    let stream = match (aggregate.freshness_mode, aggregate.stream_live) {
+        (FreshnessMode::Poll, _) => "",
+        (FreshnessMode::Events, true) => ", event stream live",
+        (FreshnessMode::Events, false) => ", event stream silent: fetches only",
+    };
+    out.push_str(&format!(
+        "freshness: {}{stream}; oldest confirmed {}\n",
+        aggregate.freshness_mode,
+        time(aggregate.oldest_confirmed_at)
     ));
     if !aggregate.failures.is_empty() {
         out.push_str("\nfailures:\n");

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::FanoutError;
 use crate::domain::FetchFailure;
+use crate::freshness::{self, AccountState, FreshnessMode, TenantFreshness};
 use crate::money::{CurrencyAmounts, Totals};
 use crate::store;
 
@@ -23,6 +24,15 @@ pub struct Aggregate {
     pub as_of: DateTime<Utc>,
     /// The oldest snapshot that contributed: how stale the totals can be.
     pub oldest_fetched_at: Option<DateTime<Utc>>,
+    /// How the tenant's balances are kept current: `poll` or `events`.
+    pub freshness_mode: FreshnessMode,
+    /// Whether the tenant's event stream is live (`events` mode, an event within
+    /// `webhooks.max_silence_secs`, nothing refused since), so it vouches for the
+    /// accounts no event named since their fetch.
+    pub stream_live: bool,
+    /// The oldest `confirmedAt` of the accounts that contributed: `oldestFetchedAt`,
+    /// or later where the live stream vouches for the oldest accounts.
+    pub oldest_confirmed_at: Option<DateTime<Utc>>,
     pub accounts: AccountCounts,
     /// True only if every listed account contributed a balance.
     pub complete: bool,
@@ -191,6 +201,10 @@ pub async fn read(
         accountid: owner.map(str::to_owned),
         as_of: Utc::now(),
         oldest_fetched_at: oldest,
+        // What the stored data alone says; the use case adds the stream's word.
+        freshness_mode: FreshnessMode::Poll,
+        stream_live: false,
+        oldest_confirmed_at: oldest,
         complete: counts.ok == counts.total,
         accounts: counts,
         totals,
@@ -207,8 +221,10 @@ pub async fn csv(
     tenant_id: i64,
     owner: Option<&str>,
     currency: Option<&str>,
+    tenant_freshness: &TenantFreshness,
 ) -> Result<Vec<u8>, FanoutError> {
     let rows = store::snapshots::scope_latest(pool, tenant_id, owner).await?;
+    let now = Utc::now();
     let mut out = ::csv::Writer::from_writer(Vec::new());
     out.write_record([
         "stripeid",
@@ -223,6 +239,8 @@ pub async fn csv(
         "status",
         "error_code",
         "last_good_at",
+        "confirmed_at",
+        "freshness_by",
     ])?;
     for row in rows {
         let timestamp = |at: Option<DateTime<Utc>>| {
@@ -231,6 +249,13 @@ pub async fn csv(
         };
         let fetched_at = timestamp(row.fetched_at);
         let last_good_at = timestamp(row.good_at);
+        let account = AccountState {
+            fetched_at: row.fetched_at,
+            changed: row.changed,
+        };
+        let confirmation = freshness::confirm(tenant_freshness, account, now);
+        let confirmed_at = timestamp(confirmation.map(|c| c.confirmed_at));
+        let freshness_by = confirmation.map_or("", |c| c.by.as_str());
         let accountid = row.accountid.clone().unwrap_or_default();
         let platform = row.platform_id.clone().unwrap_or_default();
         let (status, code) = if row.ok == Some(true) {
@@ -259,6 +284,8 @@ pub async fn csv(
                 status,
                 &code,
                 "",
+                &confirmed_at,
+                freshness_by,
             ])?;
             continue;
         }
@@ -280,6 +307,8 @@ pub async fn csv(
                 status,
                 &code,
                 &last_good_at,
+                &confirmed_at,
+                freshness_by,
             ])?;
         }
     }

@@ -112,8 +112,7 @@ pub async fn tenant_is_fresh(
     }
     // Vouched for, unless an event named it since a fetch older than the cutoff.
     Ok(requirement.vouched_since.is_none()
-        || !store::changes::any_changed_before(pool, tenant_id, requirement.fetched_since)
-            .await?)
+        || !store::changes::any_changed_before(pool, tenant_id, requirement.fetched_since).await?)
 }
 
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.

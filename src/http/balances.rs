@@ -269,7 +269,8 @@ fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Stripe's balance object with `stripeid`, `fetchedAt` and `source` added.
+/// Stripe's balance object with `stripeid`, `fetchedAt`, `source`, `confirmedAt` and
+/// `freshnessBy` added.
 fn balance_body(account: &AccountBalance) -> Value {
     let mut body = match &account.balance {
         Value::Object(map) => map.clone(),
@@ -281,6 +282,14 @@ fn balance_body(account: &AccountBalance) -> Value {
         json!(api_timestamp(&account.snapshot.fetched_at)),
     );
     body.insert("source".into(), json!(account.snapshot.source));
+    body.insert(
+        "confirmedAt".into(),
+        json!(api_timestamp(&account.confirmation.confirmed_at)),
+    );
+    body.insert(
+        "freshnessBy".into(),
+        json!(account.confirmation.by.as_str()),
+    );
     Value::Object(body)
 }
 

@@ -53,9 +53,13 @@ pub struct AccountBalance {
     livemode: bool,
     available: Vec<BalanceAmount>,
     pending: Vec<BalanceAmount>,
+    /// Stripe's own name, as Stripe sends it.
     #[schema(nullable = false)]
+    #[serde(rename = "connect_reserved")]
     connect_reserved: Option<Vec<BalanceAmount>>,
+    /// Stripe's own name, as Stripe sends it.
     #[schema(nullable = false)]
+    #[serde(rename = "instant_available")]
     instant_available: Option<Vec<BalanceAmount>>,
     /// The account.
     stripeid: String,
@@ -65,6 +69,13 @@ pub struct AccountBalance {
     /// `fetch` (tally asked Stripe) or `webhook` (a `balance.available` event).
     #[schema(schema_with = snapshot_source)]
     source: String,
+    /// Up to when this balance is known to be the account's: `fetchedAt`, or, for a
+    /// tenant in `events` mode whose live event stream named no change since the
+    /// fetch, the stream's latest event.
+    #[schema(format = DateTime)]
+    confirmed_at: String,
+    /// How `confirmedAt` is known: `fetch` or `events`.
+    freshness_by: crate::freshness::FreshnessBy,
 }
 
 /// One entry of a Stripe balance: an amount in the currency's minor unit.

@@ -81,23 +81,69 @@ async fn receive(
         }
     };
 
-    let event = events::parse(&body).map_err(event_error)?;
-    let applied = events::apply(
-        &state.pool,
-        &tenant,
-        &state.settings.accounts.owner_metadata_key,
-        state.settings.max_silence(),
-        &event,
-    )
-    .await
-    .map_err(event_error)?;
+    let kept = match events::parse(&body) {
+        Ok(event) => events::apply(
+            &state.pool,
+            &tenant,
+            &state.settings.accounts.owner_metadata_key,
+            state.settings.max_silence(),
+            &event,
+        )
+        .await
+        .map(|applied| (event, applied)),
+        Err(error) => Err(error),
+    };
+    let (event, applied) = match kept {
+        Ok(kept) => kept,
+        Err(error) => {
+            stream_broken(&state, tenant.id);
+            return Err(event_error(error));
+        }
+    };
     tracing::info!(event = %event.id, kind = %event.event_type, outcome = applied.as_str(), "webhook");
+    // Stripe's event types are a fixed, documented set, so they are bounded labels;
+    // anything else is counted as `other`.
+    let kind = if event.event_type.len() <= 64
+        && event
+            .event_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
+    {
+        event.event_type.clone()
+    } else {
+        "other".to_owned()
+    };
+    metrics::counter!("tally_webhook_events_total", "type" => kind, "outcome" => applied.as_str())
+        .increment(1);
     Ok(Json(json!({
         "object": "webhookReceipt",
         "event": event.id,
         "type": event.event_type,
         "outcome": applied.as_str(),
     })))
+}
+
+/// A signed event of the tenant was refused or could not be kept: until every account
+/// is fetched again, its stream vouches for nothing before now. Recorded in the
+/// background, retried while the database is away (the likely reason the event was
+/// not kept), for at most a minute.
+fn stream_broken(state: &AppState, tenant_id: i64) {
+    let at = chrono::Utc::now();
+    let pool = state.pool.clone();
+    let cancel = state.tasks.cancel.clone();
+    state.tasks.tracker.spawn(async move {
+        for _ in 0..60 {
+            match store::changes::broken(&pool, tenant_id, at).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(tenant_id, error = %error, "recording a refused event failed; retrying"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        tracing::error!(tenant_id, "could not record a refused event; its stream may vouch for accounts it should not until the next silence");
+    });
 }
 
 /// The one answer to every refusal before the signature verifies, so an

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::PgPool;
@@ -18,8 +19,8 @@ use uuid::Uuid;
 use super::demand;
 use super::Tasks;
 use crate::config::Settings;
-use crate::freshness::FreshnessMode;
 use crate::fanout;
+use crate::freshness::FreshnessMode;
 use crate::store;
 use crate::store::refreshes::{ClaimRequest, Refresh, RefreshScope};
 use crate::store::sync_runs::Claim;
@@ -460,8 +461,13 @@ impl Inner {
             .await?;
             if !changed.is_empty() {
                 let client = client.with_priority(Priority::Interactive);
-                for account in changed {
-                    inflight.spawn(self.fetch(tenant.clone(), client.clone(), account, true));
+                for change in changed {
+                    inflight.spawn(self.fetch(
+                        tenant.clone(),
+                        client.clone(),
+                        change.account,
+                        Some(change.first_event_at),
+                    ));
                 }
             }
         }
@@ -481,7 +487,7 @@ impl Inner {
                     };
                     let client = client.with_priority(priority);
                     for account in claimed {
-                        inflight.spawn(self.fetch(tenant.clone(), client.clone(), account, false));
+                        inflight.spawn(self.fetch(tenant.clone(), client.clone(), account, None));
                     }
                 }
                 Some(_) => self.close_if_done(tenant, demand).await?,
@@ -528,14 +534,10 @@ impl Inner {
         tenant: Tenant,
         client: TenantClient,
         account: store::refreshes::Claimed,
-        changed: bool,
+        changed_since: Option<DateTime<Utc>>,
     ) -> BoxFuture<'static, ()> {
         let inner = self.clone();
         async move {
-            if changed {
-                metrics::counter!("tally_changed_account_fetches_total", "tenant" => tenant.slug.clone())
-                    .increment(1);
-            }
             let stored = fanout::fetch_and_record(
                 &inner.pool,
                 &client,
@@ -545,6 +547,12 @@ impl Inner {
                 Some(inner.id),
             )
             .await;
+            if let (Ok(_), Some(first_event_at)) = (&stored, changed_since) {
+                let latency = (Utc::now() - first_event_at).num_milliseconds().max(0) as f64;
+                metrics::histogram!("tally_event_to_fetch_seconds").record(latency / 1000.0);
+                metrics::counter!("tally_changed_account_fetches_total", "tenant" => tenant.slug.clone())
+                    .increment(1);
+            }
             if let Err(error) = stored {
                 // Counted as not tried: the lease goes back so the next round retries.
                 tracing::error!(tenant = %tenant.slug, stripeid = %account.stripeid, error = %error,

@@ -85,6 +85,20 @@ pub async fn covered_by_fetch(
     Ok(())
 }
 
+/// A changed account claimed for one fetch.
+#[derive(Debug, Clone)]
+pub struct ClaimedChange {
+    pub account: Claimed,
+    /// When its first event not yet covered arrived (event-to-fetch latency).
+    pub first_event_at: DateTime<Utc>,
+}
+
+struct ClaimedRow {
+    stripeid: String,
+    platform_id: Option<String>,
+    first_event_at: DateTime<Utc>,
+}
+
 /// Leases up to `limit` changed accounts whose first event arrived at or before
 /// `due`, oldest change first, as `refreshes::claim_due` leases due ones: rows another
 /// claim is taking are skipped, and a held lease is never taken over.
@@ -95,11 +109,11 @@ pub async fn claim_changed(
     limit: i64,
     worker: Uuid,
     lease_secs: f64,
-) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as!(
-        Claimed,
+) -> Result<Vec<ClaimedChange>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        ClaimedRow,
         r#"WITH picked AS (
-               SELECT c.stripeid FROM changed_accounts c
+               SELECT c.stripeid, c.first_event_at FROM changed_accounts c
                WHERE c.tenant_id = $1 AND c.first_event_at <= $2
                  AND NOT EXISTS (SELECT 1 FROM refresh_leases r
                                  WHERE r.tenant_id = c.tenant_id AND r.stripeid = c.stripeid
@@ -116,8 +130,11 @@ pub async fn claim_changed(
                    WHERE r.expires_at <= now()
                RETURNING r.stripeid
            )
-           SELECT leased.stripeid AS "stripeid!", a.platform_id
-           FROM leased JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = leased.stripeid"#,
+           SELECT leased.stripeid AS "stripeid!", a.platform_id,
+                  picked.first_event_at AS "first_event_at!"
+           FROM leased
+           JOIN picked ON picked.stripeid = leased.stripeid
+           JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = leased.stripeid"#,
         tenant_id,
         due,
         limit,
@@ -125,7 +142,17 @@ pub async fn claim_changed(
         lease_secs
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ClaimedChange {
+            account: Claimed {
+                stripeid: row.stripeid,
+                platform_id: row.platform_id,
+            },
+            first_event_at: row.first_event_at,
+        })
+        .collect())
 }
 
 /// The tenant's changed accounts: how many wait, and when the oldest change arrived.
@@ -160,6 +187,24 @@ pub async fn any_changed_before(
                WHERE c.tenant_id = $1 AND l.fetched_at < $2) AS "any!""#,
         tenant_id,
         cutoff
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The oldest latest fetch among the changed accounts of the tenant (or of one owner).
+pub async fn oldest_changed_fetch(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    owner: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT min(l.fetched_at) FROM changed_accounts c
+           JOIN latest_balances l ON l.tenant_id = c.tenant_id AND l.stripeid = c.stripeid
+           JOIN stripe_accounts a ON a.tenant_id = c.tenant_id AND a.stripeid = c.stripeid
+           WHERE c.tenant_id = $1 AND ($2::text IS NULL OR a.accountid = $2)"#,
+        tenant_id,
+        owner
     )
     .fetch_one(db)
     .await

@@ -50,7 +50,10 @@ pub async fn record(
     source: &str,
     outcome: SnapshotOutcome<'_>,
 ) -> Result<Recorded, SnapshotError> {
-    record_releasing(conn, tenant_id, stripeid, fetched_at, source, outcome, None, None).await
+    record_releasing(
+        conn, tenant_id, stripeid, fetched_at, source, outcome, None, None,
+    )
+    .await
 }
 
 /// [`record`], also giving back the refresher's lease on the account (held by
@@ -347,6 +350,8 @@ pub struct AccountLatest {
     pub good_at: Option<DateTime<Utc>>,
     /// The latest try's error, when it failed.
     pub error: Option<Json<FetchFailure>>,
+    /// An event named the account since its latest fetch.
+    pub changed: bool,
 }
 
 impl AccountLatest {
@@ -371,7 +376,9 @@ pub async fn scope_latest(
         AccountLatest,
         r#"SELECT a.stripeid, a.accountid, a.platform_id,
                   l.fetched_at AS "fetched_at?", l.ok AS "ok?", l.amounts AS "amounts?",
-                  l.good_at AS "good_at?", s.error AS "error?: Json<FetchFailure>"
+                  l.good_at AS "good_at?", s.error AS "error?: Json<FetchFailure>",
+                  EXISTS (SELECT 1 FROM changed_accounts c
+                          WHERE c.tenant_id = a.tenant_id AND c.stripeid = a.stripeid) AS "changed!"
            FROM stripe_accounts a
            LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
            LEFT JOIN balance_snapshots s ON s.id = l.snapshot_id AND NOT l.ok

@@ -490,8 +490,9 @@ impl TenantClient {
         if let Some(form) = &call.form {
             request = request.body(form.clone());
         }
+        let endpoint = endpoint_of(url);
         let response = request.send().await.map_err(|e| {
-            count_request("error");
+            count_request(&endpoint, "error");
             (
                 StripeError::transport(&e),
                 !e.is_builder() && !e.is_redirect(),
@@ -499,7 +500,7 @@ impl TenantClient {
         })?;
 
         let status = response.status().as_u16();
-        count_request(&status.to_string());
+        count_request(&endpoint, &status.to_string());
         let headers = response.headers();
         let request_id = header_text(headers, REQUEST_ID);
         let content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
@@ -537,6 +538,19 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
-fn count_request(status: &str) {
-    metrics::counter!("stripe_requests_total", "status" => status.to_owned()).increment(1);
+/// Stripe requests by endpoint (`/v1/balance`, `/v1/accounts`, …: Stripe's rate limits
+/// are per endpoint) and status.
+fn count_request(endpoint: &str, status: &str) {
+    metrics::counter!("stripe_requests_total", "endpoint" => endpoint.to_owned(), "status" => status.to_owned())
+        .increment(1);
+}
+
+/// The endpoint a URL calls: its first two path segments (`/v1/accounts/acct_1` is
+/// `/v1/accounts`), so ids never become label values.
+fn endpoint_of(url: &url::Url) -> String {
+    let parts: Vec<&str> = url
+        .path_segments()
+        .map(|segments| segments.filter(|s| !s.is_empty()).take(2).collect())
+        .unwrap_or_default();
+    format!("/{}", parts.join("/"))
 }

@@ -155,8 +155,7 @@ async fn mark_changed(
     };
     let created = event_time(event, received)?;
     Ok(
-        match store::changes::mark_changed(&mut **tx, tenant_id, account, created, received)
-            .await?
+        match store::changes::mark_changed(&mut **tx, tenant_id, account, created, received).await?
         {
             Marked::Changed => Applied::Applied,
             Marked::Stale => Applied::Stale,

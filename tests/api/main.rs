@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod balances;
 mod browser;
+mod changes;
 mod cli;
 mod cursor;
 mod doctor;

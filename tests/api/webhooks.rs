@@ -9,7 +9,7 @@ use tally::store::tenants::Tenant;
 use crate::helpers::{spawn_app, TestApp};
 use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, stored, sync_ok};
 
-const SECRET: &str = "whsec_test_acme_0123456789";
+pub(crate) const SECRET: &str = "whsec_test_acme_0123456789";
 const OTHER_SECRET: &str = "whsec_test_globex_987654321";
 
 fn url(app: &TestApp, slug: &str) -> String {
@@ -32,7 +32,12 @@ async fn sim_sends(
 }
 
 /// Posts `payload` with the given `Stripe-Signature` header; returns status and body.
-async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
+pub(crate) async fn post_raw(
+    app: &TestApp,
+    slug: &str,
+    payload: &str,
+    signature: &str,
+) -> (u16, Value) {
     let response = app
         .client
         .post(url(app, slug))
@@ -47,7 +52,7 @@ async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> 
 }
 
 /// Posts `event` signed with `secret` at `t`.
-async fn post_event(
+pub(crate) async fn post_event(
     app: &TestApp,
     slug: &str,
     secret: &str,
@@ -73,11 +78,11 @@ fn assert_refused(status: u16, body: &Value) {
     );
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn event(id: &str, kind: &str, account: &str, object: Value) -> Value {
+pub(crate) fn event(id: &str, kind: &str, account: &str, object: Value) -> Value {
     json!({
         "id": id, "object": "event", "type": kind, "account": account, "context": account,
         "created": now(), "livemode": false, "pending_webhooks": 1,
@@ -285,8 +290,8 @@ async fn a_new_account_takes_its_platform_from_the_context() {
 }
 
 #[tokio::test]
-async fn other_types_mark_their_account_changed_and_unknown_tenants_are_refused_as_bad_signatures(
-) {
+async fn other_types_mark_their_account_changed_and_unknown_tenants_are_refused_as_bad_signatures()
+{
     let app = spawn_app().await;
     let sim = spawn_sim(1, 3, 0).await;
     synced_org(&app, &sim, "acme", SECRET).await;
