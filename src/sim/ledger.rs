@@ -955,6 +955,51 @@ mod tests {
     }
 
     #[test]
+    fn settling_only_negative_amounts_is_no_growth() {
+        let w = World::generate(&SimConfig {
+            accounts_per_platform: 200,
+            ..SimConfig::default()
+        });
+        let now = 1_700_000_000;
+        let mut ledger = Ledger::new(&w, now, 600);
+        let pending_sign = |l: &AccountLedger| {
+            let nets: Vec<i64> = l
+                .txns
+                .iter()
+                .filter(|t| !t.available)
+                .map(|t| t.net)
+                .collect();
+            (nets.iter().any(|n| *n > 0), nets.iter().any(|n| *n < 0))
+        };
+        let expected: Vec<(usize, bool)> = (0..w.accounts.len())
+            .filter_map(|i| {
+                let (positive, negative) = pending_sign(ledger.account(i)?);
+                (positive || negative).then_some((i, positive))
+            })
+            .collect();
+        assert!(
+            expected.iter().any(|(_, positive)| !positive),
+            "some account settles only negative amounts"
+        );
+        let mut out = Vec::new();
+        ledger.release_due(now + 600, &mut out);
+        let mut got: Vec<(usize, bool)> = out
+            .iter()
+            .map(|h| match *h {
+                Happening::Released { account, grew } => (account, grew),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, expected);
+        assert!(ledger
+            .accounts
+            .iter()
+            .flatten()
+            .all(|l| l.txns.iter().all(|t| t.available)));
+    }
+
+    #[test]
     fn weights_are_skewed_and_average_one() {
         let w = World::generate(&SimConfig {
             platforms: 1,
