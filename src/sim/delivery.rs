@@ -3,7 +3,7 @@
 //! until the endpoint answers 2xx (or the retry window closes). Deliveries run in their
 //! own tasks, at most `webhook_concurrency` at a time, and never block request handling.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -15,7 +15,9 @@ use super::webhook::sign_webhook;
 use super::webhook_endpoints::Delivery;
 
 pub struct Deliverer {
-    client: reqwest::Client,
+    /// Built on the first delivery: a static simulator (most tests) never needs one.
+    client: OnceLock<reqwest::Client>,
+    timeout: Duration,
     permits: Arc<Semaphore>,
     /// How long failed deliveries are retried (Stripe: three days).
     retry_for: Duration,
@@ -23,16 +25,24 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(timeout: Duration, concurrency: usize, retry_for: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent("Stripe/1.0 (+https://stripe.com/docs/webhooks)")
-            .build()
-            .unwrap_or_default();
         Deliverer {
-            client,
+            client: OnceLock::new(),
+            timeout,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             retry_for,
         }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(self.timeout)
+                .user_agent("Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+                // Stripe does not follow redirects: a 3xx is a failed delivery.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -132,7 +142,7 @@ async fn send(state: &SimState, job: &Job) -> bool {
     let signature = sign_webhook(&job.delivery.secret, t, &job.payload);
     let sent = state
         .deliverer
-        .client
+        .client()
         .post(&job.delivery.url)
         .header("content-type", "application/json; charset=utf-8")
         .header("stripe-signature", signature)

@@ -403,3 +403,19 @@ impl Drop for SimHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_clock_start;
+
+    #[test]
+    fn clock_start_is_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_clock_start("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_clock_start("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(
+            parse_clock_start("2023-11-14T23:13:20+01:00"),
+            Ok(1_700_000_000)
+        );
+        assert!(parse_clock_start("yesterday").is_err());
+    }
+}
