@@ -622,27 +622,7 @@ async fn balances_have_stripe_shape_and_variety() {
 #[tokio::test]
 async fn webhooks_are_signed_like_stripe() {
     let sim = spawn().await;
-    let received: Arc<Mutex<Option<(String, String)>>> = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: String| async move {
-                let signature = headers
-                    .get("stripe-signature")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                *sink.lock().expect("lock") = Some((signature, body));
-                axum::http::StatusCode::OK
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, received) = receiver(0).await;
 
     let x = sim.keys().platforms[0].accounts[2].clone();
     sim.update_account_metadata(&x, "accountid", Some("acct_newowner"));
@@ -652,7 +632,7 @@ async fn webhooks_are_signed_like_stripe() {
         .expect("sent");
     assert_eq!(status, StatusCode::OK);
 
-    let (signature, body) = received.lock().expect("lock").clone().expect("received");
+    let (_, signature, body) = received.lock().expect("lock")[0].clone();
     let (t, v1) = signature.split_once(',').expect("t=..,v1=..");
     let t = t.strip_prefix("t=").expect("t=");
     let v1 = v1.strip_prefix("v1=").expect("v1=");

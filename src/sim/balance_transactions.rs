@@ -8,12 +8,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::errors::SimError;
 use super::events::platform_of;
 use super::handlers::{acting, Target};
 use super::ledger::{ListError, TxnFilter, TxnType, STRIPE_TXN_TYPES};
+use super::objects::list_json;
 use super::params;
 use super::server::SimState;
 use super::txn_objects::balance_transaction_json;
@@ -117,12 +118,7 @@ async fn list(
             StatusCode::BAD_REQUEST,
         ));
     }
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "url": "/v1/balance_transactions",
-    })))
+    Ok(Json(list_json(data, has_more, "/v1/balance_transactions")))
 }
 
 async fn retrieve(

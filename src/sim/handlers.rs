@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::auth::{self, Acting, Caller};
 use super::errors::SimError;
 use super::idempotency::Lookup;
-use super::objects::account_json;
+use super::objects::{account_json, list_json};
 use super::params;
 use super::server::SimState;
 use super::world::{Account, UnknownCursor, World};
@@ -143,7 +143,7 @@ fn list_body(world: &World, data: &[usize], has_more: bool) -> Value {
         .iter()
         .map(|&i| account_json(&world.accounts[i]))
         .collect();
-    json!({ "object": "list", "data": data, "has_more": has_more, "url": "/v1/accounts" })
+    list_json(data, has_more, "/v1/accounts")
 }
 
 async fn create_account(

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::errors::SimError;
 use super::handlers::{check_failing, idempotent_post, Target};
+use super::objects::list_json;
 use super::params::{self, Pairs};
 use super::server::SimState;
 use super::world::Cursor;
@@ -351,12 +352,7 @@ async fn list(
     let (page, has_more) =
         endpoints.page(target.acting.account, params.limit, params.cursor.as_ref())?;
     let data: Vec<Value> = page.into_iter().map(Endpoint::json).collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "url": "/v1/webhook_endpoints",
-    })))
+    Ok(Json(list_json(data, has_more, "/v1/webhook_endpoints")))
 }
 
 async fn retrieve(
