@@ -23,4 +23,5 @@ mod tenant_lifecycle;
 mod tenants;
 mod tokens;
 mod totals;
+mod webhook_registration;
 mod webhooks;

@@ -30,7 +30,7 @@ fn api_only(settings: &mut tally::config::Settings) {
 }
 
 /// Runs the CLI without blocking the runtime (the simulator it talks to runs on it).
-async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = app.tally_command();
     command.args(args).envs(env.iter().copied());
     tokio::process::Command::from(command)
@@ -39,7 +39,7 @@ async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("tally runs")
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -94,7 +94,7 @@ async fn tenants(app: &TestApp) -> i64 {
         .expect("count")
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -32,7 +32,7 @@ async fn sim_sends(
 }
 
 /// Posts `payload` with the given `Stripe-Signature` header; returns status and body.
-async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
+pub(crate) async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
     let response = app
         .client
         .post(url(app, slug))
@@ -47,7 +47,7 @@ async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> 
 }
 
 /// Posts `event` signed with `secret` at `t`.
-async fn post_event(
+pub(crate) async fn post_event(
     app: &TestApp,
     slug: &str,
     secret: &str,
@@ -59,7 +59,7 @@ async fn post_event(
 }
 
 /// Every refusal before the signature verifies looks the same, whatever the reason.
-fn assert_refused(status: u16, body: &Value) {
+pub(crate) fn assert_refused(status: u16, body: &Value) {
     assert_eq!(
         (status, body),
         (
@@ -73,11 +73,11 @@ fn assert_refused(status: u16, body: &Value) {
     );
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn event(id: &str, kind: &str, account: &str, object: Value) -> Value {
+pub(crate) fn event(id: &str, kind: &str, account: &str, object: Value) -> Value {
     json!({
         "id": id, "object": "event", "type": kind, "account": account, "context": account,
         "created": now(), "livemode": false, "pending_webhooks": 1,
