@@ -61,7 +61,7 @@ pub struct EndpointReport {
     pub deleted: Vec<Replaced>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// tally already held this endpoint, at this URL, and Stripe still has it.
     Found,
