@@ -132,6 +132,38 @@ struct SimArgs {
     slow_rate: f64,
     #[arg(long, default_value_t = 2000)]
     slow_ms: u64,
+    /// Requests per key per endpoint (method and path) per second before 429s with
+    /// `Stripe-Rate-Limited-Reason: endpoint-rate` (0: unlimited; Stripe's default is 25).
+    #[arg(long, default_value_t = 0)]
+    endpoint_rate_limit: u32,
+    /// Average balance-changing activities per connected account per simulated hour;
+    /// 0 keeps the static world, above 0 balances come from a ledger of balance transactions.
+    #[arg(long, default_value_t = 0.0)]
+    activity_per_hour: f64,
+    /// Simulated time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    clock_speed: f64,
+    /// Simulated start time: unix seconds or RFC 3339 (default: now).
+    #[arg(long, value_name = "TIME", value_parser = tally::sim::parse_clock_start)]
+    clock_start: Option<i64>,
+    /// Simulated seconds from a charge to its available_on (Stripe: about two days).
+    #[arg(long, default_value_t = 172_800)]
+    settlement_secs: i64,
+    /// Fraction of balance changes that send no event.
+    #[arg(long, default_value_t = 0.0)]
+    silent_change_rate: f64,
+    /// Fraction of first webhook delivery attempts treated as failed and retried.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_fail_rate: f64,
+    /// Fraction of events delivered twice.
+    #[arg(long, default_value_t = 0.02)]
+    webhook_duplicate_rate: f64,
+    /// Fraction of events delivered 1-5 s late.
+    #[arg(long, default_value_t = 0.02)]
+    webhook_late_rate: f64,
+    /// First webhook retry after about this long, doubling, at most 64 times as long.
+    #[arg(long, default_value_t = 1000)]
+    webhook_retry_base_ms: u64,
     /// Write the keys and account ids the simulator serves, as JSON.
     #[arg(long, value_name = "PATH")]
     keys_file: Option<std::path::PathBuf>,
@@ -502,10 +534,29 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             commands::demo::run(settings, bind, private_db).await?
         }
         Command::StripeSim(args) => {
+            let fractions = [
+                ("--error-rate", args.error_rate),
+                ("--slow-rate", args.slow_rate),
+                ("--silent-change-rate", args.silent_change_rate),
+                ("--webhook-fail-rate", args.webhook_fail_rate),
+                ("--webhook-duplicate-rate", args.webhook_duplicate_rate),
+                ("--webhook-late-rate", args.webhook_late_rate),
+            ];
+            for (flag, value) in fractions {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&value),
+                    "{flag} is a fraction between 0 and 1"
+                );
+            }
             anyhow::ensure!(
-                (0.0..=1.0).contains(&args.error_rate) && (0.0..=1.0).contains(&args.slow_rate),
-                "--error-rate and --slow-rate are fractions between 0 and 1"
+                args.activity_per_hour >= 0.0 && args.activity_per_hour.is_finite(),
+                "--activity-per-hour is a number of activities, 0 or more"
             );
+            anyhow::ensure!(
+                args.clock_speed > 0.0 && args.clock_speed.is_finite(),
+                "--clock-speed is a factor above 0"
+            );
+            anyhow::ensure!(args.settlement_secs > 0, "--settlement-secs is above 0");
             let config = tally::sim::SimConfig {
                 platforms: args.platforms,
                 accounts_per_platform: args.accounts_per_platform,
@@ -517,6 +568,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 error_rate: args.error_rate,
                 slow_rate: args.slow_rate,
                 slow_ms: args.slow_ms,
+                endpoint_rate_limit: args.endpoint_rate_limit,
+                activity_per_hour: args.activity_per_hour,
+                clock_speed: args.clock_speed,
+                clock_start: args.clock_start,
+                settlement_secs: args.settlement_secs,
+                silent_change_rate: args.silent_change_rate,
+                webhook_fail_rate: args.webhook_fail_rate,
+                webhook_duplicate_rate: args.webhook_duplicate_rate,
+                webhook_late_rate: args.webhook_late_rate,
+                webhook_retry_base_ms: args.webhook_retry_base_ms,
+                ..tally::sim::SimConfig::default()
             };
             tally::sim::serve(
                 config,

@@ -622,27 +622,7 @@ async fn balances_have_stripe_shape_and_variety() {
 #[tokio::test]
 async fn webhooks_are_signed_like_stripe() {
     let sim = spawn().await;
-    let received: Arc<Mutex<Option<(String, String)>>> = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: String| async move {
-                let signature = headers
-                    .get("stripe-signature")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                *sink.lock().expect("lock") = Some((signature, body));
-                axum::http::StatusCode::OK
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, received) = receiver(0).await;
 
     let x = sim.keys().platforms[0].accounts[2].clone();
     sim.update_account_metadata(&x, "accountid", Some("acct_newowner"));
@@ -652,7 +632,7 @@ async fn webhooks_are_signed_like_stripe() {
         .expect("sent");
     assert_eq!(status, StatusCode::OK);
 
-    let (signature, body) = received.lock().expect("lock").clone().expect("received");
+    let (_, signature, body) = received.lock().expect("lock")[0].clone();
     let (t, v1) = signature.split_once(',').expect("t=..,v1=..");
     let t = t.strip_prefix("t=").expect("t=");
     let v1 = v1.strip_prefix("v1=").expect("v1=");
@@ -701,4 +681,1026 @@ async fn large_worlds_page_quickly() {
     let added = sim.add_accounts(&sim.keys().platforms[0].id, 3);
     let newest = get(&sim, "/v1/accounts?limit=3", &key, &[]).await.ids();
     assert_eq!(newest, added.into_iter().rev().collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// Activity: the ledger, balance transactions, webhook endpoints and deliveries.
+
+/// A small world where money moves fast: each second of real time is a simulated minute,
+/// and charges settle a simulated minute after they are made.
+fn busy() -> SimConfig {
+    SimConfig {
+        accounts_per_platform: 12,
+        activity_per_hour: 600.0,
+        clock_speed: 60.0,
+        settlement_secs: 60,
+        webhook_jitter_ms: 20,
+        webhook_late_rate: 0.0,
+        webhook_retry_base_ms: 50,
+        ..SimConfig::default()
+    }
+}
+
+async fn spawn_with(config: SimConfig) -> SimHandle {
+    sim::spawn(config).await.expect("the simulator starts")
+}
+
+/// Polls `check` every 50 ms until it holds; fails after `secs` seconds.
+async fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every balance transaction of `account`, newest first, following `starting_after`.
+async fn all_txns(sim: &SimHandle, key: &str, account: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut path = "/v1/balance_transactions?limit=100".to_string();
+    loop {
+        let page = get(sim, &path, key, &[("Stripe-Account", account)]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let data = page.body["data"].as_array().expect("data").clone();
+        out.extend(data.iter().cloned());
+        match (page.body["has_more"].as_bool(), data.last()) {
+            (Some(true), Some(last)) => {
+                path = format!(
+                    "/v1/balance_transactions?limit=100&starting_after={}",
+                    last["id"].as_str().expect("id")
+                )
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// Per currency: (available, pending) from a balance object.
+fn balance_sums(balance: &Value) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (part, available) in [("available", true), ("pending", false)] {
+        for e in balance[part].as_array().expect("entries") {
+            let slot: &mut (i64, i64) = sums
+                .entry(e["currency"].as_str().expect("currency").to_string())
+                .or_default();
+            let amount = e["amount"].as_i64().expect("amount");
+            if available {
+                slot.0 += amount;
+            } else {
+                slot.1 += amount;
+            }
+        }
+    }
+    sums
+}
+
+fn txn_sums(txns: &[Value]) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for t in txns {
+        let slot: &mut (i64, i64) = sums
+            .entry(t["currency"].as_str().expect("currency").to_string())
+            .or_default();
+        let net = t["net"].as_i64().expect("net");
+        match t["status"].as_str() {
+            Some("available") => slot.0 += net,
+            Some("pending") => slot.1 += net,
+            other => panic!("status {other:?}"),
+        }
+    }
+    sums
+}
+
+#[tokio::test]
+async fn with_activity_every_balance_is_the_sum_of_its_transactions() {
+    let sim = spawn_with(busy()).await;
+    wait_until(30, "activity", || sim.stats().activities >= 200).await;
+    sim.set_clock_paused(true);
+    let keys = sim.keys().clone();
+    let mut kinds = HashSet::new();
+    for platform in &keys.platforms {
+        for x in &platform.accounts {
+            let balance = get(&sim, "/v1/balance", &platform.key, &[("Stripe-Account", x)]).await;
+            assert_eq!(balance.status, StatusCode::OK);
+            let txns = all_txns(&sim, &platform.key, x).await;
+            let mut from_txns = txn_sums(&txns);
+            // A currency with no transaction left shows as 0 in the balance.
+            for (currency, amounts) in balance_sums(&balance.body) {
+                let summed = from_txns.remove(&currency).unwrap_or_default();
+                assert_eq!(summed, amounts, "{x} {currency}");
+            }
+            assert!(from_txns.is_empty(), "{x}: {from_txns:?}");
+            for t in &txns {
+                assert_eq!(t["object"], "balance_transaction");
+                assert!(t["id"].as_str().is_some_and(|id| id.starts_with("txn_")));
+                let (amount, fee, net) =
+                    (t["amount"].as_i64(), t["fee"].as_i64(), t["net"].as_i64());
+                assert_eq!(net, amount.zip(fee).map(|(a, f)| a - f));
+                assert!(t["exchange_rate"].is_null());
+                assert!(t["fee_details"].is_array());
+                kinds.insert((
+                    t["type"].as_str().unwrap_or_default().to_string(),
+                    t["reporting_category"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    for expected in [
+        ("adjustment", "other_adjustment"),
+        ("charge", "charge"),
+        ("payout", "payout"),
+    ] {
+        let expected = (expected.0.to_string(), expected.1.to_string());
+        assert!(kinds.contains(&expected), "{expected:?} in {kinds:?}");
+    }
+    // The balances stay put while the clock is paused.
+    let x = &keys.platforms[0].accounts[0];
+    let before = sim.balance_of(x);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sim.balance_of(x), before);
+}
+
+#[tokio::test]
+async fn pending_charges_become_available_at_available_on() {
+    let sim = spawn_with(busy()).await;
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    // Find a pending charge.
+    let mut pending = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending.is_none() {
+        assert!(Instant::now() < deadline, "no pending charge appeared");
+        for x in &keys.platforms[0].accounts {
+            let page = get(
+                &sim,
+                "/v1/balance_transactions?type=charge&limit=100",
+                key,
+                &[("Stripe-Account", x)],
+            )
+            .await;
+            let found = page.body["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .find(|t| t["status"] == "pending")
+                .cloned();
+            if let Some(t) = found {
+                pending = Some((x.clone(), t));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (x, t) = pending.expect("found");
+    let available_on = t["available_on"].as_i64().expect("available_on");
+    assert!(available_on > t["created"].as_i64().expect("created"));
+    assert!(t["fee"].as_i64() > Some(0));
+    let id = t["id"].as_str().expect("id");
+    let path = format!("/v1/balance_transactions/{id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = sim.sim_now();
+        let a = get(&sim, &path, key, &[("Stripe-Account", &x)]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        if a.body["status"] == "available" {
+            assert!(sim.sim_now() >= available_on);
+            break;
+        }
+        assert!(
+            now <= available_on + 5,
+            "still pending well after available_on"
+        );
+        assert!(Instant::now() < deadline, "never became available");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another account's transaction is not found through this one.
+    let other = keys.platforms[0]
+        .accounts
+        .iter()
+        .find(|a| **a != x)
+        .expect("another");
+    let a = get(&sim, &path, key, &[("Stripe-Account", other)]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error_code(), "resource_missing");
+}
+
+#[tokio::test]
+async fn balance_transactions_page_and_filter_like_stripe() {
+    let sim = spawn_with(busy()).await;
+    wait_until(30, "activity", || sim.stats().activities >= 300).await;
+    sim.set_clock_paused(true);
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    // The busiest account.
+    let mut best = (String::new(), Vec::new());
+    for x in &keys.platforms[0].accounts {
+        let txns = all_txns(&sim, key, x).await;
+        if txns.len() > best.1.len() {
+            best = (x.clone(), txns);
+        }
+    }
+    let (x, all) = best;
+    assert!(all.len() >= 12, "{} transactions", all.len());
+    let h = [("Stripe-Account", x.as_str())];
+    let created: Vec<i64> = all
+        .iter()
+        .map(|t| t["created"].as_i64().expect("created"))
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let ids: Vec<String> = all
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect();
+
+    let first = get(&sim, "/v1/balance_transactions", key, &h).await;
+    assert_eq!(first.body["url"], "/v1/balance_transactions");
+    assert_eq!(first.body["object"], "list");
+    assert_eq!(first.ids(), ids[..10].to_vec(), "default limit 10");
+    assert_eq!(first.body["has_more"], true);
+    let a = get(
+        &sim,
+        "/v1/balance_transactions?limit=4&starting_after="
+            .to_string()
+            .as_str(),
+        key,
+        &h,
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_REQUEST,
+        "an empty cursor names nothing"
+    );
+    let a = get(
+        &sim,
+        &format!("/v1/balance_transactions?limit=4&starting_after={}", ids[3]),
+        key,
+        &h,
+    )
+    .await;
+    assert_eq!(a.ids(), ids[4..8].to_vec());
+    let a = get(
+        &sim,
+        &format!("/v1/balance_transactions?limit=3&ending_before={}", ids[4]),
+        key,
+        &h,
+    )
+    .await;
+    assert_eq!(a.ids(), ids[1..4].to_vec());
+    assert_eq!(a.body["has_more"], true);
+    let a = get(&sim, "/v1/balance_transactions?limit=101", key, &h).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = get(
+        &sim,
+        "/v1/balance_transactions?starting_after=txn_nope",
+        key,
+        &h,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error_code(), "resource_missing");
+
+    // created filters split the list.
+    let t = created[created.len() / 2];
+    let newer = get(
+        &sim,
+        &format!("/v1/balance_transactions?limit=100&created[gte]={t}"),
+        key,
+        &h,
+    )
+    .await;
+    let older = get(
+        &sim,
+        &format!("/v1/balance_transactions?limit=100&created%5Blt%5D={t}"),
+        key,
+        &h,
+    )
+    .await;
+    if all.len() <= 100 {
+        assert_eq!(newer.ids().len() + older.ids().len(), all.len());
+    }
+    assert!(newer.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .all(|x| x["created"].as_i64() >= Some(t)));
+    assert!(older.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .all(|x| x["created"].as_i64() < Some(t)));
+
+    // type filters; an unknown type is refused, a valid one nobody made is empty.
+    let charges = get(
+        &sim,
+        "/v1/balance_transactions?limit=100&type=charge",
+        key,
+        &h,
+    )
+    .await;
+    assert!(charges.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .all(|x| x["type"] == "charge"));
+    let expected = all
+        .iter()
+        .filter(|t| t["type"] == "charge")
+        .count()
+        .min(100);
+    assert_eq!(charges.ids().len(), expected);
+    let a = get(&sim, "/v1/balance_transactions?type=bogus", key, &h).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body["error"]["param"], "type");
+    let a = get(&sim, "/v1/balance_transactions?type=topup", key, &h).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.ids().is_empty());
+
+    // payout: what a payout paid out, and the payout itself, sum to zero.
+    let payouts: Vec<&Value> = all.iter().filter(|t| t["type"] == "payout").collect();
+    for p in &payouts {
+        let po = p["source"].as_str().expect("a payout's source is po_");
+        assert!(po.starts_with("po_"));
+        assert_eq!(p["status"], "available");
+        let items = get(
+            &sim,
+            &format!("/v1/balance_transactions?limit=100&payout={po}"),
+            key,
+            &h,
+        )
+        .await;
+        assert_eq!(items.status, StatusCode::OK, "{}", items.body);
+        let data = items.body["data"].as_array().expect("data");
+        assert!(
+            data.iter().any(|t| t["id"] == p["id"]),
+            "the payout is listed"
+        );
+        if !items.body["has_more"].as_bool().unwrap_or(true) {
+            let sum: i64 = data.iter().map(|t| t["net"].as_i64().expect("net")).sum();
+            assert_eq!(sum, 0, "{po}");
+        }
+    }
+    let a = get(&sim, "/v1/balance_transactions?payout=po_nope", key, &h).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.body["error"]["param"], "payout");
+
+    // Reached with the organization key too, with the same header rules as /v1/balance.
+    let org = &keys.organization_key;
+    let ctx = format!("{}/{x}", keys.platforms[0].id);
+    let a = get(
+        &sim,
+        "/v1/balance_transactions?limit=3",
+        org,
+        &[("Stripe-Version", VERSION), ("Stripe-Context", &ctx)],
+    )
+    .await;
+    assert_eq!(a.ids(), ids[..3].to_vec());
+    let a = get(
+        &sim,
+        "/v1/balance_transactions",
+        org,
+        &[("Stripe-Version", VERSION), ("Stripe-Context", &x)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let foreign = &keys.platforms[1].accounts[0];
+    let a = get(
+        &sim,
+        "/v1/balance_transactions",
+        key,
+        &[("Stripe-Account", foreign)],
+    )
+    .await;
+    assert_eq!(a.error_code(), "account_invalid");
+}
+
+#[tokio::test]
+async fn static_world_has_no_transactions_and_a_still_clock_changes_nothing() {
+    let sim = spawn().await;
+    let key = platform_key(&sim, 0);
+    let x = sim.keys().platforms[0].accounts[0].clone();
+    let before = sim.balance_of(&x);
+    let a = get(
+        &sim,
+        "/v1/balance_transactions",
+        &key,
+        &[("Stripe-Account", &x)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.ids().is_empty());
+    assert_eq!(a.body["has_more"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.balance_of(&x), before);
+    assert_eq!(sim.stats().activities, 0);
+}
+
+async fn post_form(
+    sim: &SimHandle,
+    path: &str,
+    key: &str,
+    headers: &[(&str, &str)],
+    form: &str,
+) -> Answer {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", sim.base_url()))
+        .bearer_auth(key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(req).await
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_created_listed_retrieved_and_deleted() {
+    let sim = spawn().await;
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    let form = "url=https://example.com/hooks&enabled_events[]=*&connect=true&description=tally&metadata[env]=test";
+    let created = post_form(&sim, "/v1/webhook_endpoints", key, &[], form).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let e = &created.body;
+    assert_eq!(e["object"], "webhook_endpoint");
+    assert!(e["id"].as_str().is_some_and(|id| id.starts_with("we_")));
+    assert!(e["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    assert_eq!(e["status"], "enabled");
+    assert_eq!(e["enabled_events"], serde_json::json!(["*"]));
+    assert_eq!(e["application"], Value::Null);
+    assert_eq!(e["livemode"], false);
+    assert_eq!(e["metadata"]["env"], "test");
+    assert!(e["created"].is_i64());
+    let id = e["id"].as_str().expect("id").to_string();
+
+    let fetched = get(&sim, &format!("/v1/webhook_endpoints/{id}"), key, &[]).await;
+    assert_eq!(fetched.status, StatusCode::OK);
+    assert!(
+        fetched.body.get("secret").is_none(),
+        "the secret is shown once"
+    );
+    assert_eq!(fetched.body["url"], "https://example.com/hooks");
+
+    // The organization key needs Stripe-Context naming the platform; then it is the
+    // platform's endpoint like any other.
+    let org = &keys.organization_key;
+    let v = ("Stripe-Version", VERSION);
+    let a = post_form(
+        &sim,
+        "/v1/webhook_endpoints",
+        org,
+        &[v],
+        "url=https://example.com/b&enabled_events[0]=balance.available",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error_type(), "invalid_request_error");
+    assert!(a.message().contains("Stripe-Context"), "{}", a.message());
+    let p0 = keys.platforms[0].id.as_str();
+    let a = post_form(&sim, "/v1/webhook_endpoints", org, &[v, ("Stripe-Context", p0)], "url=https://example.com/b&enabled_events[0]=balance.available&enabled_events[1]=account.updated").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let second = a.body["id"].as_str().expect("id").to_string();
+
+    let list = get(&sim, "/v1/webhook_endpoints", key, &[]).await;
+    assert_eq!(list.body["object"], "list");
+    assert_eq!(list.body["url"], "/v1/webhook_endpoints");
+    assert_eq!(list.ids(), vec![second.clone(), id.clone()], "newest first");
+    assert!(list.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .all(|e| e.get("secret").is_none()));
+    let page = get(&sim, "/v1/webhook_endpoints?limit=1", key, &[]).await;
+    assert_eq!(page.ids(), vec![second.clone()]);
+    assert_eq!(page.body["has_more"], true);
+    let page = get(
+        &sim,
+        &format!("/v1/webhook_endpoints?limit=1&starting_after={second}"),
+        key,
+        &[],
+    )
+    .await;
+    assert_eq!(page.ids(), vec![id.clone()]);
+    assert_eq!(page.body["has_more"], false);
+    // Another platform sees none of them.
+    let other = get(&sim, "/v1/webhook_endpoints", &keys.platforms[1].key, &[]).await;
+    assert!(other.ids().is_empty());
+    let a = get(
+        &sim,
+        &format!("/v1/webhook_endpoints/{id}"),
+        &keys.platforms[1].key,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    let bad = post_form(
+        &sim,
+        "/v1/webhook_endpoints",
+        key,
+        &[],
+        "enabled_events[]=*",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error_code(), "parameter_missing");
+    assert_eq!(bad.body["error"]["param"], "url");
+
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v1/webhook_endpoints/{id}", sim.base_url()))
+        .bearer_auth(key);
+    let deleted = send(deleted).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(
+        deleted.body,
+        serde_json::json!({ "id": id, "object": "webhook_endpoint", "deleted": true })
+    );
+    let a = get(&sim, &format!("/v1/webhook_endpoints/{id}"), key, &[]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error_code(), "resource_missing");
+}
+
+/// What a receiver got: when, the signature header and the raw body.
+type Received = Arc<Mutex<Vec<(Instant, String, String)>>>;
+
+/// A local endpoint that records every delivery and answers 500 to the first `fail_first`
+/// deliveries of each event.
+async fn receiver(fail_first: usize) -> (String, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let signature = headers
+                    .get("stripe-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let id = serde_json::from_str::<Value>(&body).unwrap_or_default()["id"].clone();
+                let mut sink = sink.lock().expect("lock");
+                let earlier = sink
+                    .iter()
+                    .filter(|(_, _, b)| {
+                        serde_json::from_str::<Value>(b).unwrap_or_default()["id"] == id
+                    })
+                    .count();
+                sink.push((Instant::now(), signature, body));
+                if earlier < fail_first {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// Registers a Connect endpoint of platform 0 for every event; returns its secret.
+async fn register(sim: &SimHandle, url: &str, events: &str) -> String {
+    let key = platform_key(sim, 0);
+    let a = post_form(
+        sim,
+        "/v1/webhook_endpoints",
+        &key,
+        &[],
+        &format!("url={url}&{events}&connect=true"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body["secret"].as_str().expect("secret").to_string()
+}
+
+/// Checks the signature as a receiver does and parses the event.
+fn verified(secret: &str, signature: &str, body: &str) -> Value {
+    let mut t = None;
+    let mut v1 = Vec::new();
+    for part in signature.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => t = value.parse::<i64>().ok(),
+            Some(("v1", value)) => v1.push(value.to_string()),
+            _ => {}
+        }
+    }
+    let t = t.expect("t=");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.{body}").as_bytes());
+    assert!(
+        v1.contains(&hex::encode(mac.finalize().into_bytes())),
+        "signature verifies"
+    );
+    let age = chrono::Utc::now().timestamp() - t;
+    assert!(
+        age.abs() <= 300,
+        "t is the real time of delivery, not simulated time"
+    );
+    serde_json::from_str(body).expect("JSON event")
+}
+
+fn event_types(received: &Received, secret: &str) -> Vec<Value> {
+    received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, sig, body)| verified(secret, sig, body))
+        .collect()
+}
+
+#[tokio::test]
+async fn connect_endpoints_receive_signed_events_of_every_kind() {
+    let sim = spawn_with(SimConfig {
+        // A simulated hour in the past, so the clock-speed shows in `created`.
+        clock_start: Some(chrono::Utc::now().timestamp() - 3_600),
+        ..busy()
+    })
+    .await;
+    let (url, received) = receiver(0).await;
+    let secret = register(&sim, &url, "enabled_events[]=*").await;
+    let keys = sim.keys().clone();
+    let mine: HashSet<&String> = keys.platforms[0].accounts.iter().collect();
+    let wanted = [
+        "charge.succeeded",
+        "charge.refunded",
+        "payout.created",
+        "payout.paid",
+        "transfer.created",
+        "balance.available",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = event_types(&received, &secret);
+        let seen: HashSet<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        if wanted.iter().all(|w| seen.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "saw only {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = sim.sim_now();
+    for e in event_types(&received, &secret) {
+        assert_eq!(e["object"], "event");
+        let account = e["account"]
+            .as_str()
+            .expect("a Connect event names the account");
+        assert!(
+            mine.contains(&account.to_string()),
+            "only platform 0's accounts"
+        );
+        assert_eq!(e["context"], account);
+        assert_eq!(e["api_version"], VERSION);
+        assert_eq!(e["livemode"], false);
+        let created = e["created"].as_i64().expect("created");
+        assert!(
+            created <= now && created > now - 3 * 3_600,
+            "simulated time: {created} vs {now}"
+        );
+        let object = &e["data"]["object"];
+        let expected = match e["type"].as_str().expect("type") {
+            "charge.succeeded" | "charge.refunded" | "charge.failed" => "charge",
+            "charge.dispute.created" => "dispute",
+            "payout.created" | "payout.paid" => "payout",
+            "transfer.created" => "transfer",
+            "balance.available" => "balance",
+            other => panic!("unexpected {other}"),
+        };
+        assert_eq!(object["object"], expected, "{}", e["type"]);
+        if e["type"] == "payout.paid" {
+            assert_eq!(object["status"], "paid");
+        }
+        if e["type"] == "charge.refunded" {
+            assert!(object["amount_refunded"].as_i64() > Some(0));
+        }
+    }
+    let stats = sim.stats();
+    assert!(stats.webhooks.delivered > 0 && stats.webhooks.attempts >= stats.webhooks.delivered);
+}
+
+#[tokio::test]
+async fn endpoints_only_get_the_events_they_enabled() {
+    let sim = spawn_with(busy()).await;
+    let (url, received) = receiver(0).await;
+    let secret = register(&sim, &url, "enabled_events[]=payout.created").await;
+    wait_until(60, "a payout event", || {
+        !received.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(event_types(&received, &secret)
+        .iter()
+        .all(|e| e["type"] == "payout.created"));
+}
+
+#[tokio::test]
+async fn failed_first_attempts_are_retried_and_still_arrive() {
+    let sim = spawn_with(SimConfig {
+        webhook_fail_rate: 1.0,
+        webhook_duplicate_rate: 0.0,
+        ..busy()
+    })
+    .await;
+    let (url, received) = receiver(0).await;
+    let secret = register(&sim, &url, "enabled_events[]=*").await;
+    wait_until(60, "deliveries", || {
+        received.lock().expect("lock").len() >= 5
+    })
+    .await;
+    let stats = sim.stats();
+    // Every first attempt failed without being sent, so each delivery took a retry.
+    assert!(
+        stats.webhooks.failed >= stats.webhooks.delivered,
+        "{:?}",
+        stats.webhooks
+    );
+    assert!(stats.webhooks.retries >= 5);
+    assert!(stats.webhooks.attempts >= 5);
+    event_types(&received, &secret);
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_retries_with_backoff() {
+    let sim = spawn_with(SimConfig {
+        webhook_duplicate_rate: 0.0,
+        webhook_retry_base_ms: 200,
+        ..busy()
+    })
+    .await;
+    let (url, received) = receiver(3).await;
+    let secret = register(&sim, &url, "enabled_events[]=payout.created").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempts: Vec<(Instant, String)> = received
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(at, sig, body)| {
+                (
+                    *at,
+                    verified(&secret, sig, body)["id"]
+                        .as_str()
+                        .expect("id")
+                        .to_string(),
+                )
+            })
+            .collect();
+        if let Some((_, first)) = attempts.first() {
+            let of_first: Vec<Instant> = attempts
+                .iter()
+                .filter(|(_, id)| id == first)
+                .map(|(t, _)| *t)
+                .collect();
+            if of_first.len() >= 4 {
+                // 3 failures, then success; the waits double: ~200 ms, ~400 ms, ~800 ms
+                // (each at least three quarters of that).
+                let gaps: Vec<Duration> = of_first.windows(2).map(|w| w[1] - w[0]).collect();
+                assert!(gaps[0] >= Duration::from_millis(150), "{gaps:?}");
+                assert!(gaps[1] >= Duration::from_millis(300), "{gaps:?}");
+                assert!(gaps[2] >= Duration::from_millis(600), "{gaps:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no retries seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until(30, "the delivery after the failures", || {
+        sim.stats().webhooks.delivered >= 1
+    })
+    .await;
+    assert!(sim.stats().webhooks.failed >= 3);
+}
+
+#[tokio::test]
+async fn silent_changes_move_money_without_events() {
+    let sim = spawn_with(SimConfig {
+        silent_change_rate: 1.0,
+        ..busy()
+    })
+    .await;
+    let (url, received) = receiver(0).await;
+    register(&sim, &url, "enabled_events[]=*").await;
+    wait_until(30, "activity", || sim.stats().activities >= 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = sim.stats();
+    assert!(stats.changed_accounts > 0);
+    assert!(stats.webhooks.silent >= stats.activities);
+    // A payout arriving at the bank is not a balance change: only those may come.
+    let got = received.lock().expect("lock").clone();
+    for (_, _, body) in got {
+        let e: Value = serde_json::from_str(&body).expect("event");
+        assert_eq!(e["type"], "payout.paid");
+    }
+}
+
+#[tokio::test]
+async fn move_money_in_ledger_mode_adds_an_adjustment_and_announces_it() {
+    let sim = spawn_with(SimConfig {
+        activity_per_hour: 0.001,
+        webhook_duplicate_rate: 0.0,
+        ..busy()
+    })
+    .await;
+    let (url, received) = receiver(0).await;
+    let secret = register(&sim, &url, "enabled_events[]=balance.available").await;
+    let x = sim.keys().platforms[0].accounts[4].clone();
+    let before = balance_sums(&sim.balance_of(&x).expect("balance"));
+    sim.move_money(&x);
+    let after = balance_sums(&sim.balance_of(&x).expect("balance"));
+    assert_ne!(before, after);
+    let key = platform_key(&sim, 0);
+    let txns = all_txns(&sim, &key, &x).await;
+    assert_eq!(txns[0]["type"], "adjustment");
+    assert_eq!(txns[0]["status"], "available");
+    wait_until(30, "balance.available", || {
+        !received.lock().expect("lock").is_empty()
+    })
+    .await;
+    let events = event_types(&received, &secret);
+    assert_eq!(events[0]["account"], x.as_str());
+    assert_eq!(
+        events[0]["data"]["object"],
+        sim.balance_of(&x).expect("balance")
+    );
+}
+
+#[tokio::test]
+async fn endpoint_and_global_rate_limits_say_which_limit_was_hit() {
+    let sim = spawn().await;
+    sim.set_knobs(|k| k.endpoint_rate_limit = 3);
+    let key = platform_key(&sim, 0);
+    let answers =
+        futures::future::join_all((0..10).map(|_| get(&sim, "/v1/balance", &key, &[]))).await;
+    let limited: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(limited.len() >= 7, "{}", limited.len());
+    assert_eq!(
+        limited[0].header("stripe-rate-limited-reason"),
+        "endpoint-rate"
+    );
+    assert_eq!(limited[0].error_code(), "rate_limit");
+    // Another endpoint has its own budget.
+    assert_eq!(
+        get(&sim, "/v1/accounts", &key, &[]).await.status,
+        StatusCode::OK
+    );
+
+    sim.set_knobs(|k| {
+        k.endpoint_rate_limit = 0;
+        k.rate_limit = 2;
+    });
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let answers =
+        futures::future::join_all((0..6).map(|_| get(&sim, "/v1/accounts", &key, &[]))).await;
+    let limited: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(limited.len() >= 4, "{}", limited.len());
+    assert_eq!(
+        limited[0].header("stripe-rate-limited-reason"),
+        "global-rate"
+    );
+}
+
+#[tokio::test]
+async fn totals_are_the_sum_of_the_platforms_balances_at_rest() {
+    for config in [SimConfig::default(), busy()] {
+        let ledger = config.activity_per_hour > 0.0;
+        let sim = spawn_with(config).await;
+        if ledger {
+            wait_until(30, "activity", || sim.stats().activities >= 100).await;
+            sim.set_clock_paused(true);
+        }
+        let keys = sim.keys().clone();
+        let p = &keys.platforms[1];
+        sim.revoke(&p.accounts[0]);
+        let mut expected: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for x in &p.accounts {
+            let b = sim.balance_of(x).expect("balance");
+            if x != &p.accounts[0] {
+                let a = get(&sim, "/v1/balance", &p.key, &[("Stripe-Account", x)]).await;
+                assert_eq!(a.body, b);
+            }
+            for (currency, (available, pending)) in balance_sums(&b) {
+                let slot = expected.entry(currency).or_default();
+                slot.0 += available;
+                slot.1 += pending;
+            }
+        }
+        let totals = sim.totals(&p.id).expect("a platform");
+        assert_eq!(
+            totals.accounts,
+            p.accounts.len() as u64,
+            "revoked accounts count"
+        );
+        let got: std::collections::BTreeMap<String, (i64, i64)> = totals
+            .currencies
+            .iter()
+            .map(|c| (c.currency.clone(), (c.available, c.pending)))
+            .collect();
+        assert_eq!(got, expected, "ledger mode: {ledger}");
+        let currencies: Vec<&String> = totals.currencies.iter().map(|c| &c.currency).collect();
+        assert!(
+            currencies.windows(2).all(|w| w[0] < w[1]),
+            "sorted by currency"
+        );
+        let over_http: sim::SimTotals =
+            reqwest::get(format!("{}/_sim/totals?platform={}", sim.base_url(), p.id))
+                .await
+                .expect("answers")
+                .json()
+                .await
+                .expect("JSON");
+        assert_eq!(over_http.currencies, totals.currencies);
+        let unknown = reqwest::get(format!("{}/_sim/totals?platform=acct_nope", sim.base_url()))
+            .await
+            .expect("answers");
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn clock_pauses_and_reports_over_http() {
+    let sim = spawn_with(busy()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/_sim/clock", sim.base_url());
+    let state: Value = client
+        .get(&url)
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(state["paused"], false);
+    assert_eq!(state["speed"], 60.0);
+    let paused: Value = client
+        .post(&url)
+        .json(&serde_json::json!({ "paused": true }))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(paused["paused"], true);
+    let at = sim.sim_now();
+    let activities = sim.stats().activities;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.sim_now(), at);
+    assert_eq!(
+        sim.stats().activities,
+        activities,
+        "no activity while paused"
+    );
+    client
+        .post(&url)
+        .json(&serde_json::json!({ "paused": false }))
+        .send()
+        .await
+        .expect("answers");
+    wait_until(10, "time to run again", || sim.sim_now() > at + 10).await;
+}
+
+#[tokio::test]
+async fn stats_count_activity_changed_accounts_and_requests_per_account() {
+    let sim = spawn_with(busy()).await;
+    wait_until(30, "activity", || sim.stats().changed_accounts >= 3).await;
+    let stats = sim.stats();
+    assert!(stats.activities > 0);
+    assert!(stats.changed_accounts <= 24);
+    sim.reset_stats();
+    let keys = sim.keys().clone();
+    let x = &keys.platforms[0].accounts[2];
+    for _ in 0..3 {
+        get(
+            &sim,
+            "/v1/balance",
+            &keys.platforms[0].key,
+            &[("Stripe-Account", x)],
+        )
+        .await;
+    }
+    get(&sim, "/v1/balance", &keys.platforms[0].key, &[]).await;
+    let over_http: sim::SimStats = reqwest::get(format!("{}/_sim/stats", sim.base_url()))
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(over_http.by_account.get(x.as_str()), Some(&3));
+    assert_eq!(
+        over_http.by_account.get(keys.platforms[0].id.as_str()),
+        Some(&1)
+    );
 }

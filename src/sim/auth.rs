@@ -110,7 +110,13 @@ pub fn authenticate(headers: &HeaderMap, world: &World) -> Result<Caller, SimErr
 /// The permission a restricted key needs for a route (`GET /v1/balance`, …).
 fn required_permission(route: &str) -> Option<&'static str> {
     match route {
-        "GET /v1/balance" => Some("rak_balance_read"),
+        "GET /v1/balance"
+        | "GET /v1/balance_transactions"
+        | "GET /v1/balance_transactions/{id}" => Some("rak_balance_read"),
+        "GET /v1/webhook_endpoints" | "GET /v1/webhook_endpoints/{id}" => Some("rak_webhook_read"),
+        "POST /v1/webhook_endpoints"
+        | "POST /v1/webhook_endpoints/{id}"
+        | "DELETE /v1/webhook_endpoints/{id}" => Some("rak_webhook_write"),
         "GET /v1/account" | "GET /v1/accounts" | "GET /v1/accounts/{id}" => {
             Some("rak_accounts_read")
         }

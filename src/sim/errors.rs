@@ -38,6 +38,8 @@ pub struct SimError {
     pub should_retry: Option<bool>,
     /// Whether this request broke a DESIGN §1 header rule (counted in the stats).
     pub header_violation: bool,
+    /// `Stripe-Rate-Limited-Reason` of a 429 (`global-rate`, `endpoint-rate`).
+    pub limited_by: Option<&'static str>,
 }
 
 impl SimError {
@@ -50,6 +52,7 @@ impl SimError {
             param: None,
             should_retry: None,
             header_violation: false,
+            limited_by: None,
         }
     }
 
@@ -67,8 +70,18 @@ impl SimError {
         self
     }
 
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn retry(mut self, should_retry: bool) -> Self {
         self.should_retry = Some(should_retry);
+        self
+    }
+
+    pub fn limited_by(mut self, reason: &'static str) -> Self {
+        self.limited_by = Some(reason);
         self
     }
 
@@ -172,6 +185,12 @@ impl IntoResponse for SimError {
             response.headers_mut().insert(
                 "stripe-should-retry",
                 HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        if let Some(reason) = self.limited_by {
+            response.headers_mut().insert(
+                "stripe-rate-limited-reason",
+                HeaderValue::from_static(reason),
             );
         }
         if self.status == StatusCode::UNAUTHORIZED {

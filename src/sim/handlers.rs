@@ -1,5 +1,5 @@
 //! The Stripe endpoints: `GET /v1/balance`, `GET /v1/account`, `GET|POST /v1/accounts`,
-//! `GET /v1/accounts/{id}`.
+//! `GET /v1/accounts/{id}`; and what every handler shares (`Target`, idempotent POSTs).
 
 use std::sync::Arc;
 
@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::auth::{self, Acting, Caller};
 use super::errors::SimError;
 use super::idempotency::Lookup;
-use super::objects::{account_json, balance_json};
+use super::objects::{account_json, list_json};
 use super::params;
 use super::server::SimState;
 use super::world::{Account, UnknownCursor, World};
@@ -29,8 +29,8 @@ pub fn router() -> Router<Arc<SimState>> {
 
 /// Who is calling and which account the request acts as, after DESIGN §1's header rules.
 pub struct Target {
-    caller: Caller,
-    acting: Acting,
+    pub caller: Caller,
+    pub acting: Acting,
 }
 
 impl FromRequestParts<Arc<SimState>> for Target {
@@ -46,13 +46,15 @@ impl FromRequestParts<Arc<SimState>> for Target {
             .get::<Caller>()
             .cloned()
             .ok_or_else(SimError::api_error)?;
-        let acting = auth::resolve(&caller, &parts.headers, &state.world())?;
+        let world = state.world();
+        let acting = auth::resolve(&caller, &parts.headers, &world)?;
+        state.stats.targeted(&world.accounts[acting.account].id);
         Ok(Target { caller, acting })
     }
 }
 
 /// An account `fail_account` broke answers its forced status to everything.
-fn check_failing(account: &Account) -> Result<(), SimError> {
+pub fn check_failing(account: &Account) -> Result<(), SimError> {
     match account.fail_status {
         Some(status) => Err(SimError::forced(status, &account.id)),
         None => Ok(()),
@@ -60,7 +62,7 @@ fn check_failing(account: &Account) -> Result<(), SimError> {
 }
 
 /// The account the request acts as, unless it is set to fail.
-fn acting<'w>(world: &'w World, target: &Target) -> Result<&'w Account, SimError> {
+pub fn acting<'w>(world: &'w World, target: &Target) -> Result<&'w Account, SimError> {
     let account = &world.accounts[target.acting.account];
     check_failing(account)?;
     Ok(account)
@@ -71,7 +73,8 @@ async fn balance(
     target: Target,
 ) -> Result<Json<Value>, SimError> {
     let world = state.world();
-    Ok(Json(balance_json(world.seed, acting(&world, &target)?)))
+    acting(&world, &target)?;
+    Ok(Json(state.balance_json(&world, target.acting.account)))
 }
 
 async fn own_account(
@@ -140,7 +143,7 @@ fn list_body(world: &World, data: &[usize], has_more: bool) -> Value {
         .iter()
         .map(|&i| account_json(&world.accounts[i]))
         .collect();
-    json!({ "object": "list", "data": data, "has_more": has_more, "url": "/v1/accounts" })
+    list_json(data, has_more, "/v1/accounts")
 }
 
 async fn create_account(
@@ -156,19 +159,33 @@ async fn create_account(
              platform's key and without the Stripe-Account header.",
         ));
     };
-    let mut pairs = params::decode(&body)?;
+    let pairs = params::decode(&body)?;
     let new = params::new_account(&pairs)?;
+    idempotent_post(&state, &target, &headers, pairs, || {
+        let idx = state.world_mut().create_connected(p, new);
+        tracing::debug!(platform = p, "account created");
+        Ok(account_json(&state.world().accounts[idx]))
+    })
+}
+
+/// Answers a POST with what `create` made, once per `Idempotency-Key`: the same key with
+/// the same parameters replays the first response, with others it is refused.
+pub fn idempotent_post(
+    state: &SimState,
+    target: &Target,
+    headers: &HeaderMap,
+    mut pairs: params::Pairs,
+    create: impl FnOnce() -> Result<Value, SimError>,
+) -> Result<Response, SimError> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some(key) = key else {
-        let idx = state.world_mut().create_connected(p, new);
-        return Ok(Json(account_json(&state.world().accounts[idx])).into_response());
+        return Ok(Json(create()?).into_response());
     };
-
-    // The replay table stays locked while the account is created, so two concurrent
-    // requests with one key create one account.
+    // The replay table stays locked while the object is created, so two concurrent
+    // requests with one key create one object.
     pairs.sort();
     let scope = (
         target.caller.label.clone(),
@@ -184,11 +201,9 @@ async fn create_account(
         echo_key(&mut response, &key);
         return Ok(response);
     }
-    let idx = state.world_mut().create_connected(p, new);
-    let body = account_json(&state.world().accounts[idx]);
+    let body = create()?;
     replays.store(scope, pairs, body.clone());
     drop(replays);
-    tracing::debug!(platform = p, "account created");
     let mut response = Json(body).into_response();
     echo_key(&mut response, &key);
     Ok(response)

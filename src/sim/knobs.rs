@@ -1,4 +1,5 @@
-//! Run-time knobs: latency, jitter, slow responses, injected 500s and the per-key rate limit.
+//! Run-time knobs: latency, jitter, slow responses, injected 500s, the per-key and
+//! per-endpoint rate limits, and how much activity and how many webhook mishaps there are.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -20,6 +21,23 @@ pub struct Knobs {
     /// Fraction of requests answered after `slow_ms` instead of the usual latency.
     pub slow_rate: f64,
     pub slow_ms: u64,
+    /// Requests per key per endpoint (`GET /v1/balance`, …) per second; 0 means unlimited.
+    pub endpoint_rate_limit: u32,
+    /// Average balance-changing activities per connected account per simulated hour
+    /// (ledger mode only: with 0 at start the world stays static).
+    pub activity_per_hour: f64,
+    /// Share of balance changes that send no event at all.
+    pub silent_change_rate: f64,
+    /// Share of first delivery attempts treated as failed (not even sent) and retried.
+    pub webhook_fail_rate: f64,
+    /// Share of events delivered twice.
+    pub webhook_duplicate_rate: f64,
+    /// Share of events delivered 1–5 s late (so later events overtake them).
+    pub webhook_late_rate: f64,
+    /// Uniform delay in `0..=webhook_jitter_ms` before a first delivery.
+    pub webhook_jitter_ms: u64,
+    /// First retry after about this long, doubling per attempt, at most 64 times as long.
+    pub webhook_retry_base_ms: u64,
 }
 
 impl From<&SimConfig> for Knobs {
@@ -31,6 +49,14 @@ impl From<&SimConfig> for Knobs {
             error_rate: c.error_rate,
             slow_rate: c.slow_rate,
             slow_ms: c.slow_ms,
+            endpoint_rate_limit: c.endpoint_rate_limit,
+            activity_per_hour: c.activity_per_hour,
+            silent_change_rate: c.silent_change_rate,
+            webhook_fail_rate: c.webhook_fail_rate,
+            webhook_duplicate_rate: c.webhook_duplicate_rate,
+            webhook_late_rate: c.webhook_late_rate,
+            webhook_jitter_ms: c.webhook_jitter_ms,
+            webhook_retry_base_ms: c.webhook_retry_base_ms,
         }
     }
 }
@@ -57,30 +83,69 @@ impl Knobs {
 }
 
 /// `random_bool` panics outside 0..=1, and knobs come from users.
-fn chance(rng: &mut impl Rng, p: f64) -> bool {
+pub fn chance(rng: &mut impl Rng, p: f64) -> bool {
     p > 0.0 && rng.random_bool(p.min(1.0))
 }
 
-/// A sliding one-second window per key: a request is admitted while fewer than `limit`
-/// requests of that key were admitted in the last second. Rejected requests do not count,
-/// as a client that backs off must get through again.
+/// Which limit refused a request, as Stripe's `Stripe-Rate-Limited-Reason` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limited {
+    GlobalRate,
+    EndpointRate,
+}
+
+impl Limited {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Limited::GlobalRate => "global-rate",
+            Limited::EndpointRate => "endpoint-rate",
+        }
+    }
+}
+
+/// Sliding one-second windows per key and per (key, endpoint): a request is admitted
+/// while fewer than the limit were admitted in the last second. Rejected requests do not
+/// count, as a client that backs off must get through again.
 #[derive(Default)]
 pub struct RateLimiter {
     windows: HashMap<String, VecDeque<Instant>>,
 }
 
 impl RateLimiter {
-    pub fn admit(&mut self, key: &str, limit: u32, now: Instant) -> bool {
+    /// Admits a request of `key` to `route` under the per-key `limit` and the
+    /// per-endpoint `endpoint_limit` (0: unlimited).
+    pub fn admit(
+        &mut self,
+        key: &str,
+        route: &str,
+        (limit, endpoint_limit): (u32, u32),
+        now: Instant,
+    ) -> Result<(), Limited> {
+        let endpoint_key = format!("{key} {route}");
+        if self.full(key, limit, now) {
+            return Err(Limited::GlobalRate);
+        }
+        if self.full(&endpoint_key, endpoint_limit, now) {
+            return Err(Limited::EndpointRate);
+        }
+        for (k, l) in [(key, limit), (endpoint_key.as_str(), endpoint_limit)] {
+            if l > 0 {
+                self.windows
+                    .entry(k.to_string())
+                    .or_default()
+                    .push_back(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn full(&mut self, key: &str, limit: u32, now: Instant) -> bool {
         if limit == 0 {
-            return true;
+            return false;
         }
         let window = self.windows.entry(key.to_string()).or_default();
         trim(window, now);
-        if window.len() >= limit as usize {
-            return false;
-        }
-        window.push_back(now);
-        true
+        window.len() >= limit as usize
     }
 }
 
@@ -102,10 +167,33 @@ mod tests {
     fn limiter_admits_limit_per_second() {
         let mut limiter = RateLimiter::default();
         let t0 = Instant::now();
-        let admitted = (0..10).filter(|_| limiter.admit("k", 4, t0)).count();
+        let admit =
+            |l: &mut RateLimiter, key: &str, at| l.admit(key, "GET /v1/balance", (4, 0), at);
+        let admitted = (0..10)
+            .filter(|_| admit(&mut limiter, "k", t0).is_ok())
+            .count();
         assert_eq!(admitted, 4);
-        assert!(limiter.admit("other", 4, t0));
-        assert!(limiter.admit("k", 4, t0 + Duration::from_millis(1000)));
+        assert_eq!(admit(&mut limiter, "k", t0), Err(Limited::GlobalRate));
+        assert!(admit(&mut limiter, "other", t0).is_ok());
+        assert!(admit(&mut limiter, "k", t0 + Duration::from_millis(1000)).is_ok());
+    }
+
+    #[test]
+    fn endpoint_limit_is_per_route_and_does_not_spend_the_global_one() {
+        let mut limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let balance = |l: &mut RateLimiter| l.admit("k", "GET /v1/balance", (5, 2), t0);
+        assert!(balance(&mut limiter).is_ok());
+        assert!(balance(&mut limiter).is_ok());
+        assert_eq!(balance(&mut limiter), Err(Limited::EndpointRate));
+        assert!(limiter.admit("k", "GET /v1/accounts", (5, 2), t0).is_ok());
+        assert!(limiter.admit("k", "GET /v1/accounts", (5, 2), t0).is_ok());
+        // Four admitted; the refused one did not count, so a fifth gets through.
+        assert!(limiter.admit("k", "GET /v1/account", (5, 2), t0).is_ok());
+        assert_eq!(
+            limiter.admit("k", "GET /v1/accounts/{id}", (5, 2), t0),
+            Err(Limited::GlobalRate)
+        );
     }
 
     #[test]

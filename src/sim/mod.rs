@@ -2,17 +2,30 @@
 //! auth, header rules (DESIGN §1), error bodies, list paging and `Request-Id`, over a
 //! deterministic organization of platforms and accounts. Tests and benchmarks `spawn` it
 //! in-process; `tally stripe-sim` runs it with `serve`.
+//!
+//! With `activity_per_hour > 0` money moves: every balance comes from a ledger of balance
+//! transactions (`ledger`), a ticker (`activity`) adds activity as simulated time passes
+//! (`clock`), and registered webhook endpoints (`webhook_endpoints`) receive the events
+//! (`events`, `delivery`). With 0 the world is static, exactly as before.
 
+mod activity;
 mod auth;
+mod balance_transactions;
+mod clock;
+mod delivery;
 mod errors;
+mod events;
 mod handlers;
 mod idempotency;
 mod knobs;
+mod ledger;
 mod objects;
 mod params;
 mod server;
 mod stats;
+mod txn_objects;
 mod webhook;
+mod webhook_endpoints;
 mod world;
 
 use std::future::Future;
@@ -27,11 +40,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use auth::mask_key;
+pub use clock::ClockState;
 pub use knobs::Knobs;
-pub use server::API_VERSION;
-pub use stats::SimStats;
+pub use server::{SimCurrencyTotal, SimTotals, API_VERSION};
+pub use stats::{SimStats, WebhookStats};
 pub use webhook::sign_webhook;
 
+use ledger::Ledger;
 use server::SimState;
 use world::World;
 
@@ -52,6 +67,35 @@ pub struct SimConfig {
     /// Fraction of requests answered after `slow_ms`.
     pub slow_rate: f64,
     pub slow_ms: u64,
+    /// Requests per key per endpoint (method and path) per second; 0 = unlimited.
+    /// Stripe's default is 25.
+    pub endpoint_rate_limit: u32,
+    /// Average balance-changing activities per connected account per simulated hour.
+    /// 0 keeps the world static; above 0 every balance comes from a ledger.
+    pub activity_per_hour: f64,
+    /// Simulated time runs this many times faster than real time.
+    pub clock_speed: f64,
+    /// Simulated unix time at start; `None`: now.
+    pub clock_start: Option<i64>,
+    /// Simulated seconds from a charge to its `available_on` (Stripe: about 2 days; at
+    /// a day or more `available_on` is rounded up to midnight UTC, as Stripe's is).
+    pub settlement_secs: i64,
+    /// Share of balance changes that send no event.
+    pub silent_change_rate: f64,
+    /// Share of first delivery attempts treated as failed, without sending, and retried.
+    pub webhook_fail_rate: f64,
+    pub webhook_duplicate_rate: f64,
+    /// Share of events delivered 1–5 s late.
+    pub webhook_late_rate: f64,
+    /// Random delay in `0..=webhook_jitter_ms` before each first delivery.
+    pub webhook_jitter_ms: u64,
+    /// First retry after about this long, doubling, at most 64× as long.
+    pub webhook_retry_base_ms: u64,
+    /// Failed deliveries are retried for this long (Stripe: three days).
+    pub webhook_retry_for_secs: u64,
+    pub webhook_timeout_ms: u64,
+    /// Deliveries in flight at once.
+    pub webhook_concurrency: usize,
 }
 
 impl Default for SimConfig {
@@ -67,8 +111,32 @@ impl Default for SimConfig {
             error_rate: 0.0,
             slow_rate: 0.0,
             slow_ms: 2000,
+            endpoint_rate_limit: 0,
+            activity_per_hour: 0.0,
+            clock_speed: 1.0,
+            clock_start: None,
+            settlement_secs: 2 * 86_400,
+            silent_change_rate: 0.0,
+            webhook_fail_rate: 0.0,
+            webhook_duplicate_rate: 0.02,
+            webhook_late_rate: 0.02,
+            webhook_jitter_ms: 100,
+            webhook_retry_base_ms: 1_000,
+            webhook_retry_for_secs: 3 * 86_400,
+            webhook_timeout_ms: 10_000,
+            webhook_concurrency: 32,
         }
     }
+}
+
+/// `--clock-start`: unix seconds or an RFC 3339 time.
+pub fn parse_clock_start(value: &str) -> Result<i64, String> {
+    if let Ok(secs) = value.trim().parse::<i64>() {
+        return Ok(secs);
+    }
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.timestamp())
+        .map_err(|_| format!("'{value}' is neither unix seconds nor an RFC 3339 time"))
 }
 
 /// What the simulator serves: the keys-file JSON of `tally stripe-sim --keys-file`.
@@ -95,13 +163,26 @@ pub struct SimHandle {
     shutdown: Option<oneshot::Sender<()>>,
 }
 
-/// Generates the world off the async threads: a large one takes a while.
+/// Generates the world (and, with activity on, opens every ledger) off the async
+/// threads: a large one takes a while.
 async fn build(config: &SimConfig) -> anyhow::Result<Arc<SimState>> {
     let cfg = config.clone();
-    let world = tokio::task::spawn_blocking(move || World::generate(&cfg))
-        .await
-        .context("generating the simulated world")?;
-    Ok(Arc::new(SimState::new(world, config)))
+    let start = config
+        .clock_start
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let (world, ledger) = tokio::task::spawn_blocking(move || {
+        let world = World::generate(&cfg);
+        let ledger =
+            (cfg.activity_per_hour > 0.0).then(|| Ledger::new(&world, start, cfg.settlement_secs));
+        (world, ledger)
+    })
+    .await
+    .context("generating the simulated world")?;
+    let state = Arc::new(SimState::new(world, ledger, start, config));
+    if state.has_ledger() {
+        tokio::spawn(activity::run(state.clone()));
+    }
+    Ok(state)
 }
 
 /// Starts a simulator on 127.0.0.1 (an ephemeral port), served by a background task.
@@ -164,10 +245,12 @@ pub async fn serve(
         org_accounts = config.org_accounts,
         "stripe simulator listening on http://{addr}"
     );
-    axum::serve(listener, server::router(state))
+    let served = axum::serve(listener, server::router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving the stripe simulator")
+        .context("serving the stripe simulator");
+    state.cancel.cancel();
+    served
 }
 
 impl SimHandle {
@@ -196,9 +279,29 @@ impl SimHandle {
     /// The balance object the simulator answers for `account`.
     pub fn balance_of(&self, account: &str) -> Option<Value> {
         let world = self.state.world();
-        world
-            .get(account)
-            .map(|a| objects::balance_json(world.seed, a))
+        let idx = *world.by_id.get(account)?;
+        Some(self.state.balance_json(&world, idx))
+    }
+
+    /// The true per-currency totals of `platform`'s connected accounts now (what
+    /// `GET /_sim/totals` answers); `None` for an unknown platform.
+    pub fn totals(&self, platform: &str) -> Option<SimTotals> {
+        self.state.totals(platform).ok()
+    }
+
+    /// Stops (or restarts) simulated time: no activity, nothing settles, so balances can
+    /// be compared at rest. Pausing first applies everything due by that instant.
+    pub fn set_clock_paused(&self, paused: bool) {
+        self.state.set_clock_paused(paused);
+    }
+
+    /// Simulated unix seconds.
+    pub fn sim_now(&self) -> i64 {
+        self.state.clock.now()
+    }
+
+    pub fn clock(&self) -> ClockState {
+        self.state.clock.state()
     }
 
     /// The account object the simulator answers for `account`.
@@ -233,11 +336,10 @@ impl SimHandle {
     }
 
     /// Money moves in `account`: from now on it answers another balance (see
-    /// `balance_of`).
+    /// `balance_of`). With activity on, that is a positive adjustment in its ledger,
+    /// announced with `balance.available` like any other change.
     pub fn move_money(&self, account: &str) {
-        if let Some(a) = self.state.world_mut().get_mut(account) {
-            a.balance_version += 1;
-        }
+        self.state.move_money(account);
     }
 
     /// Sets (or, with `None`, removes) one metadata key of `account`.
@@ -295,8 +397,25 @@ impl SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
+        self.state.cancel.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_clock_start;
+
+    #[test]
+    fn clock_start_is_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_clock_start("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_clock_start("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(
+            parse_clock_start("2023-11-14T23:13:20+01:00"),
+            Ok(1_700_000_000)
+        );
+        assert!(parse_clock_start("yesterday").is_err());
     }
 }

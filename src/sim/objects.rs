@@ -134,6 +134,11 @@ fn settings_json(a: &Account) -> Value {
     })
 }
 
+/// A page of a Stripe list: `{object: "list", data, has_more, url}`.
+pub fn list_json(data: Vec<Value>, has_more: bool, url: &str) -> Value {
+    json!({ "object": "list", "data": data, "has_more": has_more, "url": url })
+}
+
 /// The application object of `account.application.deauthorized` events.
 pub fn application_json(platform_id: &str) -> Value {
     let suffix = platform_id.trim_start_matches("acct_");

@@ -21,7 +21,7 @@ pub fn decode(raw: &str) -> Result<Pairs, SimError> {
     })
 }
 
-fn unknown(name: &str) -> SimError {
+pub fn unknown(name: &str) -> SimError {
     SimError::invalid(
         StatusCode::BAD_REQUEST,
         format!("Received unknown parameter: {name}"),
@@ -39,7 +39,7 @@ fn integer(name: &str, value: &str) -> Result<i64, SimError> {
 }
 
 /// Whether a parameter is one the simulator accepts and ignores (expansion, for one).
-fn ignorable(name: &str) -> bool {
+pub fn ignorable(name: &str) -> bool {
     name == "expand" || name.starts_with("expand[")
 }
 
@@ -52,6 +52,13 @@ pub struct ListParams {
 
 /// `GET /v1/accounts` parameters.
 pub fn list_params(pairs: &Pairs) -> Result<ListParams, SimError> {
+    list_params_with(pairs, &[]).map(|(params, _)| params)
+}
+
+/// A list's paging and `created` parameters, and the pairs named in `extra` (the list's
+/// own filters) for the caller; anything else is refused.
+pub fn list_params_with(pairs: &Pairs, extra: &[&str]) -> Result<(ListParams, Pairs), SimError> {
+    let mut rest = Pairs::new();
     let mut params = ListParams {
         limit: 10,
         ..ListParams::default()
@@ -83,6 +90,7 @@ pub fn list_params(pairs: &Pairs) -> Result<ListParams, SimError> {
             "created[lt]" => params.created.lt = Some(integer(name, value)?),
             "created[lte]" => params.created.lte = Some(integer(name, value)?),
             other if ignorable(other) => {}
+            other if extra.contains(&other) => rest.push((name.clone(), value.clone())),
             other => return Err(unknown(other)),
         }
     }
@@ -98,7 +106,7 @@ pub fn list_params(pairs: &Pairs) -> Result<ListParams, SimError> {
         (None, Some(id)) => Some(Cursor::EndingBefore(id)),
         (None, None) => None,
     };
-    Ok(params)
+    Ok((params, rest))
 }
 
 /// Parameter groups of `POST /v1/accounts` the simulator accepts but does not model.

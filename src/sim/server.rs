@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -13,17 +13,26 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::distr::Alphanumeric;
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+use tokio_util::sync::CancellationToken;
 
 use super::auth;
+use super::clock::SimClock;
+use super::delivery::Deliverer;
 use super::errors::SimError;
 use super::handlers;
 use super::idempotency::Replays;
 use super::knobs::{Knobs, RateLimiter};
+use super::ledger::Ledger;
 use super::stats::{Outcome, Recorder};
+use super::txn_objects::ledger_balance_json;
 use super::webhook;
+use super::webhook_endpoints::Endpoints;
 use super::world::World;
-use super::SimConfig;
+use super::{activity, balance_transactions, objects, webhook_endpoints, SimConfig};
 
 /// The API version the simulator answers with when a request names none.
 pub const API_VERSION: &str = "2025-04-30.basil";
@@ -34,19 +43,147 @@ pub struct SimState {
     limiter: Mutex<RateLimiter>,
     pub stats: Recorder,
     pub replays: Mutex<Replays>,
+    pub clock: SimClock,
+    /// With activity on: every balance comes from here. Locked after `world`.
+    ledger: Option<Mutex<Ledger>>,
+    /// Locked after `world` and `ledger`.
+    endpoints: Mutex<Endpoints>,
+    pub deliverer: Deliverer,
+    /// Stops the ticker and pending deliveries when the simulator stops.
+    pub cancel: CancellationToken,
 }
 
 // Locks are never held across an await, so a poisoned lock only means another request
 // panicked mid-update; the simulator keeps serving rather than failing every request.
 impl SimState {
-    pub fn new(world: World, config: &SimConfig) -> Self {
+    pub fn new(world: World, ledger: Option<Ledger>, start: i64, config: &SimConfig) -> Self {
         SimState {
             world: RwLock::new(world),
             knobs: RwLock::new(Knobs::from(config)),
             limiter: Mutex::new(RateLimiter::default()),
             stats: Recorder::default(),
             replays: Mutex::new(Replays::default()),
+            clock: SimClock::new(start, config.clock_speed),
+            ledger: ledger.map(Mutex::new),
+            endpoints: Mutex::new(Endpoints::default()),
+            deliverer: Deliverer::new(
+                std::time::Duration::from_millis(config.webhook_timeout_ms),
+                config.webhook_concurrency,
+                std::time::Duration::from_secs(config.webhook_retry_for_secs),
+            ),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    pub fn has_ledger(&self) -> bool {
+        self.ledger.is_some()
+    }
+
+    /// The ledger (in ledger mode), with accounts added to `world` since opened.
+    pub fn ledger_synced(&self, world: &World) -> Option<MutexGuard<'_, Ledger>> {
+        let mut ledger = self
+            .ledger
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = ledger.stepped_to.floor() as i64;
+        ledger.sync_accounts(world, at);
+        Some(ledger)
+    }
+
+    pub fn endpoints(&self) -> MutexGuard<'_, Endpoints> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The balance object `account` answers: from its ledger with activity on, else the
+    /// generated one.
+    pub fn balance_json(&self, world: &World, account: usize) -> Value {
+        if let Some(ledger) = self.ledger_synced(world) {
+            if let Some(l) = ledger.account(account) {
+                return ledger_balance_json(l);
+            }
+        }
+        objects::balance_json(world.seed, &world.accounts[account])
+    }
+
+    /// Per-currency totals of every connected account of `platform` (revoked ones too:
+    /// the money is still there), from the same balances `GET /v1/balance` answers.
+    pub fn totals(&self, platform: &str) -> Result<SimTotals, TotalsError> {
+        let world = self.world();
+        let p = world
+            .platform_index(platform)
+            .ok_or(TotalsError::UnknownPlatform)?;
+        let mut sums: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+        for &idx in &world.platforms[p].connected {
+            let balance = self.balance_json(&world, idx);
+            let parts = [
+                "available",
+                "pending",
+                "connect_reserved",
+                "instant_available",
+            ];
+            for (slot, part) in parts.iter().enumerate() {
+                for entry in balance[*part].as_array().into_iter().flatten() {
+                    let currency = entry["currency"].as_str().unwrap_or_default().to_owned();
+                    let amount = entry["amount"].as_i64().unwrap_or_default();
+                    let sum = &mut sums.entry(currency).or_default()[slot];
+                    *sum = sum.checked_add(amount).ok_or(TotalsError::Overflow)?;
+                }
+            }
+        }
+        Ok(SimTotals {
+            platform: platform.to_owned(),
+            at: self.clock.now(),
+            accounts: world.platforms[p].connected.len() as u64,
+            currencies: sums
+                .into_iter()
+                .map(
+                    |(currency, [available, pending, connect_reserved, instant_available])| {
+                        SimCurrencyTotal {
+                            currency,
+                            available,
+                            pending,
+                            connect_reserved,
+                            instant_available,
+                        }
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    /// Stops or restarts simulated time; pausing first brings the ledger up to the
+    /// instant it stopped at, so everything due by then has happened.
+    pub fn set_clock_paused(self: &Arc<Self>, paused: bool) {
+        self.clock.set_paused(paused);
+        activity::step(self);
+    }
+
+    /// Money moves in `account`: a new generated balance in static mode; with activity
+    /// on, a positive adjustment (and its `balance.available`).
+    pub fn move_money(self: &Arc<Self>, account: &str) {
+        if !self.has_ledger() {
+            if let Some(a) = self.world_mut().get_mut(account) {
+                a.balance_version += 1;
+            }
+            return;
+        }
+        let knobs = self.knobs();
+        let prepared = {
+            let world = self.world();
+            let Some(&idx) = world.by_id.get(account) else {
+                return;
+            };
+            let Some(mut ledger) = self.ledger_synced(&world) else {
+                return;
+            };
+            let at = ledger.stepped_to.floor() as i64;
+            let happened: Vec<_> = ledger.adjust(&world, idx, at).into_iter().collect();
+            activity::prepare(self, &world, &ledger, &knobs, &happened)
+        };
+        activity::send(self, prepared);
     }
 
     pub fn world(&self) -> RwLockReadGuard<'_, World> {
@@ -79,6 +216,8 @@ impl SimState {
 
 pub fn router(state: Arc<SimState>) -> Router {
     let stripe = handlers::router()
+        .merge(balance_transactions::router())
+        .merge(webhook_endpoints::router())
         .fallback(unrecognized_url)
         .method_not_allowed_fallback(unrecognized_url)
         .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -86,7 +225,9 @@ pub fn router(state: Arc<SimState>) -> Router {
     let control = Router::new()
         .route("/_sim/stats", get(stats))
         .route("/_sim/reset", post(reset))
-        .route("/_sim/webhooks", post(send_webhook));
+        .route("/_sim/webhooks", post(send_webhook))
+        .route("/_sim/totals", get(totals))
+        .route("/_sim/clock", get(clock).post(set_clock));
     control.merge(stripe).with_state(state)
 }
 
@@ -148,27 +289,6 @@ async fn gate(
 ) -> Result<Response, SimError> {
     let arrival = Instant::now();
     let knobs = state.knobs();
-    let caller = auth::authenticate(request.headers(), &state.world());
-    let admitted = match &caller {
-        Ok(caller) => {
-            state.stats.arrived(&caller.label, arrival);
-            state.stats.used_key(&caller.masked);
-            state
-                .limiter()
-                .admit(&caller.label, knobs.rate_limit, arrival)
-        }
-        Err(_) => true,
-    };
-    // Every answer, errors included, takes the configured time, as a real network would.
-    tokio::time::sleep(knobs.delay()).await;
-    let caller = caller?;
-    if !admitted {
-        tracing::debug!(key = %caller.label, "rate limited");
-        return Err(SimError::rate_limited());
-    }
-    if knobs.inject_error() {
-        return Err(SimError::api_error());
-    }
     let route = format!(
         "{} {}",
         request.method(),
@@ -176,6 +296,30 @@ async fn gate(
             .as_ref()
             .map_or(request.uri().path(), MatchedPath::as_str)
     );
+    let caller = auth::authenticate(request.headers(), &state.world());
+    let admitted = match &caller {
+        Ok(caller) => {
+            state.stats.arrived(&caller.label, arrival);
+            state.stats.used_key(&caller.masked);
+            state.limiter().admit(
+                &caller.label,
+                &route,
+                (knobs.rate_limit, knobs.endpoint_rate_limit),
+                arrival,
+            )
+        }
+        Err(_) => Ok(()),
+    };
+    // Every answer, errors included, takes the configured time, as a real network would.
+    tokio::time::sleep(knobs.delay()).await;
+    let caller = caller?;
+    if let Err(limited) = admitted {
+        tracing::debug!(key = %caller.label, %route, reason = limited.reason(), "rate limited");
+        return Err(SimError::rate_limited().limited_by(limited.reason()));
+    }
+    if knobs.inject_error() {
+        return Err(SimError::api_error());
+    }
     auth::authorize(&caller, &route, request.headers())?;
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
@@ -233,4 +377,79 @@ async fn send_webhook(
         )
             .into_response(),
     }
+}
+
+/// What `GET /_sim/totals?platform=acct_P` answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SimTotals {
+    pub platform: String,
+    /// Simulated unix time of the snapshot.
+    pub at: i64,
+    /// Connected accounts summed (all of the platform's, revoked ones included).
+    pub accounts: u64,
+    /// Sorted by currency; integer minor units.
+    pub currencies: Vec<SimCurrencyTotal>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SimCurrencyTotal {
+    pub currency: String,
+    pub available: i64,
+    pub pending: i64,
+    pub connect_reserved: i64,
+    pub instant_available: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TotalsError {
+    UnknownPlatform,
+    Overflow,
+}
+
+#[derive(Deserialize)]
+struct TotalsQuery {
+    platform: String,
+}
+
+async fn totals(State(state): State<Arc<SimState>>, Query(q): Query<TotalsQuery>) -> Response {
+    match state.totals(&q.platform) {
+        Ok(totals) => Json(totals).into_response(),
+        Err(TotalsError::UnknownPlatform) => (
+            StatusCode::NOT_FOUND,
+            Json(HashMap::from([(
+                "error",
+                format!("no platform {}", q.platform),
+            )])),
+        )
+            .into_response(),
+        Err(TotalsError::Overflow) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(HashMap::from([("error", "the totals overflow i64")])),
+        )
+            .into_response(),
+    }
+}
+
+async fn clock(State(state): State<Arc<SimState>>) -> impl IntoResponse {
+    Json(state.clock.state())
+}
+
+#[derive(Deserialize)]
+struct ClockRequest {
+    paused: Option<bool>,
+    speed: Option<f64>,
+}
+
+/// `POST /_sim/clock {"paused": true|false, "speed": X}`: both optional.
+async fn set_clock(
+    State(state): State<Arc<SimState>>,
+    Json(body): Json<ClockRequest>,
+) -> impl IntoResponse {
+    if let Some(speed) = body.speed {
+        state.clock.set_speed(speed);
+    }
+    if let Some(paused) = body.paused {
+        state.set_clock_paused(paused);
+    }
+    Json(state.clock.state())
 }

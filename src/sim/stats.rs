@@ -1,6 +1,6 @@
 //! What the simulator saw, for tests and benchmarks to assert on (`GET /_sim/stats`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -27,6 +27,42 @@ pub struct SimStats {
     /// (`sk_test_****…abcd`), so a test can tell which of a platform's keys was used.
     #[serde(default)]
     pub by_key: BTreeMap<String, u64>,
+    /// Requests per account they acted as (the `Stripe-Account` / `Stripe-Context`
+    /// account, or the key's own account without one), after the header rules passed.
+    #[serde(default)]
+    pub by_account: BTreeMap<String, u64>,
+    /// Balance-changing activities generated (ledger mode).
+    #[serde(default)]
+    pub activities: u64,
+    /// Times pending money of an account became available.
+    #[serde(default)]
+    pub settlements: u64,
+    /// Distinct accounts whose balance changed (activity or settlement).
+    #[serde(default)]
+    pub changed_accounts: u64,
+    #[serde(default)]
+    pub webhooks: WebhookStats,
+}
+
+/// What happened to events and their deliveries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Events created (one per balance change or payout arrival that Stripe announces).
+    pub events: u64,
+    /// Balance changes that sent no event (`silent_change_rate`).
+    pub silent: u64,
+    /// HTTP requests sent to endpoints.
+    pub attempts: u64,
+    /// Deliveries answered 2xx.
+    pub delivered: u64,
+    /// Attempts that failed: non-2xx, connection error, timeout, or `webhook_fail_rate`.
+    pub failed: u64,
+    /// Retries scheduled after a failure.
+    pub retries: u64,
+    /// Events scheduled a second time on purpose (`webhook_duplicate_rate`).
+    pub duplicates: u64,
+    /// Deliveries abandoned after the retry window.
+    pub gave_up: u64,
 }
 
 #[derive(Default)]
@@ -34,6 +70,8 @@ struct Inner {
     stats: SimStats,
     /// Arrival instants per key over the last second (all requests, admitted or not).
     arrivals: HashMap<String, VecDeque<Instant>>,
+    /// Accounts whose balance changed (indexes into `World::accounts`).
+    changed: HashSet<usize>,
 }
 
 #[derive(Default)]
@@ -96,6 +134,35 @@ impl Recorder {
             .by_key
             .entry(masked.to_string())
             .or_default() += 1;
+    }
+
+    /// Counts a request that acted as `account`.
+    pub fn targeted(&self, account: &str) {
+        *self
+            .lock()
+            .stats
+            .by_account
+            .entry(account.to_string())
+            .or_default() += 1;
+    }
+
+    /// Counts balance changes: `activities` new transactions and `settlements` pending
+    /// amounts that became available, on `accounts`.
+    pub fn changed(
+        &self,
+        activities: u64,
+        settlements: u64,
+        accounts: impl IntoIterator<Item = usize>,
+    ) {
+        let mut inner = self.lock();
+        inner.stats.activities += activities;
+        inner.stats.settlements += settlements;
+        inner.changed.extend(accounts);
+        inner.stats.changed_accounts = inner.changed.len() as u64;
+    }
+
+    pub fn webhooks(&self, f: impl FnOnce(&mut WebhookStats)) {
+        f(&mut self.lock().stats.webhooks);
     }
 
     pub fn finish(&self, outcome: Outcome<'_>) {

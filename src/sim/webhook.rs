@@ -46,24 +46,39 @@ pub fn event(
         }
         other => bail!("the simulator cannot build {other} events"),
     };
+    Ok(envelope(event_type, Some(account), created, object, 1))
+}
+
+/// A Connect event about `account` (`None`: an event of the endpoint's own account, which
+/// carries neither `account` nor `context`).
+pub fn envelope(
+    event_type: &str,
+    account: Option<&str>,
+    created: i64,
+    object: Value,
+    pending_webhooks: usize,
+) -> Value {
     let suffix: String = rand::rng()
         .sample_iter(Alphanumeric)
         .take(24)
         .map(char::from)
         .collect();
-    Ok(json!({
+    let mut event = json!({
         "id": format!("evt_{suffix}"),
         "object": "event",
-        "account": account,
         "api_version": API_VERSION,
-        "context": account,
         "created": created,
         "data": { "object": object },
         "livemode": false,
-        "pending_webhooks": 1,
+        "pending_webhooks": pending_webhooks,
         "request": { "id": null, "idempotency_key": null },
         "type": event_type,
-    }))
+    });
+    if let Some(account) = account {
+        event["account"] = json!(account);
+        event["context"] = json!(account);
+    }
+    event
 }
 
 /// Builds, signs and POSTs one event; returns the endpoint's status.

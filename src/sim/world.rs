@@ -101,7 +101,7 @@ pub struct CreatedRange {
 
 impl CreatedRange {
     /// The inclusive lower and exclusive upper bound.
-    fn bounds(&self) -> (i64, i64) {
+    pub fn bounds(&self) -> (i64, i64) {
         let lo = [self.gt.map(|v| v.saturating_add(1)), self.gte]
             .into_iter()
             .flatten()
@@ -485,7 +485,7 @@ pub fn known_country(country: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Takes up to `limit` items and says whether any are left.
-fn take(limit: usize, mut iter: impl Iterator<Item = usize>) -> (Vec<usize>, bool) {
+pub fn take(limit: usize, mut iter: impl Iterator<Item = usize>) -> (Vec<usize>, bool) {
     let items: Vec<usize> = iter.by_ref().take(limit).collect();
     let has_more = iter.next().is_some();
     (items, has_more)
