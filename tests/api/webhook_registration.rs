@@ -3,8 +3,8 @@
 //! secret stored sealed and accepted by `/webhooks/stripe/{tenant}`, re-sealed by
 //! `tally rekey`, deleted with `--remove`, and never shown.
 //!
-//! Tests whose name ends in `_at_stripe` talk to the simulator's `/v1/webhook_endpoints`;
-//! the others store endpoints directly and need only what the simulator always served.
+//! Tests whose name ends in `_at_stripe` talk to the simulator's `/v1/webhook_endpoints`
+//! (and its deliveries); the others store endpoints directly.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,13 +14,13 @@ use serde_json::{json, Value};
 use tally::audit::Actor;
 use tally::commands::tenant::{self, TenantError};
 use tally::commands::tenant_webhooks::{self, Outcome, Registration, ReplaceReason, WebhookError};
-use tally::sim::SimHandle;
+use tally::sim::{SimConfig, SimHandle};
 use tally::store;
 use tally::store::tenants::Tenant;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::helpers::{free_port, spawn_app, TestApp};
-use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, stripe_tenants};
+use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, stripe_tenants, sync_ok};
 use crate::tenant_lifecycle::{run, stop, text};
 use crate::webhooks::{assert_refused, event, now, post_event};
 
@@ -339,7 +339,49 @@ async fn an_endpoint_at_the_url_whose_secret_tally_lacks_is_replaced_at_stripe()
 }
 
 #[tokio::test]
-async fn remove_deletes_the_endpoints_at_stripe_and_in_tally() {
+async fn events_the_simulator_delivers_to_the_registered_endpoints_are_accepted_at_stripe() {
+    let sim = tally::sim::spawn(SimConfig {
+        platforms: 2,
+        accounts_per_platform: 2,
+        org_accounts: 0,
+        // A ledger, so changes reach the endpoints, with next to no random activity.
+        activity_per_hour: 0.000_1,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts");
+    let app = spawn_app().await;
+    let tenant = add_org_tenant(&app, &sim, "org", None).await;
+    sync_ok(&app, &tenant).await;
+    register(&app, "org").await.expect("registered");
+
+    // One change under each platform: each arrives through that platform's endpoint,
+    // signed with its own secret.
+    for platform in &sim.keys().platforms {
+        sim.move_money(&platform.accounts[0]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let received: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE tenant_id = $1")
+                .bind(tenant.id)
+                .fetch_one(&app.pool)
+                .await
+                .expect("count");
+        if received >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{received} events accepted; the simulator's deliveries: {:?}",
+            sim.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn remove_deletes_the_endpoints_in_tally_and_at_stripe() {
     let app = spawn_app().await;
     let sim = spawn_sim(2, 1, 0).await;
     let tenant = add_org_tenant(&app, &sim, "org", Some(HAND_SET)).await;

@@ -32,7 +32,7 @@ async fn sim_sends(
 }
 
 /// Posts `payload` with the given `Stripe-Signature` header; returns status and body.
-pub(crate) async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
+async fn post_raw(app: &TestApp, slug: &str, payload: &str, signature: &str) -> (u16, Value) {
     let response = app
         .client
         .post(url(app, slug))
