@@ -216,24 +216,12 @@ impl TenantClient {
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<Fetched<List<Value>>, StripeError> {
-        check_list_limit(limit)?;
         let account = self.context_header(
             platform,
             "listing accounts with an organization key needs the platform whose accounts \
              to list (sent as Stripe-Context)",
         )?;
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(id) = starting_after {
-            query.push(("starting_after", id.to_owned()));
-        }
-        let call = Call {
-            method: Method::GET,
-            path: segments(&["accounts"]),
-            query,
-            form: None,
-            account,
-            what: "list",
-        };
+        let call = list_call("accounts", account, starting_after, limit)?;
         self.execute(call, parse_list).await
     }
 
@@ -332,20 +320,8 @@ impl TenantClient {
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<List<WebhookEndpoint>, StripeError> {
-        check_list_limit(limit)?;
         let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(id) = starting_after {
-            query.push(("starting_after", id.to_owned()));
-        }
-        let call = Call {
-            method: Method::GET,
-            path: segments(&["webhook_endpoints"]),
-            query,
-            form: None,
-            account,
-            what: "list",
-        };
+        let call = list_call("webhook_endpoints", account, starting_after, limit)?;
         let page = self
             .execute(call, |v| parse_list_of(v, "webhook_endpoint"))
             .await?;
@@ -632,14 +608,30 @@ pub struct NewWebhookEndpoint<'a> {
 const WEBHOOKS_NEED_A_PLATFORM: &str = "an organization key manages the webhook endpoints of \
     one of its platforms, named in Stripe-Context";
 
-fn check_list_limit(limit: u8) -> Result<(), StripeError> {
-    if (1..=100).contains(&limit) {
-        Ok(())
-    } else {
-        Err(StripeError::Config(format!(
+/// One page of `GET /v1/{resource}`: at most `limit` (1..=100), after `starting_after`.
+fn list_call(
+    resource: &str,
+    account: Option<AccountHeader>,
+    starting_after: Option<&str>,
+    limit: u8,
+) -> Result<Call, StripeError> {
+    if !(1..=100).contains(&limit) {
+        return Err(StripeError::Config(format!(
             "list limit must be between 1 and 100, got {limit}"
-        )))
+        )));
     }
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(id) = starting_after {
+        query.push(("starting_after", id.to_owned()));
+    }
+    Ok(Call {
+        method: Method::GET,
+        path: segments(&[resource]),
+        query,
+        form: None,
+        account,
+        what: "list",
+    })
 }
 
 fn segments(parts: &[&str]) -> Vec<String> {

@@ -6,9 +6,6 @@
 //! Tests whose name ends in `_at_stripe` talk to the simulator's `/v1/webhook_endpoints`
 //! (and its deliveries); the others store endpoints directly.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tally::audit::Actor;
@@ -17,11 +14,10 @@ use tally::commands::tenant_webhooks::{self, Outcome, Registration, ReplaceReaso
 use tally::sim::{SimConfig, SimHandle};
 use tally::store;
 use tally::store::tenants::Tenant;
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::helpers::{free_port, spawn_app, TestApp};
+use crate::helpers::{free_port, spawn_app, Captured, TestApp};
 use crate::sync::{add_org_tenant, add_platform_tenant, spawn_sim, stripe_tenants, sync_ok};
-use crate::tenant_lifecycle::{run, stop, text};
+use crate::tenant_lifecycle::{rekey, run, stop, text};
 use crate::webhooks::{assert_refused, event, now, post_event};
 
 const HAND_SET: &str = "whsec_test_hand_set_0123456789abcdef";
@@ -139,6 +135,17 @@ async fn post_signed(app: &TestApp, slug: &str, secret: &str) -> (u16, Value) {
     post_event(app, slug, secret, &payload, now()).await
 }
 
+/// `tally tenant update <slug> --freshness events`, which needs an endpoint.
+async fn events_mode(app: &TestApp, slug: &str) {
+    let change = tenant::TenantUpdate {
+        freshness: Some(tally::freshness::FreshnessMode::Events),
+        ..Default::default()
+    };
+    tenant::update(&app.pool, &app.master, slug, change, &Actor::cli())
+        .await
+        .expect("events mode: an endpoint is registered");
+}
+
 fn outcomes(registration: &Registration) -> Vec<(Option<&str>, Outcome)> {
     registration
         .endpoints
@@ -216,13 +223,7 @@ async fn a_platform_tenant_registers_once_and_a_second_run_changes_nothing_at_st
     let (status, body) = post_signed(&app, "acme", STRANGER).await;
     assert_refused(status, &body);
     // With events mode allowed now.
-    let change = tenant::TenantUpdate {
-        freshness: Some(tally::freshness::FreshnessMode::Events),
-        ..Default::default()
-    };
-    tenant::update(&app.pool, &app.master, "acme", change, &Actor::cli())
-        .await
-        .expect("events mode: an endpoint is registered");
+    events_mode(&app, "acme").await;
 }
 
 #[tokio::test]
@@ -423,27 +424,6 @@ async fn remove_deletes_the_endpoints_in_tally_and_at_stripe() {
     assert!(tenant_webhooks::render(&again).contains("nothing removed"));
 }
 
-/// Collects everything tracing writes on this test's thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 /// The current-thread runtime of `#[tokio::test]` runs the server, the simulator and
 /// the test on this thread, so a thread-local subscriber sees all their logs.
 #[tokio::test]
@@ -515,7 +495,7 @@ async fn the_secret_never_appears_in_the_clis_output_nor_in_a_log_line_at_stripe
         text(&removed)
     );
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains("webhook"),
         "the capture works: {} bytes",
@@ -634,15 +614,7 @@ async fn rekey_reseals_registered_secrets_and_a_server_with_only_the_new_key_acc
     let old = app.master_base64.clone();
     let new = tally::crypto::MasterKey::generate_base64();
 
-    let rekeyed = run(
-        &app,
-        &["rekey"],
-        &[
-            ("TALLY_MASTER_KEY", &new),
-            ("TALLY_MASTER_KEY_PREVIOUS", &old),
-        ],
-    )
-    .await;
+    let rekeyed = rekey(&app, &new, &old).await;
     assert!(rekeyed.status.success(), "{}", text(&rekeyed));
     assert!(
         text(&rekeyed).contains("re-sealed 2 secrets of 1 tenants"),
@@ -776,13 +748,7 @@ async fn tenant_list_shows_registered_webhooks_and_freshness() {
     let platforms: Vec<String> = sim.keys().platforms.iter().map(|p| p.id.clone()).collect();
     store_endpoint(&app, &org, &platforms[0], "we_test_1", "whsec_test_list_1").await;
     store_endpoint(&app, &org, &platforms[1], "we_test_2", "whsec_test_list_2").await;
-    let change = tenant::TenantUpdate {
-        freshness: Some(tally::freshness::FreshnessMode::Events),
-        ..Default::default()
-    };
-    tenant::update(&app.pool, &app.master, "org", change, &Actor::cli())
-        .await
-        .expect("events mode: endpoints are registered");
+    events_mode(&app, "org").await;
 
     let listed = run(&app, &["tenant", "list", "--format", "json"], &[]).await;
     assert!(listed.status.success(), "{}", text(&listed));
