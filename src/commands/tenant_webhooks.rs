@@ -5,7 +5,7 @@
 //! answer that creates its endpoint, so an endpoint at the URL whose secret tally does
 //! not hold is replaced, never adopted.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -123,28 +123,29 @@ pub async fn register(
     let url = tenant_url(&tenant.slug, url)?;
     let events = event_types(events)?;
     let platforms = platforms(&tenant)?;
-    let client = stripe.client_for(&tenant)?;
-    let stored = stored_by_platform(pool, tenant.id).await?;
-
-    let mut done = Vec::new();
-    let result = register_each(
-        pool, stripe, &client, &tenant, &url, &events, &platforms, &stored, &mut done,
-    )
+    let mut stored = stored_by_platform(pool, tenant.id).await?;
+    let mut run = Run::new(pool, stripe, &tenant)?;
+    let result = async {
+        for platform_id in &platforms {
+            let held = stored.remove(platform_id);
+            run.register(platform_id, &url, &events, held.as_ref())
+                .await?;
+        }
+        // What is left belongs to platforms the tenant no longer lists: no events of
+        // theirs should arrive that tally no longer reads.
+        for row in stored.values() {
+            run.remove(row).await?;
+        }
+        Ok::<_, WebhookError>(())
+    }
     .await;
-    let result = match result {
-        Ok(()) => prune(pool, &client, &tenant, &platforms, &stored, &mut done).await,
-        Err(error) => Err(error),
-    };
-    let details = json!({"url": url, "events": events, "endpoints": audit_endpoints(&done)});
-    audit_changes(pool, actor, &tenant.slug, &done, details).await?;
+    let details = json!({"url": url, "events": events, "endpoints": run.audit_details()});
+    let done = run.audit(actor, details).await?;
     result?;
     Ok(Registration {
-        slug: tenant.slug,
         url: Some(url),
         events,
-        endpoints: done,
-        freshness: tenant.freshness,
-        hand_set_secret: tenant.webhook_secret_ciphertext.is_some(),
+        ..Registration::of(tenant, done)
     })
 }
 
@@ -159,26 +160,32 @@ pub async fn remove(
     let tenant = store::tenants::find_by_slug(pool, slug)
         .await?
         .ok_or_else(|| TenantError::UnknownTenant(slug.to_owned()))?;
-    let client = stripe.client_for(&tenant)?;
-    let mut done = Vec::new();
-    let mut result = Ok(());
-    for row in store::webhook_endpoints::list(pool, tenant.id).await? {
-        result = remove_one(pool, &client, &tenant, &row, &mut done).await;
-        if result.is_err() {
-            break;
+    let registered = store::webhook_endpoints::list(pool, tenant.id).await?;
+    let mut run = Run::new(pool, stripe, &tenant)?;
+    let result = async {
+        for row in &registered {
+            run.remove(row).await?;
+        }
+        Ok::<_, WebhookError>(())
+    }
+    .await;
+    let details = json!({"removed": true, "endpoints": run.audit_details()});
+    let done = run.audit(actor, details).await?;
+    result?;
+    Ok(Registration::of(tenant, done))
+}
+
+impl Registration {
+    fn of(tenant: Tenant, endpoints: Vec<EndpointReport>) -> Registration {
+        Registration {
+            hand_set_secret: tenant.webhook_secret_ciphertext.is_some(),
+            freshness: tenant.freshness,
+            slug: tenant.slug,
+            url: None,
+            events: vec![],
+            endpoints,
         }
     }
-    let details = json!({"removed": true, "endpoints": audit_endpoints(&done)});
-    audit_changes(pool, actor, &tenant.slug, &done, details).await?;
-    result?;
-    Ok(Registration {
-        slug: tenant.slug,
-        url: None,
-        events: vec![],
-        endpoints: done,
-        freshness: tenant.freshness,
-        hand_set_secret: tenant.webhook_secret_ciphertext.is_some(),
-    })
 }
 
 /// `url`, if it is an absolute http(s) URL whose path is this tenant's webhook path.
@@ -233,7 +240,7 @@ fn platforms(tenant: &Tenant) -> Result<Vec<String>, WebhookError> {
 async fn stored_by_platform(
     pool: &PgPool,
     tenant_id: i64,
-) -> Result<HashMap<String, Stored>, sqlx::Error> {
+) -> Result<BTreeMap<String, Stored>, sqlx::Error> {
     Ok(store::webhook_endpoints::list(pool, tenant_id)
         .await?
         .into_iter()
@@ -257,58 +264,56 @@ fn for_platform(platform_id: &str) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn register_each(
-    pool: &PgPool,
-    stripe: &StripeTenants,
-    client: &TenantClient,
-    tenant: &Tenant,
-    url: &str,
-    events: &[String],
-    platforms: &[String],
-    stored: &HashMap<String, Stored>,
-    done: &mut Vec<EndpointReport>,
-) -> Result<(), WebhookError> {
-    for platform_id in platforms {
+/// One run against one tenant's endpoints: what it acts with, and what it did so far
+/// (recorded in the audit log even when a later step fails).
+struct Run<'a> {
+    pool: &'a PgPool,
+    stripe: &'a StripeTenants,
+    tenant: &'a Tenant,
+    client: TenantClient,
+    done: Vec<EndpointReport>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        pool: &'a PgPool,
+        stripe: &'a StripeTenants,
+        tenant: &'a Tenant,
+    ) -> Result<Run<'a>, WebhookError> {
+        Ok(Run {
+            pool,
+            stripe,
+            tenant,
+            client: stripe.client_for(tenant)?,
+            done: Vec::new(),
+        })
+    }
+
+    /// Makes sure the platform has tally's endpoint at `url`: found when tally holds it
+    /// and Stripe still has it, created otherwise. `held` is what tally stored for it.
+    async fn register(
+        &mut self,
+        platform_id: &str,
+        url: &str,
+        events: &[String],
+        held: Option<&Stored>,
+    ) -> Result<(), WebhookError> {
         let ctx = context(platform_id);
-        let at_stripe = list_all(client, ctx).await.map_err(stripe_error(format!(
-            "listing the webhook endpoints{}",
-            for_platform(platform_id)
-        )))?;
-        let held = stored.get(platform_id.as_str());
+        let at_stripe = list_all(&self.client, ctx)
+            .await
+            .map_err(stripe_error(format!(
+                "listing the webhook endpoints{}",
+                for_platform(platform_id)
+            )))?;
         let ours = held.filter(|s| s.url == url && at_stripe.iter().any(|e| e.id == s.endpoint_id));
         let (endpoint_id, outcome) = match ours {
             Some(row) => (row.endpoint_id.clone(), Outcome::Found),
-            None => {
-                let new = NewWebhookEndpoint {
-                    url,
-                    events,
-                    description: DESCRIPTION,
-                    api_version: Some(&tenant.api_version),
-                };
-                let created =
-                    client
-                        .create_webhook_endpoint(ctx, &new)
-                        .await
-                        .map_err(stripe_error(format!(
-                            "creating the webhook endpoint{}",
-                            for_platform(platform_id)
-                        )))?;
-                // Stored before anything else: Stripe never shows this secret again.
-                let sealed = stripe
-                    .master()
-                    .seal(&tenant.slug, created.secret.expose_secret());
-                let row = store::webhook_endpoints::NewWebhookEndpoint {
-                    platform_id,
-                    endpoint_id: &created.endpoint.id,
-                    url,
-                    secret_ciphertext: &sealed,
-                };
-                store::webhook_endpoints::upsert(pool, tenant.id, &row).await?;
-                (created.endpoint.id, Outcome::Created)
-            }
+            None => (
+                self.create(platform_id, url, events).await?,
+                Outcome::Created,
+            ),
         };
-        done.push(EndpointReport {
+        self.done.push(EndpointReport {
             platform: ctx.map(str::to_owned),
             endpoint_id: endpoint_id.clone(),
             outcome,
@@ -334,74 +339,124 @@ async fn register_each(
                 reason: ReplaceReason::SecretUnknown,
             });
         for replaced in previous.into_iter().chain(strangers) {
-            delete_at_stripe(client, platform_id, &replaced.endpoint_id).await?;
-            done.last_mut()
-                .expect("pushed above")
-                .deleted
-                .push(replaced);
+            self.delete_at_stripe(platform_id, &replaced.endpoint_id)
+                .await?;
+            if let Some(report) = self.done.last_mut() {
+                report.deleted.push(replaced);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the endpoint at Stripe and stores its secret sealed; returns its id.
+    async fn create(
+        &self,
+        platform_id: &str,
+        url: &str,
+        events: &[String],
+    ) -> Result<String, WebhookError> {
+        let new = NewWebhookEndpoint {
+            url,
+            events,
+            description: DESCRIPTION,
+            api_version: Some(&self.tenant.api_version),
+        };
+        let created = self
+            .client
+            .create_webhook_endpoint(context(platform_id), &new)
+            .await
+            .map_err(stripe_error(format!(
+                "creating the webhook endpoint{}",
+                for_platform(platform_id)
+            )))?;
+        // Stored before anything else: Stripe never shows this secret again.
+        let sealed = self
+            .stripe
+            .master()
+            .seal(&self.tenant.slug, created.secret.expose_secret());
+        let row = store::webhook_endpoints::NewWebhookEndpoint {
+            platform_id,
+            endpoint_id: &created.endpoint.id,
+            url,
+            secret_ciphertext: &sealed,
+        };
+        store::webhook_endpoints::upsert(self.pool, self.tenant.id, &row).await?;
+        Ok(created.endpoint.id)
+    }
+
+    /// Deletes tally's endpoint `row` at Stripe, then forgets it.
+    async fn remove(&mut self, row: &Stored) -> Result<(), WebhookError> {
+        self.delete_at_stripe(&row.platform_id, &row.endpoint_id)
+            .await?;
+        store::webhook_endpoints::delete(self.pool, self.tenant.id, &row.platform_id).await?;
+        self.done.push(EndpointReport {
+            platform: context(&row.platform_id).map(str::to_owned),
+            endpoint_id: row.endpoint_id.clone(),
+            outcome: Outcome::Removed,
+            deleted: vec![],
+        });
+        Ok(())
+    }
+
+    /// Deletes the endpoint at Stripe; one that is already gone counts as deleted.
+    async fn delete_at_stripe(
+        &self,
+        platform_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), WebhookError> {
+        match self
+            .client
+            .delete_webhook_endpoint(context(platform_id), endpoint_id)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.status() == Some(404) => Ok(()),
+            Err(error) => Err(WebhookError::Stripe {
+                doing: format!(
+                    "deleting webhook endpoint {endpoint_id}{}",
+                    for_platform(platform_id)
+                ),
+                error,
+            }),
         }
     }
-    Ok(())
-}
 
-/// Endpoints tally holds for platforms the tenant no longer lists: deleted at Stripe and
-/// forgotten, so no platform's events arrive that tally no longer reads.
-async fn prune(
-    pool: &PgPool,
-    client: &TenantClient,
-    tenant: &Tenant,
-    platforms: &[String],
-    stored: &HashMap<String, Stored>,
-    done: &mut Vec<EndpointReport>,
-) -> Result<(), WebhookError> {
-    let mut dropped: Vec<&Stored> = stored
-        .values()
-        .filter(|row| !platforms.contains(&row.platform_id))
-        .collect();
-    dropped.sort_by(|a, b| a.platform_id.cmp(&b.platform_id));
-    for row in dropped {
-        remove_one(pool, client, tenant, row, done).await?;
+    fn audit_details(&self) -> Value {
+        self.done
+            .iter()
+            .map(|report| {
+                json!({
+                    "platform": report.platform,
+                    "endpoint": report.endpoint_id,
+                    "outcome": report.outcome.as_str(),
+                    "deleted": report.deleted.iter().map(|r| &r.endpoint_id).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
     }
-    Ok(())
-}
 
-async fn remove_one(
-    pool: &PgPool,
-    client: &TenantClient,
-    tenant: &Tenant,
-    row: &Stored,
-    done: &mut Vec<EndpointReport>,
-) -> Result<(), WebhookError> {
-    delete_at_stripe(client, &row.platform_id, &row.endpoint_id).await?;
-    store::webhook_endpoints::delete(pool, tenant.id, &row.platform_id).await?;
-    done.push(EndpointReport {
-        platform: context(&row.platform_id).map(str::to_owned),
-        endpoint_id: row.endpoint_id.clone(),
-        outcome: Outcome::Removed,
-        deleted: vec![],
-    });
-    Ok(())
-}
-
-/// Deletes the endpoint at Stripe; one that is already gone counts as deleted.
-async fn delete_at_stripe(
-    client: &TenantClient,
-    platform_id: &str,
-    endpoint_id: &str,
-) -> Result<(), WebhookError> {
-    match client
-        .delete_webhook_endpoint(context(platform_id), endpoint_id)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if error.status() == Some(404) => Ok(()),
-        Err(error) => Err(WebhookError::Stripe {
-            doing: format!(
-                "deleting webhook endpoint {endpoint_id}{}",
-                for_platform(platform_id)
-            ),
-            error,
-        }),
+    /// Records what changed, if anything did (not a run that found everything as it
+    /// was); returns what was done.
+    async fn audit(
+        self,
+        actor: &Actor,
+        details: Value,
+    ) -> Result<Vec<EndpointReport>, sqlx::Error> {
+        let changed = self
+            .done
+            .iter()
+            .any(|r| r.outcome != Outcome::Found || !r.deleted.is_empty());
+        if changed {
+            audit::record(
+                self.pool,
+                actor,
+                "tenant.webhooks",
+                Some(&self.tenant.slug),
+                details,
+            )
+            .await?;
+        }
+        Ok(self.done)
     }
 }
 
@@ -423,36 +478,6 @@ async fn list_all(
         }
     }
     Ok(all)
-}
-
-fn audit_endpoints(done: &[EndpointReport]) -> Value {
-    done.iter()
-        .map(|report| {
-            json!({
-                "platform": report.platform,
-                "endpoint": report.endpoint_id,
-                "outcome": report.outcome.as_str(),
-                "deleted": report.deleted.iter().map(|r| &r.endpoint_id).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
-}
-
-/// Records what changed (nothing is recorded when everything was found as it was).
-async fn audit_changes(
-    pool: &PgPool,
-    actor: &Actor,
-    slug: &str,
-    done: &[EndpointReport],
-    details: Value,
-) -> Result<(), sqlx::Error> {
-    let changed = done
-        .iter()
-        .any(|r| r.outcome != Outcome::Found || !r.deleted.is_empty());
-    if changed {
-        audit::record(pool, actor, "tenant.webhooks", Some(slug), details).await?;
-    }
-    Ok(())
 }
 
 /// What to print: one line per endpoint, then what to do next. Never a secret.
