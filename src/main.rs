@@ -256,6 +256,22 @@ enum TenantCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Register the tenant's Connect webhook endpoint at Stripe (one per platform for
+    /// an organization key) and store its signing secret sealed; found, not doubled, when
+    /// run again. --remove deletes them at Stripe and in tally.
+    Webhooks {
+        slug: String,
+        /// Where Stripe delivers: this server's https://…/webhooks/stripe/<slug>.
+        #[arg(long, value_name = "URL", required_unless_present = "remove")]
+        url: Option<String>,
+        /// Event types to receive (repeatable or comma-separated; default `*`, every
+        /// type: any event marks its account changed).
+        #[arg(long = "events", value_name = "TYPE", conflicts_with = "remove")]
+        events: Vec<String>,
+        /// Delete the tenant's registered endpoints at Stripe and in tally.
+        #[arg(long, conflicts_with = "url")]
+        remove: bool,
+    },
     /// List tenants (keys shown as last four only).
     List {
         #[arg(long, value_enum, default_value = "table")]
@@ -447,6 +463,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     "tenant {slug} purged: deleted with {accounts} accounts and {tokens} tokens"
                 ),
             }
+        }
+        Command::Tenant(TenantCommand::Webhooks {
+            slug,
+            url,
+            events,
+            remove,
+        }) => {
+            let (pool, stripe) = commands::stripe_context(&settings).await?;
+            let actor = Actor::cli();
+            let done = match url {
+                Some(url) if !remove => {
+                    commands::tenant_webhooks::register(
+                        &pool, &stripe, &slug, &url, &events, &actor,
+                    )
+                    .await?
+                }
+                _ => commands::tenant_webhooks::remove(&pool, &stripe, &slug, &actor).await?,
+            };
+            print!("{}", commands::tenant_webhooks::render(&done));
         }
         Command::Tenant(TenantCommand::List { format }) => {
             let pool = commands::connect_and_migrate(&settings).await?;

@@ -5,34 +5,9 @@
 #[allow(dead_code)]
 mod helpers;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use tally::domain::Role;
-use tracing_subscriber::fmt::MakeWriter;
 
-use helpers::{account_object, spawn_app, PLATFORM_KEY};
-
-/// Collects everything tracing writes, for the no-secret-in-logs check.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
+use helpers::{account_object, spawn_app, Captured, PLATFORM_KEY};
 
 const WEBHOOK_SECRET: &str = "whsec_test_logs_0123456789abcdef";
 

@@ -9,6 +9,7 @@ pub mod rekey;
 pub mod serve;
 pub mod sync;
 pub mod tenant;
+pub mod tenant_webhooks;
 pub mod token;
 
 use anyhow::Context;

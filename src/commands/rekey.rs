@@ -1,8 +1,10 @@
-//! `tally rekey`: re-seals every stored secret (each tenant's Stripe key and webhook
-//! secret) under the current `TALLY_MASTER_KEY`, in one transaction. Secrets still
+//! `tally rekey`: re-seals every stored secret (each tenant's Stripe key, its hand-set
+//! webhook secret and the secrets of the endpoints `tally tenant webhooks` registered)
+//! under the current `TALLY_MASTER_KEY`, in one transaction. Secrets still
 //! sealed with `TALLY_MASTER_KEY_PREVIOUS` open with it; one that opens with neither
 //! stops the whole run, and nothing changes. Plaintext exists only in memory.
 
+use secrecy::ExposeSecret;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -13,7 +15,7 @@ use crate::store;
 /// What a rekey did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RekeyReport {
-    /// Secrets re-sealed (Stripe keys and webhook secrets).
+    /// Secrets re-sealed (Stripe keys, webhook secrets, registered endpoints' secrets).
     pub secrets: usize,
     pub tenants: usize,
     /// Of those, how many were still sealed with the previous master key.
@@ -23,7 +25,7 @@ pub struct RekeyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RekeyError {
     #[error("tenant '{slug}': its {what} opens with neither TALLY_MASTER_KEY nor {PREVIOUS_MASTER_KEY_ENV} (set {PREVIOUS_MASTER_KEY_ENV} to the key it was sealed with); nothing was changed")]
-    CannotOpen { slug: String, what: &'static str },
+    CannotOpen { slug: String, what: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -40,27 +42,32 @@ pub async fn run(
         tenants: rows.len(),
         from_previous: 0,
     };
+    let mut reseal = |slug: &str, sealed: &[u8], what: &dyn Fn() -> String| {
+        let (secret, with) =
+            master
+                .open_reporting(slug, sealed)
+                .map_err(|_| RekeyError::CannotOpen {
+                    slug: slug.to_owned(),
+                    what: what(),
+                })?;
+        report.secrets += 1;
+        report.from_previous += usize::from(with == OpenedWith::Previous);
+        Ok::<_, RekeyError>(master.seal(slug, secret.expose_secret()))
+    };
     for row in &rows {
-        let mut reseal = |sealed: &[u8], what: &'static str| {
-            let (secret, with) =
-                master
-                    .open_reporting(&row.slug, sealed)
-                    .map_err(|_| RekeyError::CannotOpen {
-                        slug: row.slug.clone(),
-                        what,
-                    })?;
-            report.secrets += 1;
-            report.from_previous += usize::from(with == OpenedWith::Previous);
-            use secrecy::ExposeSecret;
-            Ok::<_, RekeyError>(master.seal(&row.slug, secret.expose_secret()))
-        };
-        let key = reseal(&row.key_ciphertext, "Stripe key")?;
+        let key = reseal(&row.slug, &row.key_ciphertext, &|| "Stripe key".to_owned())?;
         let webhook = row
             .webhook_secret_ciphertext
             .as_deref()
-            .map(|sealed| reseal(sealed, "webhook secret"))
+            .map(|sealed| reseal(&row.slug, sealed, &|| "webhook secret".to_owned()))
             .transpose()?;
         store::tenants::reseal(&mut *tx, row.id, &key, webhook.as_deref()).await?;
+    }
+    for row in store::webhook_endpoints::sealed_for_rekey(&mut *tx).await? {
+        let what = || format!("webhook endpoint {} signing secret", row.endpoint_id);
+        let sealed = reseal(&row.slug, &row.secret_ciphertext, &what)?;
+        store::webhook_endpoints::reseal(&mut *tx, row.tenant_id, &row.platform_id, &sealed)
+            .await?;
     }
     let details = json!({
         "secrets": report.secrets,

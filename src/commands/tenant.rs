@@ -107,6 +107,10 @@ pub struct TenantView {
     pub platforms: Vec<String>,
     pub org_accounts: Vec<String>,
     pub webhook_secret: bool,
+    /// Connect webhook endpoints registered with `tally tenant webhooks`.
+    pub webhooks: i64,
+    /// How its balances are kept current: `poll` or `events`.
+    pub freshness: &'static str,
     pub accounts: i64,
     /// `active`, or `removed` after `tally tenant remove`.
     pub status: &'static str,
@@ -129,6 +133,8 @@ impl TenantView {
             platforms: tenant.platform_ids,
             org_accounts: tenant.org_account_ids,
             webhook_secret: tenant.webhook_secret_ciphertext.is_some(),
+            webhooks: 0,
+            freshness: tenant.freshness.as_str(),
             accounts,
         }
     }
@@ -323,7 +329,7 @@ fn missing_permission(message: &str) -> Option<String> {
     name.starts_with("rak_").then(|| name.to_owned())
 }
 
-async fn enabled_tenant(pool: &PgPool, slug: &str) -> Result<Tenant, TenantError> {
+pub(crate) async fn enabled_tenant(pool: &PgPool, slug: &str) -> Result<Tenant, TenantError> {
     let tenant = store::tenants::find_by_slug(pool, slug)
         .await?
         .ok_or_else(|| TenantError::UnknownTenant(slug.to_owned()))?;
@@ -571,6 +577,8 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TenantView>, sqlx::Error> {
             platforms: t.platform_ids,
             org_accounts: t.org_account_ids,
             webhook_secret: t.has_webhook_secret,
+            webhooks: t.webhooks,
+            freshness: t.freshness.as_str(),
             accounts: t.accounts,
         })
         .collect())
@@ -579,17 +587,27 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TenantView>, sqlx::Error> {
 /// `tenant list` as a table for people.
 pub fn render_table(tenants: &[TenantView]) -> String {
     let mut out = format!(
-        "{:<20} {:<13} {:<9} {:<20} {:>9} {:<8} {}\n",
-        "SLUG", "KIND", "KEY", "API VERSION", "ACCOUNTS", "STATUS", "PLATFORMS"
+        "{:<20} {:<13} {:<9} {:<20} {:>9} {:<9} {:>8} {:<8} {}\n",
+        "SLUG",
+        "KIND",
+        "KEY",
+        "API VERSION",
+        "ACCOUNTS",
+        "FRESHNESS",
+        "WEBHOOKS",
+        "STATUS",
+        "PLATFORMS"
     );
     for t in tenants {
         out.push_str(&format!(
-            "{:<20} {:<13} {:<9} {:<20} {:>9} {:<8} {}\n",
+            "{:<20} {:<13} {:<9} {:<20} {:>9} {:<9} {:>8} {:<8} {}\n",
             t.slug,
             t.kind,
             format!("…{}", t.key_last4),
             t.api_version,
             t.accounts,
+            t.freshness,
+            t.webhooks,
             t.status,
             if t.platforms.is_empty() {
                 "-".to_owned()

@@ -47,7 +47,8 @@ api_errors!(
     operation_id = "receiveStripeWebhook",
     description = "Stripe's signed Connect events (`account.updated`, \
         `account.application.deauthorized`, `balance.available`; other types are ignored). \
-        No bearer token: `Stripe-Signature` (HMAC-SHA256 with the tenant's endpoint secret, \
+        No bearer token: `Stripe-Signature` (HMAC-SHA256 with one of the tenant's endpoint \
+        secrets: the one set by hand or one of those `tally tenant webhooks` registered; \
         300 s tolerance) is checked over the raw body first. Every refusal (missing, \
         malformed, wrong or stale signature, unknown tenant, tenant without a secret) is the \
         same 400 `invalid-signature`. Each event id is applied once.",
@@ -176,7 +177,7 @@ impl Refusal {
             ),
             Refusal::NotConfigured(slug) => tracing::warn!(
                 tenant = %slug,
-                reason = "the tenant has no webhook endpoint secret (tenant add --webhook-secret-env)",
+                reason = "the tenant has no webhook endpoint secret (tally tenant webhooks, or tenant add --webhook-secret-env)",
                 "webhook refused"
             ),
             Refusal::SecretUnusable(slug, error) => tracing::error!(
@@ -195,31 +196,41 @@ impl Refusal {
 /// an acceptance does, and the response time tells little either.
 const NO_SECRET: &[u8] = b"whsec_tally_no_endpoint_secret";
 
-/// The tenant the request is for, if its signature verifies with that tenant's
-/// endpoint secret. The outer `Err` only for a failure of our own (the database).
+/// The tenant the request is for, if its signature verifies with one of that tenant's
+/// endpoint secrets: the hand-set one or one of those `tally tenant webhooks`
+/// registered. The outer `Err` only for a failure of our own (the database).
 async fn verified_tenant(
     state: &AppState,
     slug: &str,
     header: Option<&str>,
     body: &[u8],
 ) -> Result<Result<Tenant, Refusal>, ApiError> {
-    let found = tenant_with_secret(state, slug).await?;
-    let secret = match &found {
-        Ok((_, secret)) => secret.expose_secret().as_bytes(),
-        Err(_) => NO_SECRET,
+    let now = chrono::Utc::now().timestamp();
+    let (tenant, secrets) = match tenant_with_secrets(state, slug).await? {
+        Ok(found) => found,
+        Err(refusal) => {
+            // Checked all the same, so a refusal costs what an acceptance does.
+            let _ = signature::verify(header, body, NO_SECRET, now);
+            return Ok(Err(refusal));
+        }
     };
-    let checked = signature::verify(header, body, secret, chrono::Utc::now().timestamp());
-    Ok(match (found, checked) {
-        (Err(refusal), _) => Err(refusal),
-        (Ok((tenant, _)), Ok(())) => Ok(tenant),
-        (Ok((tenant, _)), Err(error)) => Err(Refusal::Signature(tenant.slug, error)),
-    })
+    let mut refusal = None;
+    for secret in &secrets {
+        // Each compare is constant-time; the first secret that verifies is enough.
+        match signature::verify(header, body, secret.expose_secret().as_bytes(), now) {
+            Ok(()) => return Ok(Ok(tenant)),
+            Err(error) => refusal = Some(error),
+        }
+    }
+    let error = refusal.expect("tenant_with_secrets returns at least one secret");
+    Ok(Err(Refusal::Signature(tenant.slug, error)))
 }
 
-async fn tenant_with_secret(
+/// The tenant and every secret its events may be signed with (at least one).
+async fn tenant_with_secrets(
     state: &AppState,
     slug: &str,
-) -> Result<Result<(Tenant, SecretString), Refusal>, ApiError> {
+) -> Result<Result<(Tenant, Vec<SecretString>), Refusal>, ApiError> {
     let Some(slug) = TenantSlug::parse(slug) else {
         return Ok(Err(Refusal::UnknownTenant(None)));
     };
@@ -230,11 +241,30 @@ async fn tenant_with_secret(
     let Some(tenant) = found else {
         return Ok(Err(Refusal::UnknownTenant(Some(slug.as_str().to_owned()))));
     };
-    Ok(match state.stripe.webhook_secret(&tenant) {
-        Ok(Some(secret)) => Ok((tenant, secret)),
-        Ok(None) => Err(Refusal::NotConfigured(tenant.slug)),
-        Err(error) => Err(Refusal::SecretUnusable(tenant.slug, error)),
-    })
+    let registered = store::webhook_endpoints::list(&state.pool, tenant.id).await?;
+    let hand_set = state.stripe.webhook_secret(&tenant).transpose();
+    let sealed = registered.iter().map(|endpoint| {
+        state
+            .stripe
+            .master()
+            .open(&tenant.slug, &endpoint.secret_ciphertext)
+    });
+    let (opened, unusable): (Vec<_>, Vec<_>) =
+        hand_set.into_iter().chain(sealed).partition(Result::is_ok);
+    let secrets: Vec<SecretString> = opened.into_iter().filter_map(Result::ok).collect();
+    let mut unusable = unusable.into_iter().filter_map(Result::err);
+    if secrets.is_empty() {
+        return Ok(Err(match unusable.next() {
+            Some(error) => Refusal::SecretUnusable(tenant.slug, error),
+            None => Refusal::NotConfigured(tenant.slug),
+        }));
+    }
+    // A secret that cannot be opened is the operator's problem, logged loudly; the
+    // others still verify.
+    for error in unusable {
+        Refusal::SecretUnusable(tenant.slug.clone(), error).log();
+    }
+    Ok(Ok((tenant, secrets)))
 }
 
 fn event_error(error: EventError) -> ApiError {

@@ -151,6 +151,9 @@ pub struct TenantSummary {
     pub platform_ids: Vec<String>,
     pub org_account_ids: Vec<String>,
     pub has_webhook_secret: bool,
+    /// Endpoints `tally tenant webhooks` registered.
+    pub webhooks: i64,
+    pub freshness: FreshnessMode,
     pub accounts: i64,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
@@ -162,6 +165,8 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TenantSummary>, sqlx::E
         r#"SELECT t.slug, t.credential_kind, t.key_last4, t.api_version, t.api_base, t.rate_limit,
                   t.platform_ids, t.org_account_ids,
                   t.webhook_secret_ciphertext IS NOT NULL AS "has_webhook_secret!",
+                  (SELECT count(*) FROM webhook_endpoints w WHERE w.tenant_id = t.id) AS "webhooks!",
+                  t.freshness AS "freshness: FreshnessMode",
                   COALESCE(c.listed, 0) AS "accounts!", t.created_at, t.disabled_at
            FROM tenants t LEFT JOIN tenant_account_counts c ON c.tenant_id = t.id
            ORDER BY t.slug"#

@@ -20,7 +20,10 @@ use crate::stripe::limiter::AdaptiveRate;
 use crate::stripe::retry::{
     backoff_delay, random_jitter, should_retry, stripe_should_retry, AttemptOutcome,
 };
-use crate::stripe::types::{parse_balance, parse_list, parse_object, Balance, List};
+use crate::stripe::types::{
+    parse_balance, parse_list, parse_list_of, parse_object, parse_typed, Balance,
+    CreatedWebhookEndpoint, Deleted, List, WebhookEndpoint,
+};
 
 /// Timeouts and retry policy, shared by every tenant.
 #[derive(Debug, Clone)]
@@ -213,36 +216,12 @@ impl TenantClient {
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<Fetched<List<Value>>, StripeError> {
-        if !(1..=100).contains(&limit) {
-            return Err(StripeError::Config(format!(
-                "list limit must be between 1 and 100, got {limit}"
-            )));
-        }
-        let account = match (self.inner.credential.kind, platform) {
-            (CredentialKind::Platform, _) => None,
-            (CredentialKind::Organization, Some(p)) => {
-                Some(account_header(CredentialKind::Organization, p, None))
-            }
-            (CredentialKind::Organization, None) => {
-                return Err(StripeError::Config(
-                    "listing accounts with an organization key needs the platform whose \
-                     accounts to list (sent as Stripe-Context)"
-                        .to_owned(),
-                ))
-            }
-        };
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(id) = starting_after {
-            query.push(("starting_after", id.to_owned()));
-        }
-        let call = Call {
-            method: Method::GET,
-            path: segments(&["accounts"]),
-            query,
-            form: None,
-            account,
-            what: "list",
-        };
+        let account = self.context_header(
+            platform,
+            "listing accounts with an organization key needs the platform whose accounts \
+             to list (sent as Stripe-Context)",
+        )?;
+        let call = list_call("accounts", account, starting_after, limit)?;
         self.execute(call, parse_list).await
     }
 
@@ -276,19 +255,10 @@ impl TenantClient {
         &self,
         context: Option<&str>,
     ) -> Result<Fetched<Balance>, StripeError> {
-        let account = match (self.inner.credential.kind, context) {
-            (CredentialKind::Platform, _) => None,
-            (CredentialKind::Organization, Some(account)) => {
-                Some(account_header(CredentialKind::Organization, account, None))
-            }
-            (CredentialKind::Organization, None) => {
-                return Err(StripeError::Config(
-                    "an organization key reads a balance only for an account it names in \
-                     Stripe-Context"
-                        .to_owned(),
-                ))
-            }
-        };
+        let account = self.context_header(
+            context,
+            "an organization key reads a balance only for an account it names in Stripe-Context",
+        )?;
         let call = Call {
             method: Method::GET,
             path: segments(&["balance"]),
@@ -298,6 +268,87 @@ impl TenantClient {
             what: "balance",
         };
         self.execute(call, parse_balance).await
+    }
+
+    /// `POST /v1/webhook_endpoints`: a Connect endpoint (`connect=true`) receiving
+    /// `endpoint.events` of the connected accounts of the key's platform, or, for an
+    /// organization key, of `platform` (sent as `Stripe-Context`). The answer is the only
+    /// time Stripe shows the endpoint's signing secret; it is returned as a secret and the
+    /// raw body is dropped here. One `Idempotency-Key` covers every retry, so a retried
+    /// POST never registers two endpoints.
+    #[tracing::instrument(name = "stripe.create_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    pub async fn create_webhook_endpoint(
+        &self,
+        platform: Option<&str>,
+        endpoint: &NewWebhookEndpoint<'_>,
+    ) -> Result<CreatedWebhookEndpoint, StripeError> {
+        let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
+        let mut params: Vec<(&str, &str)> = vec![("url", endpoint.url)];
+        params.extend(
+            endpoint
+                .events
+                .iter()
+                .map(|e| ("enabled_events[]", e.as_str())),
+        );
+        params.extend([("connect", "true"), ("description", endpoint.description)]);
+        if let Some(version) = endpoint.api_version {
+            params.push(("api_version", version));
+        }
+        let form = serde_urlencoded::to_string(&params).map_err(|e| {
+            StripeError::Config(format!("cannot encode webhook endpoint parameters: {e}"))
+        })?;
+        let call = Call {
+            method: Method::POST,
+            path: segments(&["webhook_endpoints"]),
+            query: Vec::new(),
+            form: Some(form),
+            account,
+            what: "webhook_endpoint",
+        };
+        let created = self
+            .execute(call, |v| parse_typed(v, "webhook_endpoint"))
+            .await?;
+        Ok(created.value)
+    }
+
+    /// One page of `GET /v1/webhook_endpoints` of the key's platform, or, for an
+    /// organization key, of `platform` (`Stripe-Context`). `limit` is 1..=100.
+    #[tracing::instrument(name = "stripe.list_webhook_endpoints", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    pub async fn list_webhook_endpoints_page(
+        &self,
+        platform: Option<&str>,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<List<WebhookEndpoint>, StripeError> {
+        let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
+        let call = list_call("webhook_endpoints", account, starting_after, limit)?;
+        let page = self
+            .execute(call, |v| parse_list_of(v, "webhook_endpoint"))
+            .await?;
+        Ok(page.value)
+    }
+
+    /// `DELETE /v1/webhook_endpoints/{id}` of the key's platform, or, for an organization
+    /// key, of `platform` (`Stripe-Context`).
+    #[tracing::instrument(name = "stripe.delete_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), endpoint = %id, attempt))]
+    pub async fn delete_webhook_endpoint(
+        &self,
+        platform: Option<&str>,
+        id: &str,
+    ) -> Result<Deleted, StripeError> {
+        let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
+        let call = Call {
+            method: Method::DELETE,
+            path: segments(&["webhook_endpoints", id]),
+            query: Vec::new(),
+            form: None,
+            account,
+            what: "webhook_endpoint",
+        };
+        let deleted = self
+            .execute(call, |v| parse_typed(v, "webhook_endpoint"))
+            .await?;
+        Ok(deleted.value)
     }
 
     /// A client for `credential` (a rotated key, a changed API version) that keeps this
@@ -346,6 +397,26 @@ impl TenantClient {
 
     fn header_for(&self, account: &str, platform: Option<&str>) -> AccountHeader {
         account_header(self.inner.credential.kind, account, platform)
+    }
+
+    /// The header of a request that acts as an account of the organization itself (a
+    /// platform listing its accounts, a key checking its own balance): none for a
+    /// platform key, which acts as its own account; `Stripe-Context: context` for an
+    /// organization key, which must name one (`missing` says why when it does not).
+    fn context_header(
+        &self,
+        context: Option<&str>,
+        missing: &str,
+    ) -> Result<Option<AccountHeader>, StripeError> {
+        match (self.inner.credential.kind, context) {
+            (CredentialKind::Platform, _) => Ok(None),
+            (CredentialKind::Organization, Some(account)) => Ok(Some(account_header(
+                CredentialKind::Organization,
+                account,
+                None,
+            ))),
+            (CredentialKind::Organization, None) => Err(StripeError::Config(missing.to_owned())),
+        }
     }
 
     /// Runs `call` with retries, decoding a successful body with `parse`.
@@ -523,6 +594,45 @@ impl TenantClient {
             body,
         })
     }
+}
+
+/// What `POST /v1/webhook_endpoints` registers, besides `connect=true`.
+pub struct NewWebhookEndpoint<'a> {
+    pub url: &'a str,
+    /// Event types, or `*` for every one.
+    pub events: &'a [String],
+    pub description: &'a str,
+    /// The API version Stripe renders the endpoint's events with (`None`: the account's default).
+    pub api_version: Option<&'a str>,
+}
+
+const WEBHOOKS_NEED_A_PLATFORM: &str = "an organization key manages the webhook endpoints of \
+    one of its platforms, named in Stripe-Context";
+
+/// One page of `GET /v1/{resource}`: at most `limit` (1..=100), after `starting_after`.
+fn list_call(
+    resource: &str,
+    account: Option<AccountHeader>,
+    starting_after: Option<&str>,
+    limit: u8,
+) -> Result<Call, StripeError> {
+    if !(1..=100).contains(&limit) {
+        return Err(StripeError::Config(format!(
+            "list limit must be between 1 and 100, got {limit}"
+        )));
+    }
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(id) = starting_after {
+        query.push(("starting_after", id.to_owned()));
+    }
+    Ok(Call {
+        method: Method::GET,
+        path: segments(&[resource]),
+        query,
+        form: None,
+        account,
+        what: "list",
+    })
 }
 
 fn segments(parts: &[&str]) -> Vec<String> {

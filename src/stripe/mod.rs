@@ -12,7 +12,9 @@ pub mod retry;
 pub mod types;
 
 pub use budget::{Priority, RateBudget};
-pub use client::{ClientSettings, Fetched, RateSettings, StripeClient, TenantClient};
+pub use client::{
+    ClientSettings, Fetched, NewWebhookEndpoint, RateSettings, StripeClient, TenantClient,
+};
 pub use credential::{
     key_last4, Credential, CredentialKind, UnknownCredentialKind, UnknownKeyPrefix,
 };
@@ -20,4 +22,7 @@ pub use error::{ApiErrorBody, StripeError};
 pub use headers::{account_header, AccountHeader};
 pub use limiter::AdaptiveRate;
 pub use retry::backoff_delay;
-pub use types::{Balance, BalanceAmount, IssuingBalance, List, RefundAndDisputePrefunding};
+pub use types::{
+    Balance, BalanceAmount, CreatedWebhookEndpoint, Deleted, IssuingBalance, List,
+    RefundAndDisputePrefunding, WebhookEndpoint,
+};

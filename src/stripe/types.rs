@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -59,6 +60,36 @@ pub struct List<T> {
     pub url: String,
 }
 
+/// A webhook endpoint (`/v1/webhook_endpoints`), as listed: without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub enabled_events: Vec<String>,
+    /// `enabled` or `disabled`.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub livemode: bool,
+}
+
+/// The answer to `POST /v1/webhook_endpoints`: the only time Stripe shows the signing
+/// secret. `SecretString` keeps it out of `Debug` and logs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatedWebhookEndpoint {
+    #[serde(flatten)]
+    pub endpoint: WebhookEndpoint,
+    pub secret: SecretString,
+}
+
+/// What a Stripe `DELETE` answers: `{id, object, deleted: true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+}
+
 fn lowercase<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     String::deserialize(d).map(|s| s.to_ascii_lowercase())
 }
@@ -113,6 +144,32 @@ pub(crate) fn parse_list(value: &Value) -> Result<List<Value>, String> {
 pub(crate) fn parse_object(value: &Value, object: &str) -> Result<Value, String> {
     expect_object(value, object)?;
     Ok(value.clone())
+}
+
+/// Reads a Stripe object of type `object` into `T`.
+pub(crate) fn parse_typed<T: DeserializeOwned>(value: &Value, object: &str) -> Result<T, String> {
+    expect_object(value, object)?;
+    T::deserialize(value).map_err(|e| e.to_string())
+}
+
+/// Reads a list page whose items are Stripe objects of type `object`, into `T`s.
+pub(crate) fn parse_list_of<T: DeserializeOwned>(
+    value: &Value,
+    object: &str,
+) -> Result<List<T>, String> {
+    let list = parse_list(value)?;
+    let data = list
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_typed(item, object).map_err(|e| format!("data[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(List {
+        object: list.object,
+        data,
+        has_more: list.has_more,
+        url: list.url,
+    })
 }
 
 fn expect_object<'v>(value: &'v Value, object: &str) -> Result<&'v Map<String, Value>, String> {
@@ -263,6 +320,34 @@ mod tests {
         )
         .expect_err("bad has_more");
         assert!(err.starts_with("has_more: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_created_webhook_endpoint_keeps_its_secret_out_of_debug() {
+        let v = json!({"id": "we_1", "object": "webhook_endpoint", "url": "https://t.example/h",
+            "enabled_events": ["*"], "status": "enabled", "livemode": false,
+            "secret": "whsec_abc123", "application": null, "api_version": null});
+        let created: CreatedWebhookEndpoint = parse_typed(&v, "webhook_endpoint").expect("parses");
+        assert_eq!(created.endpoint.id, "we_1");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&created.secret),
+            "whsec_abc123"
+        );
+        assert!(!format!("{created:?}").contains("whsec_abc123"));
+        let list: List<WebhookEndpoint> = parse_list_of(
+            &json!({"object": "list", "url": "/v1/webhook_endpoints", "has_more": false,
+                "data": [{"id": "we_1", "object": "webhook_endpoint", "url": "https://a/b"}]}),
+            "webhook_endpoint",
+        )
+        .expect("parses");
+        assert_eq!(list.data[0].url, "https://a/b");
+        let err = parse_list_of::<WebhookEndpoint>(
+            &json!({"object": "list", "url": "/", "has_more": false,
+                "data": [{"id": "acct_1", "object": "account"}]}),
+            "webhook_endpoint",
+        )
+        .expect_err("not endpoints");
+        assert_eq!(err, "data[0]: object is \"account\"");
     }
 
     #[test]

@@ -24,4 +24,5 @@ mod tenant_lifecycle;
 mod tenants;
 mod tokens;
 mod totals;
+mod webhook_registration;
 mod webhooks;

@@ -30,7 +30,7 @@ fn api_only(settings: &mut tally::config::Settings) {
 }
 
 /// Runs the CLI without blocking the runtime (the simulator it talks to runs on it).
-async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = app.tally_command();
     command.args(args).envs(env.iter().copied());
     tokio::process::Command::from(command)
@@ -39,7 +39,16 @@ async fn run(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("tally runs")
 }
 
-fn text(output: &Output) -> String {
+/// `tally rekey` to `new`, with `previous` beside it to open what it sealed.
+pub(crate) async fn rekey(app: &TestApp, new: &str, previous: &str) -> Output {
+    let env = [
+        ("TALLY_MASTER_KEY", new),
+        ("TALLY_MASTER_KEY_PREVIOUS", previous),
+    ];
+    run(app, &["rekey"], &env).await
+}
+
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -94,7 +103,7 @@ async fn tenants(app: &TestApp) -> i64 {
         .expect("count")
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -394,15 +403,7 @@ async fn rekey_reseals_under_the_new_master_key_and_a_server_with_only_it_reads_
         .expect("row");
     assert_eq!(before, after, "nothing changed");
 
-    let rekeyed = run(
-        &app,
-        &["rekey"],
-        &[
-            ("TALLY_MASTER_KEY", &new),
-            ("TALLY_MASTER_KEY_PREVIOUS", &old),
-        ],
-    )
-    .await;
+    let rekeyed = rekey(&app, &new, &old).await;
     assert!(rekeyed.status.success(), "{}", text(&rekeyed));
     assert!(
         text(&rekeyed).contains("re-sealed 2 secrets of 1 tenants under TALLY_MASTER_KEY (2 were sealed with TALLY_MASTER_KEY_PREVIOUS)"),
@@ -1107,16 +1108,8 @@ async fn the_audit_log_records_every_kind_of_change_with_who_did_it_and_no_secre
     let revoked = run(&app, &["token", "revoke", "3"], &[]).await;
     assert!(revoked.status.success(), "{}", text(&revoked));
     let new_master = tally::crypto::MasterKey::generate_base64();
-    let rekey = run(
-        &app,
-        &["rekey"],
-        &[
-            ("TALLY_MASTER_KEY", &new_master),
-            ("TALLY_MASTER_KEY_PREVIOUS", &master),
-        ],
-    )
-    .await;
-    assert!(rekey.status.success(), "{}", text(&rekey));
+    let rekeyed = rekey(&app, &new_master, &master).await;
+    assert!(rekeyed.status.success(), "{}", text(&rekeyed));
     let gone = run(&app, &["tenant", "remove", "acme"], &[]).await;
     assert!(gone.status.success());
     let purged = run(&app, &["tenant", "remove", "acme", "--purge", "--yes"], &[]).await;

@@ -64,7 +64,7 @@ pub(crate) async fn post_event(
 }
 
 /// Every refusal before the signature verifies looks the same, whatever the reason.
-fn assert_refused(status: u16, body: &Value) {
+pub(crate) fn assert_refused(status: u16, body: &Value) {
     assert_eq!(
         (status, body),
         (
