@@ -34,18 +34,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{env_usize, ScratchDb};
+use common::{add_tenant, env_usize, store_accounts, Replica, ScratchDb};
 use secrecy::SecretString;
-use tally::app::Application;
-use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
 use tally::refresh::budget::SharedBudget;
-use tally::sim::{SimConfig, SimHandle, SimStats};
+use tally::sim::{SimConfig, SimStats};
 use tally::store;
-use tally::store::accounts::{AccountInput, Observed};
 use tally::stripe::{AdaptiveRate, Priority, RateBudget};
-use tally::tenants::StripeTenants;
 
 /// The simulator's per-key limit (Stripe's is 100/s in live mode) and latency.
 const SIM_RATE_LIMIT: u32 = 100;
@@ -105,86 +101,6 @@ fn side_pool(settings: &Settings, connections: u32) -> sqlx::PgPool {
     let mut database = settings.database.clone();
     database.max_connections = connections;
     store::pool(&database).expect("pool")
-}
-
-/// One `tally serve` replica inside this process.
-struct Replica {
-    stop: tokio::sync::oneshot::Sender<()>,
-    running: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(settings: &Settings, master_base64: &str) -> Replica {
-        let pool = store::pool(&settings.database).expect("pool");
-        let master = MasterKey::from_base64(master_base64).expect("master key");
-        let stripe = Arc::new(
-            StripeTenants::new(&settings.stripe, Arc::new(master))
-                .expect("stripe access")
-                .with_shared_budget(pool.clone()),
-        );
-        let app = Application::with_parts(settings.clone(), pool, stripe)
-            .await
-            .expect("application builds");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
-        Replica { stop, running }
-    }
-
-    /// What SIGTERM does: leases given back, the pool closed.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.running
-            .await
-            .expect("replica task")
-            .expect("replica stops cleanly");
-    }
-}
-
-async fn add_tenant(
-    pool: &sqlx::PgPool,
-    settings: &Settings,
-    master_base64: &str,
-    key: &str,
-    api_base: String,
-    rate: u32,
-) -> store::tenants::Tenant {
-    let master = MasterKey::from_base64(master_base64).expect("master key");
-    let spec = TenantSpec {
-        api_base: Some(api_base),
-        rate_limit: Some(rate),
-        ..TenantSpec::new("bench", SecretString::from(key.to_owned()))
-    };
-    tally::commands::tenant::add(pool, &master, settings, spec)
-        .await
-        .expect("tenant added");
-    store::tenants::find_by_slug(pool, "bench")
-        .await
-        .expect("query")
-        .expect("tenant")
-}
-
-/// Stores the simulator platform's accounts, as a sync would.
-async fn store_accounts(pool: &sqlx::PgPool, sim: &SimHandle, tenant_id: i64, settings: &Settings) {
-    let owner_key = &settings.accounts.owner_metadata_key;
-    for chunk in sim.keys().platforms[0].accounts.chunks(5_000) {
-        let inputs: Vec<AccountInput> = chunk
-            .iter()
-            .map(|id| {
-                let object = sim.account_object(id).expect("simulated account");
-                AccountInput::from_stripe_object(&object, None, owner_key).expect("valid account")
-            })
-            .collect();
-        store::accounts::upsert(
-            pool,
-            tenant_id,
-            &inputs,
-            Observed::Fetched(chrono::Utc::now()),
-        )
-        .await
-        .expect("upsert");
-    }
 }
 
 async fn scalar_i64(pool: &sqlx::PgPool, sql: &str, tenant_id: i64) -> i64 {

@@ -318,3 +318,92 @@ pub async fn reader_token(pool: &sqlx::PgPool, slug: &str) -> String {
         .expose_secret()
         .to_owned()
 }
+
+/// One `tally serve` replica inside this process.
+pub struct Replica {
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub async fn start(settings: &tally::config::Settings, master_base64: &str) -> Replica {
+        let pool = tally::store::pool(&settings.database).expect("pool");
+        let master = tally::crypto::MasterKey::from_base64(master_base64).expect("master key");
+        let stripe = std::sync::Arc::new(
+            tally::tenants::StripeTenants::new(&settings.stripe, std::sync::Arc::new(master))
+                .expect("stripe access")
+                .with_shared_budget(pool.clone()),
+        );
+        let app = tally::app::Application::with_parts(settings.clone(), pool, stripe)
+            .await
+            .expect("application builds");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Replica { stop, running }
+    }
+
+    /// What SIGTERM does: leases given back, the pool closed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.running
+            .await
+            .expect("replica task")
+            .expect("replica stops cleanly");
+    }
+}
+
+pub async fn add_tenant(
+    pool: &sqlx::PgPool,
+    settings: &tally::config::Settings,
+    master_base64: &str,
+    key: &str,
+    api_base: String,
+    rate: u32,
+) -> tally::store::tenants::Tenant {
+    let master = tally::crypto::MasterKey::from_base64(master_base64).expect("master key");
+    let spec = tally::commands::tenant::TenantSpec {
+        api_base: Some(api_base),
+        rate_limit: Some(rate),
+        ..tally::commands::tenant::TenantSpec::new(
+            "bench",
+            secrecy::SecretString::from(key.to_owned()),
+        )
+    };
+    tally::commands::tenant::add(pool, &master, settings, spec)
+        .await
+        .expect("tenant added");
+    tally::store::tenants::find_by_slug(pool, "bench")
+        .await
+        .expect("query")
+        .expect("tenant")
+}
+
+/// Stores the simulator platform's accounts, as a sync would.
+pub async fn store_accounts(
+    pool: &sqlx::PgPool,
+    sim: &tally::sim::SimHandle,
+    tenant_id: i64,
+    settings: &tally::config::Settings,
+) {
+    let owner_key = &settings.accounts.owner_metadata_key;
+    for chunk in sim.keys().platforms[0].accounts.chunks(5_000) {
+        let inputs: Vec<tally::store::accounts::AccountInput> = chunk
+            .iter()
+            .map(|id| {
+                let object = sim.account_object(id).expect("simulated account");
+                tally::store::accounts::AccountInput::from_stripe_object(&object, None, owner_key)
+                    .expect("valid account")
+            })
+            .collect();
+        tally::store::accounts::upsert(
+            pool,
+            tenant_id,
+            &inputs,
+            tally::store::accounts::Observed::Fetched(chrono::Utc::now()),
+        )
+        .await
+        .expect("upsert");
+    }
+}

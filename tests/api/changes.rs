@@ -496,3 +496,214 @@ async fn three_replicas_split_changed_accounts_without_fetching_one_twice() {
         "no account fetched twice at once ({extra} refetches)"
     );
 }
+
+/// Registers a Connect endpoint for the tenant at the simulator, as the platform would
+/// in Stripe's Dashboard, and gives tally its secret.
+async fn register_endpoint(app: &TestApp, sim: &SimHandle, slug: &str) {
+    let platform_key = sim.keys().platforms[0].key.clone();
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/v1/webhook_endpoints", sim.base_url()))
+        .bearer_auth(&platform_key)
+        .form(&[
+            ("url", format!("{}/webhooks/stripe/{slug}", app.address)),
+            ("enabled_events[]", "*".to_owned()),
+            ("connect", "true".to_owned()),
+        ])
+        .send()
+        .await
+        .expect("create endpoint")
+        .json()
+        .await
+        .expect("endpoint json");
+    let secret = created["secret"]
+        .as_str()
+        .expect("secret on create")
+        .to_owned();
+    tenant::update(
+        &app.pool,
+        &app.master,
+        slug,
+        TenantUpdate {
+            webhook_secret: Some(secrecy::SecretString::from(secret)),
+            freshness: Some(FreshnessMode::Events),
+            ..TenantUpdate::default()
+        },
+        &Actor::cli(),
+    )
+    .await
+    .expect("secret stored, events mode");
+}
+
+/// The tenant's totals as `(currency, available, pending)`, and the simulator's.
+async fn totals_pair(app: &TestApp, sim: &SimHandle, token: &str) -> (Vec<Value>, Vec<Value>) {
+    let (status, body) = app
+        .get_json("/api/administrator/connect/balances", token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ours: Vec<Value> = body["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|t| json!([t["currency"], t["available"], t["pending"]]))
+        .collect();
+    let platform = sim.keys().platforms[0].id.clone();
+    let truth = sim.totals(&platform).expect("platform totals");
+    let theirs: Vec<Value> = truth
+        .currencies
+        .iter()
+        .map(|c| json!([c.currency, c.available, c.pending]))
+        .collect();
+    (ours, theirs)
+}
+
+#[tokio::test]
+async fn with_activity_and_failed_deliveries_tally_follows_every_change_to_the_cent() {
+    let app = spawn_app_with(|s| s.refresh.change_delay_ms = 200).await;
+    let sim = tally::sim::spawn(tally::sim::SimConfig {
+        platforms: 1,
+        accounts_per_platform: 30,
+        org_accounts: 0,
+        // About 40 balance changes per real second across the 30 accounts.
+        activity_per_hour: 80.0,
+        clock_speed: 60.0,
+        settlement_secs: 120,
+        webhook_fail_rate: 0.3,
+        webhook_retry_base_ms: 200,
+        ..tally::sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    sim.set_clock_paused(true);
+    let tenant = add_platform_tenant(&app, &sim, "acme", 0, None).await;
+    sync_ok(&app, &tenant).await;
+    register_endpoint(&app, &sim, "acme").await;
+    let token = app.token(Role::Admin, Some("acme")).await;
+    let (status, _) = app
+        .get_json(
+            "/api/administrator/connect/balances?max_age=0&wait=25",
+            &token,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (ours, theirs) = totals_pair(&app, &sim, &token).await;
+    assert_eq!(ours, theirs, "at rest before any activity");
+
+    sim.reset_stats();
+    sim.set_clock_paused(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sim.set_clock_paused(true);
+    // Every event the simulator delivered (30 % of first attempts fail and are retried)
+    // is stored once, and every account it names is fetched.
+    let mut last = sim.stats().webhooks;
+    let mut stable_since = Instant::now();
+    let settled = eventually(Duration::from_secs(60), || {
+        let now = sim.stats().webhooks;
+        if now != last {
+            (last, stable_since) = (now, Instant::now());
+        }
+        let quiet = stable_since.elapsed() >= Duration::from_secs(2);
+        let app = &app;
+        let tenant_id = tenant.id;
+        async move { quiet && waiting_changes(app, tenant_id).await == 0 }
+    })
+    .await;
+    let stats = sim.stats();
+    let received: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE tenant_id = $1")
+            .bind(tenant.id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("events");
+    assert!(settled, "deliveries settled and every change was followed");
+    let delivered_events = stats.webhooks.delivered - stats.webhooks.duplicates;
+    assert!(
+        received >= delivered_events as i64,
+        "{received} stored of {delivered_events} delivered: {:?}",
+        stats.webhooks
+    );
+    assert!(
+        stats.activities > 50,
+        "activity happened: {}",
+        stats.activities
+    );
+    assert!(stats.webhooks.failed > 0, "some first deliveries failed");
+    // Reads follow changes: at most one per announced change, far from a poll.
+    let reads = stats.by_path.get("GET /v1/balance").copied().unwrap_or(0);
+    assert!(
+        reads <= stats.webhooks.events,
+        "{reads} balance reads for {} events",
+        stats.webhooks.events
+    );
+
+    // Stripe announces some changes to nobody (its own fees): the sweep, the safety
+    // net, reads every account once more; then the totals are Stripe's to the cent.
+    let (status, body) = app
+        .get_json(
+            "/api/administrator/connect/balances?max_age=0&wait=25",
+            &token,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (ours, theirs) = totals_pair(&app, &sim, &token).await;
+    assert_eq!(
+        ours, theirs,
+        "tally's totals are the simulator's ledger totals"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_change_is_caught_by_the_sweep_and_not_vouched_for_by_a_silent_stream() {
+    let app = spawn_app_with(|s| {
+        s.refresh.enabled = true;
+        s.refresh.change_delay_ms = 100;
+        s.refresh.sweep_interval_secs = 6;
+        s.webhooks.max_silence_secs = 2;
+    })
+    .await;
+    let sim = tally::sim::spawn(tally::sim::SimConfig {
+        platforms: 1,
+        accounts_per_platform: 5,
+        org_accounts: 0,
+        activity_per_hour: 600.0,
+        clock_speed: 60.0,
+        silent_change_rate: 1.0,
+        ..tally::sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    sim.set_clock_paused(true);
+    let tenant = add_platform_tenant(&app, &sim, "acme", 0, None).await;
+    sync_ok(&app, &tenant).await;
+    register_endpoint(&app, &sim, "acme").await;
+    let token = app.token(Role::Admin, Some("acme")).await;
+    let account = sim.keys().platforms[0].accounts[0].clone();
+    // The stream speaks once (money moved, announced), then every change is silent.
+    sim.move_money(&account);
+    let (status, _) = app
+        .get_json(
+            "/api/administrator/connect/balances?max_age=0&wait=25",
+            &token,
+        )
+        .await;
+    assert_eq!(status, 200);
+    sim.set_clock_paused(false);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sim.set_clock_paused(true);
+    assert!(sim.stats().webhooks.silent > 0, "changes happened silently");
+
+    // The stream has been silent past max_silence: nothing is vouched for by events.
+    let (status, body) = balance_of(&app, &token, &account, "max_age=1&wait=0").await;
+    assert_eq!(status, 202, "{body}");
+    let (_, body) = app
+        .get_json("/api/administrator/connect/balances", &token)
+        .await;
+    assert_eq!(body["streamLive"], false, "{body}");
+
+    // The sweep (every 6 s here) reads every account again: Stripe's totals.
+    let swept = eventually(Duration::from_secs(30), || async {
+        let (ours, theirs) = totals_pair(&app, &sim, &token).await;
+        ours == theirs
+    })
+    .await;
+    assert!(swept, "the sweep caught the silent changes");
+}
