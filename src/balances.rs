@@ -133,10 +133,11 @@ impl Balances {
                 let tenant_freshness =
                     refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence)
                         .await?;
-                let changed = store::changes::is_changed(&self.pool, tenant.id, stripeid).await?;
+                let changed_at =
+                    store::changes::changed_at(&self.pool, tenant.id, stripeid).await?;
                 let account = AccountState {
                     fetched_at: Some(snapshot.fetched_at),
-                    changed,
+                    changed_at,
                 };
                 let confirmation = freshness::confirm(&tenant_freshness, account, Utc::now())
                     .unwrap_or(Confirmation {
@@ -188,15 +189,21 @@ impl Balances {
         aggregate.stream_live = live.is_some();
         aggregate.oldest_confirmed_at = match (live, aggregate.oldest_fetched_at) {
             // The stream vouches up to its latest event for every account fetched
-            // since it was whole and named since by no event; the others stand on
-            // their fetch.
+            // since it was whole and named since by no event, up to its first event
+            // for one named since; the others stand on their fetch.
             (Some(vouch), Some(oldest)) if oldest < vouch.until => {
                 let mut confirmed = vouch.until;
                 if oldest < vouch.since {
                     confirmed = confirmed.min(oldest);
                 }
-                if let Some(changed) =
-                    store::changes::oldest_changed_fetch(&self.pool, tenant.id, owner).await?
+                if let Some(changed) = store::changes::oldest_changed_confirmation(
+                    &self.pool,
+                    tenant.id,
+                    owner,
+                    vouch.since,
+                    vouch.until,
+                )
+                .await?
                 {
                     confirmed = confirmed.min(changed);
                 }

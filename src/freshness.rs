@@ -6,9 +6,10 @@
 //!
 //! The rule in one sentence: an answer to `max_age = m` holds only accounts confirmed
 //! within `m` of the moment the request arrived. An account is confirmed when it was
-//! fetched, and, for a tenant in `events` mode, up to the latest event of a live
-//! stream when no event for it arrived since its fetch and the stream refused or
-//! lost nothing since then.
+//! fetched, and, for a tenant in `events` mode whose stream refused or lost nothing
+//! since that fetch, up to the latest event of the live stream, or up to the first
+//! event about the account itself if one arrived since (from then on its stored
+//! balance is known to be old, and it waits for a fetch).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -186,8 +187,9 @@ pub fn requirement_since(
 pub struct AccountState {
     /// When its latest snapshot was taken (`None`: never).
     pub fetched_at: Option<DateTime<Utc>>,
-    /// An event for it arrived since that fetch (it is waiting to be fetched again).
-    pub changed: bool,
+    /// When the first event about it since that fetch arrived (`None`: none; it is
+    /// waiting to be fetched again).
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// How current an account's balance is known to be, at `now`.
@@ -209,16 +211,20 @@ pub fn confirm(
         confirmed_at: fetched_at,
         by: FreshnessBy::Fetch,
     };
-    match tenant.live_stream(now) {
-        Some(vouch)
-            if !account.changed && fetched_at >= vouch.since && vouch.until > fetched_at =>
-        {
-            Some(Confirmation {
-                confirmed_at: vouch.until,
-                by: FreshnessBy::Events,
-            })
-        }
-        _ => Some(by_fetch),
+    let Some(vouch) = tenant.live_stream(now) else {
+        return Some(by_fetch);
+    };
+    // Vouched for until the stream's latest word, or until the account's own change.
+    let until = account
+        .changed_at
+        .map_or(vouch.until, |changed| changed.min(vouch.until));
+    if fetched_at >= vouch.since && until > fetched_at {
+        Some(Confirmation {
+            confirmed_at: until,
+            by: FreshnessBy::Events,
+        })
+    } else {
+        Some(by_fetch)
     }
 }
 
@@ -231,8 +237,8 @@ impl Requirement {
         }
     }
 
-    /// Accounts fetched before this (or changed) must be fetched again to meet the
-    /// requirement; changed ones are the change pass's (`store::changes`).
+    /// Accounts fetched before this must be fetched again to meet the requirement, and
+    /// so must those changed before the cutoff (the change pass's, `store::changes`).
     pub fn refetch_before(&self) -> DateTime<Utc> {
         self.vouched_since
             .map_or(self.fetched_since, |since| since.min(self.fetched_since))
@@ -246,9 +252,12 @@ impl Requirement {
             return false;
         };
         fetched_at >= self.fetched_since
-            || self
-                .vouched_since
-                .is_some_and(|since| !account.changed && fetched_at >= since)
+            || self.vouched_since.is_some_and(|since| {
+                fetched_at >= since
+                    && account
+                        .changed_at
+                        .is_none_or(|changed| changed >= self.fetched_since)
+            })
     }
 }
 
@@ -275,7 +284,7 @@ mod tests {
     fn fetched(secs: i64) -> AccountState {
         AccountState {
             fetched_at: Some(at(secs)),
-            changed: false,
+            changed_at: None,
         }
     }
 
@@ -288,7 +297,7 @@ mod tests {
         assert!(!rule.met_by(fetched(89)));
         assert!(!rule.met_by(AccountState {
             fetched_at: None,
-            changed: false
+            changed_at: None
         }));
         let confirmed = confirm(&TenantFreshness::poll(), fetched(50), at(100)).unwrap();
         assert_eq!(confirmed.by, FreshnessBy::Fetch);
@@ -321,13 +330,24 @@ mod tests {
         );
         assert!(!rule.met_by(AccountState {
             fetched_at: Some(at(600)),
-            changed: true
+            changed_at: Some(at(700))
         }));
         // A change does not unmake a fetch within max_age.
         assert!(rule.met_by(AccountState {
             fetched_at: Some(at(950)),
-            changed: true
+            changed_at: Some(at(960))
         }));
+        // A change after the cutoff: vouched for until it, which is within max_age.
+        let changed_late = AccountState {
+            fetched_at: Some(at(600)),
+            changed_at: Some(at(990)),
+        };
+        assert!(rule.met_by(changed_late));
+        let confirmed = confirm(&tenant, changed_late, at(1000)).unwrap();
+        assert_eq!(
+            (confirmed.by, confirmed.confirmed_at),
+            (FreshnessBy::Events, at(990))
+        );
         let confirmed = confirm(&tenant, fetched(600), at(1000)).unwrap();
         assert_eq!(confirmed.by, FreshnessBy::Events);
         assert_eq!(confirmed.confirmed_at, at(995));
@@ -368,10 +388,10 @@ mod tests {
                         max_silence: Duration::from_secs(300),
                     };
                     for fetched_at in [None, Some(100), Some(600), Some(950), Some(1000)] {
-                        for changed in [false, true] {
+                        for changed_at in [None, Some(50), Some(700), Some(960), Some(999)] {
                             let account = AccountState {
                                 fetched_at: fetched_at.map(at),
-                                changed,
+                                changed_at: changed_at.map(at),
                             };
                             for max_age in [0, 10, 100, 1000] {
                                 let rule =

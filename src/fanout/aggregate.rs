@@ -251,7 +251,7 @@ pub async fn csv(
         let last_good_at = timestamp(row.good_at);
         let account = AccountState {
             fetched_at: row.fetched_at,
-            changed: row.changed,
+            changed_at: row.changed_at,
         };
         let confirmation = freshness::confirm(tenant_freshness, account, now);
         let confirmed_at = timestamp(confirmation.map(|c| c.confirmed_at));

@@ -173,8 +173,8 @@ pub async fn waiting(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<Waiting,
     .await
 }
 
-/// Whether an account of the tenant is changed and was last fetched before `cutoff`
-/// (so a live stream cannot vouch for it and its fetch is too old).
+/// Whether an account of the tenant changed before `cutoff` and was last fetched
+/// before it too (so a live stream cannot vouch for it and its fetch is too old).
 pub async fn any_changed_before(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
@@ -184,7 +184,7 @@ pub async fn any_changed_before(
         r#"SELECT EXISTS (
                SELECT 1 FROM changed_accounts c
                JOIN latest_balances l ON l.tenant_id = c.tenant_id AND l.stripeid = c.stripeid
-               WHERE c.tenant_id = $1 AND l.fetched_at < $2) AS "any!""#,
+               WHERE c.tenant_id = $1 AND c.first_event_at < $2 AND l.fetched_at < $2) AS "any!""#,
         tenant_id,
         cutoff
     )
@@ -192,37 +192,46 @@ pub async fn any_changed_before(
     .await
 }
 
-/// The oldest latest fetch among the changed accounts of the tenant (or of one owner).
-pub async fn oldest_changed_fetch(
+/// The oldest confirmation among the changed accounts of the tenant (or of one
+/// owner) while a live stream vouches from `since` to `until`: a changed account
+/// fetched since then is confirmed up to its first event (or `until`), one fetched
+/// before only by its fetch (`crate::freshness::confirm`).
+pub async fn oldest_changed_confirmation(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     owner: Option<&str>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT min(l.fetched_at) FROM changed_accounts c
+        r#"SELECT min(CASE WHEN l.fetched_at >= $3
+                           THEN GREATEST(l.fetched_at, LEAST(c.first_event_at, $4))
+                           ELSE l.fetched_at END)
+           FROM changed_accounts c
            JOIN latest_balances l ON l.tenant_id = c.tenant_id AND l.stripeid = c.stripeid
            JOIN stripe_accounts a ON a.tenant_id = c.tenant_id AND a.stripeid = c.stripeid
            WHERE c.tenant_id = $1 AND ($2::text IS NULL OR a.accountid = $2)"#,
         tenant_id,
-        owner
+        owner,
+        since,
+        until
     )
     .fetch_one(db)
     .await
 }
 
-/// Whether the account waits for a fetch.
-pub async fn is_changed(
+/// When the first event about the account since its fetch arrived, if it waits for one.
+pub async fn changed_at(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     stripeid: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM changed_accounts
-                          WHERE tenant_id = $1 AND stripeid = $2) AS "changed!""#,
+        r#"SELECT first_event_at FROM changed_accounts WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
         stripeid
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 

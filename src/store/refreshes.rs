@@ -463,7 +463,7 @@ pub async fn progress(
                    SELECT l.ok FROM changed_accounts c
                    JOIN latest_balances l ON l.tenant_id = c.tenant_id AND l.stripeid = c.stripeid
                    WHERE c.tenant_id = $1 AND $3::timestamptz IS NOT NULL
-                     AND l.fetched_at >= $3 AND l.fetched_at < $2
+                     AND c.first_event_at < $2 AND l.fetched_at >= $3 AND l.fetched_at < $2
                )
                SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
                       COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0)
@@ -490,7 +490,8 @@ pub async fn progress(
                           OR ($5::timestamptz IS NOT NULL AND l.fetched_at >= $5
                               AND NOT EXISTS (SELECT 1 FROM changed_accounts c
                                               WHERE c.tenant_id = a.tenant_id
-                                                AND c.stripeid = a.stripeid)) AS met
+                                                AND c.stripeid = a.stripeid
+                                                AND c.first_event_at < $4)) AS met
                ) m
                WHERE a.tenant_id = $1 AND a.removed_at IS NULL
                  AND ($2::text IS NULL OR a.accountid = $2)

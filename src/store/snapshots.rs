@@ -350,8 +350,8 @@ pub struct AccountLatest {
     pub good_at: Option<DateTime<Utc>>,
     /// The latest try's error, when it failed.
     pub error: Option<Json<FetchFailure>>,
-    /// An event named the account since its latest fetch.
-    pub changed: bool,
+    /// When the first event about the account since its latest fetch arrived.
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 impl AccountLatest {
@@ -377,8 +377,8 @@ pub async fn scope_latest(
         r#"SELECT a.stripeid, a.accountid, a.platform_id,
                   l.fetched_at AS "fetched_at?", l.ok AS "ok?", l.amounts AS "amounts?",
                   l.good_at AS "good_at?", s.error AS "error?: Json<FetchFailure>",
-                  EXISTS (SELECT 1 FROM changed_accounts c
-                          WHERE c.tenant_id = a.tenant_id AND c.stripeid = a.stripeid) AS "changed!"
+                  (SELECT c.first_event_at FROM changed_accounts c
+                   WHERE c.tenant_id = a.tenant_id AND c.stripeid = a.stripeid) AS "changed_at?"
            FROM stripe_accounts a
            LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
            LEFT JOIN balance_snapshots s ON s.id = l.snapshot_id AND NOT l.ok
