@@ -125,11 +125,11 @@ async fn aggregate(api: &str, token: &str) -> Value {
         .expect("json")
 }
 
-/// `(currency, available, pending)` rows of tally's aggregate and of the simulator.
-fn totals_rows(
-    aggregate: &Value,
-    sim: &SimHandle,
-) -> (Vec<(String, i64, i64)>, Vec<(String, i64, i64)>) {
+/// `(currency, available, pending)` per currency.
+type TotalsRows = Vec<(String, i64, i64)>;
+
+/// The totals rows of tally's aggregate and of the simulator.
+fn totals_rows(aggregate: &Value, sim: &SimHandle) -> (TotalsRows, TotalsRows) {
     let ours = aggregate["totals"]
         .as_array()
         .map(|rows| {
