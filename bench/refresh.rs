@@ -21,7 +21,7 @@
 //! line of a run is how many times the budget was asked per slot it granted
 //! (background work that found the queue full asks again).
 //!
-//! Part 2: one reservation in the shared budget (`stripe_budget_reserve`, one round
+//! Part 2: one reservation in the shared budget (`stripe_budget_reserve_endpoint`, one round
 //! trip) timed `REFRESH_BUDGET_CALLS` (5,000) times on a tenant whose rate is so high
 //! that no reservation waits, from one task and from three tasks on three pools, then
 //! the whole `SharedBudget::acquire`, against the in-process limiter (`AdaptiveRate`).
@@ -274,13 +274,13 @@ async fn replicas_run(knobs: &Knobs, replicas: usize) {
     // The replicas' sessions have ended, so their function counts are in.
     let asked: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions
-         WHERE funcname = 'stripe_budget_reserve'",
+         WHERE funcname = 'stripe_budget_reserve_endpoint'",
     )
     .fetch_one(&pool)
     .await
     .expect("function stats");
     println!(
-        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve, {granted} slots)",
+        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve_endpoint, {granted} slots)",
         asked as f64 / granted.max(1) as f64
     );
     pool.close().await;
@@ -300,7 +300,12 @@ async fn time_reservations(pools: &[sqlx::PgPool], tenant_id: i64, calls: usize)
                 let mut conn = pool.acquire().await.expect("connection");
                 let started = Instant::now();
                 for _ in 0..calls {
-                    store::budget::reserve(&mut *conn, tenant_id, UNCONSTRAINED_RATE as i32, None)
+                    let rates = store::budget::Rates {
+                        tenant: UNCONSTRAINED_RATE as i32,
+                        endpoint: "/v1/balance",
+                        endpoint_rate: UNCONSTRAINED_RATE as i32,
+                    };
+                    store::budget::reserve(&mut *conn, tenant_id, rates, None)
                         .await
                         .expect("reserve");
                 }
@@ -384,10 +389,15 @@ async fn budget_part(calls: usize) {
     for pool in unflushed {
         pool.close().await;
     }
-    let shared = SharedBudget::new(pools[0].clone(), tenant.id, UNCONSTRAINED_RATE);
+    let shared = SharedBudget::new(
+        pools[0].clone(),
+        tenant.id,
+        UNCONSTRAINED_RATE,
+        UNCONSTRAINED_RATE,
+    );
     let started = Instant::now();
     for _ in 0..calls {
-        shared.acquire(Priority::Interactive).await;
+        shared.acquire(Priority::Interactive, "/v1/balance").await;
     }
     let acquire = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
     println!("  SharedBudget::acquire, 1 task:{acquire:>8.1} µs per request (pool checkout, round trip, zero-length sleep)");

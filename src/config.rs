@@ -70,6 +70,9 @@ pub struct StripeSettings {
     pub api_base: String,
     pub api_version: String,
     pub rate_limit: u32,
+    /// Requests per second per endpoint (`/v1/balance`, …) per credential: Stripe's
+    /// default is 25; shared by every process like `rate_limit`.
+    pub endpoint_rate_limit: u32,
     pub max_in_flight: usize,
     pub max_attempts: u32,
     pub connect_timeout_ms: u64,
@@ -193,6 +196,12 @@ impl Settings {
         }
         if self.stripe.rate_limit < 1 {
             return invalid("stripe.rate_limit", "must be at least 1 request per second");
+        }
+        if self.stripe.endpoint_rate_limit < 1 {
+            return invalid(
+                "stripe.endpoint_rate_limit",
+                "must be at least 1 request per second",
+            );
         }
         if self.stripe.max_in_flight < 1 {
             return invalid("stripe.max_in_flight", "must be at least 1");

@@ -152,7 +152,12 @@ impl StripeTenants {
     /// The tenant's pace: shared through Postgres with every process, or this process's own.
     fn budget(&self, tenant_id: i64, rate: u32) -> Arc<dyn RateBudget> {
         match &self.shared_budget {
-            Some(pool) => Arc::new(SharedBudget::new(pool.clone(), tenant_id, rate)),
+            Some(pool) => Arc::new(SharedBudget::new(
+                pool.clone(),
+                tenant_id,
+                rate,
+                self.defaults.endpoint_rate_limit,
+            )),
             None => Arc::new(AdaptiveRate::new(rate)),
         }
     }

@@ -1,11 +1,13 @@
 //! One Stripe budget per credential shared by every process (DESIGN §5), kept in
 //! Postgres, which every process already has.
 //!
-//! Each request reserves the next slot of its tenant's budget in one round trip
-//! (`stripe_budget_reserve`): slots are `1.05 s / rate` apart, so however many
-//! processes ask, no one-second window holds more than the rate. The wait is the slot
-//! minus the database's clock, so the hosts' clocks never need to agree. A 429 seen by
-//! any process halves the shared rate. Background work only reserves while the queue
+//! Each request reserves the next slot of its tenant's budget and of its endpoint's
+//! (Stripe limits both: per account and per endpoint) in one round trip
+//! (`stripe_budget_reserve_endpoint`): slots are `1.05 s / rate` apart, so however many
+//! processes ask, no one-second window holds more than either rate. The wait is the
+//! slot minus the database's clock, so the hosts' clocks never need to agree. A 429
+//! seen by any process halves the shared rate: the endpoint's when Stripe says
+//! `endpoint-rate`, the tenant's otherwise. Background work only reserves while the queue
 //! is short (the horizon), so a person's request queues behind at most that much.
 //! If the database cannot be asked (down, or no connection free within the pool's
 //! timeout) the process falls back to its own limiter at a quarter of the rate:
@@ -19,7 +21,7 @@ use futures::FutureExt;
 use sqlx::PgPool;
 
 use crate::store;
-use crate::stripe::{AdaptiveRate, Priority, RateBudget};
+use crate::stripe::{AdaptiveRate, Priority, RateBudget, Throttled};
 
 /// How far ahead background work may queue in the budget.
 const BACKGROUND_HORIZON: Duration = Duration::from_millis(250);
@@ -42,6 +44,8 @@ pub struct SharedBudget {
     pool: PgPool,
     tenant_id: i64,
     configured: u32,
+    /// Stripe's per-endpoint limit (`stripe.endpoint_rate_limit`).
+    endpoint_rate: u32,
     /// The rate the database last reported, for gauges and logs.
     last_rate: AtomicU32,
     /// Used while the database is unreachable.
@@ -50,12 +54,13 @@ pub struct SharedBudget {
 }
 
 impl SharedBudget {
-    pub fn new(pool: PgPool, tenant_id: i64, configured: u32) -> SharedBudget {
+    pub fn new(pool: PgPool, tenant_id: i64, configured: u32, endpoint_rate: u32) -> SharedBudget {
         let configured = configured.max(1);
         SharedBudget {
             pool,
             tenant_id,
             configured,
+            endpoint_rate: endpoint_rate.max(1),
             last_rate: AtomicU32::new(configured),
             fallback: AdaptiveRate::new((configured / FALLBACK_SHARE).max(1)),
             warned: AtomicBool::new(false),
@@ -66,14 +71,22 @@ impl SharedBudget {
         i32::try_from(self.configured).unwrap_or(i32::MAX)
     }
 
-    async fn acquire_shared(&self, priority: Priority) {
+    fn rates<'a>(&self, endpoint: &'a str) -> store::budget::Rates<'a> {
+        store::budget::Rates {
+            tenant: self.configured_i32(),
+            endpoint,
+            endpoint_rate: i32::try_from(self.endpoint_rate).unwrap_or(i32::MAX),
+        }
+    }
+
+    async fn acquire_shared(&self, priority: Priority, endpoint: &str) {
         let horizon = match priority {
             Priority::Interactive => None,
             Priority::Background => Some(BACKGROUND_HORIZON.as_millis() as i32),
         };
         let mut late = 0;
         loop {
-            match self.reserve(horizon).await {
+            match self.reserve(horizon, endpoint).await {
                 Ok((slot, asked_at, answered_at)) => {
                     self.last_rate
                         .store(u32::try_from(slot.rate).unwrap_or(1), Ordering::Relaxed);
@@ -118,6 +131,7 @@ impl SharedBudget {
     async fn reserve(
         &self,
         horizon: Option<i32>,
+        endpoint: &str,
     ) -> Result<
         (
             store::budget::Slot,
@@ -129,24 +143,42 @@ impl SharedBudget {
         let mut conn = self.pool.acquire().await?;
         let asked_at = tokio::time::Instant::now();
         let slot =
-            store::budget::reserve(&mut *conn, self.tenant_id, self.configured_i32(), horizon)
+            store::budget::reserve(&mut *conn, self.tenant_id, self.rates(endpoint), horizon)
                 .await?;
         Ok((slot, asked_at, tokio::time::Instant::now()))
     }
 }
 
 impl RateBudget for SharedBudget {
-    fn acquire(&self, priority: Priority) -> BoxFuture<'_, ()> {
-        self.acquire_shared(priority).boxed()
+    fn acquire<'a>(&'a self, priority: Priority, endpoint: &'a str) -> BoxFuture<'a, ()> {
+        self.acquire_shared(priority, endpoint).boxed()
     }
 
-    fn throttled(&self) {
+    fn throttled(&self, limit: Throttled<'_>) {
         self.fallback.throttled();
         let (pool, tenant_id, configured) =
             (self.pool.clone(), self.tenant_id, self.configured_i32());
+        let endpoint = match limit {
+            Throttled::Account => None,
+            Throttled::Endpoint(endpoint) => Some((
+                endpoint.to_owned(),
+                i32::try_from(self.endpoint_rate).unwrap_or(i32::MAX),
+            )),
+        };
         // Told from inside the client's retry loop, which must not wait on it.
         tokio::spawn(async move {
-            if let Err(error) = store::budget::throttled(&pool, tenant_id, configured).await {
+            let shared = match endpoint {
+                // Only that endpoint slows down: the others are not at their limit.
+                Some((endpoint, rate)) => {
+                    store::budget::endpoint_throttled(&pool, tenant_id, &endpoint, rate)
+                        .await
+                        .map(drop)
+                }
+                None => store::budget::throttled(&pool, tenant_id, configured)
+                    .await
+                    .map(drop),
+            };
+            if let Err(error) = shared {
                 tracing::warn!(tenant_id, error = %error, "could not share a 429 with other processes");
             }
         });

@@ -18,21 +18,51 @@ pub struct Slot {
     pub rate: i32,
 }
 
-/// Reserves the tenant's next request slot. `horizon_ms` is `None` for a request a
-/// person waits on (it always queues), `Some` for background work.
+/// The two rates a request is paced by: the tenant's (Stripe's per-account limit) and
+/// its endpoint's.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates<'a> {
+    pub tenant: i32,
+    pub endpoint: &'a str,
+    pub endpoint_rate: i32,
+}
+
+/// Reserves the next slot of the tenant's budget and of the endpoint's at once.
+/// `horizon_ms` is `None` for a request a person waits on (it always queues), `Some`
+/// for background work.
 pub async fn reserve(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    configured_rate: i32,
+    rates: Rates<'_>,
     horizon_ms: Option<i32>,
 ) -> Result<Slot, sqlx::Error> {
     sqlx::query_as!(
         Slot,
         r#"SELECT slot_at AS "slot_at!", db_now AS "db_now!", granted AS "reserved!", rate AS "rate!"
-           FROM stripe_budget_reserve($1, $2, $3)"#,
+           FROM stripe_budget_reserve_endpoint($1, $2, $3, $4, $5)"#,
         tenant_id,
-        configured_rate,
+        rates.tenant,
+        rates.endpoint,
+        rates.endpoint_rate,
         horizon_ms
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Stripe answered 429 `endpoint-rate`: halves the endpoint's shared rate (once per
+/// window). Returns the rate now.
+pub async fn endpoint_throttled(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    endpoint: &str,
+    endpoint_rate: i32,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT stripe_budget_endpoint_throttled($1, $2, $3) AS "rate!""#,
+        tenant_id,
+        endpoint,
+        endpoint_rate
     )
     .fetch_one(db)
     .await

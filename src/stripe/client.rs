@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::Span;
 
-use crate::stripe::budget::{Priority, RateBudget};
+use crate::stripe::budget::{Priority, RateBudget, Throttled};
 use crate::stripe::credential::{Credential, CredentialKind};
 use crate::stripe::error::{decode_success, error_from_response, StripeError};
 use crate::stripe::headers::{
@@ -163,6 +163,8 @@ struct Call {
 struct Answer {
     status: u16,
     request_id: Option<String>,
+    /// A 429's `Stripe-Rate-Limited-Reason` (`endpoint-rate`, `global-rate`, …).
+    rate_limited_reason: Option<String>,
     content_type: Option<String>,
     should_retry: Option<bool>,
     body: bytes::Bytes,
@@ -451,7 +453,11 @@ impl TenantClient {
                 }
                 Ok(answer) => {
                     if answer.status == 429 {
-                        self.inner.budget.throttled();
+                        let endpoint = endpoint_of(&url);
+                        self.inner.budget.throttled(Throttled::from_reason(
+                            answer.rate_limited_reason.as_deref(),
+                            &endpoint,
+                        ));
                     }
                     let outcome = AttemptOutcome::Response {
                         status: answer.status,
@@ -552,7 +558,8 @@ impl TenantClient {
                 false,
             )
         })?;
-        inner.budget.acquire(self.priority).await;
+        let endpoint = endpoint_of(url);
+        inner.budget.acquire(self.priority, &endpoint).await;
 
         let mut request = inner
             .http
@@ -561,7 +568,6 @@ impl TenantClient {
         if let Some(form) = &call.form {
             request = request.body(form.clone());
         }
-        let endpoint = endpoint_of(url);
         let response = request.send().await.map_err(|e| {
             count_request(&endpoint, "error");
             (
@@ -576,6 +582,7 @@ impl TenantClient {
         let request_id = header_text(headers, REQUEST_ID);
         let content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
         let should_retry = stripe_should_retry(headers);
+        let rate_limited_reason = header_text(headers, "stripe-rate-limited-reason");
         // A body cut off mid-read is a network failure like any other: retryable.
         let body = response
             .bytes()
@@ -589,6 +596,7 @@ impl TenantClient {
         Ok(Answer {
             status,
             request_id,
+            rate_limited_reason,
             content_type,
             should_retry,
             body,

@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::budget::{Priority, RateBudget};
+use super::budget::{Priority, RateBudget, Throttled};
 
 /// A little longer than a second, so that scheduling and network jitter between our clock
 /// and Stripe's (or the simulator's) cannot squeeze `rate + 1` requests into the server's
@@ -140,11 +140,12 @@ impl AdaptiveRate {
 /// The in-process budget: right for one process alone (tests, the Stripe client used on
 /// its own); `tally` processes share theirs through Postgres instead.
 impl RateBudget for AdaptiveRate {
-    fn acquire(&self, _priority: Priority) -> BoxFuture<'_, ()> {
+    // One process-local pace below both of Stripe's limits: every endpoint shares it.
+    fn acquire<'a>(&'a self, _priority: Priority, _endpoint: &'a str) -> BoxFuture<'a, ()> {
         AdaptiveRate::acquire(self).boxed()
     }
 
-    fn throttled(&self) {
+    fn throttled(&self, _limit: Throttled<'_>) {
         AdaptiveRate::throttled(self);
     }
 

@@ -11,7 +11,7 @@ mod limiter;
 pub mod retry;
 pub mod types;
 
-pub use budget::{Priority, RateBudget};
+pub use budget::{Priority, RateBudget, Throttled};
 pub use client::{
     ClientSettings, Fetched, NewWebhookEndpoint, RateSettings, StripeClient, TenantClient,
 };

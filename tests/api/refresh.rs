@@ -1132,7 +1132,9 @@ async fn a_poll_at_another_replica_joins_the_same_refresh_and_one_account_or_own
 async fn eight_slots(budget: &dyn tally::stripe::RateBudget) -> Duration {
     let started = Instant::now();
     for _ in 0..8 {
-        budget.acquire(tally::stripe::Priority::Interactive).await;
+        budget
+            .acquire(tally::stripe::Priority::Interactive, "/v1/balance")
+            .await;
     }
     started.elapsed()
 }
@@ -1146,13 +1148,14 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
     let tenant_id = app.add_tenant("acme").await;
     // Two processes: each its own pool, as two replicas would have.
     let pool = || async { sqlx::PgPool::connect(&app.db.url).await.expect("pool") };
-    let seeing = SharedBudget::new(pool().await, tenant_id, 20);
-    let other = SharedBudget::new(pool().await, tenant_id, 20);
+    // The endpoint's limit (25/s) is above the tenant's: the tenant's rules here.
+    let seeing = SharedBudget::new(pool().await, tenant_id, 20, 25);
+    let other = SharedBudget::new(pool().await, tenant_id, 20, 25);
     // At 20/s, eight slots are 7 gaps of 52.5 ms.
     let before = eight_slots(&other).await;
     assert!(before < Duration::from_millis(600), "{before:?}");
 
-    seeing.throttled();
+    seeing.throttled(tally::stripe::Throttled::Account);
     // The 429 is shared in the background: wait until the database has it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1189,6 +1192,81 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
 
     // Quiet for two seconds, the rate comes back by a quarter, for everyone.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    RateBudget::acquire(&other, Priority::Interactive).await;
+    RateBudget::acquire(&other, Priority::Interactive, "/v1/balance").await;
     assert_eq!(other.current(), 15);
+}
+
+/// Stripe's two limits, decided in the database: slot times on its clock, so nothing
+/// here depends on how busy the machine is.
+#[tokio::test]
+async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_slows_only_it() {
+    use tally::store::budget::{self, Rates};
+
+    let app = spawn_app_with(api_only).await;
+    let tenant_id = app.add_tenant("acme").await;
+    let rates = |endpoint| Rates {
+        tenant: 100,
+        endpoint,
+        endpoint_rate: 10,
+    };
+    let horizon = Some(250);
+    // Background balance reads at 10/s (105 ms apart): three fit in the 250 ms
+    // horizon, the fourth is refused rather than queued.
+    let mut granted = Vec::new();
+    loop {
+        let slot = budget::reserve(&app.pool, tenant_id, rates("/v1/balance"), horizon)
+            .await
+            .expect("reserve");
+        if !slot.reserved {
+            break;
+        }
+        granted.push(slot.slot_at);
+        assert!(granted.len() < 10, "the endpoint's limit holds");
+    }
+    assert_eq!(granted.len(), 3, "{granted:?}");
+    for pair in granted.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= chrono::Duration::milliseconds(105),
+            "{granted:?}"
+        );
+    }
+    // Another endpoint is not queued behind them: at most the horizon, at the tenant's
+    // spacing (10.5 ms at 100/s), not after the balance reads' 315 ms.
+    let accounts = budget::reserve(&app.pool, tenant_id, rates("/v1/accounts"), horizon)
+        .await
+        .expect("reserve");
+    assert!(accounts.reserved);
+    assert!(
+        accounts.slot_at - accounts.db_now <= chrono::Duration::milliseconds(261),
+        "{:?}",
+        accounts.slot_at - accounts.db_now
+    );
+
+    // A 429 `endpoint-rate` halves that endpoint only.
+    budget::endpoint_throttled(&app.pool, tenant_id, "/v1/balance", 10)
+        .await
+        .expect("throttled");
+    let rate_of = |endpoint: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT current_rate FROM stripe_endpoint_budgets
+                  WHERE tenant_id = $1 AND endpoint = $2",
+            )
+            .bind(tenant_id)
+            .bind(endpoint)
+            .fetch_one(&pool)
+            .await
+            .expect("rate")
+        }
+    };
+    assert_eq!(rate_of("/v1/balance").await, 5);
+    assert_eq!(rate_of("/v1/accounts").await, 10);
+    let tenant_rate: i32 =
+        sqlx::query_scalar("SELECT current_rate FROM stripe_budgets WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("rate");
+    assert_eq!(tenant_rate, 100, "the tenant's rate is untouched");
 }
