@@ -189,8 +189,9 @@ pub struct WebhookReceipt {
     /// The event's type.
     #[schema(rename = "type")]
     event_type: String,
-    /// `applied`; `duplicate` (this event id was seen before); `stale` (older than what
-    /// is stored; recorded, not applied); `ignored` (a type tally does not use).
+    /// `applied` (stored, or the account marked changed); `duplicate` (this event id was
+    /// seen before); `stale` (older than what is stored or fetched; recorded, not
+    /// applied); `ignored` (about no account the tenant lists).
     #[schema(schema_with = webhook_outcome)]
     outcome: String,
 }

@@ -45,8 +45,11 @@ api_errors!(
     path = "/webhooks/stripe/{tenant}",
     tag = "webhooks",
     operation_id = "receiveStripeWebhook",
-    description = "Stripe's signed Connect events (`account.updated`, \
-        `account.application.deauthorized`, `balance.available`; other types are ignored). \
+    description = "Stripe's signed Connect events: `account.updated` stores the account, \
+        `account.application.deauthorized` removes it, `balance.available` stores its \
+        balance, and every other event about a listed account marks it changed, to be \
+        fetched within `refresh.change_delay_ms`; an event about no listed account is \
+        ignored. Answered 2xx only once the event is stored, so Stripe retries the rest. \
         No bearer token: `Stripe-Signature` (HMAC-SHA256 with one of the tenant's endpoint \
         secrets: the one set by hand or one of those `tally tenant webhooks` registered; \
         300 s tolerance) is checked over the raw body first. Every refusal (missing, \
