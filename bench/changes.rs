@@ -4,16 +4,19 @@
 //! endpoint (`--endpoint-rate-limit 25`), 50 ms per request, and generates activity
 //! so that about 2 % of the accounts change per 5 simulated minutes
 //! (`CHANGES_ACTIVITY_PER_HOUR`, 0.3 per account per simulated hour, skewed: most
-//! accounts idle, a few busy), its clock running `CHANGES_CLOCK_SPEED` (10) times
-//! faster than real time. Its Connect endpoint delivers every event to the tally
-//! replica under test (`Application`, as `tally serve` builds it).
+//! accounts idle, a few busy), its clock at real time (`CHANGES_CLOCK_SPEED`, 1: an
+//! event's `created` must be comparable with tally's clock, as Stripe's is; a faster
+//! clock stamps events in tally's future and a paused one in its past). Its Connect
+//! endpoint delivers every event to the tally replica under test (`Application`, as
+//! `tally serve` builds it).
 //!
 //!   cargo bench --bench changes
 //!   CHANGES_ACCOUNTS=2000 CHANGES_PHASE_SECS=60 CHANGES_FINAL_SWEEP=0 cargo bench --bench changes
 //!
-//! Every account is read once up front (stored straight from the simulator at rest,
-//! as a first pass would: 400 s of Stripe reads at 25/s otherwise), then for
-//! `CHANGES_PHASE_SECS` (120) real seconds activity runs and the replica follows it.
+//! Every account is read once up front (stored straight from the simulator, as a first
+//! pass would: 400 s of Stripe reads at 25/s otherwise; events of changes meanwhile
+//! reach the replica once it listens, by Stripe's retries), then for
+//! `CHANGES_PHASE_SECS` (300) seconds activity runs and the replica follows it.
 //! Printed, per simulated hour:
 //! - Stripe balance reads against accounts changed (the simulator's count of distinct
 //!   accounts whose balance changed, summed per 5-simulated-minute window): target
@@ -52,7 +55,9 @@ const SIM_LATENCY_MS: u64 = 50;
 const BALANCE_PATH: &str = "GET /v1/balance";
 /// One window of the change count: 5 simulated minutes.
 const WINDOW_SIM_SECS: f64 = 300.0;
-/// The freshness a finance poll asks for at the end of each window.
+/// How often a finance poll asks, during the phase.
+const POLL_EVERY: Duration = Duration::from_secs(30);
+/// The freshness it asks for.
 const POLL_MAX_AGE_SECS: u64 = 5;
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -213,8 +218,8 @@ async fn latency_percentiles(
 async fn main() {
     let n = env_usize("CHANGES_ACCOUNTS", 10_000);
     let activity = env_f64("CHANGES_ACTIVITY_PER_HOUR", 0.3);
-    let speed = env_f64("CHANGES_CLOCK_SPEED", 10.0);
-    let phase = Duration::from_secs(env_usize("CHANGES_PHASE_SECS", 120) as u64);
+    let speed = env_f64("CHANGES_CLOCK_SPEED", 1.0);
+    let phase = Duration::from_secs(env_usize("CHANGES_PHASE_SECS", 300) as u64);
     let final_sweep = env_usize("CHANGES_FINAL_SWEEP", 1) != 0;
     if std::env::var_os("RUST_LOG").is_some() {
         tally::telemetry::init(tally::config::LogFormat::Pretty, "warn");
@@ -244,7 +249,6 @@ async fn main() {
     })
     .await
     .expect("simulator");
-    sim.set_clock_paused(true);
     let master = MasterKey::generate_base64();
     let tenant = add_tenant(
         &pool,
@@ -295,22 +299,25 @@ async fn main() {
     // window, so an account changed in two windows counts twice, as it needs two reads.
     let phase_started = chrono::Utc::now();
     sim.reset_stats();
-    sim.set_clock_paused(false);
     let window = Duration::from_secs_f64(WINDOW_SIM_SECS / speed);
     let (mut reads, mut changed, mut activities, mut events, mut rate429) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let phase_end = Instant::now() + phase;
     let mut oldest_confirmed_age: f64 = 0.0;
     let mut poll_answers: Vec<(u16, f64)> = Vec::new();
+    let mut window_end = Instant::now() + window;
     while Instant::now() < phase_end {
-        tokio::time::sleep(window.min(phase_end - Instant::now())).await;
-        let stats = sim.stats();
-        sim.reset_stats();
-        reads += stats.by_path.get(BALANCE_PATH).copied().unwrap_or(0);
-        changed += stats.changed_accounts;
-        activities += stats.activities;
-        events += stats.webhooks.events;
-        rate429 += stats.rate_limited;
+        tokio::time::sleep(POLL_EVERY.min(phase_end - Instant::now())).await;
+        if Instant::now() >= window_end || Instant::now() >= phase_end {
+            let stats = sim.stats();
+            sim.reset_stats();
+            reads += stats.by_path.get(BALANCE_PATH).copied().unwrap_or(0);
+            changed += stats.changed_accounts;
+            activities += stats.activities;
+            events += stats.webhooks.events;
+            rate429 += stats.rate_limited;
+            window_end += window;
+        }
         // What a finance poll asking for data no older than 5 s gets.
         let asked = Instant::now();
         let response = reqwest::Client::new()

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::balances::{Answer, BalanceError, Balances};
 use crate::fanout::Aggregate;
+use crate::freshness::{self, AccountState, Confirmation, TenantFreshness};
 use crate::http::admin::chart::Series;
 use crate::money::CurrencyAmounts;
 use crate::refresh;
@@ -94,6 +95,8 @@ pub struct AccountBalance {
     /// The last good amounts (what the account adds to the totals).
     pub amounts: Vec<CurrencyAmounts>,
     pub good_at: Option<DateTime<Utc>>,
+    /// Up to when the balance is known to be the account's, and how.
+    pub confirmation: Option<Confirmation>,
 }
 
 /// A page of the account table.
@@ -143,7 +146,9 @@ pub async fn tenant_view(
     let pool = &balances.pool;
     let last_sync = store::admin::last_sync(pool, tenant.id).await?;
     let history = history(pool, tenant).await?;
-    let accounts = accounts_page(pool, tenant.id, owner, page, per_page).await?;
+    let tenant_freshness =
+        refresh::demand::tenant_freshness(pool, tenant.id, balances.max_silence).await?;
+    let accounts = accounts_page(pool, tenant.id, &tenant_freshness, owner, page, per_page).await?;
     Ok(TenantView {
         aggregate,
         last_sync,
@@ -155,6 +160,7 @@ pub async fn tenant_view(
 async fn accounts_page(
     pool: &PgPool,
     tenant_id: i64,
+    tenant_freshness: &TenantFreshness,
     owner: Option<&str>,
     page: i64,
     per_page: i64,
@@ -162,12 +168,17 @@ async fn accounts_page(
     let offset = (page - 1).saturating_mul(per_page);
     let listed = store::accounts::page_with_total(pool, tenant_id, owner, offset, per_page).await?;
     let ids: Vec<String> = listed.rows.iter().map(|r| r.stripeid.clone()).collect();
+    let now = Utc::now();
     let mut balances: std::collections::HashMap<String, AccountBalance> =
         store::admin::balances_of(pool, tenant_id, &ids)
             .await?
             .into_iter()
             .map(|row| {
                 let amounts = serde_json::from_value(row.amounts).unwrap_or_default();
+                let state = AccountState {
+                    fetched_at: Some(row.fetched_at),
+                    changed_at: row.changed_at,
+                };
                 (
                     row.stripeid,
                     AccountBalance {
@@ -175,6 +186,7 @@ async fn accounts_page(
                         fetched_at: row.fetched_at,
                         amounts,
                         good_at: row.good_at,
+                        confirmation: freshness::confirm(tenant_freshness, state, now),
                     },
                 )
             })

@@ -110,6 +110,8 @@ pub struct AccountBalanceRow {
     /// `[{currency, available, pending, connect_reserved, instant_available}]`.
     pub amounts: Value,
     pub good_at: Option<DateTime<Utc>>,
+    /// When the first event about it since that fetch arrived (it waits for a fetch).
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// The latest balances of the given accounts (a page of the listing): one index
@@ -121,8 +123,11 @@ pub async fn balances_of(
 ) -> Result<Vec<AccountBalanceRow>, sqlx::Error> {
     sqlx::query_as!(
         AccountBalanceRow,
-        r#"SELECT stripeid, ok, fetched_at, amounts, good_at FROM latest_balances
-           WHERE tenant_id = $1 AND stripeid = ANY($2)"#,
+        r#"SELECT l.stripeid, l.ok, l.fetched_at, l.amounts, l.good_at,
+                  (SELECT c.first_event_at FROM changed_accounts c
+                   WHERE c.tenant_id = l.tenant_id AND c.stripeid = l.stripeid) AS "changed_at?"
+           FROM latest_balances l
+           WHERE l.tenant_id = $1 AND l.stripeid = ANY($2)"#,
         tenant_id,
         stripeids
     )

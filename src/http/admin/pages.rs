@@ -9,6 +9,7 @@ use super::chart::{totals_chart, Series};
 use super::session::AdminSession;
 use crate::dashboard::{AccountsPage, TenantOverview, TenantView, HISTORY_DAYS};
 use crate::domain::Role;
+use crate::freshness::{FreshnessBy, FreshnessMode};
 use crate::money::{format_minor, CurrencyAmounts};
 use crate::store::admin::LastSync;
 
@@ -317,7 +318,12 @@ fn accounts_section(slug: &str, accounts: &AccountsPage, can_change: bool) -> Ma
                                 }
                                 td {
                                     @match &row.balance {
-                                        Some(balance) if balance.ok => { "ok, " (at(&balance.fetched_at)) }
+                                        Some(balance) if balance.ok => {
+                                            "ok, " (at(&balance.fetched_at))
+                                            @if let Some(confirmed) = balance.confirmation.filter(|c| c.by == FreshnessBy::Events) {
+                                                "; confirmed by events to " (at(&confirmed.confirmed_at))
+                                            }
+                                        }
                                         Some(balance) => {
                                             "failed, " (at(&balance.fetched_at))
                                             @if let Some(good) = &balance.good_at { "; balance shown is of " (at(good)) }
@@ -386,6 +392,11 @@ pub fn tenant(
             p.summary {
                 (counts.total) " accounts: " (counts.ok) " read, " (counts.failed) " failing or never read, " (counts.stale) " stale. "
                 "Oldest snapshot: " (maybe_at(aggregate.oldest_fetched_at.as_ref(), "none")) ". "
+                @match (aggregate.freshness_mode, aggregate.stream_live) {
+                    (FreshnessMode::Events, true) => { "Following Connect events (stream live); oldest confirmed: " (maybe_at(aggregate.oldest_confirmed_at.as_ref(), "none")) ". " }
+                    (FreshnessMode::Events, false) => { "Following Connect events, but the stream is silent: only fetches count. " }
+                    (FreshnessMode::Poll, _) => {}
+                }
                 @if aggregate.complete { "Every account contributed." } @else { "Not every account contributed: see the accounts that need attention below." }
             }
             @if aggregate.totals.is_empty() {
