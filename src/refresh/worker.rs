@@ -427,8 +427,9 @@ impl Inner {
     }
 
     /// One round for a tenant: schedule background work and re-syncs, then claim
-    /// accounts for the running demands (those a person waits on first) up to the
-    /// free in-flight slots, and close demands that nothing is left to do for.
+    /// accounts up to the free in-flight slots — for the demands a person or a poll
+    /// waits on, then changed accounts, then background rounds — and close demands
+    /// that nothing is left to do for.
     async fn top_up(
         self: &Arc<Self>,
         tenant: &Tenant,
@@ -446,32 +447,64 @@ impl Inner {
         if self.kind == WorkerKind::Serve {
             self.maybe_sync(tenant, client, state).await;
         }
-        // Accounts an event named go first: they are what changed.
-        let free = cap.saturating_sub(inflight.len());
-        if free > 0 {
-            let due = demand::cutoff(self.options.change_delay);
-            let changed = store::changes::claim_changed(
-                &self.pool,
-                tenant.id,
-                due,
-                i64::try_from(free).unwrap_or(i64::MAX),
-                self.id,
-                self.options.lease.as_secs_f64(),
-            )
+        // Whom the free slots go to, in order: the demands a person or a poll waits on,
+        // then the accounts events named (what changed), then background rounds.
+        let (asked, background): (Vec<Refresh>, Vec<Refresh>) =
+            demands.into_iter().partition(|d| d.trigger != "schedule");
+        self.work_demands(tenant, client, &asked, inflight, cap)
             .await?;
-            if !changed.is_empty() {
-                let client = client.with_priority(Priority::Interactive);
-                for change in changed {
-                    inflight.spawn(self.fetch(
-                        tenant.clone(),
-                        client.clone(),
-                        change.account,
-                        Some(change.first_event_at),
-                    ));
-                }
-            }
+        self.work_changes(tenant, client, inflight, cap).await?;
+        self.work_demands(tenant, client, &background, inflight, cap)
+            .await
+    }
+
+    /// Claims changed accounts whose first event is `refresh.change_delay_ms` old, up
+    /// to the free slots, and fetches them.
+    async fn work_changes(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        client: &TenantClient,
+        inflight: &mut JoinSet<()>,
+        cap: usize,
+    ) -> Result<(), sqlx::Error> {
+        let free = cap.saturating_sub(inflight.len());
+        if free == 0 {
+            return Ok(());
         }
-        for demand in &demands {
+        let due = demand::cutoff(self.options.change_delay);
+        let changed = store::changes::claim_changed(
+            &self.pool,
+            tenant.id,
+            due,
+            i64::try_from(free).unwrap_or(i64::MAX),
+            self.id,
+            self.options.lease.as_secs_f64(),
+        )
+        .await?;
+        // Ahead of background work in the budget: these are what changed.
+        let client = client.with_priority(Priority::Interactive);
+        for change in changed {
+            inflight.spawn(self.fetch(
+                tenant.clone(),
+                client.clone(),
+                change.account,
+                Some(change.first_event_at),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Claims due accounts of each demand, up to the free slots, and fetches them;
+    /// closes a demand nothing is left to do for.
+    async fn work_demands(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        client: &TenantClient,
+        demands: &[Refresh],
+        inflight: &mut JoinSet<()>,
+        cap: usize,
+    ) -> Result<(), sqlx::Error> {
+        for demand in demands {
             let free = cap.saturating_sub(inflight.len());
             let claimed = if free == 0 {
                 None
