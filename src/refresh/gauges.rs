@@ -9,7 +9,9 @@ use sqlx::PgPool;
 
 use super::demand;
 use super::RefresherOptions;
+use crate::freshness::{self, FreshnessMode};
 use crate::store;
+use crate::store::refreshes::RefreshScope;
 
 pub async fn update(pool: &PgPool, options: &RefresherOptions) -> Result<(), sqlx::Error> {
     let now = Utc::now();
@@ -20,9 +22,20 @@ pub async fn update(pool: &PgPool, options: &RefresherOptions) -> Result<(), sql
         });
         metrics::gauge!("tally_oldest_snapshot_age_seconds", &labels).set(oldest_age);
         metrics::gauge!("tally_accounts_listed", &labels).set(tenant.listed as f64);
-        let never_tried = tenant.listed - tenant.ok - tenant.failed;
-        metrics::gauge!("tally_accounts_stale", &labels)
-            .set((never_tried + tenant.older).max(0) as f64);
+        // Not confirmed within the interval, by the one freshness rule: in `events` mode
+        // an account a live stream vouches for is not stale however old its fetch.
+        let tenant_freshness =
+            demand::tenant_freshness(pool, tenant.tenant_id, options.max_silence).await?;
+        let stale = if tenant_freshness.mode == FreshnessMode::Poll {
+            let never_tried = tenant.listed - tenant.ok - tenant.failed;
+            never_tried + tenant.older
+        } else {
+            let requirement = freshness::requirement(&tenant_freshness, now, options.interval);
+            store::refreshes::progress(pool, tenant.tenant_id, &RefreshScope::Tenant, &requirement)
+                .await?
+                .pending()
+        };
+        metrics::gauge!("tally_accounts_stale", &labels).set(stale.max(0) as f64);
         metrics::gauge!("tally_accounts_failing", &labels).set(tenant.failed as f64);
         metrics::gauge!("tally_accounts_leased", &labels).set(tenant.leased as f64);
         if let Some(rate) = tenant.rate {

@@ -733,3 +733,86 @@ async fn a_silent_change_is_caught_by_the_sweep_and_not_vouched_for_by_a_silent_
     .await;
     assert!(swept, "the sweep caught the silent changes");
 }
+
+#[tokio::test]
+async fn the_stale_gauge_counts_only_what_the_freshness_rule_does_not_confirm() {
+    // Its own slug: the metrics recorder is shared by every test in this process.
+    let slug = "gauged";
+    let app = spawn_app_with(|s| s.refresh.interval_secs = 2).await;
+    let sim = spawn_sim(1, 3, 0).await;
+    let tenant = add_platform_tenant(&app, &sim, slug, 0, Some(SECRET)).await;
+    sync_ok(&app, &tenant).await;
+    use_events(&app, slug).await;
+    let owner = app.token(Role::Owner, None).await;
+    // Events about an account the tenant does not list keep its stream live and mark
+    // nothing changed.
+    let keep_alive = |n: usize| {
+        money_event(
+            &format!("evt_alive{n}"),
+            "payout.paid",
+            "acct_1NotListedHere",
+            now(),
+        )
+    };
+    post_event(&app, slug, SECRET, &keep_alive(0), now()).await;
+    let (status, _) = app
+        .get_json(
+            &format!("/api/administrator/connect/balances?tenant={slug}&max_age=0&wait=25"),
+            &owner,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let gauge = |page: &str| {
+        page.lines()
+            .find(|l| l.starts_with("tally_accounts_stale{") && l.contains(slug))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    // Every fetch is older than the 2 s interval, yet the live stream vouches for all.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut seen = None;
+    for n in 1..40 {
+        post_event(&app, slug, SECRET, &keep_alive(n), now()).await;
+        let page = app
+            .get("/metrics", &owner)
+            .await
+            .text()
+            .await
+            .expect("page");
+        seen = gauge(&page);
+        if seen == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        seen,
+        Some(0.0),
+        "no account is stale while the stream vouches"
+    );
+
+    // In poll mode the same accounts are all stale.
+    tenant::update(
+        &app.pool,
+        &app.master,
+        slug,
+        TenantUpdate {
+            freshness: Some(FreshnessMode::Poll),
+            ..TenantUpdate::default()
+        },
+        &Actor::cli(),
+    )
+    .await
+    .expect("poll mode");
+    let stale = eventually(Duration::from_secs(20), || async {
+        let page = app
+            .get("/metrics", &owner)
+            .await
+            .text()
+            .await
+            .expect("page");
+        gauge(&page) == Some(3.0)
+    })
+    .await;
+    assert!(stale, "every account is stale by the poll rule");
+}
