@@ -3,6 +3,9 @@
 -- `/v1/accounts`, …; 25/s by default, `stripe.endpoint_rate_limit`). A request takes a
 -- slot of both, in one statement; a 429 that says `endpoint-rate` halves only its
 -- endpoint's rate, any other halves the tenant's.
+-- stripe_budget_reserve (the tenant's rate alone) is no longer called by this version;
+-- it stays so that replicas of the previous version keep pacing during a rolling
+-- upgrade. A later migration may drop it.
 CREATE TABLE stripe_endpoint_budgets (
     tenant_id     BIGINT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     endpoint      TEXT NOT NULL,

@@ -12,7 +12,9 @@ use sqlx::PgPool;
 
 use crate::audit::{self, Actor};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
-use crate::freshness::{self, AccountState, Confirmation, FreshnessBy, Requirement};
+use crate::freshness::{
+    self, AccountState, Confirmation, FreshnessBy, Requirement, TenantFreshness,
+};
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
@@ -181,9 +183,10 @@ impl Balances {
         }
         let mut aggregate =
             fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency).await?;
-        aggregate.accounts.stale = self.stale(tenant, &scope).await?;
+        // One read of the tenant's mode and stream serves the stale count and the rest.
         let tenant_freshness =
             refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
+        aggregate.accounts.stale = self.stale(tenant, &scope, &tenant_freshness).await?;
         let live = tenant_freshness.live_stream(Utc::now());
         aggregate.freshness_mode = tenant_freshness.mode;
         aggregate.stream_live = live.is_some();
@@ -326,10 +329,13 @@ impl Balances {
     }
 
     /// Listed accounts of the scope not confirmed within the refresh interval.
-    async fn stale(&self, tenant: &Tenant, scope: &RefreshScope) -> Result<i64, BalanceError> {
-        let tenant_freshness =
-            refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
-        let requirement = freshness::requirement(&tenant_freshness, Utc::now(), self.interval);
+    async fn stale(
+        &self,
+        tenant: &Tenant,
+        scope: &RefreshScope,
+        tenant_freshness: &TenantFreshness,
+    ) -> Result<i64, BalanceError> {
+        let requirement = freshness::requirement(tenant_freshness, Utc::now(), self.interval);
         Ok(
             store::refreshes::progress(&self.pool, tenant.id, scope, &requirement)
                 .await?

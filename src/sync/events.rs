@@ -146,11 +146,7 @@ async fn mark_changed(
     event: &Event,
     received: DateTime<Utc>,
 ) -> Result<Applied, EventError> {
-    let Some(account) = event
-        .account
-        .as_deref()
-        .filter(|account| account.starts_with("acct_"))
-    else {
+    let Ok(account) = connected_account(event) else {
         return Ok(Applied::Ignored);
     };
     let created = event_time(event, received)?;

@@ -91,19 +91,19 @@ fn money_event(id: &str, kind: &str, account: &str, created: i64) -> Value {
     event
 }
 
-async fn use_events(app: &TestApp, slug: &str) {
+async fn set_freshness(app: &TestApp, slug: &str, mode: FreshnessMode) {
     tenant::update(
         &app.pool,
         &app.master,
         slug,
         TenantUpdate {
-            freshness: Some(FreshnessMode::Events),
+            freshness: Some(mode),
             ..TenantUpdate::default()
         },
         &Actor::cli(),
     )
     .await
-    .expect("events mode");
+    .expect("freshness mode");
 }
 
 #[tokio::test]
@@ -236,7 +236,7 @@ async fn a_live_stream_vouches_for_unchanged_accounts_and_a_silent_one_does_not(
     let (busy, idle) = (accounts[0].clone(), accounts[1].clone());
     let tenant = add_platform_tenant(&app, &sim, "acme", 0, Some(SECRET)).await;
     sync_ok(&app, &tenant).await;
-    use_events(&app, "acme").await;
+    set_freshness(&app, "acme", FreshnessMode::Events).await;
     let token = app.token(Role::Admin, Some("acme")).await;
     // The stream starts with its first event; accounts fetched after it can be vouched for.
     let (status, _) = post_event(
@@ -348,7 +348,7 @@ async fn a_refused_event_stops_the_stream_vouching_for_earlier_fetches() {
     let (busy, idle) = (accounts[0].clone(), accounts[1].clone());
     let tenant = add_platform_tenant(&app, &sim, "acme", 0, Some(SECRET)).await;
     sync_ok(&app, &tenant).await;
-    use_events(&app, "acme").await;
+    set_freshness(&app, "acme", FreshnessMode::Events).await;
     let token = app.token(Role::Admin, Some("acme")).await;
     post_event(
         &app,
@@ -742,7 +742,7 @@ async fn the_stale_gauge_counts_only_what_the_freshness_rule_does_not_confirm() 
     let sim = spawn_sim(1, 3, 0).await;
     let tenant = add_platform_tenant(&app, &sim, slug, 0, Some(SECRET)).await;
     sync_ok(&app, &tenant).await;
-    use_events(&app, slug).await;
+    set_freshness(&app, slug, FreshnessMode::Events).await;
     let owner = app.token(Role::Owner, None).await;
     // Events about an account the tenant does not list keep its stream live and mark
     // nothing changed.
@@ -792,18 +792,7 @@ async fn the_stale_gauge_counts_only_what_the_freshness_rule_does_not_confirm() 
     );
 
     // In poll mode the same accounts are all stale.
-    tenant::update(
-        &app.pool,
-        &app.master,
-        slug,
-        TenantUpdate {
-            freshness: Some(FreshnessMode::Poll),
-            ..TenantUpdate::default()
-        },
-        &Actor::cli(),
-    )
-    .await
-    .expect("poll mode");
+    set_freshness(&app, slug, FreshnessMode::Poll).await;
     let stale = eventually(Duration::from_secs(20), || async {
         let page = app
             .get("/metrics", &owner)
