@@ -18,6 +18,8 @@ pub enum Actor {
     Token { id: i64 },
     /// The `tally` CLI, run by this OS user when the environment says.
     Cli { user: Option<String> },
+    /// tally itself (the closer reopening a day), named by the part that acted.
+    System { part: &'static str },
 }
 
 impl Actor {
@@ -46,6 +48,7 @@ pub async fn record(
     let (kind, token_id, name) = match actor {
         Actor::Token { id } => ("token", Some(*id), None),
         Actor::Cli { user } => ("cli", None, user.as_deref()),
+        Actor::System { part } => ("system", None, Some(*part)),
     };
     store::audit::insert(
         db,
@@ -57,6 +60,23 @@ pub async fn record(
             tenant_slug: tenant,
             details: &details,
         },
+    )
+    .await
+}
+
+/// Records what tally itself did for `tenant` (no person or token acted).
+pub async fn record_system(
+    db: impl PgExecutor<'_>,
+    action: &str,
+    tenant: &str,
+    details: &Value,
+) -> Result<(), sqlx::Error> {
+    record(
+        db,
+        &Actor::System { part: "closer" },
+        action,
+        Some(tenant),
+        details.clone(),
     )
     .await
 }
@@ -79,6 +99,9 @@ impl From<AuditEvent> for AuditView {
     fn from(event: AuditEvent) -> AuditView {
         let actor = match event.actor_token_id {
             Some(id) => json!({"type": "token", "tokenId": id, "name": event.actor_name}),
+            None if event.actor_kind == "system" => {
+                json!({"type": "system", "name": event.actor_name})
+            }
             None => json!({"type": event.actor_kind, "user": event.actor_name}),
         };
         AuditView {

@@ -24,6 +24,7 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub sync: SyncSettings,
     pub webhooks: WebhookSettings,
+    pub close: CloseSettings,
     pub log: LogSettings,
 }
 
@@ -111,6 +112,19 @@ pub struct WebhookSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct CloseSettings {
+    /// The refresher reads each fetched account's new balance transactions.
+    pub read_ledger: bool,
+    /// A day closes this long after it ends, by Stripe's clock.
+    pub settle_secs: u64,
+    /// How far before the current day an account's first ledger read reaches; its
+    /// first closed day starts that long after the read's start.
+    pub settlement_days: u32,
+    /// How often a server looks for days to close or reopen.
+    pub tick_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct SyncSettings {
     /// Each tenant's account list is re-synced this often (0: only when asked).
     pub interval_secs: u64,
@@ -190,6 +204,9 @@ impl Settings {
         }
         if self.api.stream_idle_timeout_secs < 1 {
             return invalid("api.stream_idle_timeout_secs", "must be at least 1");
+        }
+        if self.close.tick_secs < 1 {
+            return invalid("close.tick_secs", "must be at least 1");
         }
         if self.database.max_connections < 1 {
             return invalid("database.max_connections", "must be at least 1");

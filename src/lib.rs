@@ -7,6 +7,7 @@
 pub mod app;
 pub mod audit;
 pub mod balances;
+pub mod close;
 pub mod commands;
 pub mod config;
 pub mod crypto;

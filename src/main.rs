@@ -65,6 +65,9 @@ enum Command {
         #[arg(long, value_name = "TIME", requires = "history")]
         to: Option<String>,
     },
+    /// The daily close: each account's day per currency, tied out to Stripe's ledger.
+    #[command(subcommand)]
+    Close(CloseCommand),
     /// Import a tenant's connected accounts from Stripe (progress on stderr).
     Sync { slug: String },
     /// Run everything offline: simulator, database, tenants, sync, balances, server.
@@ -245,6 +248,9 @@ enum TenantCommand {
         /// endpoint: `tally tenant webhooks`, or --webhook-secret-env).
         #[arg(long, value_name = "poll|events")]
         freshness: Option<tally::freshness::FreshnessMode>,
+        /// The zone the daily close cuts days in (an IANA name: Europe/Berlin; default UTC).
+        #[arg(long, value_name = "ZONE")]
+        close_timezone: Option<String>,
     },
     /// Disable a tenant (its tokens are refused, the refresher and sync skip it, its
     /// data stays); --purge --yes deletes it and everything it owns.
@@ -276,6 +282,26 @@ enum TenantCommand {
     List {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloseCommand {
+    /// A day's close per currency (brings the tenant's days up to date first).
+    Show {
+        slug: String,
+        /// The local date in the tenant's close timezone (2026-11-30).
+        #[arg(long, value_name = "DATE")]
+        date: chrono::NaiveDate,
+        #[arg(long, value_enum, default_value = "table")]
+        format: commands::balances::OutputFormat,
+    },
+    /// Load every account's balance transactions back to a local date (progress on
+    /// stderr; paced by the tenant's Stripe budget; run again to resume).
+    Backfill {
+        slug: String,
+        #[arg(long, value_name = "DATE")]
+        since: chrono::NaiveDate,
     },
 }
 
@@ -356,6 +382,31 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Serve { bind } => commands::serve::run(settings, bind).await?,
+        Command::Close(CloseCommand::Show { slug, date, format }) => {
+            let pool = commands::connect_and_migrate(&settings).await?;
+            print!(
+                "{}",
+                commands::close::show(&pool, &settings, &slug, date, format).await?
+            );
+        }
+        Command::Close(CloseCommand::Backfill { slug, since }) => {
+            let (pool, stripe) = commands::stripe_context(&settings).await?;
+            let done = commands::close::backfill(&pool, &stripe, &settings, &slug, since).await?;
+            println!(
+                "{slug}: {} accounts read back to {since}, {} transactions stored, {} Stripe requests{}",
+                done.accounts,
+                done.stored,
+                done.requests,
+                if done.failed > 0 {
+                    format!("; {} accounts failed (run again to resume)", done.failed)
+                } else {
+                    String::new()
+                }
+            );
+            if done.failed > 0 {
+                anyhow::bail!("{} accounts could not be read", done.failed);
+            }
+        }
         Command::Sync { slug } => {
             let summary = commands::sync::run(&settings, &slug).await?;
             println!("{}", commands::sync::summary_line(&slug, &summary));
@@ -427,6 +478,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             clear_platforms,
             clear_accounts,
             freshness,
+            close_timezone,
         }) => {
             let master = MasterKey::from_env()?;
             // No flag leaves a list as it is; a flag replaces it; --clear-… empties it.
@@ -440,6 +492,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 api_version: flags.api_version,
                 rate_limit: flags.rate_limit,
                 freshness,
+                close_timezone,
             };
             let pool = commands::connect_and_migrate(&settings).await?;
             let tenant =

@@ -191,6 +191,113 @@ pub fn format_minor(amount: i64, currency: &str) -> String {
     )
 }
 
+/// A balance as a ledger moves it: what is available and what is still pending.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub available: i64,
+    pub pending: i64,
+}
+
+impl Split {
+    pub fn checked_add(self, other: Split) -> Result<Split, MoneyOverflow> {
+        Ok(Split {
+            available: self
+                .available
+                .checked_add(other.available)
+                .ok_or(MoneyOverflow("available"))?,
+            pending: self
+                .pending
+                .checked_add(other.pending)
+                .ok_or(MoneyOverflow("pending"))?,
+        })
+    }
+
+    pub fn checked_sub(self, other: Split) -> Result<Split, MoneyOverflow> {
+        Ok(Split {
+            available: self
+                .available
+                .checked_sub(other.available)
+                .ok_or(MoneyOverflow("available"))?,
+            pending: self
+                .pending
+                .checked_sub(other.pending)
+                .ok_or(MoneyOverflow("pending"))?,
+        })
+    }
+
+    pub fn total(self) -> Result<i64, MoneyOverflow> {
+        self.available
+            .checked_add(self.pending)
+            .ok_or(MoneyOverflow("balance"))
+    }
+
+    /// `net` that is available (`true`) or pending.
+    pub fn of(net: i64, available: bool) -> Split {
+        if available {
+            Split {
+                available: net,
+                pending: 0,
+            }
+        } else {
+            Split {
+                available: 0,
+                pending: net,
+            }
+        }
+    }
+
+    /// `net` that moved from pending to available.
+    pub fn released(net: i64) -> Result<Split, MoneyOverflow> {
+        Ok(Split {
+            available: net,
+            pending: net.checked_neg().ok_or(MoneyOverflow("pending"))?,
+        })
+    }
+}
+
+/// Balance transactions of one reporting category summed: how many, gross, fees, net.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub count: i64,
+    pub amount: i64,
+    pub fee: i64,
+    pub net: i64,
+}
+
+impl Activity {
+    pub fn checked_add(self, other: Activity) -> Result<Activity, MoneyOverflow> {
+        let add = |a: i64, b: i64, what| a.checked_add(b).ok_or(MoneyOverflow(what));
+        Ok(Activity {
+            count: add(self.count, other.count, "count")?,
+            amount: add(self.amount, other.amount, "amount")?,
+            fee: add(self.fee, other.fee, "fee")?,
+            net: add(self.net, other.net, "net")?,
+        })
+    }
+
+    /// One transaction.
+    pub fn one(amount: i64, fee: i64, net: i64) -> Activity {
+        Activity {
+            count: 1,
+            amount,
+            fee,
+            net,
+        }
+    }
+}
+
+/// Adds `value` into `map[key]` with an overflow check.
+pub fn add_into<K: Ord, V: Default + Copy>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    add: fn(V, V) -> Result<V, MoneyOverflow>,
+) -> Result<(), MoneyOverflow> {
+    let slot = map.entry(key).or_default();
+    *slot = add(*slot, value)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +342,50 @@ mod tests {
         );
         assert_eq!(totals.get("eur").map(|a| a.pending), Some(-5));
         assert_eq!(totals.get("jpy").map(|a| a.available), Some(7));
+    }
+
+    #[test]
+    fn ledger_sums_check_overflow() {
+        let near = Split {
+            available: i64::MAX,
+            pending: 0,
+        };
+        assert!(near.checked_add(Split::of(1, true)).is_err());
+        assert_eq!(
+            Split::of(5, false).checked_add(Split::released(5).expect("ok")),
+            Ok(Split {
+                available: 5,
+                pending: 0
+            })
+        );
+        assert!(Split::released(i64::MIN).is_err());
+        let mut by = BTreeMap::new();
+        add_into(
+            &mut by,
+            "fee",
+            Activity::one(-3, 0, -3),
+            Activity::checked_add,
+        )
+        .expect("ok");
+        add_into(
+            &mut by,
+            "fee",
+            Activity::one(-4, 0, -4),
+            Activity::checked_add,
+        )
+        .expect("ok");
+        assert_eq!(
+            by["fee"],
+            Activity {
+                count: 2,
+                amount: -7,
+                fee: 0,
+                net: -7
+            }
+        );
+        assert!(Activity::one(i64::MAX, 0, 0)
+            .checked_add(Activity::one(1, 0, 0))
+            .is_err());
     }
 
     #[test]

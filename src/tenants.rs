@@ -170,6 +170,12 @@ impl StripeTenants {
             .unwrap_or(self.defaults.rate_limit)
     }
 
+    /// Stripe's per-endpoint limit (`stripe.endpoint_rate_limit`): one endpoint of one
+    /// tenant never goes faster, whatever the tenant's rate.
+    pub fn endpoint_rate(&self) -> u32 {
+        self.defaults.endpoint_rate_limit
+    }
+
     /// In-flight cap per tenant client in this process.
     pub fn max_in_flight(&self) -> usize {
         self.defaults.max_in_flight

@@ -1,6 +1,7 @@
 //! What the CLI's subcommands do, as library functions the demo and tests call too.
 
 pub mod balances;
+pub mod close;
 pub mod demo;
 pub mod doctor;
 pub mod history;

@@ -67,8 +67,10 @@ pub enum TenantError {
     Removed(String),
     #[error("tenant '{slug}' has {stored} key; set-key keeps the kind, so give it {stored} key (a new tenant takes the other kind)")]
     KindChange { slug: String, stored: &'static str },
-    #[error("nothing to update: give at least one of --platform, --account, --api-base, --api-version, --rate-limit, --webhook-secret-env, --freshness")]
+    #[error("nothing to update: give at least one of --platform, --account, --api-base, --api-version, --rate-limit, --webhook-secret-env, --freshness, --close-timezone")]
     NothingToUpdate,
+    #[error("--close-timezone '{0}' is not a time zone name (an IANA name such as Europe/Berlin, or UTC)")]
+    UnknownTimezone(String),
     #[error("tenant '{0}' receives no Connect events yet, so events cannot vouch for its balances: register its endpoint first (tally tenant webhooks {0} --url https://…/webhooks/stripe/{0}, or --webhook-secret-env for one made by hand)")]
     EventsNeedAnEndpoint(String),
     #[error("--purge deletes the tenant and everything it owns (accounts, balances, tokens, syncs) for good; add --yes to confirm")]
@@ -414,6 +416,7 @@ pub struct TenantUpdate {
     pub rate_limit: Option<u32>,
     pub webhook_secret: Option<SecretString>,
     pub freshness: Option<FreshnessMode>,
+    pub close_timezone: Option<String>,
 }
 
 /// `tally tenant update`: every running server uses the new settings within about a second.
@@ -475,6 +478,12 @@ pub async fn update(
         }
         note("freshness", json!(mode.as_str()));
     }
+    if let Some(zone) = &change.close_timezone {
+        if !store::closes::zone_exists(pool, zone).await? {
+            return Err(TenantError::UnknownTimezone(zone.clone()));
+        }
+        note("closeTimezone", json!(zone));
+    }
     if changed.is_empty() {
         return Err(TenantError::NothingToUpdate);
     }
@@ -486,6 +495,7 @@ pub async fn update(
         org_account_ids: accounts.as_deref(),
         webhook_secret_ciphertext: webhook.as_deref(),
         freshness: change.freshness,
+        close_timezone: change.close_timezone.as_deref(),
     };
     let mut tx = pool.begin().await?;
     let updated = store::tenants::update(&mut *tx, tenant.id, &changes)

@@ -6,7 +6,7 @@
 pub mod aggregate;
 mod hint;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -35,9 +35,18 @@ pub enum FanoutError {
     Csv(#[from] csv::Error),
 }
 
+/// What one fetch stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub recorded: Recorded,
+    /// A balance (true) or a failure (false).
+    pub balance: bool,
+    /// When Stripe read the balance, by Stripe's clock (its `Date`).
+    pub stripe_at: Option<DateTime<Utc>>,
+}
+
 /// Fetches one account's balance and stores the snapshot, giving back the lease
-/// `lease_holder` holds on it in the same transaction. Returns what was stored and
-/// whether it was a balance (true) or a failure (false).
+/// `lease_holder` holds on it in the same transaction.
 pub async fn fetch_and_record(
     pool: &PgPool,
     client: &TenantClient,
@@ -45,11 +54,15 @@ pub async fn fetch_and_record(
     stripeid: &str,
     platform: Option<&str>,
     lease_holder: Option<Uuid>,
-) -> Result<(Recorded, bool), FanoutError> {
+) -> Result<Stored, FanoutError> {
     // Events that arrived before the request was queued are covered by its answer.
     let started = Utc::now();
     let fetched = client.retrieve_balance(stripeid, platform).await;
     let fetched_at = Utc::now();
+    let stripe_at = fetched
+        .as_ref()
+        .ok()
+        .and_then(|balance| balance.stripe_date);
     // Either the balance with its per-currency totals, or the failure to store.
     let result: Result<(Value, Totals), FetchFailure> = match fetched {
         Ok(balance) => match Totals::from_balance(&balance.value) {
@@ -90,7 +103,14 @@ pub async fn fetch_and_record(
         Some(started),
     )
     .await?;
-    Ok((recorded, result.is_ok()))
+    if let (Recorded::Latest(id) | Recorded::HistoryOnly(id), Some(at)) = (recorded, stripe_at) {
+        store::ledger::mark_answered_at(&mut *conn, id, at).await?;
+    }
+    Ok(Stored {
+        recorded,
+        balance: result.is_ok(),
+        stripe_at,
+    })
 }
 
 /// True when every listed account of the tenant meets `requirement`: decided from

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod balances;
+pub mod close;
 pub mod error;
 mod error_bodies;
 pub mod health;
@@ -163,6 +164,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(totals::router())
+        .merge(close::router())
         .merge(webhooks::router())
         .routes(routes!(openapi::serve_document))
 }

@@ -18,10 +18,13 @@ use uuid::Uuid;
 
 use super::demand;
 use super::Tasks;
+use crate::close;
+use crate::close::compute::CloseRules;
 use crate::config::Settings;
 use crate::fanout;
 use crate::freshness::FreshnessMode;
 use crate::store;
+use crate::store::ledger::ListedAccount;
 use crate::store::refreshes::{ClaimRequest, Refresh, RefreshScope};
 use crate::store::sync_runs::Claim;
 use crate::store::tenants::Tenant;
@@ -86,6 +89,12 @@ pub struct RefresherOptions {
     pub sweep_interval: Duration,
     /// `webhooks.max_silence_secs`, for the freshness rule.
     pub max_silence: Duration,
+    /// After each balance fetch, read the account's new balance transactions
+    /// (`close.read_ledger`; serving workers only).
+    pub read_ledger: bool,
+    /// The closer's rules and how often it runs per tenant (serving workers only).
+    pub close: CloseRules,
+    pub close_every: Duration,
 }
 
 impl RefresherOptions {
@@ -102,6 +111,9 @@ impl RefresherOptions {
             change_delay: Duration::from_millis(settings.refresh.change_delay_ms),
             sweep_interval: Duration::from_secs(settings.refresh.sweep_interval_secs),
             max_silence: settings.max_silence(),
+            read_ledger: settings.close.read_ledger,
+            close: CloseRules::from_settings(&settings.close),
+            close_every: Duration::from_secs(settings.close.tick_secs),
         }
     }
 
@@ -348,6 +360,7 @@ impl Inner {
                 {
                     tracing::warn!(tenant = %tenant.slug, error = %error, "refresher round failed");
                 }
+                self.maybe_close(&tenant, &mut state, &mut inflight);
             }
             let woken = self.wake.notified();
             if inflight.is_empty() {
@@ -422,7 +435,13 @@ impl Inner {
     /// both would fetch it.
     fn claim_cap(&self, client: &TenantClient) -> usize {
         let live = self.live_workers.load(Ordering::Relaxed).max(1) as f64;
-        let servable = f64::from(client.rate()) * self.options.lease.as_secs_f64() / 2.0 / live;
+        // A claimed account costs one balance request, plus one ledger read when the
+        // close reads transactions; each endpoint has its own limit below the tenant's.
+        let per_account = if self.reads_ledger() { 2 } else { 1 };
+        let accounts_per_sec =
+            (client.rate() / per_account).min(self.stripe.endpoint_rate()).max(1);
+        let servable =
+            f64::from(accounts_per_sec) * self.options.lease.as_secs_f64() / 2.0 / live;
         lease_bounded_cap(self.stripe.max_in_flight(), servable)
     }
 
@@ -580,6 +599,11 @@ impl Inner {
                 Some(inner.id),
             )
             .await;
+            if let Ok(fetched) = &stored {
+                if fetched.balance && inner.reads_ledger() {
+                    inner.read_ledger(&tenant, &client, &account, fetched.stripe_at).await;
+                }
+            }
             if let (Ok(_), Some(first_event_at)) = (&stored, changed_since) {
                 let latency = (Utc::now() - first_event_at).num_milliseconds().max(0) as f64;
                 metrics::histogram!("tally_event_to_fetch_seconds").record(latency / 1000.0);
@@ -600,6 +624,76 @@ impl Inner {
             }
         }
         .boxed()
+    }
+
+    fn reads_ledger(&self) -> bool {
+        self.options.read_ledger && self.kind == WorkerKind::Serve
+    }
+
+    /// Reads the account's new balance transactions after its balance (for the
+    /// daily close). A failure is logged; the next fetch reads from where this stopped.
+    async fn read_ledger(
+        &self,
+        tenant: &Tenant,
+        client: &TenantClient,
+        account: &store::refreshes::Claimed,
+        stripe_at: Option<DateTime<Utc>>,
+    ) {
+        let listed = ListedAccount {
+            stripeid: account.stripeid.clone(),
+            platform_id: account.platform_id.clone(),
+        };
+        match close::ingest::read_new(
+            &self.pool,
+            client,
+            tenant,
+            &listed,
+            stripe_at,
+            self.options.close.settlement_days,
+        )
+        .await
+        {
+            Ok(read) => {
+                metrics::counter!("tally_ledger_requests_total", "tenant" => tenant.slug.clone())
+                    .increment(u64::from(read.requests));
+                metrics::counter!("tally_ledger_transactions_total", "tenant" => tenant.slug.clone())
+                    .increment(read.stored);
+            }
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.slug, stripeid = %account.stripeid, error = %error,
+                    "reading balance transactions failed");
+            }
+        }
+    }
+
+    /// Runs the closer for the tenant unless its last run is still going.
+    fn maybe_close(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        state: &mut TenantState,
+        inflight: &mut JoinSet<()>,
+    ) {
+        if self.kind != WorkerKind::Serve
+            || state.closing.load(Ordering::Acquire)
+            || state
+                .closed_at
+                .is_some_and(|at| at.elapsed() < self.options.close_every)
+        {
+            return;
+        }
+        state.closed_at = Some(Instant::now());
+        state.closing.store(true, Ordering::Release);
+        let (inner, tenant, running) = (self.clone(), tenant.clone(), state.closing.clone());
+        inflight.spawn(async move {
+            match close::compute::bring_up_to_date(&inner.pool, &tenant, inner.options.close).await {
+                Ok(pass) if !pass.computed.is_empty() => tracing::info!(tenant = %tenant.slug,
+                    computed = pass.computed.len(), closed = ?pass.closed, reopened = ?pass.reopened,
+                    "daily close brought up to date"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(tenant = %tenant.slug, error = %error, "the daily close failed"),
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 
     /// Ends a demand whose every listed account was tried since its cutoff.
@@ -703,6 +797,9 @@ struct TenantState {
     loaded_at: Option<Instant>,
     sync_checked_at: Option<Instant>,
     credential_warned: bool,
+    /// The closer's last start for this tenant, and whether it is still running.
+    closed_at: Option<Instant>,
+    closing: Arc<AtomicBool>,
 }
 
 /// `in_flight` capped at `servable` (requests the budget serves to one worker within

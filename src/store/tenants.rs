@@ -29,6 +29,8 @@ pub struct Tenant {
     pub disabled_at: Option<DateTime<Utc>>,
     /// How its balances are kept current (`poll` or `events`).
     pub freshness: FreshnessMode,
+    /// The zone its days close in (an IANA name, `UTC` by default).
+    pub close_timezone: String,
 }
 
 /// Stored as its name (`platform`, `organization`) in a TEXT column.
@@ -94,7 +96,7 @@ pub async fn insert(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         tenant.slug,
         tenant.credential_kind,
         tenant.key_ciphertext,
@@ -118,7 +120,7 @@ pub async fn find_by_slug(
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
-                  version, disabled_at, freshness AS "freshness: FreshnessMode"
+                  version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone
            FROM tenants WHERE slug = $1"#,
         slug
     )
@@ -131,7 +133,7 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Tenan
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                   rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
-                  version, disabled_at, freshness AS "freshness: FreshnessMode"
+                  version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone
            FROM tenants WHERE id = $1"#,
         id
     )
@@ -154,6 +156,7 @@ pub struct TenantSummary {
     /// Endpoints `tally tenant webhooks` registered.
     pub webhooks: i64,
     pub freshness: FreshnessMode,
+    pub close_timezone: String,
     pub accounts: i64,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
@@ -166,7 +169,7 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TenantSummary>, sqlx::E
                   t.platform_ids, t.org_account_ids,
                   t.webhook_secret_ciphertext IS NOT NULL AS "has_webhook_secret!",
                   (SELECT count(*) FROM webhook_endpoints w WHERE w.tenant_id = t.id) AS "webhooks!",
-                  t.freshness AS "freshness: FreshnessMode",
+                  t.freshness AS "freshness: FreshnessMode", t.close_timezone,
                   COALESCE(c.listed, 0) AS "accounts!", t.created_at, t.disabled_at
            FROM tenants t LEFT JOIN tenant_account_counts c ON c.tenant_id = t.id
            ORDER BY t.slug"#
@@ -192,6 +195,7 @@ pub struct TenantChanges<'a> {
     pub org_account_ids: Option<&'a [String]>,
     pub webhook_secret_ciphertext: Option<&'a [u8]>,
     pub freshness: Option<FreshnessMode>,
+    pub close_timezone: Option<&'a str>,
 }
 
 /// Applies `changes` and bumps the version, so every process rebuilds its client.
@@ -210,11 +214,12 @@ pub async fn update(
                org_account_ids = COALESCE($6, org_account_ids),
                webhook_secret_ciphertext = COALESCE($7, webhook_secret_ciphertext),
                freshness = COALESCE($8, freshness),
+               close_timezone = COALESCE($9, close_timezone),
                version = version + 1, updated_at = now()
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         id,
         changes.api_version,
         changes.api_base,
@@ -223,6 +228,7 @@ pub async fn update(
         changes.org_account_ids,
         changes.webhook_secret_ciphertext,
         changes.freshness.map(FreshnessMode::as_str),
+        changes.close_timezone,
     )
     .fetch_optional(db)
     .await
@@ -243,7 +249,7 @@ pub async fn set_key(
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
                      rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
-                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode""#,
+                     created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         id,
         credential_kind,
         key_ciphertext,

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use http::{HeaderMap, HeaderValue, Method};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -22,7 +24,7 @@ use crate::stripe::retry::{
 };
 use crate::stripe::types::{
     parse_balance, parse_list, parse_list_of, parse_object, parse_typed, Balance,
-    CreatedWebhookEndpoint, Deleted, List, WebhookEndpoint,
+    BalanceTransaction, CreatedWebhookEndpoint, Deleted, List, WebhookEndpoint,
 };
 
 /// Timeouts and retry policy, shared by every tenant.
@@ -146,6 +148,18 @@ pub struct Fetched<T> {
     pub request_id: Option<String>,
     /// Attempts it took, 1 when the first one succeeded.
     pub attempts: u32,
+    /// When Stripe answered, by Stripe's clock (the `Date` header, whole seconds): the
+    /// instant a balance was read, to line it up with balance transactions' `created`.
+    pub stripe_date: Option<DateTime<Utc>>,
+}
+
+/// A `created` filter of a list, in Unix seconds on Stripe's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreatedRange {
+    /// `created[gte]`
+    pub from: Option<i64>,
+    /// `created[lt]`
+    pub before: Option<i64>,
 }
 
 /// One logical request, retried as a unit.
@@ -165,6 +179,7 @@ struct Answer {
     request_id: Option<String>,
     /// A 429's `Stripe-Rate-Limited-Reason` (`endpoint-rate`, `global-rate`, …).
     rate_limited_reason: Option<String>,
+    date: Option<DateTime<Utc>>,
     content_type: Option<String>,
     should_retry: Option<bool>,
     body: bytes::Bytes,
@@ -188,6 +203,33 @@ impl TenantClient {
             what: "balance",
         };
         self.execute(call, parse_balance).await
+    }
+
+    /// One page of `GET /v1/balance_transactions` of `account` (reached like its balance),
+    /// newest first, created within `range`, after `starting_after`. `limit` is 1..=100.
+    #[tracing::instrument(name = "stripe.list_balance_transactions", skip_all, fields(account = %account, attempt))]
+    pub async fn list_balance_transactions_page(
+        &self,
+        account: &str,
+        platform: Option<&str>,
+        range: CreatedRange,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<Fetched<List<BalanceTransaction>>, StripeError> {
+        let mut call = list_call(
+            "balance_transactions",
+            Some(self.header_for(account, platform)),
+            starting_after,
+            limit,
+        )?;
+        if let Some(from) = range.from {
+            call.query.push(("created[gte]", from.to_string()));
+        }
+        if let Some(before) = range.before {
+            call.query.push(("created[lt]", before.to_string()));
+        }
+        self.execute(call, |v| parse_list_of(v, "balance_transaction"))
+            .await
     }
 
     /// `GET /v1/accounts/{account}`, sent with the same account header as its balance.
@@ -449,6 +491,7 @@ impl TenantClient {
                         raw,
                         request_id: answer.request_id,
                         attempts: attempt,
+                        stripe_date: answer.date,
                     });
                 }
                 Ok(answer) => {
@@ -583,6 +626,9 @@ impl TenantClient {
         let content_type = header_text(headers, http::header::CONTENT_TYPE.as_str());
         let should_retry = stripe_should_retry(headers);
         let rate_limited_reason = header_text(headers, "stripe-rate-limited-reason");
+        let date = header_text(headers, http::header::DATE.as_str())
+            .and_then(|text| DateTime::parse_from_rfc2822(&text).ok())
+            .map(|date| date.with_timezone(&Utc));
         // A body cut off mid-read is a network failure like any other: retryable.
         let body = response
             .bytes()
@@ -597,6 +643,7 @@ impl TenantClient {
             status,
             request_id,
             rate_limited_reason,
+            date,
             content_type,
             should_retry,
             body,

@@ -13,7 +13,8 @@ pub mod types;
 
 pub use budget::{Priority, RateBudget, Throttled};
 pub use client::{
-    ClientSettings, Fetched, NewWebhookEndpoint, RateSettings, StripeClient, TenantClient,
+    ClientSettings, CreatedRange, Fetched, NewWebhookEndpoint, RateSettings, StripeClient,
+    TenantClient,
 };
 pub use credential::{
     key_last4, Credential, CredentialKind, UnknownCredentialKind, UnknownKeyPrefix,
@@ -23,6 +24,6 @@ pub use headers::{account_header, AccountHeader};
 pub use limiter::AdaptiveRate;
 pub use retry::backoff_delay;
 pub use types::{
-    Balance, BalanceAmount, CreatedWebhookEndpoint, Deleted, IssuingBalance, List,
-    RefundAndDisputePrefunding, WebhookEndpoint,
+    Balance, BalanceAmount, BalanceTransaction, CreatedWebhookEndpoint, Deleted, IssuingBalance,
+    List, RefundAndDisputePrefunding, WebhookEndpoint,
 };

@@ -60,6 +60,38 @@ pub struct List<T> {
     pub url: String,
 }
 
+/// A balance transaction (`/v1/balance_transactions`) with the fields tally keeps: amounts
+/// in minor units, times as Unix seconds on Stripe's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BalanceTransaction {
+    pub id: String,
+    /// Stripe's `type` (`charge`, `refund`, `adjustment`, `payout`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What accounting reports group it under (`charge`, `refund`, `fee`, `payout`, …).
+    pub reporting_category: String,
+    pub amount: i64,
+    pub fee: i64,
+    pub net: i64,
+    #[serde(deserialize_with = "lowercase")]
+    pub currency: String,
+    pub created: i64,
+    pub available_on: i64,
+    /// `available` or `pending` when read.
+    pub status: String,
+    /// The object that caused it (`ch_…`, `po_…`, …); an id unless expanded.
+    #[serde(default, deserialize_with = "id_or_object")]
+    pub source: Option<String>,
+}
+
+fn id_or_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(id) => Some(id),
+        Value::Object(object) => object.get("id").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    })
+}
+
 /// A webhook endpoint (`/v1/webhook_endpoints`), as listed: without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct WebhookEndpoint {

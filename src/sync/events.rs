@@ -322,6 +322,7 @@ mod tests {
             version: 1,
             disabled_at: None,
             freshness: Default::default(),
+            close_timezone: "UTC".into(),
         }
     }
 

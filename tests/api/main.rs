@@ -8,6 +8,7 @@ mod balances;
 mod browser;
 mod changes;
 mod cli;
+mod close;
 mod cursor;
 mod doctor;
 mod errors;

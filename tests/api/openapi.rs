@@ -291,6 +291,8 @@ const BALANCE: &str = "/api/administrator/connect/stripe-account/balance";
 const BALANCES: &str = "/api/administrator/connect/balances";
 const HISTORY: &str = "/api/administrator/connect/balances/history";
 const TOTALS: &str = "/api/administrator/connect/balances/totals";
+const CLOSE: &str = "/api/administrator/connect/balances/close";
+const ACCOUNT_CLOSE: &str = "/api/administrator/connect/stripe-account/close";
 const REFRESHES: &str = "/api/administrator/connect/balances/refreshes";
 const REFRESH: &str = "/api/administrator/connect/balances/refreshes/{id}";
 const SYNC: &str = "/api/administrator/connect/sync";
@@ -311,6 +313,7 @@ struct World {
     good: String,
     refused: String,
     owner_of_good: String,
+    tenant_id: i64,
 }
 
 async fn world() -> World {
@@ -343,7 +346,71 @@ async fn world() -> World {
         good,
         refused: refused.to_owned(),
         owner_of_good,
+        tenant_id: tenant.id,
     }
+}
+
+/// A closed day with one account row, stored as the closer stores it (the close's own
+/// tests build days from the ledger; this one checks the answers' shape).
+async fn seed_close_day(app: &TestApp, tenant_id: i64, stripeid: &str, day: chrono::NaiveDate) {
+    use tally::money::{Activity, Split};
+    use tally::store::closes::{self, AccountDay, Computed, TieOut};
+    let mut tx = app.pool.begin().await.expect("transaction");
+    let bounds = closes::day_bounds(&mut *tx, "UTC", day)
+        .await
+        .expect("bounds");
+    closes::lock_day(&mut tx, tenant_id, day, "UTC", bounds)
+        .await
+        .expect("lock")
+        .expect("free");
+    let row = AccountDay {
+        day,
+        stripeid: stripeid.to_owned(),
+        currency: "usd".into(),
+        opening: Split {
+            available: 1_000,
+            pending: 0,
+        },
+        closing: Split {
+            available: 1_500,
+            pending: 200,
+        },
+        activity: [(
+            "charge".to_owned(),
+            Activity {
+                count: 1,
+                amount: 730,
+                fee: 30,
+                net: 700,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        transactions: 1,
+        tieout: TieOut::Unverified,
+    };
+    let summary = serde_json::to_value(
+        tally::close::compute::summarize(std::slice::from_ref(&row)).expect("sums"),
+    )
+    .expect("summary");
+    closes::replace_day(&mut tx, tenant_id, day, None, &[row])
+        .await
+        .expect("rows");
+    closes::mark_computed(
+        &mut tx,
+        tenant_id,
+        day,
+        &Computed {
+            zone: "UTC",
+            bounds,
+            summary: &summary,
+            closed: true,
+            reopened: false,
+        },
+    )
+    .await
+    .expect("computed");
+    tx.commit().await.expect("commit");
 }
 
 #[tokio::test]
@@ -908,6 +975,76 @@ async fn real_answers_match_the_document() {
             app,
             c,
             get(TOTALS, format!("{TOTALS}?{query}"), reader),
+            status,
+            Some(code),
+        )
+        .await;
+    }
+
+    // The daily close.
+    let closed_day = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).expect("date");
+    seed_close_day(app, w.tenant_id, &w.good, closed_day).await;
+    expect(
+        app,
+        c,
+        get(CLOSE, format!("{CLOSE}?date={closed_day}"), reader),
+        200,
+        None,
+    )
+    .await;
+    expect(
+        app,
+        c,
+        get(CLOSE, format!("{CLOSE}?date={closed_day}"), reader).header("accept", "text/csv"),
+        200,
+        None,
+    )
+    .await;
+    expect(app, c, get(CLOSE, CLOSE, reader), 400, Some("invalid-date")).await;
+    expect(
+        app,
+        c,
+        get(CLOSE, format!("{CLOSE}?date=2026-11-01"), reader),
+        404,
+        Some("close-not-ready"),
+    )
+    .await;
+    let good = &w.good;
+    expect(
+        app,
+        c,
+        get(
+            ACCOUNT_CLOSE,
+            format!("{ACCOUNT_CLOSE}?stripeid={good}&from_date={closed_day}"),
+            reader,
+        ),
+        200,
+        None,
+    )
+    .await;
+    for (query, status, code) in [
+        ("from_date=2026-11-30".to_owned(), 400, "invalid-stripeid"),
+        (
+            "stripeid=acct_1Unknown&from_date=2026-11-30".to_owned(),
+            404,
+            "invalid-stripeid",
+        ),
+        (format!("stripeid={good}"), 400, "invalid-from-date"),
+        (
+            format!("stripeid={good}&from_date=2026-11-30&to_date=later"),
+            400,
+            "invalid-to-date",
+        ),
+        (
+            format!("stripeid={good}&from_date=2026-11-30&to_date=2026-11-01"),
+            400,
+            "invalid-range",
+        ),
+    ] {
+        expect(
+            app,
+            c,
+            get(ACCOUNT_CLOSE, format!("{ACCOUNT_CLOSE}?{query}"), reader),
             status,
             Some(code),
         )

@@ -12,6 +12,7 @@
 //! stay out of its OpenAPI document.
 
 pub mod chart;
+mod close_page;
 mod pages;
 pub mod session;
 
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/login", get(login_form).post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/tenants/{slug}", get(tenant_page))
+        .route("/admin/tenants/{slug}/close", get(close_page::close_page))
         .route("/admin/tenants/{slug}/sync", post(start_sync))
         .route("/admin/tenants/{slug}/refresh", post(start_refresh))
         .layer(axum::middleware::from_fn(page_headers))

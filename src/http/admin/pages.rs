@@ -366,6 +366,7 @@ pub fn tenant(
         @if session.caller.role == Role::Owner {
             p { a href="/admin" { "← All tenants" } }
         }
+        p { a href=(format!("/admin/tenants/{slug}/close")) { "Daily close →" } }
         @if let Some(notice) = notice {
             p.notice role="status" { (notice) }
         }
