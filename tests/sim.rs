@@ -1704,3 +1704,601 @@ async fn stats_count_activity_changed_accounts_and_requests_per_account() {
         Some(&1)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The daily close's side: the `Date` header, the ledger's ground truth, injected drift.
+
+/// The simulated second a response's `Date` header states (RFC 7231 IMF-fixdate).
+fn date_of(a: &Answer) -> i64 {
+    let value = a.header("date");
+    assert!(
+        value.ends_with(" GMT") && value.len() == 29,
+        "IMF-fixdate: {value:?}"
+    );
+    chrono::DateTime::parse_from_rfc2822(value)
+        .unwrap_or_else(|err| panic!("{value:?}: {err}"))
+        .timestamp()
+}
+
+/// GET a `/_sim/` path without a key.
+async fn control(sim: &SimHandle, path: &str) -> Answer {
+    send(reqwest::Client::new().get(format!("{}{path}", sim.base_url()))).await
+}
+
+async fn post_json(sim: &SimHandle, path: &str, body: &str) -> Answer {
+    send(
+        reqwest::Client::new()
+            .post(format!("{}{path}", sim.base_url()))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+/// Per currency (available, pending) of one account in a ground-truth answer.
+fn truth_of(truth: &Value, account: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
+    truth["accounts"][account]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["currency"].as_str().expect("currency").to_string(),
+                        (
+                            e["available"].as_i64().expect("available"),
+                            e["pending"].as_i64().expect("pending"),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A live balance and a ground truth agree: the same amounts in every currency the truth
+/// lists, and 0 in the balance's other currencies (listed without any transaction).
+fn assert_ties_out(
+    live: &std::collections::BTreeMap<String, (i64, i64)>,
+    truth: &std::collections::BTreeMap<String, (i64, i64)>,
+    what: &str,
+) {
+    for (currency, amounts) in truth {
+        assert_eq!(live.get(currency), Some(amounts), "{what} {currency}");
+    }
+    for (currency, amounts) in live {
+        if !truth.contains_key(currency) {
+            assert_eq!(*amounts, (0, 0), "{what} {currency} has no transaction");
+        }
+    }
+}
+
+/// The ground truth computed from listed transactions as tally will: `net` of those
+/// created by `at`, available when `available_on <= at`.
+fn truth_from_txns(txns: &[Value], at: i64) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for t in txns {
+        if t["created"].as_i64().expect("created") > at {
+            continue;
+        }
+        let slot: &mut (i64, i64) = sums
+            .entry(t["currency"].as_str().expect("currency").to_string())
+            .or_default();
+        let net = t["net"].as_i64().expect("net");
+        if t["available_on"].as_i64().expect("available_on") <= at {
+            slot.0 += net;
+        } else {
+            slot.1 += net;
+        }
+    }
+    sums
+}
+
+/// Every page of `/v1/balance_transactions?{query}` with `headers`, following
+/// `starting_after`; asserts each page's `Date` is the same `date` when given.
+async fn txns_where(
+    sim: &SimHandle,
+    key: &str,
+    headers: &[(&str, &str)],
+    query: &str,
+    limit: usize,
+) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut path = format!("/v1/balance_transactions?limit={limit}&{query}");
+    loop {
+        let page = get(sim, &path, key, headers).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let data = page.body["data"].as_array().expect("data").clone();
+        assert!(data.len() <= limit);
+        out.extend(data.iter().cloned());
+        match (page.body["has_more"].as_bool(), data.last()) {
+            (Some(true), Some(last)) => {
+                path = format!(
+                    "/v1/balance_transactions?limit={limit}&{query}&starting_after={}",
+                    last["id"].as_str().expect("id")
+                )
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// `days` days ago in real time, whole hours.
+fn days_ago(days: i64) -> i64 {
+    let now = chrono::Utc::now().timestamp();
+    (now - days * 86_400) / 3_600 * 3_600
+}
+
+#[tokio::test]
+async fn every_response_is_dated_with_the_simulated_clock() {
+    let start = days_ago(2);
+    let sim = spawn_with(SimConfig {
+        clock_start: Some(start),
+        ..busy()
+    })
+    .await;
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    let x = &keys.platforms[0].accounts[0];
+    let h = [("Stripe-Account", x.as_str())];
+    let real = chrono::Utc::now().timestamp();
+    for path in [
+        "/v1/balance",
+        "/v1/balance_transactions?limit=1",
+        "/v1/accounts?limit=1",
+        "/v1/nope",
+    ] {
+        let before = sim.sim_now();
+        let a = get(&sim, path, key, &h).await;
+        let after = sim.sim_now();
+        let date = date_of(&a);
+        assert!(
+            before <= date && date <= after,
+            "{path}: {before} {date} {after}"
+        );
+        assert!(date < real - 86_400, "{path}: simulated, not real time");
+    }
+    let a = get(&sim, "/v1/balance", "sk_test_nope", &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(date_of(&a) < real - 86_400, "errors too");
+    let a = control(&sim, "/_sim/clock").await;
+    assert_eq!(date_of(&a), a.body["now"].as_i64().expect("now"));
+
+    // Paused, the Date is the paused second, however long it has been.
+    sim.set_clock_paused(true);
+    let at = sim.sim_now();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let a = get(&sim, "/v1/balance", key, &h).await;
+    assert_eq!(date_of(&a), at);
+    assert_eq!(
+        chrono::DateTime::from_timestamp(at, 0)
+            .expect("in range")
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+        a.header("date")
+    );
+}
+
+#[tokio::test]
+async fn ground_truth_at_now_is_every_live_balance_at_rest() {
+    let sim = spawn_with(busy()).await;
+    wait_until(30, "activity", || sim.stats().activities >= 300).await;
+    sim.set_clock_paused(true);
+    let keys = sim.keys().clone();
+    let now = sim.sim_now();
+    let truth = control(&sim, &format!("/_sim/ledger/balances?at={now}")).await;
+    assert_eq!(truth.status, StatusCode::OK, "{}", truth.body);
+    assert_eq!(truth.body["at"], now);
+    let listed = truth.body["accounts"].as_object().expect("accounts");
+    let connected: HashSet<&String> = keys.platforms.iter().flat_map(|p| &p.accounts).collect();
+    assert_eq!(
+        listed.keys().collect::<HashSet<_>>(),
+        connected,
+        "every connected account (each has transactions), and only them"
+    );
+    let mut payouts = 0;
+    for platform in &keys.platforms {
+        for x in &platform.accounts {
+            let h = [("Stripe-Account", x.as_str())];
+            let balance = get(&sim, "/v1/balance", &platform.key, &h).await;
+            assert_eq!(date_of(&balance), now);
+            let expected = truth_of(&truth.body, x);
+            assert_ties_out(&balance_sums(&balance.body), &expected, x);
+            let currencies: Vec<&str> = truth.body["accounts"][x.as_str()]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["currency"].as_str().expect("currency"))
+                .collect();
+            assert!(currencies.windows(2).all(|w| w[0] < w[1]), "sorted");
+            let txns = all_txns(&sim, &platform.key, x).await;
+            assert_eq!(truth_from_txns(&txns, now), expected, "{x}");
+            for t in txns.iter().filter(|t| t["type"] == "payout") {
+                assert_eq!(t["available_on"], t["created"], "a payout takes at once");
+                payouts += 1;
+            }
+            // One account at a time, the same.
+            let one = control(&sim, &format!("/_sim/ledger/balances?at={now}&account={x}")).await;
+            assert_eq!(one.body["accounts"].as_object().map(|m| m.len()), Some(1));
+            assert_eq!(
+                one.body["accounts"][x.as_str()],
+                truth.body["accounts"][x.as_str()]
+            );
+        }
+    }
+    assert!(payouts > 0, "payouts were checked");
+    // Without at: the clock's second; in-process: the same answer.
+    let a = control(&sim, "/_sim/ledger/balances").await;
+    assert_eq!(a.body, truth.body);
+    let in_process = sim.ledger_balances(Some(now), None).expect("ledger mode");
+    assert_eq!(serde_json::to_value(&in_process).expect("JSON"), truth.body);
+    // The past, from the transactions; the future does not exist yet.
+    let x = &keys.platforms[0].accounts[1];
+    let txns = all_txns(&sim, &keys.platforms[0].key, x).await;
+    let past = txns[txns.len() / 2]["created"].as_i64().expect("created");
+    let a = control(
+        &sim,
+        &format!("/_sim/ledger/balances?at={past}&account={x}"),
+    )
+    .await;
+    assert_eq!(truth_of(&a.body, x), truth_from_txns(&txns, past));
+    let a = control(&sim, &format!("/_sim/ledger/balances?at={}", now + 1)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    for bad in ["at=yesterday", "at=1&bogus=2"] {
+        let a = control(&sim, &format!("/_sim/ledger/balances?{bad}")).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(a.body["error"].is_string());
+    }
+    let a = control(&sim, "/_sim/ledger/balances?account=acct_nope").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    // An account added later opens at the ledger's second: no history before it.
+    let y = sim.add_accounts(&keys.platforms[0].id, 1).remove(0);
+    let h = [("Stripe-Account", y.as_str())];
+    let balance = get(&sim, "/v1/balance", &keys.platforms[0].key, &h).await;
+    let txns = all_txns(&sim, &keys.platforms[0].key, &y).await;
+    assert!(!txns.is_empty());
+    assert!(txns.iter().all(|t| t["created"] == now), "opened at {now}");
+    let a = control(&sim, &format!("/_sim/ledger/balances?at={now}&account={y}")).await;
+    assert_ties_out(&balance_sums(&balance.body), &truth_of(&a.body, &y), &y);
+    let a = control(
+        &sim,
+        &format!("/_sim/ledger/balances?at={}&account={y}", now - 1),
+    )
+    .await;
+    assert_eq!(a.body["accounts"], serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn a_balance_ties_out_at_its_date_while_the_clock_runs() {
+    let sim = spawn_with(SimConfig {
+        activity_per_hour: 3_000.0,
+        clock_speed: 600.0,
+        ..busy()
+    })
+    .await;
+    wait_until(30, "activity", || sim.stats().activities >= 200).await;
+    let keys = sim.keys().clone();
+    let mut dates = HashSet::new();
+    for round in 0..3 {
+        for platform in &keys.platforms {
+            for x in &platform.accounts {
+                let h = [("Stripe-Account", x.as_str())];
+                let balance = get(&sim, "/v1/balance", &platform.key, &h).await;
+                let date = date_of(&balance);
+                dates.insert(date);
+                // Later, with more activity in between: the truth at that Date is still
+                // exactly what the balance showed.
+                let truth = control(
+                    &sim,
+                    &format!("/_sim/ledger/balances?at={date}&account={x}"),
+                )
+                .await;
+                assert_eq!(truth.status, StatusCode::OK, "{}", truth.body);
+                assert_ties_out(
+                    &balance_sums(&balance.body),
+                    &truth_of(&truth.body, x),
+                    &format!("round {round} {x} at {date}"),
+                );
+            }
+        }
+    }
+    assert!(dates.len() > 3, "the clock ran: {dates:?}");
+}
+
+#[tokio::test]
+async fn drift_changes_a_balance_without_a_transaction_or_an_event() {
+    let sim = spawn_with(SimConfig {
+        activity_per_hour: 0.001,
+        webhook_duplicate_rate: 0.0,
+        ..busy()
+    })
+    .await;
+    sim.set_clock_paused(true);
+    let (url, received) = receiver(0).await;
+    register(&sim, &url, "enabled_events[]=*").await;
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    let x = &keys.platforms[0].accounts[2];
+    let h = [("Stripe-Account", x.as_str())];
+    let before = get(&sim, "/v1/balance", key, &h).await;
+    let txns_before = all_txns(&sim, key, x).await;
+    let truth_before = control(&sim, &format!("/_sim/ledger/balances?account={x}")).await;
+    let currency = before.body["available"][0]["currency"]
+        .as_str()
+        .expect("currency")
+        .to_string();
+    let available = before.body["available"][0]["amount"]
+        .as_i64()
+        .expect("amount");
+
+    let body =
+        serde_json::json!({ "account": x, "currency": currency.to_uppercase(), "amount": -1234 });
+    let a = post_json(&sim, "/_sim/ledger/drift", &body.to_string()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.body,
+        serde_json::json!({ "account": x, "currency": currency, "drift": -1234, "available": available - 1234 })
+    );
+    let after = get(&sim, "/v1/balance", key, &h).await;
+    assert_eq!(after.body["available"][0]["amount"], available - 1234);
+    assert_eq!(after.body["pending"], before.body["pending"]);
+    assert_eq!(all_txns(&sim, key, x).await, txns_before, "no transaction");
+    let truth = control(&sim, &format!("/_sim/ledger/balances?account={x}")).await;
+    assert_eq!(
+        truth.body, truth_before.body,
+        "the ground truth ignores drift"
+    );
+    let live = balance_sums(&after.body);
+    let expected = truth_of(&truth.body, x);
+    assert_eq!(
+        live[&currency].0 - expected.get(&currency).map_or(0, |t| t.0),
+        -1234,
+        "the balance no longer ties out, by exactly the drift"
+    );
+    // In-process, and it adds up; a new currency appears in the balance only.
+    let applied = sim.inject_drift(x, &currency, 234).expect("applied");
+    assert_eq!(
+        (applied.drift, applied.available),
+        (-1000, available - 1000)
+    );
+    let a = post_json(
+        &sim,
+        "/_sim/ledger/drift",
+        &serde_json::json!({ "account": x, "currency": "nzd", "amount": 77 }).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let shown = get(&sim, "/v1/balance", key, &h).await;
+    assert_eq!(balance_sums(&shown.body).get("nzd"), Some(&(77, 0)));
+
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        received.lock().expect("lock").is_empty(),
+        "a drift sends no event"
+    );
+
+    for (body, status) in [
+        (
+            serde_json::json!({ "account": "acct_nope", "currency": "usd", "amount": 1 })
+                .to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+        ("{".to_string(), StatusCode::BAD_REQUEST),
+        (
+            serde_json::json!({ "account": x, "currency": "usd" }).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({ "account": x, "currency": "usd", "amount": "12" }).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({ "account": x, "currency": "usd", "amount": 1.5 }).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({ "account": x, "currency": "xyz", "amount": 1 }).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({ "account": x, "currency": "usd", "amount": 1, "amout": 2 })
+                .to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({ "account": x, "currency": currency, "amount": i64::MAX })
+                .to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let a = post_json(&sim, "/_sim/ledger/drift", &body).await;
+        assert_eq!(a.status, status, "{body}: {}", a.body);
+        assert!(a.body["error"].is_string(), "{body}");
+    }
+
+    // Without a ledger there is nothing to drift from, nor a ground truth.
+    let still = spawn().await;
+    let y = &still.keys().platforms[0].accounts[0];
+    let body = serde_json::json!({ "account": y, "currency": "usd", "amount": 5 }).to_string();
+    let a = post_json(&still, "/_sim/ledger/drift", &body).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = control(&still, "/_sim/ledger/balances?at=0").await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn balance_transactions_page_through_a_created_range_newest_first() {
+    let sim = spawn_with(busy()).await;
+    wait_until(30, "activity", || sim.stats().activities >= 400).await;
+    sim.set_clock_paused(true);
+    let keys = sim.keys().clone();
+    let key = &keys.platforms[0].key;
+    let mut best = (String::new(), Vec::new());
+    for x in &keys.platforms[0].accounts {
+        let txns = all_txns(&sim, key, x).await;
+        if txns.len() > best.1.len() {
+            best = (x.clone(), txns);
+        }
+    }
+    let (x, all) = best;
+    assert!(all.len() >= 20, "{} transactions", all.len());
+    let created: Vec<i64> = all
+        .iter()
+        .map(|t| t["created"].as_i64().expect("created"))
+        .collect();
+    let (hi, lo) = (created[all.len() / 5], created[all.len() * 4 / 5]);
+    assert!(lo < hi);
+    let ids = |txns: &[Value]| -> Vec<String> {
+        txns.iter()
+            .map(|t| t["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let expect = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
+        ids(&all
+            .iter()
+            .filter(|t| keep(t["created"].as_i64().expect("created")))
+            .cloned()
+            .collect::<Vec<_>>())
+    };
+    let h = [("Stripe-Account", x.as_str())];
+    let org = &keys.organization_key;
+    let ctx = format!("{}/{x}", keys.platforms[0].id);
+    let org_h = [
+        ("Stripe-Version", VERSION),
+        ("Stripe-Context", ctx.as_str()),
+    ];
+    for (query, keep) in [
+        (
+            format!("created[gte]={lo}&created[lte]={hi}"),
+            Box::new(move |c: i64| lo <= c && c <= hi) as Box<dyn Fn(i64) -> bool>,
+        ),
+        (
+            format!("created%5Bgt%5D={lo}&created%5Blt%5D={hi}"),
+            Box::new(move |c: i64| lo < c && c < hi),
+        ),
+        (
+            format!("created[gte]={lo}"),
+            Box::new(move |c: i64| lo <= c),
+        ),
+        (format!("created[lt]={hi}"), Box::new(move |c: i64| c < hi)),
+    ] {
+        let expected = expect(&keep);
+        assert!(expected.len() > 3, "{query}");
+        for limit in [3, 100] {
+            let got = txns_where(&sim, key, &h, &query, limit).await;
+            assert_eq!(ids(&got), expected, "{query} limit {limit}");
+            let stamps: Vec<i64> = got
+                .iter()
+                .map(|t| t["created"].as_i64().expect("created"))
+                .collect();
+            assert!(stamps.windows(2).all(|w| w[0] >= w[1]), "newest first");
+        }
+        let got = txns_where(&sim, org, &org_h, &query, 7).await;
+        assert_eq!(ids(&got), expected, "{query} with Stripe-Context");
+    }
+    // A range with nothing in it, and a malformed bound.
+    let empty = txns_where(
+        &sim,
+        key,
+        &h,
+        &format!("created[gt]={hi}&created[lt]={lo}"),
+        5,
+    )
+    .await;
+    assert!(empty.is_empty());
+    let a = get(&sim, "/v1/balance_transactions?created[gte]=soon", key, &h).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body["error"]["param"], "created[gte]");
+}
+
+#[tokio::test]
+async fn a_clock_started_in_the_past_runs_fast_pauses_and_ties_out() {
+    let start = days_ago(5);
+    let sim = spawn_with(SimConfig {
+        clock_start: Some(start),
+        clock_speed: 3_600.0,
+        activity_per_hour: 5.0,
+        settlement_secs: 86_400,
+        ..busy()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/_sim/clock", sim.base_url());
+    let clock = |body: Value| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .expect("answers")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    // An hour a second: a simulated day passes in 24 s, still behind the real clock.
+    wait_until(10, "a simulated hour", || sim.sim_now() >= start + 3_600).await;
+    assert!(sim.sim_now() < chrono::Utc::now().timestamp() - 86_400);
+    let state = clock(serde_json::json!({ "speed": 36_000.0 })).await;
+    assert_eq!(state["speed"], 36_000.0);
+    assert_eq!(state["paused"], false);
+    // Charges settle at the second midnight after them (a day's delay, rounded up).
+    wait_until(20, "three simulated days", || {
+        sim.sim_now() >= start + 3 * 86_400
+    })
+    .await;
+    let state = clock(serde_json::json!({ "paused": true, "speed": 60.0 })).await;
+    assert_eq!(
+        (state["paused"].clone(), state["speed"].clone()),
+        (true.into(), 60.0.into())
+    );
+    let paused_at = state["now"].as_i64().expect("now");
+    assert!(paused_at < chrono::Utc::now().timestamp());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Paused: a balance, then its transactions, then the truth at the balance's Date.
+    let keys = sim.keys().clone();
+    let mut tied = 0;
+    let mut settled = 0;
+    for platform in &keys.platforms {
+        for x in &platform.accounts {
+            let h = [("Stripe-Account", x.as_str())];
+            let balance = get(&sim, "/v1/balance", &platform.key, &h).await;
+            let date = date_of(&balance);
+            assert_eq!(date, paused_at);
+            let txns = txns_where(
+                &sim,
+                &platform.key,
+                &h,
+                &format!("created[lte]={date}"),
+                100,
+            )
+            .await;
+            let truth = control(
+                &sim,
+                &format!("/_sim/ledger/balances?at={date}&account={x}"),
+            )
+            .await;
+            let expected = truth_of(&truth.body, x);
+            assert_eq!(truth_from_txns(&txns, date), expected, "{x}");
+            assert_ties_out(&balance_sums(&balance.body), &expected, x);
+            settled += txns
+                .iter()
+                .filter(|t| t["type"] == "charge" && t["status"] == "available")
+                .count();
+            tied += 1;
+        }
+    }
+    assert_eq!(tied, 24);
+    assert!(settled > 0, "charges settled within the test");
+
+    // Resumed at the new speed; the clock continues from where it stopped.
+    let state = clock(serde_json::json!({ "paused": false })).await;
+    assert_eq!(state["paused"], false);
+    assert!(state["now"].as_i64() >= Some(paused_at));
+    wait_until(10, "time to run again", || sim.sim_now() > paused_at + 10).await;
+}

@@ -1,6 +1,9 @@
 //! The ticker that makes money move: every tick it brings the ledger up to the simulated
 //! now (a Poisson number of activities on accounts picked by weight, settlements that
-//! fell due) and turns what happened into events for the registered endpoints.
+//! fell due) and turns what happened into events for the registered endpoints. The ledger
+//! moves in whole simulated seconds, and every request that reads it first brings it up to
+//! the clock's current second the same way (`SimState::ledger_now`), so what it answers is
+//! the ledger at exactly that second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,45 +36,53 @@ pub async fn run(state: Arc<SimState>) {
 
 /// Brings the ledger up to the simulated now and sends the events of what happened.
 pub fn step(state: &Arc<SimState>) {
-    let knobs = state.knobs();
-    let now = state.clock.now_f64();
     let prepared = {
         let world = state.world();
         let Some(mut ledger) = state.ledger_synced(&world) else {
             return;
         };
-        if now <= ledger.stepped_to {
-            return;
-        }
-        let from = ledger.stepped_to;
-        let happened = advance(&mut ledger, &world, &knobs, from, now);
-        ledger.stepped_to = now;
-        prepare(state, &world, &ledger, &knobs, &happened)
+        catch_up(state, &world, &mut ledger)
     };
     send(state, prepared);
 }
 
-/// Activity in `(from, to]` at the knob's rate, with settlements applied in time order.
+/// Brings `ledger` (locked, after `world`) up to the clock's current second, read once
+/// under the lock so no other step can have gone further; returns the events to send.
+/// Afterwards `ledger.stepped_to` is the second the ledger shows.
+pub fn catch_up(state: &SimState, world: &World, ledger: &mut Ledger) -> Vec<Prepared> {
+    let now = state.clock.now();
+    if now <= ledger.stepped_to {
+        return Vec::new();
+    }
+    let knobs = state.knobs();
+    let from = ledger.stepped_to;
+    let happened = advance(ledger, world, &knobs, from, now);
+    ledger.stepped_to = now;
+    prepare(state, world, ledger, &knobs, &happened)
+}
+
+/// Activity created in the seconds `from + 1 ..= to` at the knob's rate, with settlements
+/// applied in time order: at each second what falls due settles before that second's
+/// activity, and everything due by `to` has settled at the end.
 fn advance(
     ledger: &mut Ledger,
     world: &World,
     knobs: &Knobs,
-    from: f64,
-    to: f64,
+    from: i64,
+    to: i64,
 ) -> Vec<Happening> {
     let per_second = knobs.activity_per_hour.max(0.0) / 3_600.0 * ledger.total_weight();
-    let count = ledger.activity_count(per_second * (to - from));
-    let mut times: Vec<f64> = (0..count).map(|_| ledger.uniform(from, to)).collect();
-    times.sort_by(f64::total_cmp);
+    let count = ledger.activity_count(per_second * to.saturating_sub(from) as f64);
+    let mut times: Vec<i64> = (0..count).map(|_| ledger.second_in(from, to)).collect();
+    times.sort_unstable();
     let mut out = Vec::new();
-    for t in times {
-        let at = t.floor() as i64;
+    for at in times {
         ledger.release_due(at, &mut out);
         if let Some(account) = ledger.pick_account() {
             out.extend(ledger.activity(world, account, at));
         }
     }
-    ledger.release_due(to.floor() as i64, &mut out);
+    ledger.release_due(to, &mut out);
     out
 }
 
@@ -106,7 +117,8 @@ pub fn prepare(
             .filter(|h| h.changes_balance())
             .map(Happening::account),
     );
-    let now = state.clock.now();
+    // Settlements and payouts arriving are stamped with the second the ledger reached.
+    let now = ledger.stepped_to;
     let endpoints = state.endpoints();
     let mut out = Vec::new();
     for &h in happened {

@@ -1,6 +1,8 @@
 //! `GET /v1/balance_transactions` and `GET /v1/balance_transactions/{id}`: the ledger of
 //! the account the request acts as (reached like `/v1/balance`). Without activity the
-//! world is static and has no transactions: lists are empty.
+//! world is static and has no transactions: lists are empty. The ledger is first brought up
+//! to the clock's current second, which the answer's `Date` states: a list shows exactly
+//! the transactions created at or before it (newest first, as Stripe orders them).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use super::handlers::{acting, Target};
 use super::ledger::{ListError, TxnFilter, TxnType, STRIPE_TXN_TYPES};
 use super::objects::list_json;
 use super::params;
-use super::server::SimState;
+use super::server::{SimDate, SimState};
 use super::txn_objects::balance_transaction_json;
 use super::world::Cursor;
 
@@ -36,7 +38,7 @@ async fn list(
     State(state): State<Arc<SimState>>,
     target: Target,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, SimError> {
+) -> Result<(SimDate, Json<Value>), SimError> {
     let pairs = params::decode(query.as_deref().unwrap_or_default())?;
     let (list, extra) =
         params::list_params_with(&pairs, &["type", "payout", "currency", "source"])?;
@@ -68,7 +70,10 @@ async fn list(
     let account = target.acting.account;
     acting(&world, &target)?;
     let platform = platform_of(&world, account);
-    let ledger = state.ledger_synced(&world);
+    let ledger = state.ledger_now(&world);
+    let at = ledger
+        .as_ref()
+        .map_or_else(|| state.clock.now(), |l| l.stepped_to);
     if let Some(po) = &payout {
         let found = ledger.as_ref().and_then(|l| {
             let (a, pos) = l.locate(po)?;
@@ -118,24 +123,28 @@ async fn list(
             StatusCode::BAD_REQUEST,
         ));
     }
-    Ok(Json(list_json(data, has_more, "/v1/balance_transactions")))
+    Ok((
+        SimDate(at),
+        Json(list_json(data, has_more, "/v1/balance_transactions")),
+    ))
 }
 
 async fn retrieve(
     State(state): State<Arc<SimState>>,
     target: Target,
     Path(id): Path<String>,
-) -> Result<Json<Value>, SimError> {
+) -> Result<(SimDate, Json<Value>), SimError> {
     let world = state.world();
     let account = target.acting.account;
     acting(&world, &target)?;
     let platform = platform_of(&world, account);
-    let ledger = state.ledger_synced(&world);
+    let ledger = state.ledger_now(&world);
     let txn = ledger.as_ref().and_then(|l| {
         let (a, pos) = l.locate(&id)?;
         let t = l.account(a)?.txns.get(pos)?;
-        (a == account && t.id == id).then(|| balance_transaction_json(t, platform))
+        (a == account && t.id == id)
+            .then(|| (SimDate(l.stepped_to), balance_transaction_json(t, platform)))
     });
-    txn.map(Json)
+    txn.map(|(at, t)| (at, Json(t)))
         .ok_or_else(|| no_such("balance transaction", &id, "id", StatusCode::NOT_FOUND))
 }

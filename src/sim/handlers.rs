@@ -16,7 +16,7 @@ use super::errors::SimError;
 use super::idempotency::Lookup;
 use super::objects::{account_json, list_json};
 use super::params;
-use super::server::SimState;
+use super::server::{SimDate, SimState};
 use super::world::{Account, UnknownCursor, World};
 
 pub fn router() -> Router<Arc<SimState>> {
@@ -68,13 +68,16 @@ pub fn acting<'w>(world: &'w World, target: &Target) -> Result<&'w Account, SimE
     Ok(account)
 }
 
+/// The balance at the clock's current second, which the `Date` header states: it shows
+/// exactly the account's transactions created at or before that second.
 async fn balance(
     State(state): State<Arc<SimState>>,
     target: Target,
-) -> Result<Json<Value>, SimError> {
+) -> Result<(SimDate, Json<Value>), SimError> {
     let world = state.world();
     acting(&world, &target)?;
-    Ok(Json(state.balance_json(&world, target.acting.account)))
+    let (balance, at) = state.balance_now(&world, target.acting.account);
+    Ok((SimDate(at), Json(balance)))
 }
 
 async fn own_account(

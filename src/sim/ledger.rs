@@ -2,13 +2,19 @@
 //! transactions: charges settle from pending to available at `available_on`, refunds,
 //! disputes, fees, account debits and payouts draw available down (possibly below zero).
 //! Each account opens with adjustments that reproduce its generated static balance, so
-//! the sum of an account's transactions always equals its balance.
+//! the sum of an account's transactions always equals its balance, unless a test injected
+//! a difference (`inject_drift`: a balance change with no transaction behind it).
+//!
+//! The ledger moves in whole simulated seconds: once it is stepped to second `S`, every
+//! transaction created at or before `S` exists and none created later does, and everything
+//! with `available_on <= S` is available. So the balance read at `S` is exactly what the
+//! transactions created by `S` add up to (`AccountLedger::balance_at`).
 //!
 //! Money is integer minor units with checked arithmetic: an activity that would overflow
 //! is dropped, never wrapped or rounded.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use rand::distr::Alphanumeric;
 use rand::rngs::StdRng;
@@ -139,12 +145,17 @@ pub struct CurrencyBalance {
 }
 
 pub struct AccountLedger {
-    /// Oldest first (appended as they happen), so lists read it backwards.
+    /// Oldest first (appended as they happen, so ordered by `created`); lists read it
+    /// backwards.
     pub txns: Vec<Txn>,
-    /// Per currency, in the order the static balance listed them (default currency first).
+    /// Per currency, in the order the static balance listed them (default currency first):
+    /// always the sum of `txns` (available: those already released).
     pub balances: Vec<CurrencyBalance>,
     /// `connect_reserved` is not part of available or pending; it stays as generated.
     pub connect_reserved: Option<Value>,
+    /// Injected differences per currency: added to the available balance the account
+    /// answers, with no transaction behind them (`Ledger::inject_drift`).
+    pub drift: Vec<(&'static str, i64)>,
 }
 
 impl AccountLedger {
@@ -168,6 +179,46 @@ impl AccountLedger {
             .iter()
             .find(|b| b.currency == currency)
             .map_or(0, |b| b.available)
+    }
+
+    /// The difference injected into `currency`'s available balance (0 if none).
+    pub fn drift(&self, currency: &str) -> i64 {
+        self.drift
+            .iter()
+            .find(|(c, _)| *c == currency)
+            .map_or(0, |(_, d)| *d)
+    }
+
+    /// Positions of the transactions created in `lo..hi` (the list is ordered by `created`).
+    fn created_range(&self, lo: i64, hi: i64) -> std::ops::Range<usize> {
+        let start = self.txns.partition_point(|t| t.created < lo);
+        let end = self.txns.partition_point(|t| t.created < hi);
+        start..end.max(start)
+    }
+
+    /// Per currency (sorted), the balance the transactions alone give at instant `at`:
+    /// the `net` of those created at or before `at`, available when `available_on <= at`,
+    /// else pending. Injected drift is not part of it. Lists every currency with a
+    /// transaction created by `at`; `None` if a sum overflows.
+    pub fn balance_at(&self, at: i64) -> Option<Vec<CurrencyBalance>> {
+        let mut sums: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
+        for t in &self.txns[self.created_range(i64::MIN, at.saturating_add(1))] {
+            let slot = sums.entry(t.currency).or_default();
+            if t.available_on <= at {
+                slot.0 = slot.0.checked_add(t.net)?;
+            } else {
+                slot.1 = slot.1.checked_add(t.net)?;
+            }
+        }
+        Some(
+            sums.into_iter()
+                .map(|(currency, (available, pending))| CurrencyBalance {
+                    currency,
+                    available,
+                    pending,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -224,6 +275,14 @@ pub enum ListError {
     UnknownCursor,
 }
 
+/// Why a difference could not be injected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DriftError {
+    UnknownAccount,
+    /// The available balance it answers would overflow.
+    Overflow,
+}
+
 /// Heavy-tailed activity: log-normal weights (sigma 2: the busiest 10 % of accounts do
 /// about three quarters of everything, the median account a seventh of the mean).
 const WEIGHT_SIGMA: f64 = 2.0;
@@ -244,8 +303,9 @@ pub struct Ledger {
     cumulative: Vec<f64>,
     /// Normalises weights so their mean over the connected accounts is 1.
     weight_scale: f64,
-    /// Simulated time the ledger has been brought up to.
-    pub stepped_to: f64,
+    /// The simulated second the ledger has been brought up to: every transaction created
+    /// at or before it exists, none created after it does.
+    pub stepped_to: i64,
 }
 
 impl Ledger {
@@ -262,7 +322,7 @@ impl Ledger {
             weights: Vec::new(),
             cumulative: Vec::new(),
             weight_scale: 1.0,
-            stepped_to: now as f64,
+            stepped_to: now,
         };
         let raw: Vec<f64> = world
             .accounts
@@ -276,14 +336,18 @@ impl Ledger {
                 ledger.weight_scale = 1.0 / mean;
             }
         }
-        ledger.sync_accounts(world, now);
+        for idx in 0..world.accounts.len() {
+            ledger.open(world, idx, now, true);
+        }
         ledger
     }
 
-    /// Opens the ledgers of accounts added to the world since the last call.
+    /// Opens the ledgers of accounts added to the world since the last call, at `now`
+    /// (the second the ledger has reached): their history starts there, so no closed
+    /// past changes.
     pub fn sync_accounts(&mut self, world: &World, now: i64) {
         for idx in self.accounts.len()..world.accounts.len() {
-            self.open(world, idx, now);
+            self.open(world, idx, now, false);
         }
     }
 
@@ -306,7 +370,7 @@ impl Ledger {
         self.by_id.get(id).copied()
     }
 
-    fn open(&mut self, world: &World, idx: usize, now: i64) {
+    fn open(&mut self, world: &World, idx: usize, now: i64, backdate: bool) {
         let a = &world.accounts[idx];
         let weight = match a.home {
             Home::Connected { .. } => raw_weight(self.seed, &a.id) * self.weight_scale,
@@ -314,19 +378,27 @@ impl Ledger {
         };
         self.weights.push(weight);
         self.cumulative.push(self.total_weight() + weight);
-        let opened = self.opening(world.seed, a, idx, now);
+        let opened = self.opening(world.seed, a, idx, now, backdate);
         self.accounts.push(Some(opened));
     }
 
-    /// Adjustments created before `now` that reproduce the generated balance: one
-    /// available per currency, and one pending per currency that settles within the
-    /// settlement delay.
-    fn opening(&mut self, seed: u64, a: &Account, idx: usize, now: i64) -> AccountLedger {
+    /// Adjustments that reproduce the generated balance: one available per currency, and
+    /// one pending per currency that settles within the settlement delay. Created before
+    /// `now` (1 hour to 7 days) with `backdate` (the accounts of the start), else at `now`.
+    fn opening(
+        &mut self,
+        seed: u64,
+        a: &Account,
+        idx: usize,
+        now: i64,
+        backdate: bool,
+    ) -> AccountLedger {
         let balance = balance_json(seed, a);
         let mut ledger = AccountLedger {
             txns: Vec::new(),
             balances: Vec::new(),
             connect_reserved: balance.get("connect_reserved").cloned(),
+            drift: Vec::new(),
         };
         let mut rng = rng_for(seed, &format!("{}/opening", a.id));
         for (part, pending) in [("available", false), ("pending", true)] {
@@ -337,7 +409,8 @@ impl Ledger {
                 if amount == 0 {
                     continue;
                 }
-                let created = now - rng.random_range(3_600..=7 * 86_400);
+                let age = rng.random_range(3_600..=7 * 86_400);
+                let created = if backdate { now - age } else { now };
                 let available_on = if pending {
                     now + rng.random_range(1..=self.settlement_secs)
                 } else {
@@ -470,12 +543,40 @@ impl Ledger {
         poisson(&mut self.rng, lambda)
     }
 
-    pub fn uniform(&mut self, from: f64, to: f64) -> f64 {
+    /// A second drawn uniformly from `from + 1 ..= to` (`to` when the range is empty).
+    pub fn second_in(&mut self, from: i64, to: i64) -> i64 {
         if to > from {
-            self.rng.random_range(from..to)
+            self.rng.random_range(from + 1..=to)
         } else {
             to
         }
+    }
+
+    /// Changes `account`'s available balance in `currency` by `amount` without a
+    /// transaction (nothing is announced either): the balance no longer ties out to its
+    /// ledger. Returns the account's balance in that currency as it now answers it.
+    pub fn inject_drift(
+        &mut self,
+        account: usize,
+        currency: &'static str,
+        amount: i64,
+    ) -> Result<CurrencyBalance, DriftError> {
+        let ledger = self
+            .accounts
+            .get_mut(account)
+            .and_then(Option::as_mut)
+            .ok_or(DriftError::UnknownAccount)?;
+        let drift = ledger
+            .drift(currency)
+            .checked_add(amount)
+            .ok_or(DriftError::Overflow)?;
+        let b = ledger.balance_mut(currency).clone();
+        let available = b.available.checked_add(drift).ok_or(DriftError::Overflow)?;
+        match ledger.drift.iter_mut().find(|(c, _)| *c == currency) {
+            Some(slot) => slot.1 = drift,
+            None => ledger.drift.push((currency, drift)),
+        }
+        Ok(CurrencyBalance { available, ..b })
     }
 
     /// One random activity on `account` at simulated time `at`.
@@ -692,6 +793,10 @@ impl Ledger {
             paid: false,
         };
         let ledger = self.accounts.get_mut(account)?.as_mut()?;
+        debug_assert!(
+            ledger.txns.last().is_none_or(|last| last.created <= at),
+            "transactions are appended in the order they are created"
+        );
         let pos = Self::push_txn(ledger, txn)?;
         if let Some(charge) = p.charge {
             let c = &mut ledger.txns[charge];
@@ -743,11 +848,10 @@ impl Ledger {
             return Ok((Vec::new(), false));
         };
         let (lo, hi) = filter.created.bounds();
+        let range = ledger.created_range(lo, hi);
         let matches = |pos: &usize| {
             let t = &ledger.txns[*pos];
-            t.created >= lo
-                && t.created < hi
-                && filter.kind.as_deref().is_none_or(|k| k == t.kind.as_str())
+            filter.kind.as_deref().is_none_or(|k| k == t.kind.as_str())
                 && filter.currency.as_deref().is_none_or(|c| c == t.currency)
                 && filter
                     .source
@@ -759,16 +863,19 @@ impl Ledger {
             Some((a, pos)) if a == account && ledger.txns[pos].id == id => Ok(pos),
             _ => Err(ListError::UnknownCursor),
         };
-        let n = ledger.txns.len();
         let taken = match cursor {
-            None => take(limit, (0..n).rev().filter(matches)),
+            None => take(limit, range.rev().filter(matches)),
             Some(Cursor::StartingAfter(id)) => {
                 let at = cursor_pos(id)?;
-                take(limit, (0..at).rev().filter(matches))
+                take(
+                    limit,
+                    (range.start..range.end.min(at)).rev().filter(matches),
+                )
             }
             Some(Cursor::EndingBefore(id)) => {
                 let at = cursor_pos(id)?;
-                let (mut newer, more) = take(limit, (at + 1..n).filter(matches));
+                let from = range.start.max(at + 1);
+                let (mut newer, more) = take(limit, (from..range.end.max(from)).filter(matches));
                 newer.reverse();
                 (newer, more)
             }
@@ -827,17 +934,23 @@ pub fn poisson(rng: &mut impl Rng, lambda: f64) -> u64 {
     count
 }
 
-/// Currencies as `&'static str`: they all come from the simulator's fixed lists.
-fn intern(currency: &str) -> &'static str {
-    const KNOWN: [&str; 14] = [
-        "usd", "eur", "gbp", "jpy", "kwd", "aud", "cad", "chf", "dkk", "nok", "nzd", "sek", "sgd",
-        "mxn",
-    ];
-    KNOWN
+/// The currencies the simulator's balances use.
+const KNOWN_CURRENCIES: [&str; 14] = [
+    "usd", "eur", "gbp", "jpy", "kwd", "aud", "cad", "chf", "dkk", "nok", "nzd", "sek", "sgd",
+    "mxn",
+];
+
+/// `currency` (any case) as one of the simulator's currencies, or `None`.
+pub fn known_currency(currency: &str) -> Option<&'static str> {
+    KNOWN_CURRENCIES
         .iter()
         .copied()
-        .find(|c| *c == currency)
-        .unwrap_or("usd")
+        .find(|c| c.eq_ignore_ascii_case(currency))
+}
+
+/// Currencies as `&'static str`: they all come from the simulator's fixed lists.
+fn intern(currency: &str) -> &'static str {
+    known_currency(currency).unwrap_or("usd")
 }
 
 #[cfg(test)]
@@ -1024,6 +1137,176 @@ mod tests {
             weights[weights.len() / 2] < 0.3,
             "the median account is quiet"
         );
+    }
+
+    /// A ledger with a few thousand activities over about a simulated day, stepped to the
+    /// returned second as the ticker steps it.
+    fn busy_ledger(w: &World) -> (Ledger, i64) {
+        let mut now = 1_700_000_000;
+        let mut ledger = Ledger::new(w, now, 3_600);
+        let mut out = Vec::new();
+        for _ in 0..3_000 {
+            now += 29;
+            ledger.release_due(now, &mut out);
+            let account = ledger.pick_account().expect("weights");
+            ledger.activity(w, account, now);
+        }
+        ledger.release_due(now, &mut out);
+        ledger.stepped_to = now;
+        (ledger, now)
+    }
+
+    fn sorted(mut b: Vec<CurrencyBalance>) -> Vec<CurrencyBalance> {
+        b.sort_by_key(|c| c.currency);
+        b
+    }
+
+    #[test]
+    fn balance_at_now_is_the_balance_and_in_the_past_the_replayed_one() {
+        let w = world();
+        let (ledger, now) = busy_ledger(&w);
+        let mut checked_past = 0;
+        for l in ledger.accounts.iter().flatten() {
+            assert!(l.txns.windows(2).all(|p| p[0].created <= p[1].created));
+            let at_now = l.balance_at(now).expect("no overflow");
+            // Currencies without any transaction show as 0 in the balance only.
+            let live: Vec<CurrencyBalance> = l
+                .balances
+                .iter()
+                .filter(|b| l.txns.iter().any(|t| t.currency == b.currency))
+                .cloned()
+                .collect();
+            assert_eq!(at_now, sorted(live));
+            for t in &l.txns {
+                if t.kind == TxnType::Payout {
+                    assert_eq!(t.available_on, t.created, "payouts take available at once");
+                }
+            }
+            // In the past: only what was created by then, available by available_on.
+            if let Some(mid) = l.txns.get(l.txns.len() / 2).map(|t| t.created) {
+                let mut expected: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+                for t in l.txns.iter().filter(|t| t.created <= mid) {
+                    let slot = expected.entry(t.currency).or_default();
+                    if t.available_on <= mid {
+                        slot.0 += t.net;
+                    } else {
+                        slot.1 += t.net;
+                    }
+                }
+                let got: BTreeMap<&str, (i64, i64)> = l
+                    .balance_at(mid)
+                    .expect("no overflow")
+                    .into_iter()
+                    .map(|b| (b.currency, (b.available, b.pending)))
+                    .collect();
+                assert_eq!(got, expected);
+                checked_past += 1;
+            }
+            let first = l.txns.first().map_or(now, |t| t.created);
+            assert_eq!(l.balance_at(first - 1), Some(Vec::new()));
+        }
+        assert!(checked_past > 10);
+    }
+
+    #[test]
+    fn drift_moves_the_answered_balance_but_not_the_ledger() {
+        let w = world();
+        let (mut ledger, now) = busy_ledger(&w);
+        let idx = w.platforms[0].connected[3];
+        let currency = intern(w.accounts[idx].currency);
+        let before = ledger.account(idx).expect("opened").balances.clone();
+        let truth = ledger.account(idx).expect("opened").balance_at(now);
+        let txns = ledger.account(idx).expect("opened").txns.len();
+        let b = ledger.inject_drift(idx, currency, -1_234).expect("applied");
+        ledger.inject_drift(idx, currency, 34).expect("applied");
+        let l = ledger.account(idx).expect("opened");
+        assert_eq!(l.drift(currency), -1_200);
+        let was = before
+            .iter()
+            .find(|c| c.currency == currency)
+            .expect("kept");
+        assert_eq!(b.available, was.available - 1_234);
+        assert_eq!(l.balances, before, "the ledger's own sums are untouched");
+        assert_eq!(l.txns.len(), txns, "no transaction");
+        assert_eq!(l.balance_at(now), truth, "the ground truth ignores drift");
+        let answered = crate::sim::txn_objects::ledger_balance_json(l);
+        let shown = answered["available"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["currency"] == currency)
+            .and_then(|e| e["amount"].as_i64());
+        assert_eq!(shown, Some(was.available - 1_200));
+        assert_eq!(
+            ledger.inject_drift(idx, currency, i64::MAX),
+            Err(DriftError::Overflow)
+        );
+        assert_eq!(
+            ledger.inject_drift(usize::MAX, currency, 1),
+            Err(DriftError::UnknownAccount)
+        );
+    }
+
+    #[test]
+    fn created_ranges_page_newest_first() {
+        let w = world();
+        let (ledger, _) = busy_ledger(&w);
+        let (idx, l) = ledger
+            .accounts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+            .max_by_key(|(_, l)| l.txns.len())
+            .expect("accounts");
+        let lo = l.txns[l.txns.len() / 4].created;
+        let hi = l.txns[l.txns.len() * 3 / 4].created;
+        for created in [
+            CreatedRange {
+                gte: Some(lo),
+                lte: Some(hi),
+                ..CreatedRange::default()
+            },
+            CreatedRange {
+                gt: Some(lo),
+                lt: Some(hi),
+                ..CreatedRange::default()
+            },
+        ] {
+            let (from, to) = created.bounds();
+            let expected: Vec<usize> = (0..l.txns.len())
+                .rev()
+                .filter(|&p| l.txns[p].created >= from && l.txns[p].created < to)
+                .collect();
+            assert!(expected.len() > 6);
+            let filter = TxnFilter {
+                created,
+                ..TxnFilter::default()
+            };
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (page, more) = ledger
+                    .list(idx, 4, cursor.as_ref(), &filter)
+                    .expect("known cursor");
+                got.extend(page.iter().copied());
+                match (more, page.last()) {
+                    (true, Some(&last)) => {
+                        cursor = Some(Cursor::StartingAfter(l.txns[last].id.clone()))
+                    }
+                    _ => break,
+                }
+            }
+            assert_eq!(got, expected);
+            let (back, _) = ledger
+                .list(
+                    idx,
+                    3,
+                    Some(&Cursor::EndingBefore(l.txns[expected[4]].id.clone())),
+                    &filter,
+                )
+                .expect("known cursor");
+            assert_eq!(back, expected[1..4].to_vec());
+        }
     }
 
     #[test]

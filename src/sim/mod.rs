@@ -7,6 +7,15 @@
 //! transactions (`ledger`), a ticker (`activity`) adds activity as simulated time passes
 //! (`clock`), and registered webhook endpoints (`webhook_endpoints`) receive the events
 //! (`events`, `delivery`). With 0 the world is static, exactly as before.
+//!
+//! Every response carries Stripe's `Date` header with the SIMULATED clock's second (not the
+//! real time). In ledger mode a request that reads balances or transactions first brings
+//! the ledger up to the clock's current second, read once under the ledger's lock, and that
+//! same second is its `Date`: `GET /v1/balance` shows exactly the transactions created at or
+//! before it (with `available_on` at or before it as available), and no transaction created
+//! at or before it appears later, even while the clock runs. For a daily close, the ledger's
+//! side (`ledger_routes`): `GET /_sim/ledger/balances?at=…` is the ground truth computed from
+//! transactions alone, and `POST /_sim/ledger/drift` makes a balance that no longer ties out.
 
 mod activity;
 mod auth;
@@ -19,6 +28,7 @@ mod handlers;
 mod idempotency;
 mod knobs;
 mod ledger;
+mod ledger_routes;
 mod objects;
 mod params;
 mod server;
@@ -42,6 +52,7 @@ use tokio::sync::oneshot;
 pub use auth::mask_key;
 pub use clock::ClockState;
 pub use knobs::Knobs;
+pub use ledger_routes::{DriftApplied, DriftRequest, LedgerBalance, LedgerBalances, LedgerError};
 pub use server::{SimCurrencyTotal, SimTotals, API_VERSION};
 pub use stats::{SimStats, WebhookStats};
 pub use webhook::sign_webhook;
@@ -276,7 +287,9 @@ impl SimHandle {
         self.state.stats.reset();
     }
 
-    /// The balance object the simulator answers for `account`.
+    /// The balance object the simulator answers for `account`, as of the ledger's last
+    /// step (it does not bring the ledger up to the clock: pause the clock, or read
+    /// `GET /v1/balance`, for the balance at a known second).
     pub fn balance_of(&self, account: &str) -> Option<Value> {
         let world = self.state.world();
         let idx = *world.by_id.get(account)?;
@@ -293,6 +306,34 @@ impl SimHandle {
     /// be compared at rest. Pausing first applies everything due by that instant.
     pub fn set_clock_paused(&self, paused: bool) {
         self.state.set_clock_paused(paused);
+    }
+
+    /// What `GET /_sim/ledger/balances?at=…[&account=…]` answers: per account and currency
+    /// the balance its transactions alone give at `at` (`None`: the clock's second).
+    pub fn ledger_balances(
+        &self,
+        at: Option<i64>,
+        account: Option<&str>,
+    ) -> Result<LedgerBalances, LedgerError> {
+        ledger_routes::balances_at(&self.state, at, account)
+    }
+
+    /// What `POST /_sim/ledger/drift` does: `amount` added to `account`'s available balance
+    /// in `currency` with no transaction and no event behind it.
+    pub fn inject_drift(
+        &self,
+        account: &str,
+        currency: &str,
+        amount: i64,
+    ) -> Result<DriftApplied, LedgerError> {
+        ledger_routes::inject_drift(
+            &self.state,
+            &DriftRequest {
+                account: account.to_string(),
+                currency: currency.to_string(),
+                amount,
+            },
+        )
     }
 
     /// Simulated unix seconds.

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::distr::Alphanumeric;
@@ -32,7 +32,7 @@ use super::txn_objects::ledger_balance_json;
 use super::webhook;
 use super::webhook_endpoints::Endpoints;
 use super::world::World;
-use super::{activity, balance_transactions, objects, webhook_endpoints, SimConfig};
+use super::{activity, balance_transactions, ledger_routes, objects, webhook_endpoints, SimConfig};
 
 /// The API version the simulator answers with when a request names none.
 pub const API_VERSION: &str = "2025-04-30.basil";
@@ -86,9 +86,34 @@ impl SimState {
             .as_ref()?
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let at = ledger.stepped_to.floor() as i64;
+        let at = ledger.stepped_to;
         ledger.sync_accounts(world, at);
         Some(ledger)
+    }
+
+    /// The ledger (in ledger mode) brought up to the simulated clock's current second,
+    /// which is then `stepped_to`: one clock reading, taken under the ledger's lock, is
+    /// both what the ledger shows and what the answer's `Date` says (`SimDate`). Every
+    /// transaction created at or before that second exists, and none created after it.
+    /// The events of what happened on the way are handed to the deliverer.
+    pub fn ledger_now(self: &Arc<Self>, world: &World) -> Option<MutexGuard<'_, Ledger>> {
+        let mut ledger = self.ledger_synced(world)?;
+        let prepared = activity::catch_up(self, world, &mut ledger);
+        activity::send(self, prepared);
+        Some(ledger)
+    }
+
+    /// The balance `account` answers now and the simulated second it shows: from its
+    /// ledger brought up to the clock's second with activity on, else the generated one
+    /// (at the clock's second).
+    pub fn balance_now(self: &Arc<Self>, world: &World, account: usize) -> (Value, i64) {
+        match self.ledger_now(world) {
+            Some(ledger) => (
+                balance_from(world, Some(&ledger), account),
+                ledger.stepped_to,
+            ),
+            None => (balance_from(world, None, account), self.clock.now()),
+        }
     }
 
     pub fn endpoints(&self) -> MutexGuard<'_, Endpoints> {
@@ -97,27 +122,28 @@ impl SimState {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The balance object `account` answers: from its ledger with activity on, else the
+    /// The balance object `account` answers as of the ledger's last step (the ticker's
+    /// or a request's), without stepping it: from its ledger with activity on, else the
     /// generated one.
     pub fn balance_json(&self, world: &World, account: usize) -> Value {
-        if let Some(ledger) = self.ledger_synced(world) {
-            if let Some(l) = ledger.account(account) {
-                return ledger_balance_json(l);
-            }
-        }
-        objects::balance_json(world.seed, &world.accounts[account])
+        balance_from(world, self.ledger_synced(world).as_deref(), account)
     }
 
     /// Per-currency totals of every connected account of `platform` (revoked ones too:
-    /// the money is still there), from the same balances `GET /v1/balance` answers.
-    pub fn totals(&self, platform: &str) -> Result<SimTotals, TotalsError> {
+    /// the money is still there), from the same balances `GET /v1/balance` answers, at
+    /// the clock's current second (`at`).
+    pub fn totals(self: &Arc<Self>, platform: &str) -> Result<SimTotals, TotalsError> {
         let world = self.world();
         let p = world
             .platform_index(platform)
             .ok_or(TotalsError::UnknownPlatform)?;
+        let ledger = self.ledger_now(&world);
+        let at = ledger
+            .as_ref()
+            .map_or_else(|| self.clock.now(), |l| l.stepped_to);
         let mut sums: BTreeMap<String, [i64; 4]> = BTreeMap::new();
         for &idx in &world.platforms[p].connected {
-            let balance = self.balance_json(&world, idx);
+            let balance = balance_from(&world, ledger.as_deref(), idx);
             let parts = [
                 "available",
                 "pending",
@@ -135,7 +161,7 @@ impl SimState {
         }
         Ok(SimTotals {
             platform: platform.to_owned(),
-            at: self.clock.now(),
+            at,
             accounts: world.platforms[p].connected.len() as u64,
             currencies: sums
                 .into_iter()
@@ -179,9 +205,13 @@ impl SimState {
             let Some(mut ledger) = self.ledger_synced(&world) else {
                 return;
             };
-            let at = ledger.stepped_to.floor() as i64;
+            // Up to the clock's second first; the adjustment is created in that second
+            // (a read earlier in the same second does not show it).
+            let mut prepared = activity::catch_up(self, &world, &mut ledger);
+            let at = ledger.stepped_to;
             let happened: Vec<_> = ledger.adjust(&world, idx, at).into_iter().collect();
-            activity::prepare(self, &world, &ledger, &knobs, &happened)
+            prepared.extend(activity::prepare(self, &world, &ledger, &knobs, &happened));
+            prepared
         };
         activity::send(self, prepared);
     }
@@ -214,6 +244,50 @@ impl SimState {
     }
 }
 
+/// The balance object `account` answers: from `ledger` in ledger mode (with any injected
+/// drift), else the generated one.
+fn balance_from(world: &World, ledger: Option<&Ledger>, account: usize) -> Value {
+    match ledger.and_then(|l| l.account(account)) {
+        Some(l) => ledger_balance_json(l),
+        None => objects::balance_json(world.seed, &world.accounts[account]),
+    }
+}
+
+/// The simulated instant an answer shows, sent as its `Date` header (Stripe sends one on
+/// every response). Handlers that read the ledger set it to the second they brought it
+/// up to; `dated` gives every other response the clock's current second.
+#[derive(Clone, Copy, Debug)]
+pub struct SimDate(pub i64);
+
+impl IntoResponseParts for SimDate {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        if let Some(value) = http_date(self.0) {
+            res.headers_mut().insert(header::DATE, value);
+        }
+        Ok(res)
+    }
+}
+
+/// Unix seconds as an RFC 7231 IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(secs: i64) -> Option<HeaderValue> {
+    let t = chrono::DateTime::from_timestamp(secs, 0)?;
+    HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).ok()
+}
+
+/// Outermost, on every route: a response without a `Date` gets the simulated clock's
+/// current second (hyper would otherwise add the real time).
+async fn dated(State(state): State<Arc<SimState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(header::DATE) {
+        if let Some(value) = http_date(state.clock.now()) {
+            response.headers_mut().insert(header::DATE, value);
+        }
+    }
+    response
+}
+
 pub fn router(state: Arc<SimState>) -> Router {
     let stripe = handlers::router()
         .merge(balance_transactions::router())
@@ -227,8 +301,12 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/reset", post(reset))
         .route("/_sim/webhooks", post(send_webhook))
         .route("/_sim/totals", get(totals))
-        .route("/_sim/clock", get(clock).post(set_clock));
-    control.merge(stripe).with_state(state)
+        .route("/_sim/clock", get(clock).post(set_clock))
+        .merge(ledger_routes::router());
+    control
+        .merge(stripe)
+        .layer(middleware::from_fn_with_state(state.clone(), dated))
+        .with_state(state)
 }
 
 /// Outermost: request id, in-flight count, stats, Stripe's response headers, and the
@@ -413,7 +491,7 @@ struct TotalsQuery {
 
 async fn totals(State(state): State<Arc<SimState>>, Query(q): Query<TotalsQuery>) -> Response {
     match state.totals(&q.platform) {
-        Ok(totals) => Json(totals).into_response(),
+        Ok(totals) => (SimDate(totals.at), Json(totals)).into_response(),
         Err(TotalsError::UnknownPlatform) => (
             StatusCode::NOT_FOUND,
             Json(HashMap::from([(

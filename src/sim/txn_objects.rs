@@ -54,22 +54,22 @@ pub fn balance_transaction_json(t: &Txn, platform_id: Option<&str>) -> Value {
 }
 
 /// The balance object of an account in ledger mode: available and pending from the
-/// ledger, `connect_reserved` as generated.
+/// ledger (available with any injected drift), `connect_reserved` as generated.
 pub fn ledger_balance_json(l: &AccountLedger) -> Value {
-    let entries = |pick: fn(&super::ledger::CurrencyBalance) -> i64| -> Vec<Value> {
+    let entries = |pick: fn(&AccountLedger, &super::ledger::CurrencyBalance) -> i64| -> Vec<Value> {
         l.balances
             .iter()
             .map(|b| {
-                let amount = pick(b);
+                let amount = pick(l, b);
                 json!({ "amount": amount, "currency": b.currency, "source_types": { "card": amount } })
             })
             .collect()
     };
     let mut balance = json!({
         "object": "balance",
-        "available": entries(|b| b.available),
+        "available": entries(|l, b| b.available.saturating_add(l.drift(b.currency))),
         "livemode": false,
-        "pending": entries(|b| b.pending),
+        "pending": entries(|_, b| b.pending),
     });
     if let Some(reserved) = &l.connect_reserved {
         balance["connect_reserved"] = reserved.clone();
