@@ -158,7 +158,10 @@ async fn at_scale(accounts: usize, days: i64, per_day: i64) {
     .execute(&pool)
     .await
     .expect("reads");
-    sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
+    sqlx::query("ANALYZE")
+        .execute(&pool)
+        .await
+        .expect("analyze");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM balance_transactions")
         .fetch_one(&pool)
         .await
@@ -189,7 +192,9 @@ async fn at_scale(accounts: usize, days: i64, per_day: i64) {
         settlement_days: 1,
     };
     let closing = Instant::now();
-    let pass = bring_up_to_date(&pool, &tenant, rules).await.expect("close");
+    let pass = bring_up_to_date(&pool, &tenant, rules)
+        .await
+        .expect("close");
     let took = closing.elapsed().as_secs_f64();
     println!(
         "closer: {} days computed in {:.1} s ({:.2} s per day of {accounts} accounts)",
@@ -227,7 +232,12 @@ async fn at_scale(accounts: usize, days: i64, per_day: i64) {
     let mut body = serde_json::Value::Null;
     for _ in 0..200 {
         let sent = Instant::now();
-        let response = client.get(&url).bearer_auth(&token).send().await.expect("day");
+        let response = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("day");
         assert_eq!(response.status(), 200);
         body = response.json().await.expect("JSON");
         times.push(ms(sent.elapsed()));
@@ -306,7 +316,10 @@ async fn ingestion() {
         .expect("accounts");
     // Two simulated days of activity, then two reads with a few hours between.
     tokio::time::sleep(Duration::from_secs(24)).await;
-    for round in ["first read (back to the settlement window)", "a few simulated hours later"] {
+    for round in [
+        "first read (back to the settlement window)",
+        "a few simulated hours later",
+    ] {
         sim.set_clock_paused(true);
         let (mut requests, mut bound, mut stored, mut over) = (0u64, 0u64, 0u64, 0usize);
         for account in &listed {

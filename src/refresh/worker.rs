@@ -438,10 +438,10 @@ impl Inner {
         // A claimed account costs one balance request, plus one ledger read when the
         // close reads transactions; each endpoint has its own limit below the tenant's.
         let per_account = if self.reads_ledger() { 2 } else { 1 };
-        let accounts_per_sec =
-            (client.rate() / per_account).min(self.stripe.endpoint_rate()).max(1);
-        let servable =
-            f64::from(accounts_per_sec) * self.options.lease.as_secs_f64() / 2.0 / live;
+        let accounts_per_sec = (client.rate() / per_account)
+            .min(self.stripe.endpoint_rate())
+            .max(1);
+        let servable = f64::from(accounts_per_sec) * self.options.lease.as_secs_f64() / 2.0 / live;
         lease_bounded_cap(self.stripe.max_in_flight(), servable)
     }
 

@@ -21,12 +21,15 @@ use crate::sync::{add_platform_tenant, sync_ok};
 /// 2026-10-23T12:00:00Z: two days before Europe/Berlin leaves summer time (25 October).
 const CLOCK_START: i64 = 1_792_756_800;
 const DAY: i64 = 86_400;
+/// The simulator's opening balances come from transactions up to a week old: a first
+/// read reaching back that far knows every one still pending.
+const SETTLEMENT_DAYS: u32 = 7;
 
 async fn close_app() -> TestApp {
     spawn_app_with(|s| {
         s.close.read_ledger = true;
         s.close.settle_secs = 0;
-        s.close.settlement_days = 1;
+        s.close.settlement_days = SETTLEMENT_DAYS;
         s.close.tick_secs = 1;
     })
     .await
@@ -65,7 +68,7 @@ async fn set_zone(app: &TestApp, slug: &str, zone: &str) {
     .expect("close timezone");
 }
 
-/// Every account fetched (and its ledger read) now.
+/// Every account fetched, and its ledger read, now.
 async fn refresh_all(app: &TestApp, token: &str) {
     let (status, body) = app
         .get_json(
@@ -74,6 +77,32 @@ async fn refresh_all(app: &TestApp, token: &str) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    ledger_caught_up(app).await;
+}
+
+/// Waits until every account's ledger is read up to its latest balance: the refresher
+/// reads transactions right after the balance a poll waited for.
+async fn ledger_caught_up(app: &TestApp) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM latest_balances l
+               LEFT JOIN ledger_reads r USING (tenant_id, stripeid)
+               JOIN balance_snapshots s ON s.id = l.snapshot_id
+              WHERE l.ok AND (r.complete_to IS NULL OR r.complete_to < s.stripe_at)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{behind} ledgers not read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What the simulator's ledger says each account held at the end of second `at`:
@@ -150,7 +179,7 @@ async fn day_of(app: &TestApp, token: &str, date: &str) -> (u16, Value) {
 fn rules() -> CloseRules {
     CloseRules {
         settle: chrono::TimeDelta::zero(),
-        settlement_days: 1,
+        settlement_days: SETTLEMENT_DAYS,
     }
 }
 
@@ -171,9 +200,9 @@ async fn tenant_row(app: &TestApp, slug: &str) -> Tenant {
 #[tokio::test]
 async fn each_days_close_equals_the_ledger_at_its_end_in_utc_and_across_a_dst_change() {
     let app = close_app().await;
-    // About 24 transactions per account per simulated day; a simulated hour per
-    // real 20 ms.
-    let sim = ledger_sim(4, 1.0, 180.0).await;
+    // About 24 transactions per account per simulated day; 10,000 simulated seconds
+    // per real second.
+    let sim = ledger_sim(4, 1.0, 10_000.0).await;
     let utc = add_platform_tenant(&app, &sim, "utc", 0, None).await;
     let berlin = add_platform_tenant(&app, &sim, "berlin", 0, None).await;
     set_zone(&app, "berlin", "Europe/Berlin").await;
@@ -187,7 +216,7 @@ async fn each_days_close_equals_the_ledger_at_its_end_in_utc_and_across_a_dst_ch
 
     // Three simulated days pass, read as they go (a refresh every half simulated day).
     for _ in 0..6 {
-        run_clock(&sim, Duration::from_millis(2_400)).await; // ~12 simulated hours
+        run_clock(&sim, Duration::from_millis(4_400)).await; // ~12 simulated hours
         refresh_all(&app, &utc_token).await;
         refresh_all(&app, &berlin_token).await;
     }
@@ -393,6 +422,7 @@ async fn a_late_transaction_reopens_a_closed_day_and_says_so_in_the_audit_log() 
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    ledger_caught_up(&app).await;
     let tenant = tenant_row(&app, "acme").await;
     bring_up_to_date(&app.pool, &tenant, rules())
         .await
@@ -411,6 +441,7 @@ async fn a_late_transaction_reopens_a_closed_day_and_says_so_in_the_audit_log() 
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    ledger_caught_up(&app).await;
     bring_up_to_date(&app.pool, &tenant, rules())
         .await
         .expect("close");
@@ -494,7 +525,10 @@ async fn a_balance_that_moved_without_a_transaction_is_a_difference_of_that_amou
     // The admin page's daily close lists the difference before the currency totals.
     let (_, cookie) = crate::admin::sign_in(&app.address, &token, &[]).await;
     let html = crate::admin::no_redirects()
-        .get(format!("{}/admin/tenants/acme/close?date=2026-10-23", app.address))
+        .get(format!(
+            "{}/admin/tenants/acme/close?date=2026-10-23",
+            app.address
+        ))
         .header(reqwest::header::COOKIE, cookie)
         .send()
         .await
@@ -502,10 +536,15 @@ async fn a_balance_that_moved_without_a_transaction_is_a_difference_of_that_amou
         .text()
         .await
         .expect("html");
-    let listed = html.find(drifted.as_str()).expect("the drifted account is listed");
+    let listed = html
+        .find(drifted.as_str())
+        .expect("the drifted account is listed");
     let totals = html
         .find(&format!("id=\"close-{currency}\""))
         .expect("the currency's totals");
     assert!(listed < totals, "differences come first");
-    assert!(html.contains("-12.34") || html.contains("-1234"), "the amount is shown");
+    assert!(
+        html.contains("-12.34") || html.contains("-1234"),
+        "the amount is shown"
+    );
 }

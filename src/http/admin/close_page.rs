@@ -21,15 +21,16 @@ pub async fn close_page(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AdminError> {
     let params = QueryParams::parse(raw.as_deref()).map_err(AdminError::Api)?;
-    let asked = match params.get("date").map(str::trim) {
-        None | Some("") => None,
-        Some(value) => Some(NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
-            AdminError::Invalid {
-                code: "invalid-date",
-                message: "A date looks like 2026-11-30. Pick one with the date field.".into(),
-            }
-        })?),
-    };
+    let asked =
+        match params.get("date").map(str::trim) {
+            None | Some("") => None,
+            Some(value) => Some(NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
+                AdminError::Invalid {
+                    code: "invalid-date",
+                    message: "A date looks like 2026-11-30. Pick one with the date field.".into(),
+                }
+            })?),
+        };
     let date = match asked {
         Some(date) => Some(date),
         None => store::closes::days(&state.pool, tenant.id, 1)
