@@ -22,7 +22,7 @@ use crate::helpers::{account_object, spawn_app, spawn_app_on, TestApp, TestDb};
 
 const TOTALS: &str = "/api/administrator/connect/balances/totals";
 
-fn t(value: &str) -> DateTime<Utc> {
+pub(crate) fn t(value: &str) -> DateTime<Utc> {
     value.parse().expect("RFC 3339")
 }
 
@@ -43,10 +43,10 @@ fn balance(usd: i64, eur_pending: i64, jpy: Option<i64>) -> Value {
 }
 
 /// A listing period as the test made it: stripeid, listed at, removed at.
-type Period = (String, DateTime<Utc>, Option<DateTime<Utc>>);
+pub(crate) type Period = (String, DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// Writes as the app does, with the history clock in our hands.
-struct Driver {
+pub(crate) struct Driver {
     conn: PgConnection,
     tenant_id: i64,
     owner_key: String,
@@ -55,7 +55,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn new(app: &TestApp, tenant_id: i64) -> Driver {
+    pub(crate) async fn new(app: &TestApp, tenant_id: i64) -> Driver {
         Driver {
             conn: PgConnection::connect(&app.db.url).await.expect("connect"),
             tenant_id,
@@ -73,7 +73,7 @@ impl Driver {
     }
 
     /// Lists accounts (new, or listed again) as a sync page does, at `at`.
-    async fn list(&mut self, at: DateTime<Utc>, accounts: &[(&str, Option<&str>)]) {
+    pub(crate) async fn list(&mut self, at: DateTime<Utc>, accounts: &[(&str, Option<&str>)]) {
         self.clock(at).await;
         let inputs: Vec<AccountInput> = accounts
             .iter()
@@ -100,7 +100,7 @@ impl Driver {
     }
 
     /// Removes an account as a sync or a deauthorization does, at `at`.
-    async fn remove(&mut self, at: DateTime<Utc>, id: &str) {
+    pub(crate) async fn remove(&mut self, at: DateTime<Utc>, id: &str) {
         self.clock(at).await;
         let mut tx = self.conn.begin().await.expect("begin");
         let removed = store::accounts::mark_removed(
@@ -125,7 +125,7 @@ impl Driver {
         period.2 = Some(at);
     }
 
-    async fn good(&mut self, id: &str, fetched_at: DateTime<Utc>, raw: Value) {
+    pub(crate) async fn good(&mut self, id: &str, fetched_at: DateTime<Utc>, raw: Value) {
         let parsed: tally::stripe::Balance = serde_json::from_value(raw.clone()).expect("balance");
         let totals = Totals::from_balance(&parsed).expect("no overflow");
         store::snapshots::record(
@@ -500,7 +500,9 @@ async fn csv_has_one_row_per_bucket_and_currency() {
             "connect_reserved",
             "instant_available",
             "accounts",
-            "missing"
+            "missing",
+            "negative",
+            "negative_accounts"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader
@@ -510,7 +512,7 @@ async fn csv_has_one_row_per_bucket_and_currency() {
     let mut expected = Vec::new();
     for entry in json_body["data"].as_array().expect("data") {
         let totals = entry["totals"].as_array().expect("totals");
-        let row = |currency: &str, amounts: [String; 4]| {
+        let row = |currency: &str, amounts: [String; 6]| {
             BTreeMap::from([
                 (
                     "at".to_owned(),
@@ -523,6 +525,8 @@ async fn csv_has_one_row_per_bucket_and_currency() {
                 ("instant_available".to_owned(), amounts[3].clone()),
                 ("accounts".to_owned(), entry["accounts"].to_string()),
                 ("missing".to_owned(), entry["missing"].to_string()),
+                ("negative".to_owned(), amounts[4].clone()),
+                ("negative_accounts".to_owned(), amounts[5].clone()),
             ])
         };
         if totals.is_empty() {
@@ -537,11 +541,21 @@ async fn csv_has_one_row_per_bucket_and_currency() {
                     n("pending"),
                     n("connectReserved"),
                     n("instantAvailable"),
+                    n("negative"),
+                    n("negativeAccounts"),
                 ],
             ));
         }
     }
     assert_eq!(rows, expected);
+    // D is 400 below zero at 05:00.
+    assert!(
+        rows.iter().any(|r| r["at"] == "2026-10-05T05:00:00.000Z"
+            && r["currency"] == "usd"
+            && r["negative"] == "400"
+            && r["negative_accounts"] == "1"),
+        "{rows:?}"
+    );
     // The first bucket (01:00) has accounts but no balance yet: one row, no currency.
     let last = rows.last().expect("rows");
     assert_eq!(
