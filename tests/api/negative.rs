@@ -14,7 +14,6 @@ use tally::domain::Role;
 use tally::money::{format_minor, Totals};
 use tally::sim::SimHandle;
 use tally::store;
-use tally::store::snapshots::SnapshotOutcome;
 use tally::store::tenants::Tenant;
 
 use crate::admin::sign_in;
@@ -22,7 +21,7 @@ use crate::balances::BALANCES;
 use crate::doctor::{doctor, stdout};
 use crate::helpers::{account_object, spawn_app, spawn_app_on, spawn_app_with, TestApp, TestDb};
 use crate::sync::add_platform_tenant;
-use crate::totals::{t, Driver};
+use crate::totals::{rebuild_history, t, Driver};
 use crate::webhooks::post_event;
 
 const SECRET: &str = "whsec_test_exposure_0123456789";
@@ -601,17 +600,7 @@ async fn totals_over_time_carry_the_exposure_of_each_moment() {
         row([-1_500, 1_500, 2], [50, 0, 0])
     );
     // The CSV carries it too.
-    let csv = app
-        .client
-        .get(format!("{}{hourly}", app.address))
-        .bearer_auth(&token)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("csv");
+    let csv = app.get_csv(&hourly, &token).await;
     assert!(
         csv.lines()
             .next()
@@ -632,13 +621,7 @@ async fn totals_over_time_carry_the_exposure_of_each_moment() {
     let (_, live) = app.get_json(BALANCES, &token).await;
     assert_eq!(now["data"][0]["totals"], live["totals"], "{live}");
     // What the rebuild computes from scratch equals what was kept.
-    let mut tx = app.pool.begin().await.expect("begin");
-    sqlx::query("SELECT balance_history_rebuild($1)")
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await
-        .expect("rebuild");
-    tx.commit().await.expect("commit");
+    rebuild_history(&app, tenant_id).await;
     let (_, rebuilt) = app.get_json(&hourly, &token).await;
     assert_eq!(rebuilt, body);
 }
@@ -646,23 +629,7 @@ async fn totals_over_time_carry_the_exposure_of_each_moment() {
 #[tokio::test]
 async fn buckets_kept_before_the_upgrade_report_the_exposure_as_unknown() {
     let db = TestDb::create().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations"
-    )))
-    .await
-    .expect("migrations");
-    let before = sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.iter()
-                .filter(|m| m.version < 20261205000002)
-                .cloned()
-                .collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(&pool).await.expect("the earlier migrations");
+    let (pool, all) = crate::helpers::migrated_before(&db, 20261205000002).await;
     // Kept as the earlier code kept them: listed on November 2, read twice; one account
     // below zero in usd, another going below zero the next day.
     let mut conn = PgConnection::connect(&db.url).await.expect("connect");
@@ -761,17 +728,7 @@ async fn buckets_kept_before_the_upgrade_report_the_exposure_as_unknown() {
     assert_eq!(nov3["totals"][1]["available"], -700, "{nov3}");
     // From the upgrade on, it is known: today's bucket is the live aggregate.
     assert_eq!(today["totals"], live["totals"], "{today}");
-    let csv = app
-        .client
-        .get(format!("{}{daily}", app.address))
-        .bearer_auth(&token)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("csv");
+    let csv = app.get_csv(&daily, &token).await;
     assert!(
         csv.lines()
             .any(|line| line == "2026-11-04T00:00:00.000Z,usd,-700,2,0,0,2,0,,"),
@@ -779,29 +736,15 @@ async fn buckets_kept_before_the_upgrade_report_the_exposure_as_unknown() {
     );
 
     // A balance stored now moves the exposure from now on, and leaves the old buckets be.
-    let raw = balance(&[("usd", 50), ("eur", 100)]);
-    let parsed: tally::stripe::Balance = serde_json::from_value(raw.clone()).expect("balance");
-    let totals = Totals::from_balance(&parsed).expect("no overflow");
     let tenant_id = store::tenants::find_by_slug(&app.pool, "acme")
         .await
         .expect("query")
         .expect("tenant")
         .id;
-    let mut conn = app.pool.acquire().await.expect("conn");
-    store::snapshots::record(
-        &mut conn,
-        tenant_id,
-        "acct_a",
-        Utc::now(),
-        "fetch",
-        SnapshotOutcome::Balance {
-            raw: &raw,
-            totals: &totals,
-        },
-    )
-    .await
-    .expect("recorded");
-    drop(conn);
+    Driver::new(&app, tenant_id)
+        .await
+        .good("acct_a", Utc::now(), balance(&[("usd", 50), ("eur", 100)]))
+        .await;
     let (_, live) = app.get_json(BALANCES, &token).await;
     assert_eq!(reported(&live["totals"])["usd"], [-150, 200, 1], "{live}");
     let (_, after) = app.get_json(&daily, &token).await;

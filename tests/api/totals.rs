@@ -432,6 +432,13 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
     assert_eq!(newest["missing"], 0);
 
     // What the migration's rebuild computes from scratch equals what was kept.
+    rebuild_history(&app, tenant_id).await;
+    let (_, rebuilt) = app.get_json(&hourly, &token).await;
+    assert_eq!(rebuilt, hourly_body);
+}
+
+/// Recomputes the tenant's history from scratch, as the migration did.
+pub(crate) async fn rebuild_history(app: &TestApp, tenant_id: i64) {
     let mut tx = app.pool.begin().await.expect("begin");
     sqlx::query("SELECT balance_history_rebuild($1)")
         .bind(tenant_id)
@@ -439,8 +446,6 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
         .await
         .expect("rebuild");
     tx.commit().await.expect("commit");
-    let (_, rebuilt) = app.get_json(&hourly, &token).await;
-    assert_eq!(rebuilt, hourly_body);
 }
 
 #[tokio::test]
@@ -738,23 +743,7 @@ async fn bad_input_gets_400_with_a_stable_code() {
 #[tokio::test]
 async fn the_migration_fills_the_history_from_snapshots_already_stored() {
     let db = TestDb::create().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations"
-    )))
-    .await
-    .expect("migrations");
-    let before = sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.iter()
-                .filter(|m| m.version < 20261201000008)
-                .cloned()
-                .collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(&pool).await.expect("the earlier migrations");
+    let (pool, all) = crate::helpers::migrated_before(&db, 20261201000008).await;
     // acct_a listed since 09:00 with two balances and a failure; acct_b removed at
     // 12:00 after one balance; acct_c never read.
     let snapshots = [
