@@ -1,7 +1,7 @@
 //! What the admin pages (`/admin`) show, gathered outside any handler from the same
 //! use cases and store reads the API uses: the balance aggregate
 //! ([`crate::balances::Balances`]), tenant health (the metrics' freshness query), sync
-//! runs, the account listing, and the totals over time.
+//! runs, the account listing, the accounts below zero, and the totals over time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,10 +13,10 @@ use crate::balances::{Answer, BalanceError, Balances};
 use crate::fanout::Aggregate;
 use crate::freshness::{self, AccountState, Confirmation, TenantFreshness};
 use crate::http::admin::chart::Series;
-use crate::money::CurrencyAmounts;
+use crate::money::{CurrencyAmounts, Exposure};
 use crate::refresh;
 use crate::store;
-use crate::store::admin::LastSync;
+use crate::store::admin::{BelowZero, LastSync};
 use crate::store::tenants::Tenant;
 use crate::totals::{totals_over_time, Interval, TotalsBucket, TotalsError};
 
@@ -49,6 +49,8 @@ pub struct TenantOverview {
     pub stale: i64,
     pub oldest: Option<DateTime<Utc>>,
     pub totals: Vec<CurrencyAmounts>,
+    /// Per currency in which some account is below zero: what they owe, and how many.
+    pub exposure: Vec<(String, Exposure)>,
     pub last_sync: Option<LastSync>,
 }
 
@@ -61,8 +63,21 @@ pub async fn overview(
     let mut out = Vec::with_capacity(health.len());
     for tenant in health {
         let never_read = (tenant.listed - tenant.ok - tenant.failed).max(0);
+        let (totals, exposure): (Vec<_>, Vec<_>) =
+            store::snapshots::tenant_totals(pool, tenant.tenant_id)
+                .await?
+                .into_iter()
+                .map(|(amounts, exposure)| {
+                    let currency = amounts.currency.clone();
+                    (amounts, (currency, exposure))
+                })
+                .unzip();
         out.push(TenantOverview {
-            totals: store::snapshots::tenant_totals(pool, tenant.tenant_id).await?,
+            totals,
+            exposure: exposure
+                .into_iter()
+                .filter(|(_, exposure)| exposure.accounts > 0)
+                .collect(),
             last_sync: store::admin::last_sync(pool, tenant.tenant_id).await?,
             slug: tenant.slug,
             listed: tenant.listed,
@@ -121,6 +136,9 @@ impl AccountsPage {
 #[derive(Debug, Clone)]
 pub struct TenantView {
     pub aggregate: Aggregate,
+    /// The accounts below zero (one row per account and currency), most owed first, at
+    /// most [`BELOW_ZERO_SHOWN`]; the aggregate's `negativeAccounts` count them all.
+    pub below_zero: Vec<BelowZero>,
     pub last_sync: Option<LastSync>,
     pub history: Vec<Series>,
     pub accounts: AccountsPage,
@@ -128,6 +146,9 @@ pub struct TenantView {
 
 /// How many days the chart covers.
 pub const HISTORY_DAYS: i64 = 30;
+
+/// How many accounts below zero the tenant's page lists.
+pub const BELOW_ZERO_SHOWN: i64 = 100;
 
 /// The tenant's page: the aggregate as stored (no fetch), the last sync, 30 days of
 /// totals, and one page of accounts (of one owner, if given).
@@ -145,12 +166,14 @@ pub async fn tenant_view(
     };
     let pool = &balances.pool;
     let last_sync = store::admin::last_sync(pool, tenant.id).await?;
+    let below_zero = store::admin::below_zero(pool, tenant.id, BELOW_ZERO_SHOWN).await?;
     let history = history(pool, tenant).await?;
     let tenant_freshness =
         refresh::demand::tenant_freshness(pool, tenant.id, balances.max_silence).await?;
     let accounts = accounts_page(pool, tenant.id, &tenant_freshness, owner, page, per_page).await?;
     Ok(TenantView {
         aggregate,
+        below_zero,
         last_sync,
         history,
         accounts,
@@ -248,16 +271,18 @@ pub fn series_per_currency(buckets: &[TotalsBucket]) -> Vec<Series> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::aggregate::TotalRow;
+    use crate::totals::TotalsAtRow;
     use chrono::TimeZone;
 
-    fn row(currency: &str, available: i64) -> TotalRow {
-        TotalRow {
+    fn row(currency: &str, available: i64) -> TotalsAtRow {
+        TotalsAtRow {
             currency: currency.into(),
             available,
             pending: 0,
             connect_reserved: 0,
             instant_available: 0,
+            negative: None,
+            negative_accounts: None,
         }
     }
 

@@ -49,6 +49,61 @@ impl Amounts {
     }
 }
 
+/// The platform's exposure in one currency: what accounts whose available balance is
+/// below zero owe, as a positive amount (`negative`), and how many they are. It is
+/// counted beside the net totals, which it never changes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exposure {
+    pub negative: i64,
+    pub accounts: i64,
+}
+
+impl Exposure {
+    /// One account's exposure in a currency, from its net available amount there.
+    pub fn of_available(available: i64) -> Result<Exposure, MoneyOverflow> {
+        if available >= 0 {
+            return Ok(Exposure::default());
+        }
+        Ok(Exposure {
+            negative: available.checked_neg().ok_or(MoneyOverflow("negative"))?,
+            accounts: 1,
+        })
+    }
+
+    fn combine(
+        self,
+        other: Exposure,
+        op: fn(i64, i64) -> Option<i64>,
+    ) -> Result<Exposure, MoneyOverflow> {
+        Ok(Exposure {
+            negative: op(self.negative, other.negative).ok_or(MoneyOverflow("negative"))?,
+            accounts: op(self.accounts, other.accounts).ok_or(MoneyOverflow("negative"))?,
+        })
+    }
+
+    pub fn checked_add(self, other: Exposure) -> Result<Exposure, MoneyOverflow> {
+        self.combine(other, i64::checked_add)
+    }
+
+    pub fn checked_sub(self, other: Exposure) -> Result<Exposure, MoneyOverflow> {
+        self.combine(other, i64::checked_sub)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Exposure::default()
+    }
+}
+
+/// How one currency's kept totals move from one account state to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrencyDelta {
+    pub currency: String,
+    pub amounts: Amounts,
+    /// Whether the currency appears (+1), disappears (-1) or stays (0).
+    pub holders: i64,
+    pub exposure: Exposure,
+}
+
 /// One currency's row, as stored beside a snapshot and as the API reports totals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrencyAmounts {
@@ -117,22 +172,30 @@ impl Totals {
         Ok(())
     }
 
-    /// `new - old` per currency, for moving stored totals from one snapshot to the next.
-    /// Each entry says whether the currency appears (+1), disappears (-1) or stays (0).
-    pub fn delta(new: &Totals, old: &Totals) -> Result<Vec<(String, Amounts, i64)>, MoneyOverflow> {
+    /// `new - old` per currency, for moving stored totals (and the exposure) from one
+    /// snapshot of an account to the next.
+    pub fn delta(new: &Totals, old: &Totals) -> Result<Vec<CurrencyDelta>, MoneyOverflow> {
         let mut currencies: Vec<&String> = new.0.keys().chain(old.0.keys()).collect();
         currencies.sort_unstable();
         currencies.dedup();
         let mut out = Vec::new();
         for currency in currencies {
-            let (n, o) = (new.0.get(currency), old.0.get(currency));
-            let change = n
-                .copied()
-                .unwrap_or_default()
-                .checked_sub(o.copied().unwrap_or_default())?;
-            let holders = i64::from(n.is_some()) - i64::from(o.is_some());
-            if !change.is_zero() || holders != 0 {
-                out.push((currency.clone(), change, holders));
+            let (n, o) = (
+                new.0.get(currency).copied().unwrap_or_default(),
+                old.0.get(currency).copied().unwrap_or_default(),
+            );
+            let amounts = n.checked_sub(o)?;
+            let holders =
+                i64::from(new.0.contains_key(currency)) - i64::from(old.0.contains_key(currency));
+            let exposure = Exposure::of_available(n.available)?
+                .checked_sub(Exposure::of_available(o.available)?)?;
+            if !amounts.is_zero() || holders != 0 || !exposure.is_zero() {
+                out.push(CurrencyDelta {
+                    currency: currency.clone(),
+                    amounts,
+                    holders,
+                    exposure,
+                });
             }
         }
         Ok(out)
@@ -154,6 +217,30 @@ impl Totals {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The exposure of many accounts, per lowercase currency: each account adds what it
+/// owes in every currency its available balance is below zero.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Exposures(BTreeMap<String, Exposure>);
+
+impl Exposures {
+    /// Adds one account, given its per-currency amounts.
+    pub fn add_account(&mut self, account: &Totals) -> Result<(), MoneyOverflow> {
+        for (currency, amounts) in &account.0 {
+            let exposure = Exposure::of_available(amounts.available)?;
+            if !exposure.is_zero() {
+                let slot = self.0.entry(currency.clone()).or_default();
+                *slot = slot.checked_add(exposure)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A currency's exposure; zero where no account is below zero.
+    pub fn get(&self, currency: &str) -> Exposure {
+        self.0.get(currency).copied().unwrap_or_default()
     }
 }
 
@@ -406,16 +493,76 @@ mod tests {
         let new = Totals::from_balance(&balance(vec![entry(40, "usd"), entry(3, "eur")], vec![]))
             .expect("ok");
         let delta = Totals::delta(&new, &old).expect("ok");
-        let find = |c: &str| delta.iter().find(|(cur, _, _)| cur == c).cloned();
+        let find = |c: &str| {
+            delta
+                .iter()
+                .find(|d| d.currency == c)
+                .map(|d| (d.amounts.available, d.holders))
+        };
+        assert_eq!(find("usd"), Some((-60, 0)));
+        assert_eq!(find("gbp"), Some((-9, -1)));
+        assert_eq!(find("eur"), Some((3, 1)));
+    }
+
+    fn exposure(negative: i64, accounts: i64) -> Exposure {
+        Exposure { negative, accounts }
+    }
+
+    #[test]
+    fn exposure_counts_only_accounts_below_zero_as_positive_amounts() {
+        assert_eq!(Exposure::of_available(250), Ok(exposure(0, 0)));
+        assert_eq!(Exposure::of_available(0), Ok(exposure(0, 0)));
+        assert_eq!(Exposure::of_available(-250), Ok(exposure(250, 1)));
+        // One account's entries of a currency are netted first: -30 + 10 is -20 owed.
+        let mut many = Exposures::default();
+        for account in [
+            balance(
+                vec![entry(-30, "usd"), entry(10, "usd"), entry(5, "eur")],
+                vec![],
+            ),
+            balance(vec![entry(-7, "usd"), entry(-1, "eur")], vec![]),
+            balance(vec![entry(100, "usd")], vec![entry(-500, "usd")]),
+        ] {
+            let totals = Totals::from_balance(&account).expect("no overflow");
+            many.add_account(&totals).expect("no overflow");
+        }
+        assert_eq!(many.get("usd"), exposure(27, 2), "pending never counts");
+        assert_eq!(many.get("eur"), exposure(1, 1));
+        assert_eq!(many.get("jpy"), exposure(0, 0));
+    }
+
+    #[test]
+    fn exposure_overflow_is_an_error_not_a_wrap() {
+        // i64::MIN has no positive counterpart.
         assert_eq!(
-            find("usd").map(|(_, a, h)| (a.available, h)),
-            Some((-60, 0))
+            Exposure::of_available(i64::MIN),
+            Err(MoneyOverflow("negative"))
         );
+        assert!(exposure(i64::MAX, 1).checked_add(exposure(1, 1)).is_err());
+        assert!(exposure(0, i64::MIN).checked_sub(exposure(0, 1)).is_err());
+        let mut many = Exposures::default();
+        let owes = |amount| {
+            Totals::from_balance(&balance(vec![entry(amount, "usd")], vec![])).expect("ok")
+        };
+        many.add_account(&owes(-i64::MAX)).expect("fits");
+        assert_eq!(many.add_account(&owes(-1)), Err(MoneyOverflow("negative")));
+        assert_eq!(many.get("usd"), exposure(i64::MAX, 1), "left as it was");
+    }
+
+    #[test]
+    fn delta_moves_the_exposure_as_an_account_crosses_zero() {
+        let at = |usd| Totals::from_balance(&balance(vec![entry(usd, "usd")], vec![])).expect("ok");
+        let moved = |new, old| Totals::delta(&at(new), &at(old)).expect("ok")[0].exposure;
+        assert_eq!(moved(-40, 100), exposure(40, 1), "goes below zero");
+        assert_eq!(moved(-10, -40), exposure(-30, 0), "owes less");
+        assert_eq!(moved(60, -10), exposure(-10, -1), "back above zero");
+        let gone = Totals::delta(&Totals::default(), &at(-5)).expect("ok");
         assert_eq!(
-            find("gbp").map(|(_, a, h)| (a.available, h)),
-            Some((-9, -1))
+            gone[0].exposure,
+            exposure(-5, -1),
+            "removed while below zero"
         );
-        assert_eq!(find("eur").map(|(_, a, h)| (a.available, h)), Some((3, 1)));
+        assert_eq!(gone[0].holders, -1);
     }
 
     #[test]

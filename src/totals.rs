@@ -17,7 +17,6 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use sqlx::PgPool;
 
 use crate::domain::{api_timestamp, OwnerId};
-use crate::fanout::aggregate::TotalRow;
 use crate::store;
 
 /// The most buckets one request may ask for (a year of days fits; 41 days of hours).
@@ -166,7 +165,27 @@ pub struct TotalsBucket {
     /// Listed accounts with no balance yet (never read, or every try failed).
     pub missing: i64,
     /// Per currency, in currency order; a currency no account held then is absent.
-    pub totals: Vec<TotalRow>,
+    pub totals: Vec<TotalsAtRow>,
+}
+
+/// One currency's totals at one bucket end: the aggregate's row as it was then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalsAtRow {
+    pub currency: String,
+    /// The net sum of the accounts' available balances (those below zero included).
+    pub available: i64,
+    pub pending: i64,
+    pub connect_reserved: i64,
+    pub instant_available: i64,
+    /// The platform's exposure then: what the accounts whose available balance in this
+    /// currency was below zero owed, as a positive amount. Null in a bucket of the whole
+    /// tenant kept before tally kept the exposure (unknown, not 0).
+    #[schema(minimum = 0)]
+    pub negative: Option<i64>,
+    /// How many accounts were below zero in this currency then; null when `negative` is.
+    #[schema(minimum = 0)]
+    pub negative_accounts: Option<i64>,
 }
 
 /// The series, newest bucket first.
@@ -189,25 +208,40 @@ pub enum TotalsError {
 }
 
 /// A kept row's per-currency totals (`{"usd": [available, pending, connect_reserved,
-/// instant_available, holders], …}`), in currency order, currencies no account held
-/// left out.
+/// instant_available, holders], …}`) with its exposure (`{"usd": [negative, accounts],
+/// …}`, a currency with none absent; `None`: not kept then), in currency order,
+/// currencies no account held left out.
 fn kept_totals(
     totals: &serde_json::Value,
+    exposure: Option<&serde_json::Value>,
     only: Option<&str>,
-) -> Result<Vec<TotalRow>, TotalsError> {
+) -> Result<Vec<TotalsAtRow>, TotalsError> {
     // A row the migration did not write is a decoding failure, like any bad column.
-    let rows: BTreeMap<String, [i64; 5]> = serde_json::from_value(totals.clone())
-        .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    let decode = |error: serde_json::Error| sqlx::Error::Decode(Box::new(error));
+    let rows: BTreeMap<String, [i64; 5]> =
+        serde_json::from_value(totals.clone()).map_err(decode)?;
+    let exposure: Option<BTreeMap<String, [i64; 2]>> = exposure
+        .map(|value| serde_json::from_value(value.clone()))
+        .transpose()
+        .map_err(decode)?;
     Ok(rows
         .into_iter()
         .filter(|(currency, amounts)| amounts[4] > 0 && only.is_none_or(|only| only == currency))
         .map(
-            |(currency, [available, pending, connect_reserved, instant_available, _])| TotalRow {
-                currency,
-                available,
-                pending,
-                connect_reserved,
-                instant_available,
+            |(currency, [available, pending, connect_reserved, instant_available, _])| {
+                let [negative, negative_accounts] = match &exposure {
+                    Some(exposure) => exposure.get(&currency).copied().unwrap_or([0, 0]).map(Some),
+                    None => [None, None],
+                };
+                TotalsAtRow {
+                    currency,
+                    available,
+                    pending,
+                    connect_reserved,
+                    instant_available,
+                    negative,
+                    negative_accounts,
+                }
             },
         )
         .collect())
@@ -246,7 +280,7 @@ pub async fn totals_over_time(
                 if let Some(bucket) = buckets.get_mut(&row.at) {
                     bucket.accounts = row.accounts;
                     bucket.missing = row.missing;
-                    bucket.totals = kept_totals(&row.totals, currency)?;
+                    bucket.totals = kept_totals(&row.totals, row.exposure.as_ref(), currency)?;
                 }
             }
         }
@@ -267,12 +301,15 @@ pub async fn totals_over_time(
             // Rows come in (at, currency) order, so each bucket's currencies stay sorted.
             for row in totals.await? {
                 if let Some(bucket) = buckets.get_mut(&row.at) {
-                    bucket.totals.push(TotalRow {
+                    bucket.totals.push(TotalsAtRow {
                         currency: row.currency,
                         available: row.available,
                         pending: row.pending,
                         connect_reserved: row.connect_reserved,
                         instant_available: row.instant_available,
+                        // Computed from the owner's snapshots: known for every bucket.
+                        negative: Some(row.negative),
+                        negative_accounts: Some(row.negative_accounts),
                     });
                 }
             }
@@ -293,7 +330,7 @@ impl serde::Serialize for TotalsSeries {
             at: String,
             accounts: i64,
             missing: i64,
-            totals: &'a [TotalRow],
+            totals: &'a [TotalsAtRow],
         }
         #[derive(serde::Serialize)]
         struct Body<'a> {
@@ -328,7 +365,7 @@ impl TotalsSeries {
 
     /// One row per bucket and currency, newest bucket first; a bucket in which no
     /// account held any currency still gets one row (empty currency and amounts), so
-    /// its counts are not lost.
+    /// its counts are not lost. The exposure comes last (empty where it is unknown).
     pub fn to_csv(&self) -> Result<Vec<u8>, csv::Error> {
         let mut out = csv::Writer::from_writer(Vec::new());
         out.write_record([
@@ -340,14 +377,17 @@ impl TotalsSeries {
             "instant_available",
             "accounts",
             "missing",
+            "negative",
+            "negative_accounts",
         ])?;
         for bucket in &self.buckets {
             let at = api_timestamp(&bucket.at);
             let (accounts, missing) = (bucket.accounts.to_string(), bucket.missing.to_string());
             if bucket.totals.is_empty() {
-                out.write_record([at.as_str(), "", "", "", "", "", &accounts, &missing])?;
+                out.write_record([at.as_str(), "", "", "", "", "", &accounts, &missing, "", ""])?;
             }
             for row in &bucket.totals {
+                let known = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
                 out.write_record([
                     at.as_str(),
                     row.currency.as_str(),
@@ -357,6 +397,8 @@ impl TotalsSeries {
                     &row.instant_available.to_string(),
                     &accounts,
                     &missing,
+                    &known(row.negative),
+                    &known(row.negative_accounts),
                 ])?;
             }
         }

@@ -1,5 +1,5 @@
-//! `tally doctor [--repair]`: recomputes the per-tenant balance totals, ok/failed
-//! counts and listed-account counts from the rows they summarise, reports every one
+//! `tally doctor [--repair]`: recomputes the per-tenant balance totals (with the
+//! negative-balance exposure), ok/failed counts and listed-account counts from the rows they summarise, reports every one
 //! that drifted (stored vs recomputed) and, with `--repair`, sets them right in one
 //! transaction.
 
@@ -97,7 +97,7 @@ fn total_text(total: &CurrencyTotal) -> String {
     } = total.amounts;
     format!(
         "available {available} pending {pending} connect_reserved {connect_reserved} \
-         instant_available {instant_available} holders {}",
-        total.holders
+         instant_available {instant_available} holders {} negative {} negative_accounts {}",
+        total.holders, total.exposure.negative, total.exposure.accounts
     )
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::FanoutError;
 use crate::domain::FetchFailure;
 use crate::freshness::{self, AccountState, FreshnessMode, TenantFreshness};
-use crate::money::{CurrencyAmounts, Totals};
+use crate::money::{CurrencyAmounts, Exposure, Exposures, Totals};
 use crate::store;
 
 /// The balances endpoint's body.
@@ -57,24 +57,35 @@ pub struct AccountCounts {
     pub stale: i64,
 }
 
+/// One currency's totals, in its minor unit.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TotalRow {
     pub currency: String,
+    /// The net sum of the accounts' available balances (those below zero included).
     pub available: i64,
     pub pending: i64,
     pub connect_reserved: i64,
     pub instant_available: i64,
+    /// The platform's exposure: what the accounts whose available balance in this
+    /// currency is below zero owe, as a positive amount (0 when none is).
+    #[schema(minimum = 0)]
+    pub negative: i64,
+    /// How many accounts have an available balance below zero in this currency.
+    #[schema(minimum = 0)]
+    pub negative_accounts: i64,
 }
 
-impl From<CurrencyAmounts> for TotalRow {
-    fn from(row: CurrencyAmounts) -> TotalRow {
+impl TotalRow {
+    pub fn new(row: CurrencyAmounts, exposure: Exposure) -> TotalRow {
         TotalRow {
             currency: row.currency,
             available: row.amounts.available,
             pending: row.amounts.pending,
             connect_reserved: row.amounts.connect_reserved,
             instant_available: row.amounts.instant_available,
+            negative: exposure.negative,
+            negative_accounts: exposure.accounts,
         }
     }
 }
@@ -158,6 +169,7 @@ pub async fn read(
         Some(owner) => {
             let rows = store::snapshots::scope_latest(pool, tenant_id, Some(owner)).await?;
             let mut totals = Totals::default();
+            let mut exposures = Exposures::default();
             let mut failures = Vec::new();
             let mut ok = 0;
             let mut oldest: Option<DateTime<Utc>> = None;
@@ -166,8 +178,12 @@ pub async fn read(
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                 }
                 // Every account adds its last good amounts, failing or not.
+                let amounts = row.totals()?;
                 totals
-                    .add(&row.totals()?)
+                    .add(&amounts)
+                    .map_err(store::snapshots::SnapshotError::from)?;
+                exposures
+                    .add_account(&amounts)
                     .map_err(store::snapshots::SnapshotError::from)?;
                 match (row.ok, &row.error) {
                     (Some(true), _) => ok += 1,
@@ -187,13 +203,21 @@ pub async fn read(
                 failed: total - ok,
                 stale: 0,
             };
-            (counts, oldest, totals.rows(), failures)
+            let rows = totals
+                .rows()
+                .into_iter()
+                .map(|row| {
+                    let exposure = exposures.get(&row.currency);
+                    (row, exposure)
+                })
+                .collect();
+            (counts, oldest, rows, failures)
         }
     };
     let totals = totals
         .into_iter()
-        .filter(|row| currency.is_none_or(|c| row.currency == c))
-        .map(TotalRow::from)
+        .filter(|(row, _)| currency.is_none_or(|c| row.currency == c))
+        .map(|(row, exposure)| TotalRow::new(row, exposure))
         .collect();
     Ok(Aggregate {
         object: "balance_aggregate",

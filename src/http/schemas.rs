@@ -270,5 +270,5 @@ pub struct TotalsAt {
     accounts: i64,
     /// Listed accounts with no balance read yet (they add nothing).
     missing: i64,
-    totals: Vec<crate::fanout::aggregate::TotalRow>,
+    totals: Vec<crate::totals::TotalsAtRow>,
 }

@@ -2,7 +2,8 @@
 //! every few seconds, so any replica's `/metrics` shows the whole fleet's state:
 //! how old the oldest snapshot is, how many accounts are stale (older than the
 //! interval) or failing, the refresher's backlog (accounts its running refreshes
-//! still need), accounts leased right now, and the shared rate in force.
+//! still need), accounts leased right now, the shared rate in force, and per currency
+//! the negative-balance exposure (from the kept totals, no account scanned).
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -53,6 +54,13 @@ pub async fn update(pool: &PgPool, options: &RefresherOptions) -> Result<(), sql
         metrics::gauge!("tally_refresh_backlog_accounts", &labels).set(backlog as f64);
         let waiting = store::changes::waiting(pool, tenant.tenant_id).await?;
         metrics::gauge!("tally_changed_accounts_waiting", &labels).set(waiting.accounts as f64);
+        for (currency, exposure) in
+            store::snapshots::tenant_exposure(pool, tenant.tenant_id).await?
+        {
+            let labels = [("tenant", tenant.slug.clone()), ("currency", currency)];
+            metrics::gauge!("tally_negative_balance_minor", &labels).set(exposure.negative as f64);
+            metrics::gauge!("tally_negative_accounts", &labels).set(exposure.accounts as f64);
+        }
     }
     Ok(())
 }

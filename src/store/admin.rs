@@ -134,3 +134,42 @@ pub async fn balances_of(
     .fetch_all(db)
     .await
 }
+
+/// A listed account whose available balance in one currency is below zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BelowZero {
+    pub stripeid: String,
+    pub accountid: Option<String>,
+    pub currency: String,
+    /// The account's net available amount there (negative), in minor units.
+    pub available: i64,
+    /// When that balance was fetched (its last good one).
+    pub good_at: Option<DateTime<Utc>>,
+}
+
+/// The tenant's accounts below zero, one row per account and currency, by currency
+/// and most owed first, at most `limit`. Read through the partial index of such
+/// accounts, so it costs what they are, not the tenant.
+pub async fn below_zero(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    limit: i64,
+) -> Result<Vec<BelowZero>, sqlx::Error> {
+    sqlx::query_as!(
+        BelowZero,
+        r#"SELECT l.stripeid, a.accountid, e.currency AS "currency!", e.available AS "available!",
+                  l.good_at
+           FROM latest_balances l
+           JOIN stripe_accounts a ON a.tenant_id = l.tenant_id AND a.stripeid = l.stripeid
+           CROSS JOIN LATERAL jsonb_to_recordset(l.amounts) AS e(currency text, available bigint)
+           WHERE l.tenant_id = $1 AND a.removed_at IS NULL
+             AND jsonb_path_exists(l.amounts, '$[*] ? (@.available < 0)')
+             AND e.available < 0
+           ORDER BY e.currency, e.available, l.stripeid
+           LIMIT $2"#,
+        tenant_id,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,5 +1,6 @@
 //! `tally doctor`: the per-tenant counters that application code keeps in step with
-//! the rows they summarise (`tenant_balance_totals`, `tenant_balance_counts`, and the
+//! the rows they summarise (`tenant_balance_totals` with its negative-balance exposure,
+//! `tenant_balance_counts`, and the
 //! trigger-kept `tenant_account_counts`), recomputed from those rows, compared, and
 //! repaired. They drift only when rows change outside tally (a hand-written UPDATE, a
 //! restore of some tables), so this is an operator's check, not a request path: it
@@ -7,13 +8,15 @@
 
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use crate::money::Amounts;
+use crate::money::{Amounts, Exposure};
 
-/// A currency's stored or recomputed total, and how many listed accounts hold it.
+/// A currency's stored or recomputed total, how many listed accounts hold it, and the
+/// exposure of those whose available balance in it is below zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CurrencyTotal {
     pub amounts: Amounts,
     pub holders: i64,
+    pub exposure: Exposure,
 }
 
 /// One tenant and currency whose stored total is not what its accounts add up to.
@@ -100,8 +103,9 @@ pub async fn find_drift(conn: &mut PgConnection) -> Result<Drift, sqlx::Error> {
 }
 
 /// Per tenant and currency: the sum of each listed account's last good amounts
-/// (`latest_balances.amounts`, kept while the latest try fails), and how many of those
-/// accounts hold the currency. A stored row at zero with no holders
+/// (`latest_balances.amounts`, kept while the latest try fails), how many of those
+/// accounts hold the currency, and the exposure (what those below zero in available
+/// owe, as a positive sum, and how many they are). A stored row at zero with no holders
 /// counts as absent (the aggregate does not report it).
 async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx::Error> {
     let rows = sqlx::query!(
@@ -110,7 +114,10 @@ async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx:
                       sum(e.available)::bigint AS available, sum(e.pending)::bigint AS pending,
                       sum(e.connect_reserved)::bigint AS connect_reserved,
                       sum(e.instant_available)::bigint AS instant_available,
-                      count(*) AS holders
+                      count(*) AS holders,
+                      COALESCE(sum(-e.available) FILTER (WHERE e.available < 0), 0)::bigint
+                          AS negative,
+                      count(*) FILTER (WHERE e.available < 0) AS negative_accounts
                FROM stripe_accounts a
                JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
                CROSS JOIN LATERAL jsonb_to_recordset(l.amounts)
@@ -125,24 +132,32 @@ async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx:
                       COALESCE(s.connect_reserved, 0) AS s_reserved,
                       COALESCE(s.instant_available, 0) AS s_instant,
                       COALESCE(s.holders, 0) AS s_holders,
+                      COALESCE(s.negative, 0) AS s_negative,
+                      COALESCE(s.negative_accounts, 0) AS s_negative_accounts,
                       COALESCE(r.available, 0) AS r_available, COALESCE(r.pending, 0) AS r_pending,
                       COALESCE(r.connect_reserved, 0) AS r_reserved,
                       COALESCE(r.instant_available, 0) AS r_instant,
-                      COALESCE(r.holders, 0) AS r_holders
+                      COALESCE(r.holders, 0) AS r_holders,
+                      COALESCE(r.negative, 0) AS r_negative,
+                      COALESCE(r.negative_accounts, 0) AS r_negative_accounts
                FROM tenant_balance_totals s
                FULL JOIN recomputed r ON r.tenant_id = s.tenant_id AND r.currency = s.currency
            )
            SELECT c.tenant_id AS "tenant_id!", t.slug, c.currency AS "currency!",
                   c.s_available AS "s_available!", c.s_pending AS "s_pending!",
                   c.s_reserved AS "s_reserved!", c.s_instant AS "s_instant!",
-                  c.s_holders AS "s_holders!",
+                  c.s_holders AS "s_holders!", c.s_negative AS "s_negative!",
+                  c.s_negative_accounts AS "s_negative_accounts!",
                   c.r_available AS "r_available!", c.r_pending AS "r_pending!",
                   c.r_reserved AS "r_reserved!", c.r_instant AS "r_instant!",
-                  c.r_holders AS "r_holders!"
+                  c.r_holders AS "r_holders!", c.r_negative AS "r_negative!",
+                  c.r_negative_accounts AS "r_negative_accounts!"
            FROM compared c JOIN tenants t ON t.id = c.tenant_id
-           WHERE (c.s_available, c.s_pending, c.s_reserved, c.s_instant, c.s_holders)
+           WHERE (c.s_available, c.s_pending, c.s_reserved, c.s_instant, c.s_holders,
+                  c.s_negative, c.s_negative_accounts)
                  IS DISTINCT FROM
-                 (c.r_available, c.r_pending, c.r_reserved, c.r_instant, c.r_holders)
+                 (c.r_available, c.r_pending, c.r_reserved, c.r_instant, c.r_holders,
+                  c.r_negative, c.r_negative_accounts)
            ORDER BY t.slug, c.currency"#
     )
     .fetch_all(conn)
@@ -161,6 +176,10 @@ async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx:
                     instant_available: r.s_instant,
                 },
                 holders: r.s_holders,
+                exposure: Exposure {
+                    negative: r.s_negative,
+                    accounts: r.s_negative_accounts,
+                },
             },
             recomputed: CurrencyTotal {
                 amounts: Amounts {
@@ -170,6 +189,10 @@ async fn totals_drift(conn: &mut PgConnection) -> Result<Vec<TotalsDrift>, sqlx:
                     instant_available: r.r_instant,
                 },
                 holders: r.r_holders,
+                exposure: Exposure {
+                    negative: r.r_negative,
+                    accounts: r.r_negative_accounts,
+                },
             },
         })
         .collect())
@@ -259,21 +282,27 @@ pub async fn repair(tx: &mut Transaction<'_, Postgres>, drift: &Drift) -> Result
             continue;
         }
         let amounts = row.recomputed.amounts;
+        let exposure = row.recomputed.exposure;
         sqlx::query!(
             r#"INSERT INTO tenant_balance_totals
-                   (tenant_id, currency, available, pending, connect_reserved, instant_available, holders)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   (tenant_id, currency, available, pending, connect_reserved, instant_available,
+                    holders, negative, negative_accounts)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (tenant_id, currency) DO UPDATE SET
                    available = EXCLUDED.available, pending = EXCLUDED.pending,
                    connect_reserved = EXCLUDED.connect_reserved,
-                   instant_available = EXCLUDED.instant_available, holders = EXCLUDED.holders"#,
+                   instant_available = EXCLUDED.instant_available, holders = EXCLUDED.holders,
+                   negative = EXCLUDED.negative,
+                   negative_accounts = EXCLUDED.negative_accounts"#,
             row.tenant_id,
             row.currency,
             amounts.available,
             amounts.pending,
             amounts.connect_reserved,
             amounts.instant_available,
-            row.recomputed.holders
+            row.recomputed.holders,
+            exposure.negative,
+            exposure.accounts
         )
         .execute(&mut **tx)
         .await?;

@@ -8,7 +8,7 @@ use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
 
 use crate::domain::FetchFailure;
 
-use crate::money::{CurrencyAmounts, MoneyOverflow, Totals};
+use crate::money::{CurrencyAmounts, Exposure, MoneyOverflow, Totals};
 
 /// What a fetch produced for one account.
 pub enum SnapshotOutcome<'a> {
@@ -209,33 +209,41 @@ async fn move_tenant_totals(
         let mut currencies = Vec::new();
         let (mut available, mut pending, mut reserved, mut instant, mut holders) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (currency, amounts, holder_change) in delta {
-            currencies.push(currency);
-            available.push(amounts.available);
-            pending.push(amounts.pending);
-            reserved.push(amounts.connect_reserved);
-            instant.push(amounts.instant_available);
-            holders.push(holder_change);
+        let (mut negative, mut negative_accounts) = (Vec::new(), Vec::new());
+        for change in delta {
+            currencies.push(change.currency);
+            available.push(change.amounts.available);
+            pending.push(change.amounts.pending);
+            reserved.push(change.amounts.connect_reserved);
+            instant.push(change.amounts.instant_available);
+            holders.push(change.holders);
+            negative.push(change.exposure.negative);
+            negative_accounts.push(change.exposure.accounts);
         }
         // Postgres refuses a bigint overflow, so a total can never wrap.
         sqlx::query!(
             r#"INSERT INTO tenant_balance_totals AS t
-                   (tenant_id, currency, available, pending, connect_reserved, instant_available, holders)
+                   (tenant_id, currency, available, pending, connect_reserved, instant_available,
+                    holders, negative, negative_accounts)
                SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                                        $6::bigint[], $7::bigint[])
+                                        $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
                ON CONFLICT (tenant_id, currency) DO UPDATE SET
                    available = t.available + EXCLUDED.available,
                    pending = t.pending + EXCLUDED.pending,
                    connect_reserved = t.connect_reserved + EXCLUDED.connect_reserved,
                    instant_available = t.instant_available + EXCLUDED.instant_available,
-                   holders = t.holders + EXCLUDED.holders"#,
+                   holders = t.holders + EXCLUDED.holders,
+                   negative = t.negative + EXCLUDED.negative,
+                   negative_accounts = t.negative_accounts + EXCLUDED.negative_accounts"#,
             tenant_id,
             &currencies,
             &available,
             &pending,
             &reserved,
             &instant,
-            &holders
+            &holders,
+            &negative,
+            &negative_accounts
         )
         .execute(&mut **tx)
         .await?;
@@ -310,12 +318,15 @@ pub async fn tenant_freshness(
     .await
 }
 
+/// The whole tenant's kept totals per currency (those some listed account holds), each
+/// with the exposure of the accounts below zero in it.
 pub async fn tenant_totals(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-) -> Result<Vec<CurrencyAmounts>, sqlx::Error> {
+) -> Result<Vec<(CurrencyAmounts, Exposure)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT currency, available, pending, connect_reserved, instant_available
+        r#"SELECT currency, available, pending, connect_reserved, instant_available,
+                  negative, negative_accounts
            FROM tenant_balance_totals WHERE tenant_id = $1 AND holders > 0 ORDER BY currency"#,
         tenant_id
     )
@@ -323,14 +334,47 @@ pub async fn tenant_totals(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| CurrencyAmounts {
-            currency: r.currency,
-            amounts: crate::money::Amounts {
-                available: r.available,
-                pending: r.pending,
-                connect_reserved: r.connect_reserved,
-                instant_available: r.instant_available,
-            },
+        .map(|r| {
+            let amounts = CurrencyAmounts {
+                currency: r.currency,
+                amounts: crate::money::Amounts {
+                    available: r.available,
+                    pending: r.pending,
+                    connect_reserved: r.connect_reserved,
+                    instant_available: r.instant_available,
+                },
+            };
+            let exposure = Exposure {
+                negative: r.negative,
+                accounts: r.negative_accounts,
+            };
+            (amounts, exposure)
+        })
+        .collect())
+}
+
+/// The tenant's kept exposure in every currency it has kept totals for (0 where no
+/// account is below zero, so a gauge falls back to 0 rather than keep an old value).
+/// Reads the kept rows only, no account.
+pub async fn tenant_exposure(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Vec<(String, Exposure)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT currency, negative, negative_accounts FROM tenant_balance_totals
+           WHERE tenant_id = $1 ORDER BY currency"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let exposure = Exposure {
+                negative: r.negative,
+                accounts: r.negative_accounts,
+            };
+            (r.currency, exposure)
         })
         .collect())
 }

@@ -17,7 +17,8 @@ pub struct CountsAt {
     pub missing: i64,
 }
 
-/// One currency's totals at one bucket end.
+/// One currency's totals at one bucket end, with the exposure of the accounts whose
+/// available balance is below zero then (`negative` as a positive amount, and how many).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrencyAt {
     pub at: DateTime<Utc>,
@@ -26,6 +27,8 @@ pub struct CurrencyAt {
     pub pending: i64,
     pub connect_reserved: i64,
     pub instant_available: i64,
+    pub negative: i64,
+    pub negative_accounts: i64,
 }
 
 /// The whole tenant's kept row at or before one bucket end.
@@ -36,6 +39,9 @@ pub struct TenantAt {
     pub missing: i64,
     /// `{"usd": [available, pending, connect_reserved, instant_available, holders], …}`
     pub totals: serde_json::Value,
+    /// `{"usd": [negative, accounts below zero], …}`, a currency with none absent;
+    /// `None` when the row was kept before the exposure was (or there is no row).
+    pub exposure: Option<serde_json::Value>,
 }
 
 /// The whole tenant's totals and counts at each of `ends` (in the order given): one
@@ -48,10 +54,11 @@ pub async fn tenant_series(
     sqlx::query_as!(
         TenantAt,
         r#"SELECT b.at AS "at!", COALESCE(h.accounts, 0) AS "accounts!",
-                  COALESCE(h.missing, 0) AS "missing!", COALESCE(h.totals, '{}') AS "totals!"
+                  COALESCE(h.missing, 0) AS "missing!", COALESCE(h.totals, '{}') AS "totals!",
+                  h.exposure AS "exposure?"
            FROM unnest($2::timestamptz[]) WITH ORDINALITY AS b(at, n)
            LEFT JOIN LATERAL (
-               SELECT t.accounts, t.missing, t.totals FROM balance_totals_history t
+               SELECT t.accounts, t.missing, t.totals, t.exposure FROM balance_totals_history t
                WHERE t.tenant_id = $1 AND t.at <= b.at ORDER BY t.at DESC LIMIT 1
            ) h ON true
            ORDER BY b.n"#,
@@ -126,7 +133,10 @@ pub async fn owner_totals(
         r#"SELECT b.at AS "at!", m.currency AS "currency!",
                   sum(m.available)::bigint AS "available!", sum(m.pending)::bigint AS "pending!",
                   sum(m.connect_reserved)::bigint AS "connect_reserved!",
-                  sum(m.instant_available)::bigint AS "instant_available!"
+                  sum(m.instant_available)::bigint AS "instant_available!",
+                  COALESCE(sum(-m.available) FILTER (WHERE m.available < 0), 0)::bigint
+                      AS "negative!",
+                  count(*) FILTER (WHERE m.available < 0) AS "negative_accounts!"
            FROM stripe_accounts a
            JOIN stripe_account_listings l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
            JOIN unnest($3::timestamptz[]) AS b(at)

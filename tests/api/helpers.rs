@@ -87,6 +87,29 @@ impl Drop for TestDb {
     }
 }
 
+/// A pool on `db` migrated as a tally from before migration `version` left it, and
+/// every migration, to run the rest with once the test has stored its old rows.
+pub async fn migrated_before(db: &TestDb, version: i64) -> (PgPool, sqlx::migrate::Migrator) {
+    let pool = PgPool::connect(&db.url).await.expect("connect");
+    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations"
+    )))
+    .await
+    .expect("migrations");
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            all.iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.expect("the earlier migrations");
+    (pool, all)
+}
+
 pub fn test_settings() -> Settings {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     Settings::load_from(&dir, "test").expect("test settings")
@@ -244,6 +267,20 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// The answer to `path` with `Accept: text/csv`.
+    pub async fn get_csv(&self, path: &str, token: &str) -> String {
+        self.client
+            .get(format!("{}{}", self.address, path))
+            .bearer_auth(token)
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("CSV body")
     }
 
     pub async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {

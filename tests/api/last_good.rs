@@ -33,17 +33,7 @@ async fn csv_rows(
     app: &TestApp,
     token: &str,
 ) -> (BTreeMap<String, [i64; 4]>, Vec<BTreeMap<String, String>>) {
-    let text = app
-        .client
-        .get(format!("{}{BALANCES}", app.address))
-        .bearer_auth(token)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
+    let text = app.get_csv(BALANCES, token).await;
     let mut sums: BTreeMap<String, [i64; 4]> = BTreeMap::new();
     let mut rows = Vec::new();
     for record in csv::Reader::from_reader(text.as_bytes()).deserialize() {
@@ -263,23 +253,7 @@ async fn a_late_balance_newer_than_the_last_good_one_fills_it_in_without_becomin
 #[tokio::test]
 async fn the_migration_gives_failed_accounts_their_newest_stored_balance_and_the_totals_follow() {
     let db = crate::helpers::TestDb::create().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations"
-    )))
-    .await
-    .expect("migrations");
-    let before = sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.iter()
-                .filter(|m| m.version < 20261201000003)
-                .cloned()
-                .collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(&pool).await.expect("the earlier migrations");
+    let (pool, all) = crate::helpers::migrated_before(&db, 20261201000003).await;
     // acct_a: two balances, then a failure (the newest balance is its last good one);
     // acct_b: only a failure; acct_c: ok.
     sqlx::raw_sql(

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod last_good;
 mod metrics;
+mod negative;
 mod openapi;
 mod refresh;
 mod streams;

@@ -22,7 +22,7 @@ use crate::helpers::{account_object, spawn_app, spawn_app_on, TestApp, TestDb};
 
 const TOTALS: &str = "/api/administrator/connect/balances/totals";
 
-fn t(value: &str) -> DateTime<Utc> {
+pub(crate) fn t(value: &str) -> DateTime<Utc> {
     value.parse().expect("RFC 3339")
 }
 
@@ -43,10 +43,10 @@ fn balance(usd: i64, eur_pending: i64, jpy: Option<i64>) -> Value {
 }
 
 /// A listing period as the test made it: stripeid, listed at, removed at.
-type Period = (String, DateTime<Utc>, Option<DateTime<Utc>>);
+pub(crate) type Period = (String, DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// Writes as the app does, with the history clock in our hands.
-struct Driver {
+pub(crate) struct Driver {
     conn: PgConnection,
     tenant_id: i64,
     owner_key: String,
@@ -55,7 +55,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn new(app: &TestApp, tenant_id: i64) -> Driver {
+    pub(crate) async fn new(app: &TestApp, tenant_id: i64) -> Driver {
         Driver {
             conn: PgConnection::connect(&app.db.url).await.expect("connect"),
             tenant_id,
@@ -73,7 +73,7 @@ impl Driver {
     }
 
     /// Lists accounts (new, or listed again) as a sync page does, at `at`.
-    async fn list(&mut self, at: DateTime<Utc>, accounts: &[(&str, Option<&str>)]) {
+    pub(crate) async fn list(&mut self, at: DateTime<Utc>, accounts: &[(&str, Option<&str>)]) {
         self.clock(at).await;
         let inputs: Vec<AccountInput> = accounts
             .iter()
@@ -100,7 +100,7 @@ impl Driver {
     }
 
     /// Removes an account as a sync or a deauthorization does, at `at`.
-    async fn remove(&mut self, at: DateTime<Utc>, id: &str) {
+    pub(crate) async fn remove(&mut self, at: DateTime<Utc>, id: &str) {
         self.clock(at).await;
         let mut tx = self.conn.begin().await.expect("begin");
         let removed = store::accounts::mark_removed(
@@ -125,7 +125,7 @@ impl Driver {
         period.2 = Some(at);
     }
 
-    async fn good(&mut self, id: &str, fetched_at: DateTime<Utc>, raw: Value) {
+    pub(crate) async fn good(&mut self, id: &str, fetched_at: DateTime<Utc>, raw: Value) {
         let parsed: tally::stripe::Balance = serde_json::from_value(raw.clone()).expect("balance");
         let totals = Totals::from_balance(&parsed).expect("no overflow");
         store::snapshots::record(
@@ -432,6 +432,13 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
     assert_eq!(newest["missing"], 0);
 
     // What the migration's rebuild computes from scratch equals what was kept.
+    rebuild_history(&app, tenant_id).await;
+    let (_, rebuilt) = app.get_json(&hourly, &token).await;
+    assert_eq!(rebuilt, hourly_body);
+}
+
+/// Recomputes the tenant's history from scratch, as the migration did.
+pub(crate) async fn rebuild_history(app: &TestApp, tenant_id: i64) {
     let mut tx = app.pool.begin().await.expect("begin");
     sqlx::query("SELECT balance_history_rebuild($1)")
         .bind(tenant_id)
@@ -439,8 +446,6 @@ async fn hourly_and_daily_totals_match_a_recomputation_from_the_stored_snapshots
         .await
         .expect("rebuild");
     tx.commit().await.expect("commit");
-    let (_, rebuilt) = app.get_json(&hourly, &token).await;
-    assert_eq!(rebuilt, hourly_body);
 }
 
 #[tokio::test]
@@ -500,7 +505,9 @@ async fn csv_has_one_row_per_bucket_and_currency() {
             "connect_reserved",
             "instant_available",
             "accounts",
-            "missing"
+            "missing",
+            "negative",
+            "negative_accounts"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader
@@ -510,7 +517,7 @@ async fn csv_has_one_row_per_bucket_and_currency() {
     let mut expected = Vec::new();
     for entry in json_body["data"].as_array().expect("data") {
         let totals = entry["totals"].as_array().expect("totals");
-        let row = |currency: &str, amounts: [String; 4]| {
+        let row = |currency: &str, amounts: [String; 6]| {
             BTreeMap::from([
                 (
                     "at".to_owned(),
@@ -523,6 +530,8 @@ async fn csv_has_one_row_per_bucket_and_currency() {
                 ("instant_available".to_owned(), amounts[3].clone()),
                 ("accounts".to_owned(), entry["accounts"].to_string()),
                 ("missing".to_owned(), entry["missing"].to_string()),
+                ("negative".to_owned(), amounts[4].clone()),
+                ("negative_accounts".to_owned(), amounts[5].clone()),
             ])
         };
         if totals.is_empty() {
@@ -537,11 +546,21 @@ async fn csv_has_one_row_per_bucket_and_currency() {
                     n("pending"),
                     n("connectReserved"),
                     n("instantAvailable"),
+                    n("negative"),
+                    n("negativeAccounts"),
                 ],
             ));
         }
     }
     assert_eq!(rows, expected);
+    // D is 400 below zero at 05:00.
+    assert!(
+        rows.iter().any(|r| r["at"] == "2026-10-05T05:00:00.000Z"
+            && r["currency"] == "usd"
+            && r["negative"] == "400"
+            && r["negative_accounts"] == "1"),
+        "{rows:?}"
+    );
     // The first bucket (01:00) has accounts but no balance yet: one row, no currency.
     let last = rows.last().expect("rows");
     assert_eq!(
@@ -724,23 +743,7 @@ async fn bad_input_gets_400_with_a_stable_code() {
 #[tokio::test]
 async fn the_migration_fills_the_history_from_snapshots_already_stored() {
     let db = TestDb::create().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let all = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations"
-    )))
-    .await
-    .expect("migrations");
-    let before = sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            all.iter()
-                .filter(|m| m.version < 20261201000008)
-                .cloned()
-                .collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(&pool).await.expect("the earlier migrations");
+    let (pool, all) = crate::helpers::migrated_before(&db, 20261201000008).await;
     // acct_a listed since 09:00 with two balances and a failure; acct_b removed at
     // 12:00 after one balance; acct_c never read.
     let snapshots = [

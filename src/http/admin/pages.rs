@@ -7,10 +7,10 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::chart::{totals_chart, Series};
 use super::session::AdminSession;
-use crate::dashboard::{AccountsPage, TenantOverview, TenantView, HISTORY_DAYS};
+use crate::dashboard::{AccountsPage, TenantOverview, TenantView, BELOW_ZERO_SHOWN, HISTORY_DAYS};
 use crate::domain::Role;
 use crate::freshness::{FreshnessBy, FreshnessMode};
-use crate::money::{format_minor, CurrencyAmounts};
+use crate::money::{format_minor, CurrencyAmounts, Exposure};
 use crate::store::admin::LastSync;
 
 const CSS: &str = r#"
@@ -170,6 +170,26 @@ fn amounts_list(totals: &[CurrencyAmounts]) -> Markup {
     }
 }
 
+/// The currencies in which some account is below zero: what they owe, and how many.
+fn exposure_list(exposure: &[(String, Exposure)]) -> Markup {
+    html! {
+        @for (currency, exposure) in exposure {
+            div.exposure data-currency=(currency) {
+                (currency.to_uppercase()) " " (format_minor(exposure.negative, currency))
+                " owed by " (accounts_text(exposure.accounts)) " below zero"
+            }
+        }
+    }
+}
+
+fn accounts_text(count: i64) -> String {
+    if count == 1 {
+        "1 account".to_owned()
+    } else {
+        format!("{count} accounts")
+    }
+}
+
 pub fn overview(session: &AdminSession, tenants: &[TenantOverview]) -> Markup {
     layout(
         "Tenants",
@@ -197,7 +217,7 @@ pub fn overview(session: &AdminSession, tenants: &[TenantOverview]) -> Markup {
                                 tr data-tenant=(tenant.slug) {
                                     th scope="row" { a href=(format!("/admin/tenants/{}", tenant.slug)) { (tenant.slug) } }
                                     td.num { (tenant.listed) }
-                                    td { (amounts_list(&tenant.totals)) }
+                                    td { (amounts_list(&tenant.totals)) (exposure_list(&tenant.exposure)) }
                                     td { (maybe_at(tenant.oldest.as_ref(), "never read")) }
                                     td.num.stale { (tenant.stale) }
                                     td.num.failing { (tenant.failing) }
@@ -351,6 +371,50 @@ fn accounts_section(slug: &str, accounts: &AccountsPage, can_change: bool) -> Ma
     }
 }
 
+fn below_zero_section(view: &TenantView) -> Markup {
+    let owing: i64 = view
+        .aggregate
+        .totals
+        .iter()
+        .map(|row| row.negative_accounts)
+        .sum();
+    html! {
+        section aria-labelledby="below-zero-title" {
+            h2 #below-zero-title { "Accounts below zero" }
+            @if view.below_zero.is_empty() {
+                p.empty { "None: no account's available balance is below zero." }
+            } @else {
+                div.table-wrap {
+                    table #below-zero {
+                        caption { "Accounts whose available balance is below zero, by currency, most owed first" }
+                        thead { tr {
+                            th scope="col" { "Account" }
+                            th scope="col" { "Owner" }
+                            th scope="col" { "Currency" }
+                            th scope="col" class="num" { "Available" }
+                            th scope="col" { "Balance of" }
+                        } }
+                        tbody {
+                            @for row in &view.below_zero {
+                                tr data-stripeid=(row.stripeid) data-currency=(row.currency) {
+                                    th scope="row" { code { (row.stripeid) } }
+                                    td { (row.accountid.as_deref().unwrap_or("—")) }
+                                    td { (row.currency.to_uppercase()) }
+                                    td.num data-kind="available" { (format_minor(row.available, &row.currency)) }
+                                    td { (maybe_at(row.good_at.as_ref(), "—")) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if owing > view.below_zero.len() as i64 {
+                    p { "Showing the " (BELOW_ZERO_SHOWN) " most owed of " (owing) "; the CSV of " code { "GET /api/administrator/connect/balances" } " has every account's balance." }
+                }
+            }
+        }
+    }
+}
+
 pub fn tenant(
     session: &AdminSession,
     slug: &str,
@@ -412,6 +476,8 @@ pub fn tenant(
                             th scope="col" class="num" { "Pending" }
                             th scope="col" class="num" { "Connect reserved" }
                             th scope="col" class="num" { "Instant available" }
+                            th scope="col" class="num" { "Owed below zero" }
+                            th scope="col" class="num" { "Accounts below zero" }
                         } }
                         tbody {
                             @for row in &aggregate.totals {
@@ -421,13 +487,17 @@ pub fn tenant(
                                     td.num data-kind="pending" { (format_minor(row.pending, &row.currency)) }
                                     td.num data-kind="connectReserved" { (format_minor(row.connect_reserved, &row.currency)) }
                                     td.num data-kind="instantAvailable" { (format_minor(row.instant_available, &row.currency)) }
+                                    td.num data-kind="negative" { (format_minor(row.negative, &row.currency)) }
+                                    td.num data-kind="negativeAccounts" { (row.negative_accounts) }
                                 }
                             }
                         }
                     }
                 }
+                p { "Available is net: accounts below zero take away from it. " em { "Owed below zero" } " is the platform's exposure: what those accounts owe, which the platform bears for accounts it controls." }
             }
         }
+        (below_zero_section(view))
         section aria-labelledby="history-title" {
             h2 #history-title { "Available over the last " (HISTORY_DAYS) " days" }
             div.chart-wrap { (totals_chart(&view.history)) }
