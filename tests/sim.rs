@@ -1971,8 +1971,8 @@ async fn ground_truth_at_now_is_every_live_balance_at_rest() {
 
 #[tokio::test]
 async fn a_balance_ties_out_at_its_date_while_the_clock_runs() {
+    // Ten simulated minutes a second: thousands of transactions a second.
     let sim = spawn_with(SimConfig {
-        activity_per_hour: 3_000.0,
         clock_speed: 600.0,
         ..busy()
     })
