@@ -78,6 +78,8 @@ CREATE TABLE account_closes (
     FOREIGN KEY (tenant_id, stripeid) REFERENCES stripe_accounts (tenant_id, stripeid) ON DELETE CASCADE
 );
 CREATE INDEX account_closes_by_account ON account_closes (tenant_id, stripeid, day);
+-- The closer re-checks unverified accounts of closed days once a newer balance exists.
+CREATE INDEX account_closes_unverified ON account_closes (tenant_id, day) WHERE tieout = 'unverified';
 
 -- A tenant's day: its zone and UTC bounds when computed, when it closed (settled), how
 -- often a late transaction reopened it.

@@ -100,17 +100,20 @@ pub async fn bring_up_to_date(
     // accounts (the openings chain), and say so for days already closed.
     let reopens = store::closes::reopens(pool, tenant.id).await?;
     let reopen_from = reopens.iter().map(|r| r.from_day).min();
+    // Closed days whose unverified accounts a newer balance may check now.
+    let verifiable = store::closes::verifiable_days(pool, tenant.id).await?;
     let mut next = Some(first);
     while let Some(day) = next.filter(|day| *day <= last) {
         next = day.succ_opt();
         let existing = known.get(&day);
         let reopening = reopen_from.is_some_and(|from| day >= from) && existing.is_some();
         let settled = existing.is_some_and(|d| d.closed_at.is_some());
-        if settled && !reopening {
+        if settled && !reopening && !verifiable.contains(&day) {
             continue;
         }
         let was_closed = settled && reopening;
-        match compute_day(pool, tenant, day, clock, rules, was_closed).await {
+        let seen = existing.map(|d| d.computed_at);
+        match compute_day(pool, tenant, day, clock, rules, was_closed, seen).await {
             Ok(Some(closed)) => {
                 pass.computed.push(day);
                 if closed && !settled {
@@ -163,7 +166,7 @@ async fn record_reopen(
 
 /// Computes one day for every account that can have it, in one transaction holding
 /// the day. `Some(closed)`: computed, and whether the day is now closed; `None`:
-/// another server holds it.
+/// another server holds it, or computed it after this pass saw it at `seen`.
 async fn compute_day(
     pool: &PgPool,
     tenant: &Tenant,
@@ -171,15 +174,15 @@ async fn compute_day(
     clock: DateTime<Utc>,
     rules: CloseRules,
     reopened: bool,
+    seen: Option<DateTime<Utc>>,
 ) -> Result<Option<bool>, CloseError> {
     let zone = tenant.close_timezone.as_str();
     let mut tx = pool.begin().await?;
     let (start, end) = store::closes::day_bounds(&mut *tx, zone, day).await?;
-    if store::closes::lock_day(&mut tx, tenant.id, day, zone, (start, end))
-        .await?
-        .is_none()
-    {
-        return Ok(None);
+    match store::closes::lock_day(&mut tx, tenant.id, day, zone, (start, end)).await? {
+        None => return Ok(None),
+        Some(locked) if seen.is_some_and(|seen| locked.computed_at > seen) => return Ok(None),
+        Some(_) => {}
     }
     // Openings: yesterday's closings, or for an account's first day its first balance
     // answered after the day's start, rolled back to it.

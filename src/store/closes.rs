@@ -430,6 +430,25 @@ pub async fn clear_reopens(
     Ok(())
 }
 
+/// Closed days with an `unverified` account whose ledger has since been read past the
+/// day's end (after the day was computed): a balance Stripe answered may now check it.
+pub async fn verifiable_days(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<Vec<NaiveDate>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT DISTINCT d.day AS "day!"
+           FROM day_closes d
+           JOIN account_closes a ON a.tenant_id = d.tenant_id AND a.day = d.day
+           JOIN ledger_reads r ON r.tenant_id = a.tenant_id AND r.stripeid = a.stripeid
+           WHERE d.tenant_id = $1 AND d.closed_at IS NOT NULL AND a.tieout = 'unverified'
+             AND r.complete_to >= d.ends_at AND r.read_at > d.computed_at"#,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// The closings of `day` (the openings of the day after), per account and currency.
 pub async fn closings(
     db: impl PgExecutor<'_>,

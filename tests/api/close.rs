@@ -246,7 +246,7 @@ async fn each_days_close_equals_the_ledger_at_its_end_in_utc_and_across_a_dst_ch
             "berlin",
             &berlin_token,
             "2026-10-25",
-            CLOCK_START + DAY / 2 + 2 * DAY + 3_600,
+            CLOCK_START + DAY / 2 + 2 * DAY - 3_600,
         ),
     ];
     let mut transactions = 0;
