@@ -10,6 +10,7 @@ pub mod balances;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod csv_out;
 pub mod dashboard;
 pub mod domain;
 pub mod fanout;
