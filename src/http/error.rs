@@ -80,6 +80,15 @@ impl ApiError {
         }
     }
 
+    /// A removed tenant (`tally tenant remove`), however it was named: 404
+    /// `tenant-removed`. Its data is kept, but nothing serves it or starts work for it.
+    pub fn tenant_removed() -> ApiError {
+        ApiError::not_found(
+            "tenant-removed",
+            "that tenant was removed (tally tenant remove); its data is kept but not served",
+        )
+    }
+
     pub fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::TooMany {
             code,
@@ -172,6 +181,7 @@ impl From<BalanceError> for ApiError {
             }
             BalanceError::Upstream(failure) => ApiError::Upstream(failure),
             BalanceError::Credential(reason) => ApiError::TenantCredential(reason),
+            BalanceError::TenantRemoved => ApiError::tenant_removed(),
             BalanceError::Fanout(error) => ApiError::from(&error),
         }
     }

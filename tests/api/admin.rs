@@ -433,3 +433,58 @@ async fn an_empty_tenant_page_says_what_to_do_for_each_role() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn a_removed_tenant_is_not_listed_and_its_page_and_buttons_answer_tenant_removed() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    app.add_tenant("globex").await;
+    let owner = app.token(Role::Owner, None).await;
+    let (_, cookie) = sign_in(&app.address, &owner, &[]).await;
+    let html = page(&app.address, "/admin/tenants/acme", &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    let csrf = csrf_in(&html);
+    tally::commands::tenant::remove(&app.pool, "acme", false, false, &tally::audit::Actor::cli())
+        .await
+        .expect("removed");
+
+    let overview = page(&app.address, "/admin", &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(overview.contains("/admin/tenants/globex"), "{overview}");
+    assert!(!overview.contains("/admin/tenants/acme"), "{overview}");
+    let response = page(&app.address, "/admin/tenants/acme", &cookie).await;
+    assert_eq!(response.status(), 404);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("data-code=\"tenant-removed\""), "{html}");
+
+    let same = [
+        ("origin", app.address.as_str()),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    for action in ["sync", "refresh"] {
+        let path = format!("/admin/tenants/acme/{action}");
+        let response = post(&app.address, &path, &cookie, &csrf, &same).await;
+        assert_eq!(response.status(), 404, "{action}");
+        let html = response.text().await.expect("html");
+        assert!(
+            html.contains("data-code=\"tenant-removed\""),
+            "{action}: {html}"
+        );
+    }
+    let refreshes: i64 = sqlx::query_scalar("SELECT count(*) FROM balance_refreshes")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(refreshes, 0, "no refresh started for a removed tenant");
+    assert_eq!(
+        sync_runs(&app).await,
+        0,
+        "no sync started for a removed tenant"
+    );
+}

@@ -250,6 +250,10 @@ impl FromRequestParts<AppState> for TenantPage {
         let tenant = store::tenants::find_by_slug(&state.pool, &slug)
             .await?
             .ok_or(AdminError::UnknownTenant)?;
+        // As the API answers an owner naming it: shown nowhere, and nothing starts for it.
+        if tenant.disabled_at.is_some() {
+            return Err(AdminError::TenantRemoved);
+        }
         Ok(TenantPage { session, tenant })
     }
 }
