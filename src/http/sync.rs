@@ -136,7 +136,7 @@ async fn show(
     Ok(Json(SyncRunRecord::new(&run, &scope.tenant.slug)))
 }
 
-fn unknown_run() -> ApiError {
+pub(crate) fn unknown_run() -> ApiError {
     ApiError::not_found("invalid-syncid", "no sync run has that id")
 }
 
