@@ -36,6 +36,13 @@ pub struct ServerSettings {
     /// Where `/metrics` is served without a token. Unset: on `bind`, owner token only.
     #[serde(default)]
     pub metrics_bind: Option<SocketAddr>,
+    /// A connection must send a request's head within this of its start (or of the
+    /// head's first byte, on a kept-alive connection).
+    pub header_read_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// Connections served at once by this process (each a file descriptor).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +186,15 @@ impl Settings {
         if self.server.metrics_bind == Some(self.server.bind) {
             return invalid("server.metrics_bind", "must differ from server.bind");
         }
+        if self.server.header_read_timeout_secs < 1 {
+            return invalid("server.header_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.keep_alive_timeout_secs < 1 {
+            return invalid("server.keep_alive_timeout_secs", "must be at least 1");
+        }
+        if self.server.max_connections < 1 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
         if self.api.page_size < 1 {
             return invalid("api.page_size (PAGE_SIZE)", "must be at least 1");
         }
@@ -307,6 +323,28 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(error.contains("sync.lease_secs"), "{error}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_never_zero() {
+        let settings = load_with("").expect("valid");
+        assert_eq!(settings.server.header_read_timeout_secs, 10);
+        assert_eq!(settings.server.keep_alive_timeout_secs, 75);
+        assert_eq!(settings.server.max_connections, 4096);
+        for (file, key) in [
+            (
+                "[server]\nheader_read_timeout_secs = 0\n",
+                "server.header_read_timeout_secs",
+            ),
+            (
+                "[server]\nkeep_alive_timeout_secs = 0\n",
+                "server.keep_alive_timeout_secs",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ] {
+            let error = load_with(file).expect_err("refused").to_string();
+            assert!(error.contains(key), "{error}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod balances;
+pub mod connections;
 pub mod error;
 mod error_bodies;
 pub mod health;
@@ -218,17 +219,17 @@ impl Records {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish. A client that stops reading a response is disconnected after
-/// `api.stream_idle_timeout_secs`.
+/// requests finish. Connections are capped and timed as `connections` says: at most
+/// `server.max_connections`, a request head within `server.header_read_timeout_secs`,
+/// idle between requests at most `server.keep_alive_timeout_secs`, and a client that
+/// stops reading a response is disconnected after `api.stream_idle_timeout_secs`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = streams::StallGuardListener::new(listener, state.settings.stream_idle_timeout());
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = connections::ConnectionLimits::from_settings(&state.settings);
+    connections::serve(listener, app(state), limits, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -127,6 +127,44 @@ fn raw_error(answer: &[u8]) -> (u16, Value) {
 }
 
 #[tokio::test]
+async fn requests_the_http_layer_cannot_read_answer_with_the_error_body() {
+    let app = spawn_app().await;
+    // A query of about 65 KB: over the 64 KiB the request line may take.
+    let long = format!(
+        "GET /api/administrator/connect/balances?accountid={} HTTP/1.1\r\nHost: tally\r\n\r\n",
+        "a".repeat(65_600)
+    );
+    let (status, body) = raw_error(&app.raw_exchange(long.as_bytes()).await);
+    assert_eq!((status, body["code"].as_str()), (414, Some("uri-too-long")));
+
+    // 200 headers: over the 100 a request may carry.
+    let many: String = (0..200).map(|i| format!("X-Probe-{i}: y\r\n")).collect();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: tally\r\n{many}\r\n");
+    let (status, body) = raw_error(&app.raw_exchange(request.as_bytes()).await);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (431, Some("headers-too-large"))
+    );
+
+    // A control byte in a header value.
+    let request = b"GET /healthz HTTP/1.1\r\nHost: tally\r\nAccept: text/\x01csv\r\n\r\n";
+    let (status, body) = raw_error(&app.raw_exchange(request).await);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-request"))
+    );
+
+    // The server still answers as usual afterwards, and a well-formed request on a
+    // raw connection is untouched.
+    let answer = app
+        .raw_exchange(b"GET /healthz HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n")
+        .await;
+    let (status, _, body) = crate::helpers::parse_raw_answer(&answer);
+    assert_eq!(status, 200);
+    assert_eq!(body, br#"{"status":"ok"}"#);
+}
+
+#[tokio::test]
 async fn a_path_under_refreshes_sync_or_tokens_that_names_no_record_answers_that_resources_code() {
     let app = spawn_app().await;
     app.add_tenant("acme").await;

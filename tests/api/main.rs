@@ -8,6 +8,7 @@ mod balances;
 mod browser;
 mod changes;
 mod cli;
+mod connections;
 mod cursor;
 mod doctor;
 mod errors;
