@@ -9,7 +9,7 @@ use reqwest::Response;
 use sha2::{Digest, Sha256};
 use tally::domain::Role;
 
-use crate::helpers::{spawn_app, spawn_app_on, TestApp};
+use crate::helpers::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 
 pub const SESSION_COOKIE: &str = "tally_admin_session";
 
@@ -487,4 +487,80 @@ async fn a_removed_tenant_is_not_listed_and_its_page_and_buttons_answer_tenant_r
         0,
         "no sync started for a removed tenant"
     );
+}
+
+#[tokio::test]
+async fn the_pages_origin_is_the_host_served_or_configured_never_a_clients_forwarded_host() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&app, Role::Admin).await;
+    let path = "/admin/tenants/acme/refresh";
+    // A client naming its own origin in X-Forwarded-Host does not make it ours.
+    let forged = [
+        ("x-forwarded-host", "evil.example"),
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let response = post(&app.address, path, &cookie, &csrf, &forged).await;
+    assert_eq!(response.status(), 403);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("data-code=\"cross-site-request\""), "{html}");
+    // The Host it was sent to is the origin, whatever is forwarded.
+    let own = [
+        ("x-forwarded-host", "evil.example"),
+        ("origin", app.address.as_str()),
+    ];
+    assert_eq!(
+        post(&app.address, path, &cookie, &csrf, &own)
+            .await
+            .status(),
+        303
+    );
+
+    // Configured, only server.public_url is the origin.
+    let configured = spawn_app_with(|settings| {
+        settings.server.public_url = Some("https://tally.example.com".into());
+    })
+    .await;
+    configured.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&configured, Role::Admin).await;
+    let response = post(
+        &configured.address,
+        path,
+        &cookie,
+        &csrf,
+        &sent_from("https://tally.example.com"),
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    let response = post(
+        &configured.address,
+        path,
+        &cookie,
+        &csrf,
+        &sent_from(&configured.address),
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+
+    // Behind a proxy trusted to say it, the forwarded origin counts.
+    let proxied = spawn_app_with(|settings| settings.server.trust_forwarded_headers = true).await;
+    proxied.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&proxied, Role::Admin).await;
+    let forwarded = [
+        ("x-forwarded-host", "tally.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("origin", "https://tally.example.com"),
+    ];
+    assert_eq!(
+        post(&proxied.address, path, &cookie, &csrf, &forwarded)
+            .await
+            .status(),
+        303
+    );
+}
+
+/// The headers a browser sends with a form posted from a page of `origin`.
+fn sent_from(origin: &str) -> [(&str, &str); 2] {
+    [("origin", origin), ("sec-fetch-site", "same-origin")]
 }
