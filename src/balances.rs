@@ -53,6 +53,9 @@ pub enum BalanceError {
     Upstream(Box<Failure>),
     #[error("the tenant's Stripe credential cannot be used: {0}")]
     Credential(String),
+    /// The tenant was removed (`tally tenant remove`): nothing is started for it.
+    #[error("that tenant was removed (tally tenant remove); its data is kept but not served")]
+    TenantRemoved,
     #[error(transparent)]
     Fanout(#[from] FanoutError),
 }
@@ -103,6 +106,7 @@ impl Balances {
         match refresh::freshen(&self.pool, self.refresher.as_ref(), rate, &demand).await? {
             Freshness::Met => Ok(None),
             Freshness::Pending(pending) => Ok(Some(pending)),
+            Freshness::TenantRemoved => Err(BalanceError::TenantRemoved),
             Freshness::Failed(refresh) => Err(BalanceError::Credential(
                 refresh
                     .error
@@ -277,7 +281,8 @@ impl Balances {
         .listed;
         let (refresh, started) =
             store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
-                .await?;
+                .await?
+                .ok_or(BalanceError::TenantRemoved)?;
         let details = json!({
             "refreshId": refresh.id,
             "scope": scope_label(&scope),

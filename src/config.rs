@@ -37,6 +37,21 @@ pub struct ServerSettings {
     /// Where `/metrics` is served without a token. Unset: on `bind`, owner token only.
     #[serde(default)]
     pub metrics_bind: Option<SocketAddr>,
+    /// A connection must send a request's head within this of its start (or of the
+    /// head's first byte, on a kept-alive connection).
+    pub header_read_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// Connections served at once by this process (each a file descriptor).
+    pub max_connections: usize,
+    /// The origin people reach the admin pages at (`https://tally.example.com`), what
+    /// a form's `Origin` must be. Unset: the `Host` the request was sent to.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Whether `X-Forwarded-Host` and `X-Forwarded-Proto` say the admin pages' origin
+    /// (only behind a proxy that sets them and strips clients' own).
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +208,26 @@ impl Settings {
         if self.server.metrics_bind == Some(self.server.bind) {
             return invalid("server.metrics_bind", "must differ from server.bind");
         }
+        if self.server.header_read_timeout_secs < 1 {
+            return invalid("server.header_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.keep_alive_timeout_secs < 1 {
+            return invalid("server.keep_alive_timeout_secs", "must be at least 1");
+        }
+        if self.server.max_connections < 1 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
+        if let Some(url) = &self.server.public_url {
+            match url::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
+                _ => {
+                    return invalid(
+                        "server.public_url",
+                        "must be an http or https URL such as https://tally.example.com",
+                    )
+                }
+            }
+        }
         if self.api.page_size < 1 {
             return invalid("api.page_size (PAGE_SIZE)", "must be at least 1");
         }
@@ -275,6 +310,12 @@ impl Settings {
     pub fn stream_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.api.stream_idle_timeout_secs)
     }
+
+    /// `server.public_url`'s origin (`scheme://host[:port]`), if set.
+    pub fn public_origin(&self) -> Option<String> {
+        let url = url::Url::parse(self.server.public_url.as_deref()?).ok()?;
+        Some(url.origin().ascii_serialization())
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +365,39 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(error.contains("sync.lease_secs"), "{error}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_never_zero() {
+        let settings = load_with("").expect("valid");
+        assert_eq!(settings.server.header_read_timeout_secs, 10);
+        assert_eq!(settings.server.keep_alive_timeout_secs, 75);
+        assert_eq!(settings.server.max_connections, 4096);
+        for (file, key) in [
+            (
+                "[server]\nheader_read_timeout_secs = 0\n",
+                "server.header_read_timeout_secs",
+            ),
+            (
+                "[server]\nkeep_alive_timeout_secs = 0\n",
+                "server.keep_alive_timeout_secs",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\npublic_url = \"tally.example.com\"\n",
+                "server.public_url",
+            ),
+        ] {
+            let error = load_with(file).expect_err("refused").to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        let settings = load_with("[server]\npublic_url = \"https://tally.example.com/admin\"\n")
+            .expect("valid");
+        assert_eq!(
+            settings.public_origin().as_deref(),
+            Some("https://tally.example.com")
+        );
+        assert!(!settings.server.trust_forwarded_headers);
     }
 
     #[test]

@@ -159,6 +159,24 @@ pub struct FetchFailure {
 }
 
 impl FetchFailure {
+    /// A balance tally cannot sum in 64-bit minor units (alone, or into the tenant's
+    /// totals): stored as a failed try with code `amount-overflow`, however it came
+    /// (a fetch, a `balance.available` event).
+    pub fn amount_overflow(message: impl Into<String>, request_id: Option<String>) -> FetchFailure {
+        FetchFailure {
+            error_type: Some("tally_error".into()),
+            code: Some("amount-overflow".into()),
+            message: Some(message.into()),
+            request_id,
+            hint: Some(
+                "This balance cannot be summed in 64-bit minor units; the totals keep the \
+                 account's last good balance. Report it."
+                    .into(),
+            ),
+            ..FetchFailure::default()
+        }
+    }
+
     /// The most specific word for what went wrong: Stripe's code, else its type.
     pub fn code_or_type(&self) -> Option<&str> {
         self.code.as_deref().or(self.error_type.as_deref())

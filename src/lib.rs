@@ -11,6 +11,7 @@ pub mod close;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod csv_out;
 pub mod dashboard;
 pub mod domain;
 pub mod fanout;

@@ -367,8 +367,9 @@ impl TotalsSeries {
     /// account held any currency still gets one row (empty currency and amounts), so
     /// its counts are not lost. The exposure comes last (empty where it is unknown).
     pub fn to_csv(&self) -> Result<Vec<u8>, csv::Error> {
-        let mut out = csv::Writer::from_writer(Vec::new());
-        out.write_record([
+        use crate::csv_out::Cell::{Number, Text};
+        let mut out = crate::csv_out::CsvOut::new();
+        out.header(&[
             "at",
             "currency",
             "available",
@@ -382,27 +383,39 @@ impl TotalsSeries {
         ])?;
         for bucket in &self.buckets {
             let at = api_timestamp(&bucket.at);
-            let (accounts, missing) = (bucket.accounts.to_string(), bucket.missing.to_string());
+            let (accounts, missing) = (Number(bucket.accounts), Number(bucket.missing));
             if bucket.totals.is_empty() {
-                out.write_record([at.as_str(), "", "", "", "", "", &accounts, &missing, "", ""])?;
+                let empty = Text("");
+                out.row(&[
+                    Text(&at),
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    accounts,
+                    missing,
+                    empty,
+                    empty,
+                ])?;
             }
             for row in &bucket.totals {
-                let known = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
-                out.write_record([
-                    at.as_str(),
-                    row.currency.as_str(),
-                    &row.available.to_string(),
-                    &row.pending.to_string(),
-                    &row.connect_reserved.to_string(),
-                    &row.instant_available.to_string(),
-                    &accounts,
-                    &missing,
-                    &known(row.negative),
-                    &known(row.negative_accounts),
+                let known = |value: Option<i64>| value.map_or(Text(""), Number);
+                out.row(&[
+                    Text(&at),
+                    Text(&row.currency),
+                    Number(row.available),
+                    Number(row.pending),
+                    Number(row.connect_reserved),
+                    Number(row.instant_available),
+                    accounts,
+                    missing,
+                    known(row.negative),
+                    known(row.negative_accounts),
                 ])?;
             }
         }
-        out.into_inner().map_err(|error| error.into_error().into())
+        out.finish()
     }
 }
 

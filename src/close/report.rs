@@ -10,8 +10,10 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::compute::{CurrencySummary, DaySummary};
+use crate::csv_out::Cell::{Number, Text};
+use crate::csv_out::CsvOut;
 use crate::domain::api_timestamp;
-use crate::money::{format_minor, Activity, Split};
+use crate::money::{Activity, Split};
 use crate::store;
 use crate::store::closes::{AccountDay, DayClose, TieOut};
 use crate::store::tenants::Tenant;
@@ -162,6 +164,8 @@ pub enum ReportError {
     NotReady { day: NaiveDate },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
 }
 
 fn summary_of(day: &DayClose) -> DaySummary {
@@ -322,7 +326,8 @@ pub async fn account(
 
 /// The day as CSV: a header naming every reporting category the day has, then one
 /// row per account and currency, differences first, produced as the rows are read
-/// (memory stays flat however many accounts the tenant has).
+/// (memory stays flat however many accounts the tenant has). Amounts in minor units,
+/// text cells neutralised (`csv_out`).
 pub async fn day_csv(
     pool: PgPool,
     tenant: &Tenant,
@@ -338,10 +343,12 @@ pub async fn day_csv(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let header = csv_line(&csv_header(&categories));
+    let mut first = CsvOut::new();
+    let names = csv_header(&categories);
+    first.header(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
     let tenant_id = tenant.id;
     let context = RowContext {
-        date,
+        date: date.to_string(),
         timezone: stored.timezone.clone(),
         starts_at: api_timestamp(&stored.starts_at),
         ends_at: api_timestamp(&stored.ends_at),
@@ -350,31 +357,46 @@ pub async fn day_csv(
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     tokio::spawn(async move {
         let mut rows = store::closes::day_rows(&pool, tenant_id, date);
-        let mut chunk = header;
+        let mut chunk = first;
+        let mut in_chunk = 0;
+        let failed = |what: &str| {
+            Err(std::io::Error::other(format!(
+                "the close could not be {what}"
+            )))
+        };
         while let Some(row) = rows.next().await {
-            match row {
-                Ok(row) => chunk.extend(csv_line(&context.fields(&row))),
+            let written = match row {
+                Ok(row) => context.write(&mut chunk, &row),
                 Err(error) => {
                     tracing::error!(error = %error, "reading a day's close for CSV failed");
-                    let _ = sender
-                        .send(Err(std::io::Error::other("the close could not be read")))
-                        .await;
+                    let _ = sender.send(failed("read")).await;
                     return;
                 }
+            };
+            if written.is_err() {
+                let _ = sender.send(failed("written")).await;
+                return;
             }
-            if chunk.len() >= 64 * 1024
-                && sender.send(Ok(std::mem::take(&mut chunk))).await.is_err()
-            {
-                return; // the client went away
+            in_chunk += 1;
+            if in_chunk >= 500 {
+                in_chunk = 0;
+                let bytes = std::mem::take(&mut chunk)
+                    .finish()
+                    .map_err(std::io::Error::other);
+                if sender.send(bytes).await.is_err() {
+                    return; // the client went away
+                }
             }
         }
-        let _ = sender.send(Ok(chunk)).await;
+        let _ = sender
+            .send(chunk.finish().map_err(std::io::Error::other))
+            .await;
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 struct RowContext {
-    date: NaiveDate,
+    date: String,
     timezone: String,
     starts_at: String,
     ends_at: String,
@@ -422,56 +444,53 @@ fn csv_header(categories: &[String]) -> Vec<String> {
 }
 
 impl RowContext {
-    fn fields(&self, row: &AccountDay) -> Vec<String> {
-        let money = |amount: i64| format_minor(amount, &row.currency);
-        let mut f = vec![
-            self.date.to_string(),
-            self.timezone.clone(),
-            self.starts_at.clone(),
-            self.ends_at.clone(),
-            row.stripeid.clone(),
-            row.currency.to_ascii_uppercase(),
-            money(row.opening.available),
-            money(row.opening.pending),
-            money(row.opening.available.saturating_add(row.opening.pending)),
+    fn write(&self, out: &mut CsvOut, row: &AccountDay) -> Result<(), csv::Error> {
+        let currency = row.currency.to_ascii_uppercase();
+        let mut cells = vec![
+            Text(&self.date),
+            Text(&self.timezone),
+            Text(&self.starts_at),
+            Text(&self.ends_at),
+            Text(&row.stripeid),
+            Text(&currency),
+            Number(row.opening.available),
+            Number(row.opening.pending),
+            Number(row.opening.available.saturating_add(row.opening.pending)),
         ];
         let (mut net, mut fees) = (0i64, 0i64);
         for c in &self.categories {
             let a = row.activity.get(c).copied().unwrap_or_default();
             net = net.saturating_add(a.net);
             fees = fees.saturating_add(a.fee);
-            f.push(a.count.to_string());
-            f.push(money(a.amount));
-            f.push(money(a.fee));
-            f.push(money(a.net));
+            cells.extend([
+                Number(a.count),
+                Number(a.amount),
+                Number(a.fee),
+                Number(a.net),
+            ]);
         }
         let (difference, checked_at) = match row.tieout {
-            TieOut::Matched { stripe_at, .. } => (None, Some(stripe_at)),
+            TieOut::Matched { stripe_at, .. } => (None, Some(api_timestamp(&stripe_at))),
             TieOut::Difference {
                 stripe_at,
                 difference,
                 ..
-            } => (Some(difference), Some(stripe_at)),
+            } => (Some(difference), Some(api_timestamp(&stripe_at))),
             TieOut::Unverified => (None, None),
         };
-        f.extend([
-            money(net),
-            money(fees),
-            row.transactions.to_string(),
-            money(row.closing.available),
-            money(row.closing.pending),
-            money(row.closing.available.saturating_add(row.closing.pending)),
-            row.tieout.as_str().to_owned(),
-            difference.map(|d| money(d.available)).unwrap_or_default(),
-            difference.map(|d| money(d.pending)).unwrap_or_default(),
-            checked_at.as_ref().map(api_timestamp).unwrap_or_default(),
+        let optional = |amount: Option<i64>| amount.map_or(Text(""), Number);
+        cells.extend([
+            Number(net),
+            Number(fees),
+            Number(i64::from(row.transactions)),
+            Number(row.closing.available),
+            Number(row.closing.pending),
+            Number(row.closing.available.saturating_add(row.closing.pending)),
+            Text(row.tieout.as_str()),
+            optional(difference.map(|d| d.available)),
+            optional(difference.map(|d| d.pending)),
+            Text(checked_at.as_deref().unwrap_or("")),
         ]);
-        f
+        out.row(&cells)
     }
-}
-
-fn csv_line(fields: &[String]) -> Vec<u8> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let _ = writer.write_record(fields);
-    writer.into_inner().unwrap_or_default()
 }

@@ -552,6 +552,12 @@ pub async fn remove(
         }
     } else {
         let disabled = store::tenants::disable(&mut *tx, tenant.id).await?;
+        // Nothing works on a removed tenant any more: what was running ends now,
+        // saying why, rather than staying `running` forever. Statements of their own,
+        // after the tenant's: one that started work under the tenant's share lock
+        // committed before `disable` got the row, and these see what it started.
+        store::refreshes::end_for_removed_tenant(&mut *tx, tenant.id).await?;
+        store::sync_runs::end_for_removed_tenant(&mut *tx, tenant.id).await?;
         if disabled {
             audit::record(
                 &mut *tx,

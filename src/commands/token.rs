@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::audit::{self, Actor};
 use crate::crypto::generate_token;
-use crate::domain::{api_timestamp, Role};
+use crate::domain::{api_timestamp, Role, TenantSlug};
 use crate::store;
 use crate::store::tokens::{NewToken, TokenRecord};
 
@@ -29,6 +29,11 @@ pub enum TokenError {
     TenantRequired(&'static str),
     #[error("no tenant named '{0}' (see `tally tenant list`)")]
     UnknownTenant(String),
+    /// Not a slug any tenant can have (a NUL, capitals, spaces).
+    #[error("a tenant is named by its slug (lowercase letters, digits, - and _)")]
+    MalformedTenant,
+    #[error("tenant '{0}' was removed (tally tenant remove); its tokens no longer work")]
+    TenantRemoved(String),
     #[error("a token name is 1 to 100 characters")]
     InvalidName,
     #[error("no token has id {0} (see `tally token list`)")]
@@ -71,12 +76,7 @@ pub async fn create_with(
         (Role::Owner, Some(_)) => return Err(TokenError::OwnerWithTenant),
         (Role::Owner, None) => None,
         (_, None) => return Err(TokenError::TenantRequired(role.as_str())),
-        (_, Some(slug)) => Some(
-            store::tenants::find_by_slug(pool, slug)
-                .await?
-                .ok_or_else(|| TokenError::UnknownTenant(slug.to_owned()))?
-                .id,
-        ),
+        (_, Some(slug)) => Some(enabled_tenant(pool, slug).await?),
     };
     let name = spec.name.as_deref().map(str::trim);
     if name.is_some_and(|n| n.is_empty() || n.chars().count() > 100 || n.contains('\0')) {
@@ -122,6 +122,19 @@ pub async fn create_with(
     Ok((token, record))
 }
 
+/// The id of the tenant `slug` names, if it is one and was not removed: a removed
+/// tenant gets no new tokens, and its tokens (which no longer work) are not served.
+async fn enabled_tenant(pool: &PgPool, slug: &str) -> Result<i64, TokenError> {
+    let slug = TenantSlug::parse(slug).ok_or(TokenError::MalformedTenant)?;
+    let tenant = store::tenants::find_by_slug(pool, slug.as_str())
+        .await?
+        .ok_or_else(|| TokenError::UnknownTenant(slug.to_string()))?;
+    if tenant.disabled_at.is_some() {
+        return Err(TokenError::TenantRemoved(tenant.slug));
+    }
+    Ok(tenant.id)
+}
+
 /// Tokens in the order they were made, `tenant`'s only if named, after the token
 /// `after_id`, at most `limit`.
 pub async fn list(
@@ -132,12 +145,7 @@ pub async fn list(
 ) -> Result<Vec<TokenView>, TokenError> {
     let tenant_id = match tenant {
         None => None,
-        Some(slug) => Some(
-            store::tenants::find_by_slug(pool, slug)
-                .await?
-                .ok_or_else(|| TokenError::UnknownTenant(slug.to_owned()))?
-                .id,
-        ),
+        Some(slug) => Some(enabled_tenant(pool, slug).await?),
     };
     Ok(store::tokens::list(pool, tenant_id, after_id, limit)
         .await?

@@ -7,6 +7,8 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::FanoutError;
+use crate::csv_out::Cell::{Number, Text};
+use crate::csv_out::CsvOut;
 use crate::domain::FetchFailure;
 use crate::freshness::{self, AccountState, FreshnessMode, TenantFreshness};
 use crate::money::{CurrencyAmounts, Exposure, Exposures, Totals};
@@ -249,8 +251,8 @@ pub async fn csv(
 ) -> Result<Vec<u8>, FanoutError> {
     let rows = store::snapshots::scope_latest(pool, tenant_id, owner).await?;
     let now = Utc::now();
-    let mut out = ::csv::Writer::from_writer(Vec::new());
-    out.write_record([
+    let mut out = CsvOut::new();
+    out.header(&[
         "stripeid",
         "accountid",
         "platformid",
@@ -295,21 +297,21 @@ pub async fn csv(
         };
         if row.good_at.is_none() {
             // Never read: nothing in the totals, one row saying why.
-            out.write_record([
-                row.stripeid.as_str(),
-                &accountid,
-                &platform,
-                "",
-                "",
-                "",
-                "",
-                "",
-                &fetched_at,
-                status,
-                &code,
-                "",
-                &confirmed_at,
-                freshness_by,
+            out.row(&[
+                Text(&row.stripeid),
+                Text(&accountid),
+                Text(&platform),
+                Text(""),
+                Text(""),
+                Text(""),
+                Text(""),
+                Text(""),
+                Text(&fetched_at),
+                Text(status),
+                Text(&code),
+                Text(""),
+                Text(&confirmed_at),
+                Text(freshness_by),
             ])?;
             continue;
         }
@@ -318,24 +320,23 @@ pub async fn csv(
                 continue;
             }
             let a = total.amounts;
-            out.write_record([
-                row.stripeid.as_str(),
-                &accountid,
-                &platform,
-                &total.currency,
-                &a.available.to_string(),
-                &a.pending.to_string(),
-                &a.connect_reserved.to_string(),
-                &a.instant_available.to_string(),
-                &fetched_at,
-                status,
-                &code,
-                &last_good_at,
-                &confirmed_at,
-                freshness_by,
+            out.row(&[
+                Text(&row.stripeid),
+                Text(&accountid),
+                Text(&platform),
+                Text(&total.currency),
+                Number(a.available),
+                Number(a.pending),
+                Number(a.connect_reserved),
+                Number(a.instant_available),
+                Text(&fetched_at),
+                Text(status),
+                Text(&code),
+                Text(&last_good_at),
+                Text(&confirmed_at),
+                Text(freshness_by),
             ])?;
         }
     }
-    out.into_inner()
-        .map_err(|error| FanoutError::Csv(error.into_error().into()))
+    Ok(out.finish()?)
 }

@@ -67,16 +67,10 @@ pub async fn fetch_and_record(
     let result: Result<(Value, Totals), FetchFailure> = match fetched {
         Ok(balance) => match Totals::from_balance(&balance.value) {
             Ok(totals) => Ok((balance.raw, totals)),
-            Err(overflow) => Err(FetchFailure {
-                error_type: Some("tally_error".into()),
-                code: Some("amount-overflow".into()),
-                message: Some(overflow.to_string()),
-                request_id: balance.request_id,
-                hint: Some(
-                    "This balance cannot be summed in 64-bit minor units; report it.".into(),
-                ),
-                ..FetchFailure::default()
-            }),
+            Err(overflow) => Err(FetchFailure::amount_overflow(
+                overflow.to_string(),
+                balance.request_id,
+            )),
         },
         Err(error) => {
             let kind = tenant.credential_kind;

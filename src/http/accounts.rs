@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::TenantScope;
+use super::connections::Connection;
 use super::error::ApiError;
 use super::openapi::{api_errors, Access, TenantParam};
 use super::query::QueryParams;
@@ -319,11 +320,13 @@ async fn listed_count(
 async fn list(
     scope: TenantScope,
     State(state): State<AppState>,
+    connection: Option<Extension<Connection>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref(), state.settings.api.page_size)?;
     if query.all || query.limit > STREAM_ABOVE {
-        return stream_listing(&state, &scope, query).await;
+        let connection = connection.map(|Extension(connection)| connection);
+        return stream_listing(&state, &scope, query, connection).await;
     }
     let owner = query.owner.as_ref().map(OwnerId::as_str);
     let (rows, total, has_prev, has_next) = match &query.cursor {
@@ -442,6 +445,7 @@ async fn stream_listing(
     state: &AppState,
     scope: &TenantScope,
     query: ListQuery,
+    connection: Option<Connection>,
 ) -> Result<Response, ApiError> {
     let slot = state.streams.open(scope.token_id)?;
     let (offset, wanted) = if query.all {
@@ -473,7 +477,7 @@ async fn stream_listing(
         owner,
         wanted,
     };
-    let body = listing.spawn(slot, first.rows, first_chunk);
+    let body = listing.spawn(slot, first.rows, first_chunk, connection);
     let mut response = (
         [(
             header::CONTENT_TYPE,
@@ -511,8 +515,16 @@ enum StreamStop {
 impl StreamedListing {
     /// Starts the reader task and returns the body it feeds. The body ends with an
     /// error (the connection is cut, so the client sees an incomplete response, never
-    /// a short array) unless the reader got to the closing bracket.
-    fn spawn(self, slot: StreamSlot, first: Vec<AccountRow>, first_asked: usize) -> Body {
+    /// a short array) unless the reader got to the closing bracket. A client that
+    /// took nothing for the idle timeout loses its slot and its connection together:
+    /// the connection is closed at once, not left to hyper's stalled write.
+    fn spawn(
+        self,
+        slot: StreamSlot,
+        first: Vec<AccountRow>,
+        first_asked: usize,
+        connection: Option<Connection>,
+    ) -> Body {
         let (pieces, receiver) = mpsc::channel::<Bytes>(PIECES_BUFFERED);
         let (finished, completed) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -523,10 +535,15 @@ impl StreamedListing {
                     let _ = finished.send(());
                 }
                 Err(StreamStop::Gone) => tracing::debug!("the client left a streamed listing"),
-                Err(StreamStop::Idle) => tracing::info!(
-                    timeout_secs = slot.idle_timeout().as_secs(),
-                    "the client stopped reading a streamed listing; ended it"
-                ),
+                Err(StreamStop::Idle) => {
+                    tracing::info!(
+                        timeout_secs = slot.idle_timeout().as_secs(),
+                        "the client stopped reading a streamed listing; ended it and closed its connection"
+                    );
+                    if let Some(connection) = &connection {
+                        connection.close();
+                    }
+                }
                 Err(StreamStop::Failed(error)) => {
                     tracing::error!(error = ?error, "streaming stripe-accounts failed");
                 }

@@ -260,10 +260,7 @@ impl FromRequestParts<AppState> for TenantScope {
                     .await?
                     .ok_or_else(unknown_tenant)?;
                 if tenant.disabled_at.is_some() {
-                    return Err(ApiError::not_found(
-                        "tenant-removed",
-                        "that tenant was removed (tally tenant remove); its data is kept but not served",
-                    ));
+                    return Err(ApiError::tenant_removed());
                 }
                 tenant
             }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -594,9 +595,11 @@ async fn list_refreshes(
 async fn show_refresh(
     scope: TenantScope,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let missing = || ApiError::not_found("invalid-refreshid", "no balance refresh has that id");
+    let missing = unknown_refresh;
+    // A segment that is not even UTF-8 (`%FF`) cannot name a refresh either.
+    let Path(id) = id.map_err(|_| missing())?;
     let id = Uuid::parse_str(&id).map_err(|_| missing())?;
     let refresh = store::refreshes::get(&state.pool, scope.tenant.id, id)
         .await?
@@ -604,6 +607,11 @@ async fn show_refresh(
     let tenant = scope.tenant.clone();
     let view = state.balances().refresh_view(&tenant, refresh).await?;
     Ok(Json(refresh_body(&scope.tenant.slug, &view)))
+}
+
+/// The answer for an id that names no refresh of the caller's tenant.
+pub(crate) fn unknown_refresh() -> ApiError {
+    ApiError::not_found("invalid-refreshid", "no balance refresh has that id")
 }
 
 fn parse_time(

@@ -86,6 +86,7 @@ impl From<ReportError> for ApiError {
                 ApiError::not_found("close-not-ready", error.to_string())
             }
             ReportError::Database(error) => ApiError::from(error),
+            ReportError::Csv(error) => ApiError::Internal(error.into()),
         }
     }
 }

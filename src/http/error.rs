@@ -80,6 +80,15 @@ impl ApiError {
         }
     }
 
+    /// A removed tenant (`tally tenant remove`), however it was named: 404
+    /// `tenant-removed`. Its data is kept, but nothing serves it or starts work for it.
+    pub fn tenant_removed() -> ApiError {
+        ApiError::not_found(
+            "tenant-removed",
+            "that tenant was removed (tally tenant remove); its data is kept but not served",
+        )
+    }
+
     pub fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::TooMany {
             code,
@@ -172,6 +181,7 @@ impl From<BalanceError> for ApiError {
             }
             BalanceError::Upstream(failure) => ApiError::Upstream(failure),
             BalanceError::Credential(reason) => ApiError::TenantCredential(reason),
+            BalanceError::TenantRemoved => ApiError::tenant_removed(),
             BalanceError::Fanout(error) => ApiError::from(&error),
         }
     }
@@ -189,6 +199,27 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     ApiError::Internal(anyhow::anyhow!("the handler panicked: {message}")).into_response()
 }
 
+impl ApiError {
+    fn body<'a>(&'a self, message: &'a str) -> ErrorBody<'a> {
+        ErrorBody {
+            object: "error",
+            code: self.code(),
+            message,
+            failure: match self {
+                ApiError::Upstream(failure) => Some(&**failure),
+                _ => None,
+            },
+        }
+    }
+
+    /// The error body as JSON bytes, for an answer written below the router
+    /// (`connections`, for hyper's own refusals).
+    pub fn body_bytes(&self) -> Vec<u8> {
+        let message = self.to_string();
+        serde_json::to_vec(&self.body(&message)).expect("an error body serializes")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -197,16 +228,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?self, code = self.code(), "request failed");
         }
         let message = self.to_string();
-        let failure = match &self {
-            ApiError::Upstream(failure) => Some(&**failure),
-            _ => None,
-        };
-        let body = ErrorBody {
-            object: "error",
-            code: self.code(),
-            message: &message,
-            failure,
-        };
+        let body = self.body(&message);
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

@@ -1,6 +1,7 @@
 //! Errors made outside the handlers get the error body too (DESIGN §3): the request
 //! time limit, and whatever the framework answers by itself (405 for a known path
-//! with another method, 413 for a body over the limit, extractor rejections).
+//! with another method, 413 for a body over the limit, extractor rejections; and
+//! hyper's 400, 414 and 431 for a request it cannot read, in `connections`).
 
 use std::time::Duration;
 
@@ -51,7 +52,9 @@ fn content_type_is(response: &Response, prefix: &str) -> bool {
         .is_some_and(|v| v.starts_with(prefix))
 }
 
-fn framework_error(status: StatusCode) -> ApiError {
+/// The error for an answer the framework (axum, or hyper itself: see
+/// `connections`) made with only a status.
+pub fn framework_error(status: StatusCode) -> ApiError {
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
             "method-not-allowed",
@@ -63,9 +66,18 @@ fn framework_error(status: StatusCode) -> ApiError {
             "the request body's content type is not accepted here",
         ),
         StatusCode::NOT_FOUND => ("not-found", "no such endpoint"),
-        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
-            ("invalid-request", "the request could not be read")
-        }
+        StatusCode::URI_TOO_LONG => (
+            "uri-too-long",
+            "the request's path and query are over 64 KiB; send fewer or shorter parameters",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers-too-large",
+            "the request has over 100 headers, or its head is over 400 KiB",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => (
+            "invalid-request",
+            "the request could not be read (a malformed request line, header or byte)",
+        ),
         _ if status.is_server_error() => ("internal-error", "internal error"),
         _ => ("invalid-request", "the request could not be served"),
     };

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod balances;
 pub mod close;
+pub mod connections;
 pub mod error;
 mod error_bodies;
 pub mod health;
@@ -23,7 +24,7 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, HeaderName};
 use axum::Router;
 use sqlx::PgPool;
@@ -169,22 +170,68 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::serve_document))
 }
 
-async fn not_found() -> error::ApiError {
-    error::ApiError::not_found("not-found", "no such endpoint")
+/// An unknown path: 404 `not-found`. A path under a resource of records that names
+/// none of them (`…/refreshes/`, `…/sync/a/b`) answers as that resource answers an
+/// unknown id, after the same check of who is asking: the resource's own code.
+async fn not_found(State(state): State<AppState>, request: Request) -> error::ApiError {
+    let (mut parts, _) = request.into_parts();
+    let Some(records) = Records::under(parts.uri.path()) else {
+        return error::ApiError::not_found("not-found", "no such endpoint");
+    };
+    let allowed = match records {
+        Records::Refreshes | Records::SyncRuns => {
+            auth::TenantScope::from_request_parts(&mut parts, &state)
+                .await
+                .map(drop)
+        }
+        Records::Tokens => auth::Owner::from_request_parts(&mut parts, &state)
+            .await
+            .map(drop),
+    };
+    match (allowed, records) {
+        (Err(refused), _) => refused,
+        (Ok(()), Records::Refreshes) => balances::unknown_refresh(),
+        (Ok(()), Records::SyncRuns) => sync::unknown_run(),
+        (Ok(()), Records::Tokens) => tokens::unknown_token(),
+    }
+}
+
+/// The resources whose records are addressed by an id in the path.
+#[derive(Clone, Copy)]
+enum Records {
+    Refreshes,
+    SyncRuns,
+    Tokens,
+}
+
+impl Records {
+    fn under(path: &str) -> Option<Records> {
+        [
+            (
+                "/api/administrator/connect/balances/refreshes/",
+                Records::Refreshes,
+            ),
+            ("/api/administrator/connect/sync/", Records::SyncRuns),
+            ("/api/administrator/tokens/", Records::Tokens),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map(|(_, records)| records)
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish. A client that stops reading a response is disconnected after
-/// `api.stream_idle_timeout_secs`.
+/// requests finish. Connections are capped and timed as `connections` says: at most
+/// `server.max_connections`, a request head within `server.header_read_timeout_secs`,
+/// idle between requests at most `server.keep_alive_timeout_secs`, and a client that
+/// stops reading a response is disconnected after `api.stream_idle_timeout_secs`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = streams::StallGuardListener::new(listener, state.settings.stream_idle_timeout());
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = connections::ConnectionLimits::from_settings(&state.settings);
+    connections::serve(listener, app(state), limits, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

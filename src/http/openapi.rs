@@ -30,7 +30,9 @@ pub const BEARER: &str = "bearer";
             `?tenant=<slug>`), `admin` and `reader` (one tenant). A tenant token asking for \
             another tenant's data gets exactly the answer a missing record gets. Every error, \
             including those the framework makes (unknown path 404 `not-found`, another method \
-            405 `method-not-allowed` with `Allow`, a body over 1 MiB 413 `body-too-large`), is \
+            405 `method-not-allowed` with `Allow`, a body over 1 MiB 413 `body-too-large`, a \
+            request it cannot read 400 `invalid-request`, a URI over 64 KiB 414 `uri-too-long`, \
+            over 100 headers 431 `headers-too-large`), is \
             `{\"object\": \"error\", \"code\", \"message\"}`; each response documents the codes it \
             can carry. An empty query value counts as absent. 5xx answers come only from faults \
             (the database or Stripe failing, a request over `server.request_timeout_secs`, a \
@@ -159,6 +161,8 @@ fn status_description(status: u16) -> &'static str {
         403 => "The token's role may not do this.",
         404 => "No such record for this caller (another tenant's record answers the same).",
         413 => "The request body is over 1 MiB.",
+        414 => "The request's path and query are over 64 KiB.",
+        431 => "The request has over 100 headers, or a head over about 400 KiB.",
         429 => "A cap on concurrent work was reached; retry later.",
         500 => "A bug (`internal-error`), or a tenant whose stored secret this server cannot open (`tenant-credential-unusable`, an operator must fix the master key). Never caused by input.",
         502 => "Only under a Stripe fault: Stripe did not return the balance; `failure` says what it answered.",
@@ -175,7 +179,15 @@ pub fn error_responses(
     codes: &[(u16, &'static str)],
 ) -> BTreeMap<String, RefOr<ApiResponse>> {
     let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
-    let always = [(500, "internal-error"), (503, "request-timeout")];
+    // Faults, and what the HTTP layer refuses before any route is chosen: a request
+    // line or header it cannot read, a URI over 64 KiB, too many or too large headers.
+    let always = [
+        (400, "invalid-request"),
+        (414, "uri-too-long"),
+        (431, "headers-too-large"),
+        (500, "internal-error"),
+        (503, "request-timeout"),
+    ];
     for (status, code) in access
         .codes()
         .into_iter()

@@ -1,20 +1,13 @@
 //! Guards for long responses: caps on concurrent streamed listings (per token and in
-//! total), a bound on the database reads they run at once, and a connection wrapper
-//! that disconnects a client that stops reading. Together they keep one token's slow
-//! readers from holding the pool, the memory or the server hostage.
+//! total) and a bound on the database reads they run at once. With the connection's
+//! stalled-write timer (`connections`), they keep one token's slow readers from
+//! holding the pool, the memory or the server hostage.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio::time::Sleep;
 
 use super::error::ApiError;
 use crate::config::Settings;
@@ -121,132 +114,9 @@ impl Drop for StreamSlot {
     }
 }
 
-/// Accepts TCP connections whose writes fail once they have made no progress for
-/// `stall_timeout`: a client that stops reading a response is disconnected instead of
-/// holding its connection (and what is buffered for it) forever.
-pub struct StallGuardListener {
-    listener: TcpListener,
-    stall_timeout: Duration,
-}
-
-impl StallGuardListener {
-    pub fn new(listener: TcpListener, stall_timeout: Duration) -> StallGuardListener {
-        StallGuardListener {
-            listener,
-            stall_timeout,
-        }
-    }
-}
-
-impl axum::serve::Listener for StallGuardListener {
-    type Io = StallGuard<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, address) = axum::serve::Listener::accept(&mut self.listener).await;
-        (StallGuard::new(stream, self.stall_timeout), address)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// An IO whose pending writes time out. Reads are untouched: an idle keep-alive
-/// connection waiting for its next request is not a stalled one.
-pub struct StallGuard<S> {
-    inner: S,
-    limit: Duration,
-    /// Running while a write is pending; reset by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S> StallGuard<S> {
-    pub fn new(inner: S, limit: Duration) -> StallGuard<S> {
-        StallGuard {
-            inner,
-            limit,
-            stalled: None,
-        }
-    }
-
-    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match poll {
-            Poll::Ready(result) => {
-                self.stalled = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                let limit = self.limit;
-                let timer = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::info!(
-                            timeout_secs = limit.as_secs(),
-                            "client stopped reading; closing its connection"
-                        );
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client read nothing for too long",
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.check(cx, poll)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     fn streams(total: usize, per_token: usize) -> Arc<Streams> {
         Arc::new(Streams {
@@ -273,17 +143,5 @@ mod tests {
         assert_eq!(refused.code(), "too-many-streams");
         drop(a1);
         assert!(streams.open(3).is_ok(), "a dropped slot is free again");
-    }
-
-    #[tokio::test]
-    async fn a_write_pending_for_longer_than_the_limit_fails() {
-        // A duplex pipe nobody reads: writes go pending once its buffer is full.
-        let (client, _unread) = tokio::io::duplex(64);
-        let mut guarded = StallGuard::new(client, Duration::from_millis(50));
-        let error = guarded
-            .write_all(&[0; 4096])
-            .await
-            .expect_err("the stalled write times out");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -87,6 +87,7 @@ pub async fn start_sync(state: &AppState, tenant: &Tenant, by: &Actor) -> Result
     .await
     .map_err(|error| match error {
         SyncError::Database(error) => ApiError::from(error),
+        SyncError::TenantRemoved => ApiError::tenant_removed(),
         other => ApiError::Internal(other.into()),
     })?;
     let (run, joined) = match &claim {
@@ -135,7 +136,7 @@ async fn show(
     Ok(Json(SyncRunRecord::new(&run, &scope.tenant.slug)))
 }
 
-fn unknown_run() -> ApiError {
+pub(crate) fn unknown_run() -> ApiError {
     ApiError::not_found("invalid-syncid", "no sync run has that id")
 }
 

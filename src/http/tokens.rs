@@ -3,6 +3,7 @@
 //! the POST that made it; lists show its first characters only.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -38,7 +39,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListParams {
-    /// Only this tenant's tokens (an unknown tenant is 404 `invalid-tenant`).
+    /// Only this tenant's tokens (an unknown tenant is 404 `invalid-tenant`, a removed
+    /// one 404 `tenant-removed`).
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     tenant: Option<String>,
     /// At most this many, in the order they were made; default 100.
     #[param(minimum = 1, maximum = 100)]
@@ -57,6 +60,7 @@ api_errors!(
         (400, "invalid-limit"),
         (400, "invalid-starting-after"),
         (404, "invalid-tenant"),
+        (404, "tenant-removed"),
     ]
 );
 api_errors!(
@@ -69,6 +73,7 @@ api_errors!(
         (400, "invalid-name"),
         (400, "invalid-expires-in"),
         (404, "invalid-tenant"),
+        (404, "tenant-removed"),
         (413, "body-too-large"),
     ]
 );
@@ -143,14 +148,13 @@ fn token_status() -> Schema {
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> ApiError {
         match error {
-            TokenError::OwnerWithTenant | TokenError::TenantRequired(_) => {
-                ApiError::invalid("invalid-tenant", error.to_string())
-            }
+            TokenError::OwnerWithTenant
+            | TokenError::TenantRequired(_)
+            | TokenError::MalformedTenant => ApiError::invalid("invalid-tenant", error.to_string()),
             TokenError::UnknownTenant(_) => ApiError::not_found("invalid-tenant", "no such tenant"),
+            TokenError::TenantRemoved(_) => ApiError::tenant_removed(),
             TokenError::InvalidName => ApiError::invalid("invalid-name", error.to_string()),
-            TokenError::UnknownToken(_) => {
-                ApiError::not_found("invalid-tokenid", "no token has that id")
-            }
+            TokenError::UnknownToken(_) => unknown_token(),
             TokenError::Database(error) => ApiError::from(error),
         }
     }
@@ -204,7 +208,9 @@ async fn list(
 struct CreateBody {
     #[schema(schema_with = role)]
     role: String,
-    /// The tenant's slug: required for admin and reader tokens, refused for owner ones.
+    /// The tenant's slug: required for admin and reader tokens, refused for owner ones
+    /// (a removed tenant is 404 `tenant-removed`).
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     tenant: Option<String>,
     /// 1 to 100 characters, not only spaces, no NUL.
     #[schema(
@@ -284,12 +290,18 @@ async fn revoke(
     _: Owner,
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<token::TokenView>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found("invalid-tokenid", "no token has that id"))?;
+    let unknown = unknown_token;
+    // A segment that is not even UTF-8 (`%FF`) cannot name a token either.
+    let Path(id) = id.map_err(|_| unknown())?;
+    let id: i64 = id.parse().map_err(|_| unknown())?;
     Ok(Json(
         token::revoke(&state.pool, id, &Actor::token(caller.token_id)).await?,
     ))
+}
+
+/// The answer for an id that names no token.
+pub(crate) fn unknown_token() -> ApiError {
+    ApiError::not_found("invalid-tokenid", "no token has that id")
 }

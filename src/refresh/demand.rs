@@ -68,6 +68,8 @@ pub enum Freshness {
     Pending(PendingRefresh),
     /// The refresh failed (the tenant's credential cannot be used).
     Failed(Refresh),
+    /// The tenant was removed: no refresh starts for it, and the one it had ended.
+    TenantRemoved,
 }
 
 #[derive(Debug, Clone)]
@@ -137,7 +139,7 @@ pub async fn freshen(
     let total = store::refreshes::progress(pool, demand.tenant.id, &demand.scope, &requirement)
         .await?
         .listed;
-    let (refresh, started) = store::refreshes::start_or_join(
+    let Some((refresh, started)) = store::refreshes::start_or_join(
         pool,
         demand.tenant.id,
         &demand.scope,
@@ -145,7 +147,10 @@ pub async fn freshen(
         demand.trigger,
         total,
     )
-    .await?;
+    .await?
+    else {
+        return Ok(Freshness::TenantRemoved);
+    };
     if started {
         tracing::info!(tenant = %demand.tenant.slug, refresh = %refresh.id, trigger = demand.trigger,
             accounts = total, "balance refresh started");
@@ -160,6 +165,9 @@ pub async fn freshen(
             .unwrap_or_else(|| refresh.clone());
         match current.status.as_str() {
             "succeeded" => return Ok(Freshness::Met),
+            "failed" if current.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) => {
+                return Ok(Freshness::TenantRemoved)
+            }
             "failed" => return Ok(Freshness::Failed(current)),
             _ => {}
         }

@@ -734,7 +734,8 @@ impl Inner {
             return Ok(None);
         }
         let cutoff = demand::cutoff(interval.saturating_sub(lead * 2));
-        let (round, _) = store::refreshes::start_or_join(
+        // `None`: the tenant was removed since this worker read it.
+        let round = store::refreshes::start_or_join(
             &self.pool,
             tenant.id,
             &RefreshScope::Tenant,
@@ -743,7 +744,7 @@ impl Inner {
             freshness.listed,
         )
         .await?;
-        Ok(Some(round))
+        Ok(round.map(|(round, _)| round))
     }
 
     /// Re-syncs the tenant's accounts when its last sync started longer ago than

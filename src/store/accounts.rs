@@ -92,8 +92,11 @@ pub enum Observed {
 impl Observed {
     /// The instant stored and compared. Stripe's `created` has whole seconds, so an
     /// event's change happened somewhere in that second: it is placed at the end of
-    /// the second (but never after it arrived), so an event wins over a sync page read
-    /// in the same second, and events of one second apply in the order they arrive.
+    /// the second, so an event wins over a sync page read in the same second, and
+    /// events of one second apply in the order they arrive. Never after it arrived: an
+    /// event claiming a later time (a clock ahead of ours, a forged one) would
+    /// otherwise stand as the newest word on its account, and every sync and event
+    /// after it would be stale, until that time came.
     pub fn at(&self) -> DateTime<Utc> {
         match *self {
             Observed::Fetched(at) => at,
@@ -102,7 +105,7 @@ impl Observed {
                     .duration_trunc(Duration::seconds(1))
                     .unwrap_or(created);
                 let end_of_second = second + Duration::seconds(1) - Duration::microseconds(1);
-                end_of_second.min(received).max(second)
+                end_of_second.min(received)
             }
         }
     }
@@ -569,12 +572,18 @@ mod tests {
             received: at("2026-12-01T10:00:00.250Z"),
         };
         assert_eq!(prompt.at(), at("2026-12-01T10:00:00.250Z"));
-        // A clock behind Stripe's: never before the second Stripe named.
+        // A clock behind Stripe's (or an event from the future): never after it
+        // arrived, so nothing stored lies in the future.
         let skewed = Observed::Event {
             created,
             received: at("2026-12-01T09:59:58Z"),
         };
-        assert_eq!(skewed.at(), created);
+        assert_eq!(skewed.at(), at("2026-12-01T09:59:58Z"));
+        let a_year_ahead = Observed::Event {
+            created: at("2027-12-01T10:00:00Z"),
+            received: at("2026-12-01T10:00:00.250Z"),
+        };
+        assert_eq!(a_year_ahead.at(), at("2026-12-01T10:00:00.250Z"));
         // A sync page read earlier in the same second loses to the event.
         assert!(Observed::Fetched(at("2026-12-01T10:00:00.500Z")).at() < late.at());
     }

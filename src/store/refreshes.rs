@@ -308,7 +308,12 @@ impl From<RefreshRow> for Refresh {
 /// Starts a refresh of the scope, or joins the one running. Joining raises its
 /// cutoff toward `cutoff`, but never past the moment it started: what it already
 /// fetched stays done, so polls arriving while it runs can never keep it running
-/// (or re-fetch its work). True when this call started it.
+/// (or re-fetch its work). True when this call started it. `None` when the tenant
+/// was removed: nothing starts for it, and nothing joins what its removal ended.
+///
+/// The trigger says who waits on it, and only ever moves up: `schedule` (nobody),
+/// then `poll`, then a person's (`person`, `cli`). A poll joining a refresh a person
+/// started leaves it theirs.
 pub async fn start_or_join(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
@@ -316,15 +321,25 @@ pub async fn start_or_join(
     cutoff: DateTime<Utc>,
     trigger: &str,
     total: i64,
-) -> Result<(Refresh, bool), sqlx::Error> {
+) -> Result<Option<(Refresh, bool)>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"INSERT INTO balance_refreshes AS b
+        r#"WITH tenant AS (
+               -- Share-locked to the end of the statement's transaction: a removal
+               -- racing this waits for it and then ends the refresh, or comes first
+               -- and this finds the tenant removed.
+               SELECT id FROM tenants WHERE id = $2 AND disabled_at IS NULL FOR SHARE
+           )
+           INSERT INTO balance_refreshes AS b
                (id, tenant_id, scope_key, scope_owner, scope_stripeid, cutoff, trigger, status, total)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8)
+           SELECT $1, tenant.id, $3, $4, $5, $6, $7, 'running', $8 FROM tenant
            ON CONFLICT (tenant_id, scope_key) WHERE status = 'running' DO UPDATE SET
                cutoff = GREATEST(b.cutoff, LEAST(EXCLUDED.cutoff, b.started_at)),
-               -- Someone now waits on it: it is no longer only background work.
-               trigger = CASE WHEN EXCLUDED.trigger = 'schedule' THEN b.trigger ELSE EXCLUDED.trigger END
+               -- Someone now waits on it: it is no longer only background work; and
+               -- a person's stays a person's.
+               trigger = CASE
+                   WHEN (CASE EXCLUDED.trigger WHEN 'schedule' THEN 0 WHEN 'poll' THEN 1 ELSE 2 END)
+                        > (CASE b.trigger WHEN 'schedule' THEN 0 WHEN 'poll' THEN 1 ELSE 2 END)
+                   THEN EXCLUDED.trigger ELSE b.trigger END
            RETURNING id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
                      done, failed, error, started_at, finished_at, (xmax = 0) AS "started!""#,
         Uuid::new_v4(),
@@ -336,8 +351,11 @@ pub async fn start_or_join(
         trigger,
         total
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let started = row.started;
     let refresh = Refresh::from(RefreshRow {
         id: row.id,
@@ -354,7 +372,27 @@ pub async fn start_or_join(
         started_at: row.started_at,
         finished_at: row.finished_at,
     });
-    Ok((refresh, started))
+    Ok(Some((refresh, started)))
+}
+
+/// Why a refresh of a removed tenant ended.
+pub const TENANT_REMOVED: &str = "its tenant was removed (tally tenant remove)";
+
+/// Ends the tenant's running refreshes as `failed`, saying its tenant was removed
+/// (call in the transaction that removes it): nobody works on them any more.
+pub async fn end_for_removed_tenant(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE balance_refreshes SET status = 'failed', error = $2, finished_at = now()
+           WHERE tenant_id = $1 AND status = 'running'"#,
+        tenant_id,
+        TENANT_REMOVED
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// The tenant's running refreshes, in the order they get slots: those someone waits

@@ -61,8 +61,72 @@ pub async fn record(
 /// sees the new snapshot, one that ran before saw the lease, so no other worker
 /// fetches the account again for the same demand. A fetch that started at
 /// `fetch_started` also covers the change marks of events that arrived before it.
+///
+/// A balance whose amounts cannot be added to the tenant's totals (or their history)
+/// in 64-bit minor units is stored as a failed try instead, code `amount-overflow`:
+/// the totals keep the account's last good amounts, and the answer says why.
 #[allow(clippy::too_many_arguments)]
 pub async fn record_releasing(
+    conn: &mut PgConnection,
+    tenant_id: i64,
+    stripeid: &str,
+    fetched_at: DateTime<Utc>,
+    source: &str,
+    outcome: SnapshotOutcome<'_>,
+    lease_holder: Option<uuid::Uuid>,
+    fetch_started: Option<DateTime<Utc>>,
+) -> Result<Recorded, SnapshotError> {
+    let is_balance = matches!(outcome, SnapshotOutcome::Balance { .. });
+    let attempt = record_once(
+        conn,
+        tenant_id,
+        stripeid,
+        fetched_at,
+        source,
+        outcome,
+        lease_holder,
+        fetch_started,
+    )
+    .await;
+    match attempt {
+        // The attempt's transaction (a savepoint inside the caller's) was rolled back.
+        Err(error) if is_balance && error.is_overflow() => {
+            let failure = FetchFailure::amount_overflow(
+                "this balance cannot be added to the tenant's totals in 64-bit minor units",
+                None,
+            );
+            record_once(
+                conn,
+                tenant_id,
+                stripeid,
+                fetched_at,
+                source,
+                SnapshotOutcome::Error(&failure),
+                lease_holder,
+                fetch_started,
+            )
+            .await
+        }
+        other => other,
+    }
+}
+
+impl SnapshotError {
+    /// A sum beyond 64 bits: in tally's money code, or refused by Postgres
+    /// (`numeric_value_out_of_range`, a bigint total or history row).
+    fn is_overflow(&self) -> bool {
+        match self {
+            SnapshotError::Overflow(_) => true,
+            SnapshotError::Database(sqlx::Error::Database(error)) => {
+                error.code().as_deref() == Some("22003")
+            }
+            _ => false,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_once(
     conn: &mut PgConnection,
     tenant_id: i64,
     stripeid: &str,

@@ -62,12 +62,22 @@ pub enum Claim {
 /// Starts a run holding a `lease` unless one is running. A running row whose lease
 /// expired belonged to a process that died (SIGKILL, a lost host, a database outage
 /// longer than the lease): it is marked `interrupted`, saying so, and replaced at once.
-pub async fn claim(pool: &PgPool, tenant_id: i64, lease: Duration) -> Result<Claim, sqlx::Error> {
+/// `None` when the tenant was removed (or never existed): nothing starts for it.
+pub async fn claim(
+    pool: &PgPool,
+    tenant_id: i64,
+    lease: Duration,
+) -> Result<Option<Claim>, sqlx::Error> {
     let lease_secs = lease.as_secs_f64();
     // The running row may finish between the failed insert and the select; then the
     // next round can insert.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
+        // Checked under a lock held to the commit, so a removal racing this claim
+        // either comes first (and nothing starts) or waits and then ends the run.
+        if !super::tenants::lock_if_enabled(&mut *tx, tenant_id).await? {
+            return Ok(None);
+        }
         sqlx::query!(
             r#"UPDATE sync_runs
                SET status = 'interrupted', finished_at = now(),
@@ -95,7 +105,7 @@ pub async fn claim(pool: &PgPool, tenant_id: i64, lease: Duration) -> Result<Cla
         .await?;
         if let Some(run) = started {
             tx.commit().await?;
-            return Ok(Claim::Started(run));
+            return Ok(Some(Claim::Started(run)));
         }
         let running = sqlx::query_as!(
             SyncRun,
@@ -108,7 +118,7 @@ pub async fn claim(pool: &PgPool, tenant_id: i64, lease: Duration) -> Result<Cla
         .await?;
         tx.commit().await?;
         if let Some(run) = running {
-            return Ok(Claim::Running(run));
+            return Ok(Some(Claim::Running(run)));
         }
     }
     Err(sqlx::Error::Protocol(
@@ -242,4 +252,25 @@ pub async fn last_started(
     )
     .fetch_one(db)
     .await
+}
+
+/// What a run of a removed tenant ends with.
+pub const TENANT_REMOVED: &str = "failed: its tenant was removed (tally tenant remove)";
+
+/// Ends the tenant's running run as `failed`, saying its tenant was removed (call in
+/// the transaction that removes it). The process running it stops at its next lease
+/// renewal, which finds the run no longer running.
+pub async fn end_for_removed_tenant(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE sync_runs SET status = 'failed', error = $2, finished_at = now()
+           WHERE tenant_id = $1 AND status = 'running'"#,
+        tenant_id,
+        TENANT_REMOVED
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
 }

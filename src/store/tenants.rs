@@ -272,6 +272,21 @@ pub async fn disable(db: impl PgExecutor<'_>, id: i64) -> Result<bool, sqlx::Err
     Ok(changed > 0)
 }
 
+/// True when the tenant exists and is not removed, holding a share lock on its row
+/// until the transaction ends: a removal waits for the caller's work to be recorded
+/// (and then ends it), and work recorded after a removal sees the removal. Work is
+/// only ever started under this check (`sync_runs::claim`; `refreshes::start_or_join`
+/// makes the same check in its statement).
+pub async fn lock_if_enabled(db: impl PgExecutor<'_>, id: i64) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT disabled_at IS NULL AS "enabled!" FROM tenants WHERE id = $1 FOR SHARE"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    .unwrap_or(false))
+}
+
 /// Deletes the tenant and, by cascade, everything it owns (accounts, snapshots,
 /// tokens, syncs, refreshes, budgets). The audit log keeps its slug as text.
 pub async fn purge(db: impl PgExecutor<'_>, id: i64) -> Result<bool, sqlx::Error> {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::without_nul;
+use crate::domain::{without_nul, FetchFailure};
 use crate::money::Totals;
 use crate::store;
 use crate::store::accounts::{AccountInput, Observed};
@@ -244,18 +244,25 @@ async fn balance_available(
         .is_some_and(|stored| stored.listed);
     let balance: Balance = serde_json::from_value(event.data.object.clone())
         .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
-    let totals = Totals::from_balance(&balance)
-        .map_err(|error| EventError::Invalid(format!("balance.available: {error}")))?;
+    // A balance that cannot be summed is kept as a failed try, as a fetch of it would
+    // be, not refused: Stripe would retry a refusal for days, to the same end.
+    let summed = Totals::from_balance(&balance).map_err(|overflow| {
+        FetchFailure::amount_overflow(format!("balance.available: {overflow}"), None)
+    });
+    let outcome = match &summed {
+        Ok(totals) => SnapshotOutcome::Balance {
+            raw: &event.data.object,
+            totals,
+        },
+        Err(failure) => SnapshotOutcome::Error(failure),
+    };
     let recorded = store::snapshots::record(
         tx,
         tenant_id,
         account,
         event_time(event, received)?,
         "webhook",
-        SnapshotOutcome::Balance {
-            raw: &event.data.object,
-            totals: &totals,
-        },
+        outcome,
     )
     .await?;
     tracing::debug!(?recorded, "balance snapshot from webhook");

@@ -73,6 +73,9 @@ impl Progress for Quiet {}
 pub enum SyncError {
     #[error("a sync of this tenant is already running (run {0})")]
     AlreadyRunning(Uuid),
+    /// Nothing starts for a removed tenant (`tally tenant remove`).
+    #[error("that tenant was removed (tally tenant remove); nothing is synced for it")]
+    TenantRemoved,
     #[error("{scope}: {source}")]
     Stripe {
         scope: String,
@@ -109,13 +112,16 @@ impl SyncSummary {
     }
 }
 
-/// Claims a run for the tenant, or returns the one running.
+/// Claims a run for the tenant, or returns the one running. A removed tenant gets
+/// neither: [`SyncError::TenantRemoved`].
 pub async fn claim(
     pool: &PgPool,
     tenant_id: i64,
     options: &SyncOptions,
 ) -> Result<Claim, SyncError> {
-    Ok(store::sync_runs::claim(pool, tenant_id, options.lease).await?)
+    store::sync_runs::claim(pool, tenant_id, options.lease)
+        .await?
+        .ok_or(SyncError::TenantRemoved)
 }
 
 /// Claims a run and syncs in the foreground (the CLI, tests, benchmarks). A run

@@ -9,7 +9,7 @@ use reqwest::Response;
 use sha2::{Digest, Sha256};
 use tally::domain::Role;
 
-use crate::helpers::{spawn_app, spawn_app_on, TestApp};
+use crate::helpers::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 
 pub const SESSION_COOKIE: &str = "tally_admin_session";
 
@@ -432,4 +432,135 @@ async fn an_empty_tenant_page_says_what_to_do_for_each_role() {
         html.contains("No listed account has owner “user_nobody”"),
         "{html}"
     );
+}
+
+#[tokio::test]
+async fn a_removed_tenant_is_not_listed_and_its_page_and_buttons_answer_tenant_removed() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    app.add_tenant("globex").await;
+    let owner = app.token(Role::Owner, None).await;
+    let (_, cookie) = sign_in(&app.address, &owner, &[]).await;
+    let html = page(&app.address, "/admin/tenants/acme", &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    let csrf = csrf_in(&html);
+    tally::commands::tenant::remove(&app.pool, "acme", false, false, &tally::audit::Actor::cli())
+        .await
+        .expect("removed");
+
+    let overview = page(&app.address, "/admin", &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(overview.contains("/admin/tenants/globex"), "{overview}");
+    assert!(!overview.contains("/admin/tenants/acme"), "{overview}");
+    let response = page(&app.address, "/admin/tenants/acme", &cookie).await;
+    assert_eq!(response.status(), 404);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("data-code=\"tenant-removed\""), "{html}");
+
+    let same = [
+        ("origin", app.address.as_str()),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    for action in ["sync", "refresh"] {
+        let path = format!("/admin/tenants/acme/{action}");
+        let response = post(&app.address, &path, &cookie, &csrf, &same).await;
+        assert_eq!(response.status(), 404, "{action}");
+        let html = response.text().await.expect("html");
+        assert!(
+            html.contains("data-code=\"tenant-removed\""),
+            "{action}: {html}"
+        );
+    }
+    let refreshes: i64 = sqlx::query_scalar("SELECT count(*) FROM balance_refreshes")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(refreshes, 0, "no refresh started for a removed tenant");
+    assert_eq!(
+        sync_runs(&app).await,
+        0,
+        "no sync started for a removed tenant"
+    );
+}
+
+#[tokio::test]
+async fn the_pages_origin_is_the_host_served_or_configured_never_a_clients_forwarded_host() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&app, Role::Admin).await;
+    let path = "/admin/tenants/acme/refresh";
+    // A client naming its own origin in X-Forwarded-Host does not make it ours.
+    let forged = [
+        ("x-forwarded-host", "evil.example"),
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let response = post(&app.address, path, &cookie, &csrf, &forged).await;
+    assert_eq!(response.status(), 403);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("data-code=\"cross-site-request\""), "{html}");
+    // The Host it was sent to is the origin, whatever is forwarded.
+    let own = [
+        ("x-forwarded-host", "evil.example"),
+        ("origin", app.address.as_str()),
+    ];
+    assert_eq!(
+        post(&app.address, path, &cookie, &csrf, &own)
+            .await
+            .status(),
+        303
+    );
+
+    // Configured, only server.public_url is the origin.
+    let configured = spawn_app_with(|settings| {
+        settings.server.public_url = Some("https://tally.example.com".into());
+    })
+    .await;
+    configured.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&configured, Role::Admin).await;
+    let response = post(
+        &configured.address,
+        path,
+        &cookie,
+        &csrf,
+        &sent_from("https://tally.example.com"),
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    let response = post(
+        &configured.address,
+        path,
+        &cookie,
+        &csrf,
+        &sent_from(&configured.address),
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+
+    // Behind a proxy trusted to say it, the forwarded origin counts.
+    let proxied = spawn_app_with(|settings| settings.server.trust_forwarded_headers = true).await;
+    proxied.add_tenant("acme").await;
+    let (cookie, csrf) = signed_in(&proxied, Role::Admin).await;
+    let forwarded = [
+        ("x-forwarded-host", "tally.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("origin", "https://tally.example.com"),
+    ];
+    assert_eq!(
+        post(&proxied.address, path, &cookie, &csrf, &forwarded)
+            .await
+            .status(),
+        303
+    );
+}
+
+/// The headers a browser sends with a form posted from a page of `origin`.
+fn sent_from(origin: &str) -> [(&str, &str); 2] {
+    [("origin", origin), ("sec-fetch-site", "same-origin")]
 }

@@ -545,3 +545,89 @@ async fn a_failure_reads_the_same_in_the_aggregate_the_account_and_its_history()
     }
     assert_eq!(one["failure"]["lastGoodAt"], aggregate["lastGoodAt"]);
 }
+
+#[tokio::test]
+async fn csv_text_cells_never_start_a_formula_and_amounts_stay_plain_numbers() {
+    let app = spawn_app().await;
+    let tenant = app.add_tenant("acme").await;
+    let formula = "=HYPERLINK(\"http://evil.example\",\"open\")";
+    app.store_accounts(
+        tenant,
+        &[
+            crate::helpers::account_object("acct_1Csv", 2, Some(formula)),
+            crate::helpers::account_object("acct_1Unread", 1, Some("+1-555-0100")),
+        ],
+    )
+    .await;
+    let balance = serde_json::json!({
+        "object": "balance", "livemode": false,
+        "available": [{"amount": -40161, "currency": "usd"}],
+        "pending": [{"amount": 0, "currency": "usd"}],
+    });
+    let parsed: tally::stripe::Balance =
+        serde_json::from_value(balance.clone()).expect("a balance");
+    let totals = tally::money::Totals::from_balance(&parsed).expect("summed");
+    let mut conn = app.pool.acquire().await.expect("connection");
+    tally::store::snapshots::record(
+        &mut conn,
+        tenant,
+        "acct_1Csv",
+        chrono::Utc::now(),
+        "fetch",
+        tally::store::snapshots::SnapshotOutcome::Balance {
+            raw: &balance,
+            totals: &totals,
+        },
+    )
+    .await
+    .expect("stored");
+    drop(conn);
+    let token = app.token(Role::Reader, Some("acme")).await;
+
+    let response = app
+        .client
+        .get(format!("{}{BALANCES}", app.address))
+        .bearer_auth(&token)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let rows: BTreeMap<String, BTreeMap<String, String>> = reader
+        .deserialize::<BTreeMap<String, String>>()
+        .map(|row| row.expect("a CSV row"))
+        .map(|row| (row["stripeid"].clone(), row))
+        .collect();
+    let read = &rows["acct_1Csv"];
+    assert_eq!(read["accountid"], format!("'{formula}"), "{text}");
+    assert_eq!(read["available"], "-40161", "amounts stay numbers: {text}");
+    assert_eq!(read["pending"], "0");
+    assert_eq!(rows["acct_1Unread"]["accountid"], "'+1-555-0100", "{text}");
+    // No cell anywhere starts a formula.
+    for row in rows.values() {
+        for (column, cell) in row {
+            let amount = [
+                "available",
+                "pending",
+                "connect_reserved",
+                "instant_available",
+            ]
+            .contains(&column.as_str());
+            assert!(
+                amount || !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{column}: {cell:?}"
+            );
+        }
+    }
+    // The JSON keeps the owner id as Stripe gave it.
+    let (_, records) = app
+        .get_json("/api/administrator/connect/stripe-accounts", &token)
+        .await;
+    assert!(records
+        .as_array()
+        .expect("records")
+        .iter()
+        .any(|record| record["accountid"] == formula));
+}

@@ -225,3 +225,80 @@ async fn a_sync_page_read_before_a_webhook_does_not_roll_it_back() {
     sync_ok(&scene.app, &scene.tenant).await;
     assert_ne!(scene.owner().await.as_deref(), Some("owner_from_webhook"));
 }
+
+/// No time stored about the account lies in the future: when what last wrote the
+/// record was observed, and its snapshots' fetch times.
+async fn assert_nothing_in_the_future(scene: &Scene) {
+    let times = stored_times(scene).await;
+    let now = chrono::Utc::now();
+    assert!(times.iter().all(|at| *at <= now), "{times:?} after {now}");
+}
+
+async fn stored_times(scene: &Scene) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let (pool, tenant_id, account) = (&scene.app.pool, scene.tenant.id, &scene.account);
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT observed_at FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2
+         UNION ALL SELECT fetched_at FROM balance_snapshots WHERE tenant_id = $1 AND stripeid = $2
+         UNION ALL SELECT fetched_at FROM latest_balances WHERE tenant_id = $1 AND stripeid = $2",
+    )
+    .bind(tenant_id)
+    .bind(account)
+    .fetch_all(pool)
+    .await
+    .expect("times");
+    times.sort();
+    times
+}
+
+#[tokio::test]
+async fn an_event_from_the_future_is_placed_at_its_arrival_and_freezes_nothing() {
+    let scene = Scene::new(3, 0).await;
+    let year_ahead = now() + 365 * 24 * 3600;
+
+    // An account.updated a year ahead applies, as of its arrival.
+    assert_eq!(
+        scene.update("evt_future", year_ahead, "owner_future").await,
+        answered("applied")
+    );
+    assert_nothing_in_the_future(&scene).await;
+    // Later events and syncs still apply: nothing waits for that year to pass.
+    assert_eq!(
+        scene.update("evt_now", now(), "owner_now").await,
+        answered("applied")
+    );
+    assert_eq!(scene.owner().await.as_deref(), Some("owner_now"));
+    let synced = sync_ok(&scene.app, &scene.tenant).await;
+    assert_eq!(synced.run.updated, 1, "the sync reads Stripe afresh");
+    assert_ne!(scene.owner().await.as_deref(), Some("owner_now"));
+
+    // A balance.available a year ahead is stored as fetched at its arrival: it is no
+    // fresher than that, and what comes later replaces it.
+    let mut forged = scene.sim.balance_of(&scene.account).expect("balance");
+    forged["available"][0]["amount"] = json!(777_777);
+    let kind = "balance.available";
+    assert_eq!(
+        scene
+            .deliver("evt_bal_future", kind, year_ahead, forged.clone())
+            .await,
+        answered("applied")
+    );
+    assert_nothing_in_the_future(&scene).await;
+    // Stripe's `created` has whole seconds: one created in a later second than the
+    // arrival above is newer. (The refresher may have read the account since, after
+    // the account.updated above marked it changed: then that read replaced it.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut newer = forged.clone();
+    newer["available"][0]["amount"] = json!(4242);
+    let (status, _) = scene.deliver("evt_bal_now", kind, now(), newer).await;
+    assert_eq!(status, 200);
+    let latest = store::snapshots::latest(&scene.app.pool, scene.tenant.id, &scene.account)
+        .await
+        .expect("query")
+        .expect("a snapshot");
+    assert_ne!(
+        latest.balance,
+        Some(forged),
+        "the balance from the future still stands"
+    );
+    assert!(latest.fetched_at <= chrono::Utc::now());
+}

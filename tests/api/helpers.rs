@@ -512,3 +512,52 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
         self.clone()
     }
 }
+
+impl TestApp {
+    /// The server's socket address (`127.0.0.1:port`), for raw connections.
+    pub fn socket_address(&self) -> std::net::SocketAddr {
+        self.address
+            .strip_prefix("http://")
+            .expect("an http address")
+            .parse()
+            .expect("a socket address")
+    }
+
+    /// Sends `request` as raw bytes on a new connection and reads until the server
+    /// closes it (at most 20 s): what a client that builds its own requests sees.
+    pub async fn raw_exchange(&self, request: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.socket_address())
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("request written");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "the server kept the connection open");
+        answer
+    }
+}
+
+/// A raw HTTP/1.1 answer's status, headers (names lowercased) and body.
+pub fn parse_raw_answer(answer: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(answer)));
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, answer[end + 4..].to_vec())
+}

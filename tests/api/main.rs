@@ -9,6 +9,7 @@ mod browser;
 mod changes;
 mod cli;
 mod close;
+mod connections;
 mod cursor;
 mod doctor;
 mod errors;

@@ -1317,7 +1317,19 @@ async fn real_answers_match_the_document() {
 const NEVER_ANSWERED_TODAY: [&str; 1] = ["invalid-query"];
 
 /// Error codes only a fault answers, and the test that injects it and checks the answer.
-const REACHED_ELSEWHERE: [(&str, &str); 5] = [
+const REACHED_ELSEWHERE: [(&str, &str); 8] = [
+    (
+        "invalid-request",
+        "errors::requests_the_http_layer_cannot_read_answer_with_the_error_body",
+    ),
+    (
+        "uri-too-long",
+        "errors::requests_the_http_layer_cannot_read_answer_with_the_error_body",
+    ),
+    (
+        "headers-too-large",
+        "errors::requests_the_http_layer_cannot_read_answer_with_the_error_body",
+    ),
     (
         "database-unavailable",
         "health::readyz_fails_while_the_database_is_unreachable",

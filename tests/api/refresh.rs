@@ -1270,3 +1270,46 @@ async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_
             .expect("rate");
     assert_eq!(tenant_rate, 100, "the tenant's rate is untouched");
 }
+
+#[tokio::test]
+async fn a_persons_refresh_stays_theirs_when_polls_join_it() {
+    // Nothing fetches here: the refresh stays running while polls join it.
+    let app = spawn_app_with(api_only).await;
+    let tenant = app.add_tenant("acme").await;
+    app.store_accounts(
+        tenant,
+        &[crate::helpers::account_object("acct_1Trig", 1, None)],
+    )
+    .await;
+    let admin = app.token(Role::Admin, Some("acme")).await;
+    let reader = app.token(Role::Reader, Some("acme")).await;
+    let started = app
+        .client
+        .post(format!("{}{REFRESHES}", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(started.status(), 202);
+    let refresh: Value = started.json().await.expect("json");
+    assert_eq!(refresh["trigger"], "person");
+    let id = refresh["id"].as_str().expect("id").to_owned();
+
+    for _ in 0..2 {
+        let response = app
+            .get(&format!("{BALANCES}?max_age=0&wait=0"), &reader)
+            .await;
+        assert_eq!(response.status(), 202);
+        let location = response.headers()["location"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            location.ends_with(&id),
+            "the poll joined the person's refresh: {location}"
+        );
+    }
+    let (status, body) = app.get_json(&format!("{REFRESHES}/{id}"), &reader).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["trigger"], "person", "{body}");
+}

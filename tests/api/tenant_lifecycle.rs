@@ -1285,3 +1285,126 @@ async fn only_owners_read_the_audit_log() {
     let (status, _) = app.get_json(AUDIT, "tly_nonsense").await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn removing_a_tenant_ends_its_running_work_and_nothing_starts_for_it_after() {
+    let app = spawn_app_with(api_only).await;
+    let acme = app.add_tenant("acme").await;
+    app.store_accounts(
+        acme,
+        &[crate::helpers::account_object("acct_1Rm", 1, Some("o"))],
+    )
+    .await;
+    // What a request read before the removal, and still holds after it.
+    let stale = store::tenants::find_by_id(&app.pool, acme)
+        .await
+        .expect("query")
+        .expect("tenant");
+    let scope = store::refreshes::RefreshScope::Tenant;
+    let cutoff = chrono::Utc::now();
+    let (running, _) =
+        store::refreshes::start_or_join(&app.pool, acme, &scope, cutoff, "person", 1)
+            .await
+            .expect("query")
+            .expect("started");
+    let options = tally::sync::SyncOptions::from_settings(&app.settings);
+    let sync = match tally::sync::claim(&app.pool, acme, &options)
+        .await
+        .expect("claim")
+    {
+        store::sync_runs::Claim::Started(run) => run,
+        other => panic!("{other:?}"),
+    };
+
+    tenant::remove(&app.pool, "acme", false, false, &Actor::cli())
+        .await
+        .expect("removed");
+
+    // What was running ends, saying why, instead of staying `running` for good.
+    let refresh = store::refreshes::get(&app.pool, acme, running.id)
+        .await
+        .expect("query")
+        .expect("the refresh");
+    assert_eq!(refresh.status, "failed");
+    assert!(
+        refresh
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("removed")),
+        "{refresh:?}"
+    );
+    assert!(refresh.finished_at.is_some());
+    let run = store::sync_runs::get(&app.pool, acme, sync.id)
+        .await
+        .expect("query")
+        .expect("the run");
+    assert_eq!(run.status, "failed");
+    assert!(
+        run.error.as_deref().is_some_and(|e| e.contains("removed")),
+        "{run:?}"
+    );
+
+    // Nothing starts for it, however it is asked: the store, the use cases (with the
+    // tenant as read before the removal), the API.
+    assert!(
+        store::refreshes::start_or_join(&app.pool, acme, &scope, cutoff, "poll", 1)
+            .await
+            .expect("query")
+            .is_none()
+    );
+    assert!(matches!(
+        tally::sync::claim(&app.pool, acme, &options).await,
+        Err(tally::sync::SyncError::TenantRemoved)
+    ));
+    let balances = tally::balances::Balances {
+        pool: app.pool.clone(),
+        stripe: Arc::new(stripe_for(&app)),
+        refresher: None,
+        interval: Duration::from_secs(300),
+        max_silence: Duration::from_secs(300),
+    };
+    let started = balances
+        .start_refresh(&stale, scope.clone(), Duration::ZERO, &Actor::cli())
+        .await;
+    assert!(
+        matches!(started, Err(tally::balances::BalanceError::TenantRemoved)),
+        "{started:?}"
+    );
+    let fresh = tally::balances::Fresh {
+        max_age: Duration::ZERO,
+        wait: Duration::ZERO,
+    };
+    let polled = balances.aggregate(&stale, None, None, Some(fresh)).await;
+    assert!(
+        matches!(polled, Err(tally::balances::BalanceError::TenantRemoved)),
+        "{polled:?}"
+    );
+    let owner = app.token(Role::Owner, None).await;
+    for path in [
+        format!("{REFRESHES}?tenant=acme"),
+        "/api/administrator/connect/sync?tenant=acme".to_owned(),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("tenant-removed")),
+            "{path}"
+        );
+    }
+    let running: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM balance_refreshes WHERE status = 'running')
+              + (SELECT count(*) FROM sync_runs WHERE status = 'running')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(running, 0);
+}

@@ -266,3 +266,64 @@ async fn the_token_list_pages_by_link_in_the_order_tokens_were_made() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_removed_tenant_gets_no_token_and_its_tokens_are_not_listed() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let owner = app.token(Role::Owner, None).await;
+    let (status, _) = post_token(&app, &owner, json!({"role": "reader", "tenant": "acme"})).await;
+    assert_eq!(status, 201);
+    tally::commands::tenant::remove(&app.pool, "acme", false, false, &tally::audit::Actor::cli())
+        .await
+        .expect("removed");
+
+    // As every API route answers an owner naming a removed tenant.
+    let (status, body) = post_token(&app, &owner, json!({"role": "admin", "tenant": "acme"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("tenant-removed")),
+        "{body}"
+    );
+    let (status, body) = app.get_json(&format!("{TOKENS}?tenant=acme"), &owner).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("tenant-removed")),
+        "{body}"
+    );
+    let made: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE tenant_id IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(made, 1, "no token was made for the removed tenant");
+}
+
+#[tokio::test]
+async fn a_nul_or_malformed_tenant_is_400_invalid_tenant_never_a_500() {
+    let app = spawn_app().await;
+    app.add_tenant("acme").await;
+    let owner = app.token(Role::Owner, None).await;
+    for query in [
+        "tenant=%00",
+        "tenant=acme%00",
+        "tenant=ACME",
+        "tenant=a%20b",
+    ] {
+        let (status, body) = app.get_json(&format!("{TOKENS}?{query}"), &owner).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid-tenant")),
+            "{query}: {body}"
+        );
+    }
+    for tenant in ["\u{0}", "acme\u{0}", "Acme"] {
+        let (status, body) =
+            post_token(&app, &owner, json!({"role": "reader", "tenant": tenant})).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid-tenant")),
+            "{tenant:?}: {body}"
+        );
+    }
+}

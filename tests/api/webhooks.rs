@@ -394,3 +394,73 @@ async fn a_webhook_for_one_tenant_never_touches_another() {
         .is_empty());
     assert_eq!(processed_events(&app, globex.id).await, 0);
 }
+
+#[tokio::test]
+async fn a_balance_too_large_to_sum_is_kept_as_a_failed_try_and_answered_200() {
+    let app = spawn_app().await;
+    let sim = spawn_sim(1, 5, 0).await;
+    let tenant = synced_org(&app, &sim, "acme", SECRET).await;
+    let accounts = sim.keys().platforms[0].accounts.clone();
+    let huge = |entries: usize| {
+        json!({
+            "object": "balance", "livemode": false, "pending": [],
+            "available": vec![json!({"amount": i64::MAX, "currency": "usd"}); entries],
+        })
+    };
+    // Two accounts at 2^63-1 each: the tenant's total cannot hold both; one account
+    // whose own entries overflow.
+    let sent = [
+        ("evt_huge_1", &accounts[0], huge(1)),
+        ("evt_huge_2", &accounts[1], huge(1)),
+        ("evt_huge_3", &accounts[2], huge(2)),
+    ];
+    for (id, account, balance) in &sent {
+        let (status, body) = post_event(
+            &app,
+            "acme",
+            SECRET,
+            &event(id, "balance.available", account, balance.clone()),
+            now(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["outcome"].as_str()),
+            (200, Some("applied")),
+            "{id}: {body}"
+        );
+    }
+    let mut overflowed = 0;
+    for (_, account, _) in &sent {
+        let latest = store::snapshots::latest(&app.pool, tenant.id, account)
+            .await
+            .expect("query")
+            .expect("a snapshot");
+        if let Some(error) = &latest.error {
+            assert_eq!(
+                error.0.code.as_deref(),
+                Some("amount-overflow"),
+                "{account}"
+            );
+            overflowed += 1;
+        }
+    }
+    assert_eq!(
+        overflowed, 2,
+        "the second 2^63-1 and the one that overflows alone"
+    );
+
+    // The aggregate answers, with the failures saying why.
+    let reader = app.token(tally::domain::Role::Reader, Some("acme")).await;
+    let (status, body) = app
+        .get_json("/api/administrator/connect/balances", &reader)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let overflowing = body["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .filter(|failure| failure["code"] == "amount-overflow")
+        .count();
+    assert_eq!(overflowing, 2, "{body}");
+    assert_eq!(body["totals"][0]["available"], i64::MAX, "{body}");
+}

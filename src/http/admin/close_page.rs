@@ -43,6 +43,7 @@ pub async fn close_page(
             Ok(day) => Some(day),
             Err(ReportError::NotReady { .. }) => None,
             Err(ReportError::Database(error)) => return Err(error.into()),
+            Err(ReportError::Csv(_)) => None,
         },
         None => None,
     };

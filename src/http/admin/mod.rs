@@ -62,6 +62,8 @@ pub enum AdminError {
         secure: bool,
     },
     UnknownTenant,
+    /// The tenant was removed (`tally tenant remove`): 404 `tenant-removed`, as the API.
+    TenantRemoved,
     /// Signed in, but the role may not do this (a reader posting).
     Forbidden,
     /// A form posted from another origin.
@@ -128,6 +130,13 @@ impl IntoResponse for AdminError {
                 "invalid-tenant",
                 "No such tenant",
                 "There is no tenant by that name that you can see.".to_owned(),
+                back_home(),
+            ),
+            AdminError::TenantRemoved => (
+                StatusCode::NOT_FOUND,
+                "tenant-removed",
+                "Tenant removed",
+                "That tenant was removed (tally tenant remove): its data is kept but not shown, and nothing can be synced or refreshed for it.".to_owned(),
                 back_home(),
             ),
             AdminError::Forbidden => (
@@ -221,6 +230,9 @@ async fn login(
         }
         Err(ApiError::TokenRefused { code: "token-expired", .. }) => {
             return Ok(refused("That token has expired. Ask an owner for a new one (tally token create)."))
+        }
+        Err(ApiError::TokenRefused { code: "tenant-removed", .. }) => {
+            return Ok(refused("That token's tenant was removed, so its tokens no longer work."))
         }
         Err(ApiError::Unauthorized(_)) => {
             return Ok(refused("That is not a token this server knows. Check that you pasted all of it (it starts with tly_)."))

@@ -9,7 +9,9 @@
 //!
 //! A form that changes something carries a per-session CSRF token (derived from the
 //! session id, so nothing more is stored), and its request must come from the page's
-//! own origin (`Sec-Fetch-Site: same-origin`, `Origin` equal to the request's own).
+//! own origin (`Sec-Fetch-Site: same-origin`, `Origin` equal to the pages' own: the
+//! configured `server.public_url`, else the `Host` the request was sent to; a proxy's
+//! `X-Forwarded-Host`/`-Proto` count only with `server.trust_forwarded_headers`).
 
 use std::time::Duration;
 
@@ -187,21 +189,57 @@ impl FromRequestParts<AppState> for AdminSession {
 /// forgery; it still needs the session's CSRF token.)
 pub struct SameOrigin;
 
-fn own_origin(parts: &Parts) -> Option<String> {
-    let host = parts
-        .headers
-        .get("x-forwarded-host")
-        .or_else(|| parts.headers.get(header::HOST))
-        .and_then(|v| v.to_str().ok())?;
-    let scheme = if came_over_tls(parts) {
-        "https"
-    } else {
-        "http"
-    };
-    Some(format!("{scheme}://{}", host.split(',').next()?.trim()))
+/// How the admin pages know their own origin.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// `server.public_url`'s origin: when set, the only one.
+    pub public_origin: Option<String>,
+    /// `server.trust_forwarded_headers`: a proxy's `X-Forwarded-Host` and
+    /// `X-Forwarded-Proto` say it. Without it they are a client's word, and ignored.
+    pub trust_forwarded: bool,
 }
 
-pub fn check_same_origin(parts: &Parts) -> Result<(), AdminError> {
+impl OriginPolicy {
+    pub fn from_settings(settings: &crate::config::Settings) -> OriginPolicy {
+        OriginPolicy {
+            public_origin: settings.public_origin(),
+            trust_forwarded: settings.server.trust_forwarded_headers,
+        }
+    }
+
+    /// The pages' own origin: configured; else what a trusted proxy forwards; else the
+    /// `Host` this request was sent to, over plain HTTP (tally does not terminate TLS).
+    fn own_origin(&self, parts: &Parts) -> Option<String> {
+        if let Some(origin) = &self.public_origin {
+            return Some(origin.clone());
+        }
+        let first = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let forwarded = |name: &str| {
+            if self.trust_forwarded {
+                first(name)
+            } else {
+                None
+            }
+        };
+        let host = forwarded("x-forwarded-host").or_else(|| first(header::HOST.as_str()))?;
+        let scheme = match forwarded("x-forwarded-proto") {
+            Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+            _ if parts.uri.scheme_str() == Some("https") => "https",
+            _ => "http",
+        };
+        Some(format!("{scheme}://{host}"))
+    }
+}
+
+pub fn check_same_origin(parts: &Parts, policy: &OriginPolicy) -> Result<(), AdminError> {
     if let Some(site) = parts.headers.get("sec-fetch-site") {
         if site.as_bytes() != b"same-origin" {
             return Err(AdminError::CrossSite);
@@ -209,7 +247,7 @@ pub fn check_same_origin(parts: &Parts) -> Result<(), AdminError> {
     }
     if let Some(origin) = parts.headers.get(header::ORIGIN) {
         let origin = origin.to_str().map_err(|_| AdminError::CrossSite)?;
-        match own_origin(parts) {
+        match policy.own_origin(parts) {
             Some(own) if own.eq_ignore_ascii_case(origin) => {}
             _ => return Err(AdminError::CrossSite),
         }
@@ -220,8 +258,8 @@ pub fn check_same_origin(parts: &Parts) -> Result<(), AdminError> {
 impl FromRequestParts<AppState> for SameOrigin {
     type Rejection = AdminError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, AdminError> {
-        check_same_origin(parts)?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
+        check_same_origin(parts, &OriginPolicy::from_settings(&state.settings))?;
         Ok(SameOrigin)
     }
 }
@@ -250,6 +288,10 @@ impl FromRequestParts<AppState> for TenantPage {
         let tenant = store::tenants::find_by_slug(&state.pool, &slug)
             .await?
             .ok_or(AdminError::UnknownTenant)?;
+        // As the API answers an owner naming it: shown nowhere, and nothing starts for it.
+        if tenant.disabled_at.is_some() {
+            return Err(AdminError::TenantRemoved);
+        }
         Ok(TenantPage { session, tenant })
     }
 }
@@ -304,7 +346,7 @@ where
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, AdminError> {
         let (mut parts, body) = request.into_parts();
-        check_same_origin(&parts)?;
+        check_same_origin(&parts, &OriginPolicy::from_settings(&state.settings))?;
         let caller = T::from_request_parts(&mut parts, state).await?;
         let presented = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state)
             .await
@@ -330,6 +372,7 @@ mod tests {
 
     #[test]
     fn only_the_pages_own_origin_may_post() {
+        let check_same_origin = |parts: &Parts| check_same_origin(parts, &OriginPolicy::default());
         let host = ("host", "127.0.0.1:8080");
         assert!(check_same_origin(&parts(&[host])).is_ok());
         assert!(check_same_origin(&parts(&[
@@ -351,13 +394,52 @@ mod tests {
                 "{bad:?}"
             );
         }
-        // Behind a TLS proxy, the origin is https.
-        assert!(check_same_origin(&parts(&[
+    }
+
+    #[test]
+    fn the_origin_is_configured_or_the_host_and_forwarded_headers_count_only_when_trusted() {
+        let host = ("host", "127.0.0.1:8080");
+        let forged = [
             host,
+            ("x-forwarded-host", "evil.example"),
             ("x-forwarded-proto", "https"),
-            ("origin", "https://127.0.0.1:8080")
-        ]))
-        .is_ok());
+            ("origin", "https://evil.example"),
+        ];
+        let untrusted = OriginPolicy::default();
+        assert!(matches!(
+            check_same_origin(&parts(&forged), &untrusted),
+            Err(AdminError::CrossSite)
+        ));
+        // The Host it was sent to stays the origin whatever a client forwards.
+        let own = [
+            host,
+            ("x-forwarded-host", "evil.example"),
+            ("origin", "http://127.0.0.1:8080"),
+        ];
+        assert!(check_same_origin(&parts(&own), &untrusted).is_ok());
+        // Behind a trusted TLS proxy, the proxy says it.
+        let trusted = OriginPolicy {
+            trust_forwarded: true,
+            ..OriginPolicy::default()
+        };
+        let proxied = [
+            host,
+            ("x-forwarded-host", "tally.example.com"),
+            ("x-forwarded-proto", "https"),
+            ("origin", "https://tally.example.com"),
+        ];
+        assert!(check_same_origin(&parts(&proxied), &trusted).is_ok());
+        assert!(check_same_origin(&parts(&proxied), &untrusted).is_err());
+        // Configured, it is the only one.
+        let configured = OriginPolicy {
+            public_origin: Some("https://tally.example.com".into()),
+            trust_forwarded: true,
+        };
+        assert!(check_same_origin(&parts(&proxied), &configured).is_ok());
+        assert!(matches!(
+            check_same_origin(&parts(&own), &configured),
+            Err(AdminError::CrossSite)
+        ));
     }
 
     #[test]
