@@ -97,92 +97,104 @@ pub async fn bring_up_to_date(
             .collect();
 
     // Late transactions: recompute from the earliest day they touched, for all
-    // accounts (the openings chain), and say so for days already closed.
-    let reopens = store::closes::reopens(pool, tenant.id).await?;
-    let reopen_from = reopens.iter().map(|r| r.from_day).min();
+    // accounts (the openings chain), and say so for days already closed. The marks
+    // read here are a hint; each day takes them in its own transaction.
+    let reopen_from = store::closes::reopens(pool, tenant.id)
+        .await?
+        .iter()
+        .map(|r| r.from_day)
+        .min();
     // Closed days whose unverified accounts a newer balance may check now.
     let verifiable = store::closes::verifiable_days(pool, tenant.id).await?;
     let mut next = Some(first);
     while let Some(day) = next.filter(|day| *day <= last) {
         next = day.succ_opt();
         let existing = known.get(&day);
-        let reopening = reopen_from.is_some_and(|from| day >= from) && existing.is_some();
         let settled = existing.is_some_and(|d| d.closed_at.is_some());
-        if settled && !reopening && !verifiable.contains(&day) {
+        let task = DayTask {
+            day,
+            last,
+            clock,
+            reopening: reopen_from.is_some_and(|from| day >= from) && existing.is_some(),
+            settled,
+            recheck: verifiable.contains(&day),
+            seen: existing.map(|d| d.computed_at),
+        };
+        if settled && !task.reopening && !task.recheck {
             continue;
         }
-        let was_closed = settled && reopening;
-        let seen = existing.map(|d| d.computed_at);
-        match compute_day(pool, tenant, day, clock, rules, was_closed, seen).await {
-            Ok(Some(closed)) => {
-                pass.computed.push(day);
-                if closed && !settled {
-                    pass.closed.push(day);
-                }
-                if was_closed {
-                    pass.reopened.push(day);
-                    record_reopen(pool, tenant, day, &reopens).await?;
-                }
+        // `None`: another server is on it, or did it.
+        if let Some(done) = compute_day(pool, tenant, rules, &task).await? {
+            pass.computed.push(day);
+            if done.closed && !settled {
+                pass.closed.push(day);
             }
-            Ok(None) => {} // another server is on it
-            Err(error) => return Err(error),
+            if done.reopened {
+                pass.reopened.push(day);
+            }
         }
-    }
-    if !reopens.is_empty() {
-        store::closes::clear_reopens(pool, tenant.id, &reopens).await?;
     }
     Ok(pass)
 }
 
-async fn record_reopen(
-    pool: &PgPool,
-    tenant: &Tenant,
+/// One day to compute, and what the pass knew of it.
+struct DayTask {
     day: NaiveDate,
-    reopens: &[store::closes::Reopen],
-) -> Result<(), sqlx::Error> {
-    let accounts: Vec<&str> = reopens
-        .iter()
-        .filter(|r| r.from_day <= day)
-        .map(|r| r.stripeid.as_str())
-        .collect();
-    let transactions: i64 = reopens
-        .iter()
-        .filter(|r| r.from_day <= day)
-        .map(|r| i64::from(r.transactions))
-        .sum();
-    tracing::info!(tenant = %tenant.slug, %day, accounts = accounts.len(), transactions, "a late transaction reopened a closed day");
-    crate::audit::record_system(
-        pool,
-        "close.reopen",
-        &tenant.slug,
-        &serde_json::json!({
-            "date": day,
-            "accounts": accounts,
-            "lateTransactions": transactions,
-        }),
-    )
-    .await
+    /// The last day Stripe's clock has passed the end of.
+    last: NaiveDate,
+    clock: DateTime<Utc>,
+    /// Late transactions may have reached it.
+    reopening: bool,
+    /// It was closed when the pass looked.
+    settled: bool,
+    /// Unverified accounts of it may be checked now.
+    recheck: bool,
+    /// Its `computed_at` when the pass looked.
+    seen: Option<DateTime<Utc>>,
+}
+
+struct DayDone {
+    closed: bool,
+    reopened: bool,
+}
+
+/// The audit entry of a closed day that late transactions reopened.
+fn reopen_details(day: NaiveDate, taken: &[store::closes::Reopen]) -> serde_json::Value {
+    let accounts: Vec<&str> = taken.iter().map(|r| r.stripeid.as_str()).collect();
+    let transactions: i64 = taken.iter().map(|r| i64::from(r.transactions)).sum();
+    serde_json::json!({
+        "date": day,
+        "accounts": accounts,
+        "lateTransactions": transactions,
+    })
 }
 
 /// Computes one day for every account that can have it, in one transaction holding
-/// the day. `Some(closed)`: computed, and whether the day is now closed; `None`:
-/// another server holds it, or computed it after this pass saw it at `seen`.
+/// the day; takes the day's reopen marks in it and passes them on to the next day
+/// (whose opening moved too), so a crash between days loses nothing. `None`: another
+/// server holds the day, or did this work since the pass looked.
 async fn compute_day(
     pool: &PgPool,
     tenant: &Tenant,
-    day: NaiveDate,
-    clock: DateTime<Utc>,
     rules: CloseRules,
-    reopened: bool,
-    seen: Option<DateTime<Utc>>,
-) -> Result<Option<bool>, CloseError> {
+    task: &DayTask,
+) -> Result<Option<DayDone>, CloseError> {
+    let day = task.day;
     let zone = tenant.close_timezone.as_str();
     let mut tx = pool.begin().await?;
     let (start, end) = store::closes::day_bounds(&mut *tx, zone, day).await?;
     match store::closes::lock_day(&mut tx, tenant.id, day, zone, (start, end)).await? {
         None => return Ok(None),
-        Some(locked) if seen.is_some_and(|seen| locked.computed_at > seen) => return Ok(None),
+        Some(locked) if task.seen.is_some_and(|seen| locked.computed_at > seen) => return Ok(None),
         Some(_) => {}
+    }
+    let taken = if task.reopening {
+        store::closes::take_reopens(&mut tx, tenant.id, day).await?
+    } else {
+        Vec::new()
+    };
+    if task.settled && taken.is_empty() && !task.recheck {
+        return Ok(None); // the marks were taken by another server
     }
     // Openings: yesterday's closings, or for an account's first day its first balance
     // answered after the day's start, rolled back to it.
@@ -240,7 +252,8 @@ async fn compute_day(
     }
     let summary = summarize(&rows)?;
     store::closes::replace_day(&mut tx, tenant.id, day, None, &rows).await?;
-    let closed = clock >= end + rules.settle;
+    let closed = task.clock >= end + rules.settle;
+    let reopened = task.settled && !taken.is_empty();
     let summary = serde_json::to_value(&summary).unwrap_or_default();
     store::closes::mark_computed(
         &mut tx,
@@ -255,8 +268,21 @@ async fn compute_day(
         },
     )
     .await?;
+    if let (false, Some(next)) = (taken.is_empty(), day.succ_opt().filter(|d| *d <= task.last)) {
+        store::closes::put_back_reopens(&mut *tx, tenant.id, next, &taken).await?;
+    }
+    if reopened {
+        tracing::info!(tenant = %tenant.slug, %day, accounts = taken.len(), "a late transaction reopened a closed day");
+        crate::audit::record_system(
+            &mut *tx,
+            "close.reopen",
+            &tenant.slug,
+            &reopen_details(day, &taken),
+        )
+        .await?;
+    }
     tx.commit().await?;
-    Ok(Some(closed))
+    Ok(Some(DayDone { closed, reopened }))
 }
 
 /// Per account (of `only`, or every account with a ledger read): its balance at

@@ -405,21 +405,41 @@ pub async fn reopens(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<Vec<Reop
     .await
 }
 
-/// Forgets reopenings once their days are recomputed; one that moved since it was read
-/// (another late transaction arrived) stays for the next pass.
-pub async fn clear_reopens(
+/// Takes (deletes) the marks of late transactions created on or before `through`, in
+/// the caller's transaction, which recomputes the day.
+pub async fn take_reopens(
+    conn: &mut PgConnection,
+    tenant_id: i64,
+    through: NaiveDate,
+) -> Result<Vec<Reopen>, sqlx::Error> {
+    sqlx::query_as!(
+        Reopen,
+        r#"DELETE FROM close_reopens WHERE tenant_id = $1 AND from_day <= $2
+           RETURNING stripeid, from_day, transactions"#,
+        tenant_id,
+        through
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks `reopens`' accounts for recomputing from `from_day` (the day after one just
+/// recomputed: its opening moved).
+pub async fn put_back_reopens(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    done: &[Reopen],
+    from_day: NaiveDate,
+    reopens: &[Reopen],
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<String> = done.iter().map(|r| r.stripeid.clone()).collect();
-    let days: Vec<NaiveDate> = done.iter().map(|r| r.from_day).collect();
-    let counts: Vec<i32> = done.iter().map(|r| r.transactions).collect();
+    let ids: Vec<String> = reopens.iter().map(|r| r.stripeid.clone()).collect();
+    let days: Vec<NaiveDate> = reopens.iter().map(|_| from_day).collect();
+    let counts: Vec<i32> = reopens.iter().map(|r| r.transactions).collect();
     sqlx::query!(
-        r#"DELETE FROM close_reopens c
-           USING UNNEST($2::text[], $3::date[], $4::int[]) AS d(stripeid, from_day, transactions)
-           WHERE c.tenant_id = $1 AND c.stripeid = d.stripeid AND c.from_day = d.from_day
-             AND c.transactions = d.transactions"#,
+        r#"INSERT INTO close_reopens (tenant_id, stripeid, from_day, transactions)
+           SELECT $1, * FROM UNNEST($2::text[], $3::date[], $4::int[])
+           ON CONFLICT (tenant_id, stripeid) DO UPDATE
+           SET from_day = LEAST(close_reopens.from_day, EXCLUDED.from_day),
+               transactions = close_reopens.transactions + EXCLUDED.transactions"#,
         tenant_id,
         &ids,
         &days,

@@ -548,3 +548,182 @@ async fn a_balance_that_moved_without_a_transaction_is_a_difference_of_that_amou
         "the amount is shown"
     );
 }
+
+#[tokio::test]
+async fn a_backfill_run_twice_stores_every_transaction_once() {
+    let app = close_app().await;
+    let sim = ledger_sim(3, 2.0, 10_000.0).await;
+    let t = add_platform_tenant(&app, &sim, "acme", 0, None).await;
+    sync_ok(&app, &t).await;
+    // A simulated day and a half of activity.
+    run_clock(&sim, Duration::from_millis(13_000)).await;
+    let stripe = crate::sync::stripe_tenants(&app, 3).with_shared_budget(app.pool.clone());
+    let since = chrono::NaiveDate::from_ymd_opt(2026, 10, 10).expect("date");
+    let first = tally::commands::close::backfill(&app.pool, &stripe, &app.settings, "acme", since)
+        .await
+        .expect("backfill");
+    let again = tally::commands::close::backfill(&app.pool, &stripe, &app.settings, "acme", since)
+        .await
+        .expect("backfill again");
+    assert_eq!((first.accounts, first.failed), (3, 0));
+    assert!(first.stored > 30, "{first:?}");
+    assert_eq!(again.stored, 0, "nothing new the second time: {again:?}");
+    // Every transaction the simulator has for the accounts, once.
+    let (stored, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT id) FROM balance_transactions WHERE tenant_id = $1",
+    )
+    .bind(t.id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(stored, distinct);
+    let mut theirs = 0;
+    for account in &sim.keys().platforms[0].accounts {
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{}/v1/balance_transactions?limit=100&created[gte]={}",
+                sim.base_url(),
+                CLOCK_START - 30 * DAY
+            );
+            if let Some(id) = &after {
+                url.push_str(&format!("&starting_after={id}"));
+            }
+            let body: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(&sim.keys().platforms[0].key)
+                .header("Stripe-Account", account)
+                .send()
+                .await
+                .expect("list")
+                .json()
+                .await
+                .expect("JSON");
+            let data = body["data"].as_array().expect("data");
+            theirs += data.len() as i64;
+            if body["has_more"] != true {
+                break;
+            }
+            after = data
+                .last()
+                .and_then(|t| t["id"].as_str())
+                .map(str::to_owned);
+        }
+    }
+    assert_eq!(stored, theirs, "every transaction Stripe lists is stored");
+}
+
+#[tokio::test]
+async fn a_day_of_ten_thousand_accounts_streams_as_csv() {
+    use tally::money::{Activity, Split};
+    use tally::store::closes::{self, AccountDay, Computed, TieOut};
+    let app = close_app().await;
+    let tenant_id = app.add_tenant("big").await;
+    let ids: Vec<String> = (0..10_000).map(|i| format!("acct_1Big{i:08}")).collect();
+    sqlx::query(
+        "INSERT INTO stripe_accounts (tenant_id, stripeid, stripe_object, created_at)
+         SELECT $1, id, '{}'::jsonb, now() FROM UNNEST($2::text[]) id",
+    )
+    .bind(tenant_id)
+    .bind(&ids)
+    .execute(&app.pool)
+    .await
+    .expect("accounts");
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).expect("date");
+    let rows: Vec<AccountDay> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| AccountDay {
+            day,
+            stripeid: id.clone(),
+            currency: "usd".into(),
+            opening: Split {
+                available: i as i64,
+                pending: 0,
+            },
+            closing: Split {
+                available: i as i64 - 500,
+                pending: 10,
+            },
+            activity: [(
+                "charge".to_owned(),
+                Activity {
+                    count: 1,
+                    amount: -480,
+                    fee: 30,
+                    net: -510,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            transactions: 1,
+            tieout: if i % 1000 == 0 {
+                TieOut::Difference {
+                    snapshot_id: 1,
+                    stripe_at: chrono::Utc::now(),
+                    difference: Split {
+                        available: -7,
+                        pending: 0,
+                    },
+                }
+            } else {
+                TieOut::Unverified
+            },
+        })
+        .collect();
+    let mut tx = app.pool.begin().await.expect("tx");
+    let bounds = closes::day_bounds(&mut *tx, "UTC", day)
+        .await
+        .expect("bounds");
+    closes::lock_day(&mut tx, tenant_id, day, "UTC", bounds)
+        .await
+        .expect("lock")
+        .expect("free");
+    let summary =
+        serde_json::to_value(tally::close::compute::summarize(&rows).expect("sums")).expect("json");
+    closes::replace_day(&mut tx, tenant_id, day, None, &rows)
+        .await
+        .expect("rows");
+    closes::mark_computed(
+        &mut tx,
+        tenant_id,
+        day,
+        &Computed {
+            zone: "UTC",
+            bounds,
+            summary: &summary,
+            closed: true,
+            reopened: false,
+        },
+    )
+    .await
+    .expect("computed");
+    tx.commit().await.expect("commit");
+
+    let token = app.token(Role::Reader, Some("big")).await;
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/administrator/connect/balances/close?date={day}",
+            app.address
+        ))
+        .bearer_auth(&token)
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .expect("CSV");
+    assert_eq!(response.status(), 200);
+    // Streamed as it is read: no length known up front.
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    let text = response.text().await.expect("body");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 10_001, "a header and one row per account");
+    // Differences first, amounts as plain minor units (a negative stays a number).
+    assert!(lines[1].contains(",difference,-7,0,"), "{}", lines[1]);
+    assert!(lines[1].contains(",-500,10,-490,"), "{}", lines[1]);
+    assert!(lines[11].contains(",unverified,"), "{}", lines[11]);
+}
