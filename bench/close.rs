@@ -26,7 +26,6 @@ use tally::crypto::MasterKey;
 use tally::sim::SimConfig;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
-use tally::store::ledger::ListedAccount;
 
 const DAY_TARGET_MS: f64 = 200.0;
 const CSV_TARGET_S: f64 = 2.0;
@@ -332,11 +331,7 @@ async fn ingestion() {
         sim.set_clock_paused(true);
         let (mut requests, mut bound, mut stored, mut over) = (0u64, 0u64, 0u64, 0usize);
         for account in &listed {
-            let account = ListedAccount {
-                stripeid: account.stripeid.clone(),
-                platform_id: account.platform_id.clone(),
-            };
-            let read = ingest::read_new(&pool, &client, &tenant, &account, None, 7)
+            let read = ingest::read_new(&pool, &client, &tenant, account, None, 7)
                 .await
                 .expect("read");
             let target = read.listed.div_ceil(100) + 1;

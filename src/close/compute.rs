@@ -251,7 +251,7 @@ async fn compute_day(
         rows.extend(account_rows(day, stripeid, opening, &moves, checked)?);
     }
     let summary = summarize(&rows)?;
-    store::closes::replace_day(&mut tx, tenant.id, day, None, &rows).await?;
+    store::closes::replace_day(&mut tx, tenant.id, day, &rows).await?;
     let closed = task.clock >= end + rules.settle;
     let reopened = task.settled && !taken.is_empty();
     let summary = serde_json::to_value(&summary).unwrap_or_default();

@@ -11,7 +11,8 @@ use sqlx::PgPool;
 
 use super::CloseError;
 use crate::store;
-use crate::store::ledger::{ListedAccount, Transaction};
+use crate::store::ledger::Transaction;
+use crate::store::refreshes::Claimed;
 use crate::store::tenants::Tenant;
 use crate::stripe::{BalanceTransaction, CreatedRange, TenantClient};
 
@@ -40,7 +41,7 @@ pub async fn read_new(
     pool: &PgPool,
     client: &TenantClient,
     tenant: &Tenant,
-    account: &ListedAccount,
+    account: &Claimed,
     stripe_now: Option<DateTime<Utc>>,
     settlement_days: u32,
 ) -> Result<Read, CloseError> {
@@ -75,7 +76,7 @@ async fn read_range<F, Fut>(
     pool: &PgPool,
     client: &TenantClient,
     tenant: &Tenant,
-    account: &ListedAccount,
+    account: &Claimed,
     range: CreatedRange,
     mut after_page: F,
 ) -> Result<(Read, Option<DateTime<Utc>>), CloseError>
@@ -147,7 +148,7 @@ pub async fn backfill_account(
     pool: &PgPool,
     client: &TenantClient,
     tenant: &Tenant,
-    account: &ListedAccount,
+    account: &Claimed,
     since: DateTime<Utc>,
     settlement_days: u32,
 ) -> Result<Read, CloseError> {

@@ -24,7 +24,6 @@ use crate::config::Settings;
 use crate::fanout;
 use crate::freshness::FreshnessMode;
 use crate::store;
-use crate::store::ledger::ListedAccount;
 use crate::store::refreshes::{ClaimRequest, Refresh, RefreshScope};
 use crate::store::sync_runs::Claim;
 use crate::store::tenants::Tenant;
@@ -639,15 +638,11 @@ impl Inner {
         account: &store::refreshes::Claimed,
         stripe_at: Option<DateTime<Utc>>,
     ) {
-        let listed = ListedAccount {
-            stripeid: account.stripeid.clone(),
-            platform_id: account.platform_id.clone(),
-        };
         match close::ingest::read_new(
             &self.pool,
             client,
             tenant,
-            &listed,
+            account,
             stripe_at,
             self.options.close.settlement_days,
         )

@@ -260,20 +260,17 @@ impl From<AccountDayRow> for AccountDay {
     }
 }
 
-/// Replaces the day's rows of `accounts` (all of the day's rows when `None`) with `rows`.
+/// Replaces the day's rows with `rows`.
 pub async fn replace_day(
     conn: &mut PgConnection,
     tenant_id: i64,
     day: NaiveDate,
-    accounts: Option<&[String]>,
     rows: &[AccountDay],
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"DELETE FROM account_closes WHERE tenant_id = $1 AND day = $2
-           AND ($3::text[] IS NULL OR stripeid = ANY($3))"#,
+        "DELETE FROM account_closes WHERE tenant_id = $1 AND day = $2",
         tenant_id,
-        day,
-        accounts as Option<&[String]>
+        day
     )
     .execute(&mut *conn)
     .await?;

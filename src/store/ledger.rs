@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
+use super::refreshes::Claimed;
+
 /// One balance transaction as kept: Stripe's fields, amounts in minor units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
@@ -341,36 +343,13 @@ pub async fn nearest(
     .await
 }
 
-/// How many transactions an account has stored (for `tally close backfill`'s report).
-pub async fn count(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    stripeid: Option<&str>,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM balance_transactions
-           WHERE tenant_id = $1 AND ($2::text IS NULL OR stripeid = $2)"#,
-        tenant_id,
-        stripeid
-    )
-    .fetch_one(db)
-    .await
-}
-
-/// A listed account and the platform that controls it (for an organization key).
-#[derive(Debug, Clone)]
-pub struct ListedAccount {
-    pub stripeid: String,
-    pub platform_id: Option<String>,
-}
-
 /// The tenant's listed accounts, by id (a backfill walks them in this order).
 pub async fn listed_accounts(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-) -> Result<Vec<ListedAccount>, sqlx::Error> {
+) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
-        ListedAccount,
+        Claimed,
         r#"SELECT stripeid, platform_id FROM stripe_accounts
            WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY stripeid"#,
         tenant_id

@@ -105,7 +105,8 @@ pub async fn other_live_workers(
 
 // ---- leases -----------------------------------------------------------------
 
-/// An account claimed for one fetch.
+/// An account and the platform that controls it: claimed for one fetch, or listed
+/// for reading its ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub stripeid: String,

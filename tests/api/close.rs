@@ -176,6 +176,41 @@ async fn day_of(app: &TestApp, token: &str, date: &str) -> (u16, Value) {
     .await
 }
 
+/// Stores `rows` as a closed UTC day, as the closer stores one (for tests about the
+/// answers rather than the ledger).
+pub async fn store_closed_day(
+    app: &TestApp,
+    tenant_id: i64,
+    day: chrono::NaiveDate,
+    rows: &[tally::store::closes::AccountDay],
+) {
+    use tally::store::closes::{self, Computed};
+    let mut tx = app.pool.begin().await.expect("transaction");
+    let bounds = closes::day_bounds(&mut *tx, "UTC", day)
+        .await
+        .expect("bounds");
+    closes::lock_day(&mut tx, tenant_id, day, "UTC", bounds)
+        .await
+        .expect("lock")
+        .expect("free");
+    let summary =
+        serde_json::to_value(tally::close::compute::summarize(rows).expect("sums")).expect("json");
+    closes::replace_day(&mut tx, tenant_id, day, rows)
+        .await
+        .expect("rows");
+    let computed = Computed {
+        zone: "UTC",
+        bounds,
+        summary: &summary,
+        closed: true,
+        reopened: false,
+    };
+    closes::mark_computed(&mut tx, tenant_id, day, &computed)
+        .await
+        .expect("computed");
+    tx.commit().await.expect("commit");
+}
+
 fn rules() -> CloseRules {
     CloseRules {
         settle: chrono::TimeDelta::zero(),
@@ -616,7 +651,7 @@ async fn a_backfill_run_twice_stores_every_transaction_once() {
 #[tokio::test]
 async fn a_day_of_ten_thousand_accounts_streams_as_csv() {
     use tally::money::{Activity, Split};
-    use tally::store::closes::{self, AccountDay, Computed, TieOut};
+    use tally::store::closes::{AccountDay, TieOut};
     let app = close_app().await;
     let tenant_id = app.add_tenant("big").await;
     let ids: Vec<String> = (0..10_000).map(|i| format!("acct_1Big{i:08}")).collect();
@@ -671,34 +706,7 @@ async fn a_day_of_ten_thousand_accounts_streams_as_csv() {
             },
         })
         .collect();
-    let mut tx = app.pool.begin().await.expect("tx");
-    let bounds = closes::day_bounds(&mut *tx, "UTC", day)
-        .await
-        .expect("bounds");
-    closes::lock_day(&mut tx, tenant_id, day, "UTC", bounds)
-        .await
-        .expect("lock")
-        .expect("free");
-    let summary =
-        serde_json::to_value(tally::close::compute::summarize(&rows).expect("sums")).expect("json");
-    closes::replace_day(&mut tx, tenant_id, day, None, &rows)
-        .await
-        .expect("rows");
-    closes::mark_computed(
-        &mut tx,
-        tenant_id,
-        day,
-        &Computed {
-            zone: "UTC",
-            bounds,
-            summary: &summary,
-            closed: true,
-            reopened: false,
-        },
-    )
-    .await
-    .expect("computed");
-    tx.commit().await.expect("commit");
+    store_closed_day(&app, tenant_id, day, &rows).await;
 
     let token = app.token(Role::Reader, Some("big")).await;
     let response = app

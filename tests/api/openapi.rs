@@ -354,15 +354,7 @@ async fn world() -> World {
 /// tests build days from the ledger; this one checks the answers' shape).
 async fn seed_close_day(app: &TestApp, tenant_id: i64, stripeid: &str, day: chrono::NaiveDate) {
     use tally::money::{Activity, Split};
-    use tally::store::closes::{self, AccountDay, Computed, TieOut};
-    let mut tx = app.pool.begin().await.expect("transaction");
-    let bounds = closes::day_bounds(&mut *tx, "UTC", day)
-        .await
-        .expect("bounds");
-    closes::lock_day(&mut tx, tenant_id, day, "UTC", bounds)
-        .await
-        .expect("lock")
-        .expect("free");
+    use tally::store::closes::{AccountDay, TieOut};
     let row = AccountDay {
         day,
         stripeid: stripeid.to_owned(),
@@ -389,28 +381,7 @@ async fn seed_close_day(app: &TestApp, tenant_id: i64, stripeid: &str, day: chro
         transactions: 1,
         tieout: TieOut::Unverified,
     };
-    let summary = serde_json::to_value(
-        tally::close::compute::summarize(std::slice::from_ref(&row)).expect("sums"),
-    )
-    .expect("summary");
-    closes::replace_day(&mut tx, tenant_id, day, None, &[row])
-        .await
-        .expect("rows");
-    closes::mark_computed(
-        &mut tx,
-        tenant_id,
-        day,
-        &Computed {
-            zone: "UTC",
-            bounds,
-            summary: &summary,
-            closed: true,
-            reopened: false,
-        },
-    )
-    .await
-    .expect("computed");
-    tx.commit().await.expect("commit");
+    crate::close::store_closed_day(app, tenant_id, day, &[row]).await;
 }
 
 #[tokio::test]
