@@ -231,8 +231,12 @@ impl Exposures {
         for (currency, amounts) in &account.0 {
             let exposure = Exposure::of_available(amounts.available)?;
             if !exposure.is_zero() {
-                let slot = self.0.entry(currency.clone()).or_default();
-                *slot = slot.checked_add(exposure)?;
+                add_into(
+                    &mut self.0,
+                    currency.clone(),
+                    exposure,
+                    Exposure::checked_add,
+                )?;
             }
         }
         Ok(())

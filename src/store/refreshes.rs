@@ -627,8 +627,9 @@ pub struct TenantHealth {
     pub leased: i64,
 }
 
-/// Every tenant's freshness against `cutoff`: index lookups per tenant; only the
-/// stale part of the freshness index is read.
+/// Every enabled tenant's freshness against `cutoff` (a removed one is neither shown
+/// nor gauged): index lookups per tenant; only the stale part of the freshness index
+/// is read.
 pub async fn tenant_health(
     db: impl PgExecutor<'_>,
     cutoff: DateTime<Utc>,
@@ -648,6 +649,7 @@ pub async fn tenant_health(
            FROM tenants t
            LEFT JOIN tenant_account_counts c ON c.tenant_id = t.id
            LEFT JOIN tenant_balance_counts b ON b.tenant_id = t.id
+           WHERE t.disabled_at IS NULL
            ORDER BY t.id"#,
         cutoff
     )

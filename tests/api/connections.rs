@@ -121,7 +121,7 @@ async fn a_kept_alive_connection_is_closed_when_idle_but_never_while_it_is_serve
     let token = app.token(Role::Reader, Some("acme")).await;
     let mut stream = connect(&app).await;
     let request = format!(
-        "GET /api/administrator/connect/balances?max_age=0&wait=10 HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "GET /api/administrator/connect/balances?max_age=0&wait=25 HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     let started = Instant::now();
     stream.write_all(request.as_bytes()).await.expect("written");
