@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::audit::{self, Actor};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
@@ -48,6 +49,14 @@ pub enum BalanceError {
     UnknownAccount,
     #[error("no stored account has that owner")]
     UnknownOwner,
+    #[error("no balance refresh has that id")]
+    UnknownRefresh,
+    /// A refresh's result asked for at an endpoint or scope that is not the refresh's.
+    #[error("that refresh is of {refresh_scope}; its result is at {result}")]
+    OtherScope {
+        refresh_scope: String,
+        result: String,
+    },
     /// The account's latest try failed; Stripe's error, request id and a hint.
     #[error("Stripe did not return the balance")]
     Upstream(Box<Failure>),
@@ -66,11 +75,29 @@ impl From<sqlx::Error> for BalanceError {
     }
 }
 
-/// A freshness requirement: no older than `max_age`, waiting at most `wait`.
+/// A freshness requirement, waiting at most `wait` for it.
 #[derive(Debug, Clone, Copy)]
 pub struct Fresh {
-    pub max_age: Duration,
+    pub since: Since,
     pub wait: Duration,
+}
+
+/// Which tries may answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Since {
+    /// Tried within this long of the moment the request arrived.
+    MaxAge(Duration),
+    /// Tried since the cutoff of this refresh, over its scope: a refresh's `result`.
+    Refresh(Uuid),
+}
+
+impl Fresh {
+    pub fn max_age(max_age: Duration, wait: Duration) -> Fresh {
+        Fresh {
+            since: Since::MaxAge(max_age),
+            wait,
+        }
+    }
 }
 
 /// One account's latest snapshot that is a balance, and how current it is known to be.
@@ -83,23 +110,43 @@ pub struct AccountBalance {
 }
 
 impl Balances {
+    /// Answers `Ok(None)` when the stored data of `scope` meets `fresh`, else the
+    /// refresh to poll. A refresh's result is answered over the refresh's own scope,
+    /// which the caller's must be.
     async fn freshen(
         &self,
         tenant: &Tenant,
         scope: RefreshScope,
         fresh: Fresh,
-        trigger: &'static str,
     ) -> Result<Option<PendingRefresh>, BalanceError> {
         // Said before anything is asked of Stripe or of the refreshers.
         self.stripe
             .client_for(tenant)
             .map_err(|error| BalanceError::Credential(error.to_string()))?;
+        let cutoff = match fresh.since {
+            Since::MaxAge(max_age) => refresh::cutoff(max_age),
+            Since::Refresh(id) => {
+                let refresh = store::refreshes::get(&self.pool, tenant.id, id)
+                    .await?
+                    .ok_or(BalanceError::UnknownRefresh)?;
+                if refresh.scope != scope {
+                    return Err(BalanceError::OtherScope {
+                        refresh_scope: scope_words(&refresh.scope),
+                        result: result_path(&refresh.scope, refresh.id),
+                    });
+                }
+                if refresh.status == "failed" {
+                    return Err(refresh_failure(refresh));
+                }
+                refresh.cutoff
+            }
+        };
         let demand = Demand {
             tenant,
             scope,
-            max_age: fresh.max_age,
+            cutoff,
             wait: fresh.wait,
-            trigger,
+            trigger: "poll",
             max_silence: self.max_silence,
         };
         let rate = self.stripe.rate_for(tenant);
@@ -107,15 +154,11 @@ impl Balances {
             Freshness::Met => Ok(None),
             Freshness::Pending(pending) => Ok(Some(pending)),
             Freshness::TenantRemoved => Err(BalanceError::TenantRemoved),
-            Freshness::Failed(refresh) => Err(BalanceError::Credential(
-                refresh
-                    .error
-                    .unwrap_or_else(|| "the refresh failed".to_owned()),
-            )),
+            Freshness::Failed(refresh) => Err(refresh_failure(refresh)),
         }
     }
 
-    /// The account's balance no older than `fresh.max_age`.
+    /// The account's balance, as fresh as `fresh` asks.
     pub async fn account(
         &self,
         tenant: &Tenant,
@@ -127,7 +170,7 @@ impl Balances {
             .filter(|account| account.removed_at.is_none())
             .ok_or(BalanceError::UnknownAccount)?;
         let scope = RefreshScope::Account(stripeid.to_owned());
-        if let Some(pending) = self.freshen(tenant, scope, fresh, "poll").await? {
+        if let Some(pending) = self.freshen(tenant, scope, fresh).await? {
             return Ok(Answer::Pending(Box::new(pending)));
         }
         let (snapshot, good_at) =
@@ -179,12 +222,13 @@ impl Balances {
         currency: Option<&str>,
         fresh: Option<Fresh>,
     ) -> Result<Answer<Aggregate>, BalanceError> {
-        let scope = self.aggregate_scope(tenant, owner).await?;
+        let scope = self.aggregate_scope(tenant, owner, fresh).await?;
         if let Some(fresh) = fresh {
-            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh, "poll").await? {
+            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh).await? {
                 return Ok(Answer::Pending(Box::new(pending)));
             }
         }
+        let owner = scope.owner();
         let mut aggregate =
             fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency).await?;
         // One read of the tenant's mode and stream serves the stale count and the rest.
@@ -230,12 +274,13 @@ impl Balances {
         currency: Option<&str>,
         fresh: Option<Fresh>,
     ) -> Result<Answer<Vec<u8>>, BalanceError> {
-        let scope = self.aggregate_scope(tenant, owner).await?;
+        let scope = self.aggregate_scope(tenant, owner, fresh).await?;
         if let Some(fresh) = fresh {
-            if let Some(pending) = self.freshen(tenant, scope, fresh, "poll").await? {
+            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh).await? {
                 return Ok(Answer::Pending(Box::new(pending)));
             }
         }
+        let owner = scope.owner();
         let tenant_freshness =
             refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
         Ok(Answer::Ready(
@@ -317,11 +362,29 @@ impl Balances {
         .await?)
     }
 
+    /// The aggregate's scope: the owner's, or the tenant's; a refresh's result without
+    /// an owner is over the refresh's scope (the result link names only the refresh).
     async fn aggregate_scope(
         &self,
         tenant: &Tenant,
         owner: Option<&str>,
+        fresh: Option<Fresh>,
     ) -> Result<RefreshScope, BalanceError> {
+        if let (
+            None,
+            Some(Fresh {
+                since: Since::Refresh(id),
+                ..
+            }),
+        ) = (owner, fresh)
+        {
+            let refresh = store::refreshes::get(&self.pool, tenant.id, id)
+                .await?
+                .ok_or(BalanceError::UnknownRefresh)?;
+            if let RefreshScope::Owner(_) = refresh.scope {
+                return Ok(refresh.scope);
+            }
+        }
         match owner {
             None => Ok(RefreshScope::Tenant),
             Some(owner) => {
@@ -346,6 +409,40 @@ impl Balances {
                 .await?
                 .pending(),
         )
+    }
+}
+
+/// Why a refresh failed, as the use cases say it.
+fn refresh_failure(refresh: refresh::Refresh) -> BalanceError {
+    if refresh.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) {
+        return BalanceError::TenantRemoved;
+    }
+    BalanceError::Credential(
+        refresh
+            .error
+            .unwrap_or_else(|| "the refresh failed".to_owned()),
+    )
+}
+
+/// Where a succeeded refresh's result is answered: the aggregate for a tenant's or an
+/// owner's refresh, the account's balance for one account's.
+pub fn result_path(scope: &RefreshScope, id: Uuid) -> String {
+    match scope {
+        RefreshScope::Account(stripeid) => format!(
+            "/api/administrator/connect/stripe-account/balance?stripeid={stripeid}&refresh={id}"
+        ),
+        RefreshScope::Tenant | RefreshScope::Owner(_) => {
+            format!("/api/administrator/connect/balances?refresh={id}")
+        }
+    }
+}
+
+/// A refresh's scope in words, for an error message.
+fn scope_words(scope: &RefreshScope) -> String {
+    match scope {
+        RefreshScope::Tenant => "the whole tenant".to_owned(),
+        RefreshScope::Owner(owner) => format!("owner {owner}"),
+        RefreshScope::Account(stripeid) => format!("account {stripeid}"),
     }
 }
 

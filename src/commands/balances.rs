@@ -11,7 +11,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::PgPool;
 
-use crate::balances::{Answer, Balances, Fresh};
+use crate::balances::{Answer, Balances, Fresh, Since};
 use crate::config::Settings;
 use crate::fanout::Aggregate;
 use crate::freshness::FreshnessMode;
@@ -122,15 +122,21 @@ pub async fn run(
         interval: Duration::from_secs(settings.refresh.interval_secs),
         max_silence: settings.max_silence(),
     };
-    let fresh = Fresh {
-        max_age,
-        wait: PROGRESS_EVERY,
-    };
+    // As an API client does: ask with `max_age` once, then follow the refresh it was
+    // given (asking `max_age` again would move the cutoff and never be met by a
+    // refresh that takes longer than `max_age`).
+    let mut fresh = Fresh::max_age(max_age, PROGRESS_EVERY);
     let progress = BarProgress::new();
     let outcome = loop {
         match balances.aggregate(&tenant, None, None, Some(fresh)).await {
             Ok(Answer::Ready(aggregate)) => break Ok(aggregate),
-            Ok(Answer::Pending(pending)) => progress.show(&pending.progress),
+            Ok(Answer::Pending(pending)) => {
+                progress.show(&pending.progress);
+                fresh = Fresh {
+                    since: Since::Refresh(pending.refresh.id),
+                    wait: PROGRESS_EVERY,
+                };
+            }
             Err(error) => break Err(error),
         }
     };

@@ -13,8 +13,8 @@ pub fn hint(
     let status = error.status();
     let code = error.code();
     match (kind, status, code) {
-        (_, Some(401), _) => "Stripe rejected the tenant's key: it was rolled or revoked. Add the tenant again \
-             with the current key (tally tenant add)."
+        (_, Some(401), _) => "Stripe rejected the tenant's key: it was rolled or revoked. Give the tenant its \
+             current key (tally tenant set-key)."
             .to_owned(),
         (CredentialKind::Platform, Some(403), Some("account_invalid")) => format!(
             "The platform key has no access to {account}: it is not connected to this platform, or the \

@@ -43,6 +43,9 @@ pub struct Stored {
     pub balance: bool,
     /// When Stripe read the balance, by Stripe's clock (its `Date`).
     pub stripe_at: Option<DateTime<Utc>>,
+    /// Stripe answered 401: it rejects the tenant's key itself (rolled or revoked),
+    /// so no other account will be read with it either.
+    pub key_rejected: bool,
 }
 
 /// Fetches one account's balance and stores the snapshot, giving back the lease
@@ -63,6 +66,9 @@ pub async fn fetch_and_record(
         .as_ref()
         .ok()
         .and_then(|balance| balance.stripe_date);
+    let key_rejected = fetched
+        .as_ref()
+        .is_err_and(|error| error.status() == Some(401));
     // Either the balance with its per-currency totals, or the failure to store.
     let result: Result<(Value, Totals), FetchFailure> = match fetched {
         Ok(balance) => match Totals::from_balance(&balance.value) {
@@ -104,6 +110,7 @@ pub async fn fetch_and_record(
         recorded,
         balance: result.is_ok(),
         stripe_at,
+        key_rejected,
     })
 }
 

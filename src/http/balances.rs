@@ -25,7 +25,7 @@ use super::query::QueryParams;
 use super::schemas;
 use super::AppState;
 use crate::audit::Actor;
-use crate::balances::{AccountBalance, Answer, Fresh};
+use crate::balances::{self as use_cases, AccountBalance, Answer, Fresh, Since};
 use crate::domain::api_timestamp;
 use crate::domain::{OwnerId, StripeAccountId};
 use crate::refresh::{PendingRefresh, RefreshScope};
@@ -53,6 +53,11 @@ struct FreshParams {
     /// Seconds to wait for a refresh before answering 202; default 10.
     #[param(minimum = 0, maximum = 25)]
     wait: Option<i64>,
+    /// A refresh's id (not with `max_age`): answers that refresh's result, every account
+    /// of its scope tried since its cutoff, or 202 while that is not yet so. A
+    /// succeeded refresh's `result` link carries it.
+    #[param(format = Uuid)]
+    refresh: Option<String>,
 }
 
 #[allow(dead_code)]
@@ -132,7 +137,10 @@ api_errors!(
         (400, "invalid-stripeid"),
         (400, "invalid-max-age"),
         (400, "invalid-wait"),
+        (400, "invalid-refreshid"),
+        (400, "invalid-scope"),
         (404, "invalid-stripeid"),
+        (404, "invalid-refreshid"),
         (500, "tenant-credential-unusable"),
         (502, "stripe-request-failed"),
     ]
@@ -144,9 +152,12 @@ api_errors!(
         (400, "invalid-query"),
         (400, "invalid-max-age"),
         (400, "invalid-wait"),
+        (400, "invalid-refreshid"),
+        (400, "invalid-scope"),
         (400, "invalid-accountid"),
         (400, "invalid-currency"),
         (404, "invalid-accountid"),
+        (404, "invalid-refreshid"),
         (500, "tenant-credential-unusable"),
     ]
 );
@@ -227,12 +238,37 @@ fn max_age(params: &QueryParams) -> Result<Option<Duration>, ApiError> {
     seconds(params, "max_age", "invalid-max-age", MAX_AGE_LIMIT_SECS)
 }
 
-/// `max_age` (if given) with `wait`.
+/// `max_age` or `refresh` (if either is given) with `wait`.
 fn fresh(params: &QueryParams) -> Result<Option<Fresh>, ApiError> {
-    let max_age = max_age(params)?;
     let wait = seconds(params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
         .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS));
-    Ok(max_age.map(|max_age| Fresh { max_age, wait }))
+    let since =
+        match (max_age(params)?, refresh_id(params)?) {
+            (Some(_), Some(_)) => return Err(ApiError::invalid(
+                "invalid-scope",
+                "max_age and refresh exclude each other: a refresh's result holds what it tried \
+                 since its own cutoff",
+            )),
+            (Some(max_age), None) => Since::MaxAge(max_age),
+            (None, Some(id)) => Since::Refresh(id),
+            (None, None) => return Ok(None),
+        };
+    Ok(Some(Fresh { since, wait }))
+}
+
+/// `refresh`: the id of the refresh whose result is asked for.
+fn refresh_id(params: &QueryParams) -> Result<Option<Uuid>, ApiError> {
+    params
+        .get("refresh")
+        .map(|value| {
+            Uuid::try_parse(value).map_err(|_| {
+                ApiError::invalid(
+                    "invalid-refreshid",
+                    "refresh must be a balance refresh id (a UUID)",
+                )
+            })
+        })
+        .transpose()
 }
 
 fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
@@ -324,11 +360,14 @@ async fn account_balance(
 ) -> Result<Response, ApiError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let stripeid = stripeid(&params)?;
-    let fresh = fresh(&params)?.unwrap_or(Fresh {
-        max_age: Duration::from_secs(state.settings.refresh.interval_secs),
-        wait: seconds(&params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
-            .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS)),
-    });
+    let fresh = match fresh(&params)? {
+        Some(fresh) => fresh,
+        None => Fresh::max_age(
+            Duration::from_secs(state.settings.refresh.interval_secs),
+            seconds(&params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
+                .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS)),
+        ),
+    };
     let tenant = scope.tenant.clone();
     match state
         .balances()
@@ -448,7 +487,13 @@ pub fn refresh_body(appid: &str, pending: &PendingRefresh) -> Value {
         "finishedAt": refresh.finished_at.as_ref().map(api_timestamp),
         "estimatedCompletionAt": running.then(|| api_timestamp(&pending.estimated_completion)),
         "error": refresh.error,
+        "result": result_link(refresh),
     })
+}
+
+/// Where a succeeded refresh's result is answered (`None` until it succeeded).
+fn result_link(refresh: &crate::refresh::Refresh) -> Option<String> {
+    (refresh.status == "succeeded").then(|| use_cases::result_path(&refresh.scope, refresh.id))
 }
 
 /// 202 with `Retry-After`, `Location` and the refresh.
@@ -596,7 +641,7 @@ async fn show_refresh(
     scope: TenantScope,
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let missing = unknown_refresh;
     // A segment that is not even UTF-8 (`%FF`) cannot name a refresh either.
     let Path(id) = id.map_err(|_| missing())?;
@@ -606,12 +651,19 @@ async fn show_refresh(
         .ok_or_else(missing)?;
     let tenant = scope.tenant.clone();
     let view = state.balances().refresh_view(&tenant, refresh).await?;
-    Ok(Json(refresh_body(&scope.tenant.slug, &view)))
+    let mut response = Json(refresh_body(&scope.tenant.slug, &view)).into_response();
+    // Once it succeeded, `Location` names its result as the body's `result` does.
+    if let Some(location) =
+        result_link(&view.refresh).and_then(|link| HeaderValue::from_str(&link).ok())
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// The answer for an id that names no refresh of the caller's tenant.
 pub(crate) fn unknown_refresh() -> ApiError {
-    ApiError::not_found("invalid-refreshid", "no balance refresh has that id")
+    ApiError::from(use_cases::BalanceError::UnknownRefresh)
 }
 
 fn parse_time(

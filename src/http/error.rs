@@ -179,6 +179,12 @@ impl From<BalanceError> for ApiError {
             BalanceError::UnknownOwner => {
                 ApiError::not_found("invalid-accountid", "no stored account has that owner")
             }
+            BalanceError::UnknownRefresh => {
+                ApiError::not_found("invalid-refreshid", "no balance refresh has that id")
+            }
+            error @ BalanceError::OtherScope { .. } => {
+                ApiError::invalid("invalid-scope", error.to_string())
+            }
             BalanceError::Upstream(failure) => ApiError::Upstream(failure),
             BalanceError::Credential(reason) => ApiError::TenantCredential(reason),
             BalanceError::TenantRemoved => ApiError::tenant_removed(),

@@ -106,8 +106,11 @@ pub struct BalanceRefresh {
     /// The tenant's slug.
     appid: String,
     scope: RefreshScope,
-    /// `failed`: the tenant's credential cannot be used (`error` says why);
-    /// `interrupted`: every worker stopped before it finished.
+    /// `succeeded`: every account of its scope was tried since `cutoff`; `result`
+    /// answers with what it tried. `failed`: it can no longer finish (the tenant was
+    /// removed, or Stripe rejected its key, or no replica can open the key; `error` says
+    /// why): stop polling. `interrupted`: every worker stopped before it finished;
+    /// `result` then starts a refresh with the same cutoff.
     #[schema(schema_with = refresh_status)]
     status: String,
     /// What started it: a poll with `max_age`, a person's `POST`, the background
@@ -130,6 +133,13 @@ pub struct BalanceRefresh {
     #[schema(format = DateTime)]
     estimated_completion_at: Option<String>,
     error: Option<String>,
+    /// Once `succeeded`: where its result is answered, 200 with every account of its
+    /// scope tried since its `cutoff` (`/api/administrator/connect/balances?refresh={id}`,
+    /// or for one account's refresh `…/stripe-account/balance?stripeid=…&refresh={id}`)
+    /// for as long as the refresh is listed. A poll of a succeeded refresh also names it in
+    /// `Location`. Asking `max_age` again instead moves the cutoff, and a refresh that takes
+    /// longer than `max_age` would never meet it.
+    result: Option<String>,
 }
 
 /// A page of refreshes, newest first.

@@ -61,12 +61,13 @@ pub async fn refresh_requirement(
 /// Whether the stored data can answer.
 #[derive(Debug, Clone)]
 pub enum Freshness {
-    /// Every listed account of the scope was tried within `max_age` (or the scope's
-    /// latest refresh finished within it): answer from what is stored.
+    /// Every listed account of the scope meets the rule for the demand's cutoff:
+    /// answer from what is stored.
     Met,
     /// Not within `wait`: the refresh that will get there, to poll.
     Pending(PendingRefresh),
-    /// The refresh failed (the tenant's credential cannot be used).
+    /// The refresh failed: it can no longer finish (the tenant's key was rejected or
+    /// cannot be opened), with the reason.
     Failed(Refresh),
     /// The tenant was removed: no refresh starts for it, and the one it had ended.
     TenantRemoved,
@@ -107,11 +108,12 @@ impl PendingRefresh {
     }
 }
 
-/// A request for data of `scope` no older than `max_age`.
+/// A request for data of `scope` tried at or after `cutoff`: `max_age` before the
+/// request arrived, or the cutoff of the refresh whose result it asks for.
 pub struct Demand<'a> {
     pub tenant: &'a Tenant,
     pub scope: RefreshScope,
-    pub max_age: Duration,
+    pub cutoff: DateTime<Utc>,
     /// How long the caller will wait for it before being told to poll.
     pub wait: Duration,
     /// `poll` or `person`.
@@ -123,33 +125,83 @@ pub struct Demand<'a> {
 /// Makes the data of the demand's scope fresh enough, or says where to poll.
 /// Joins the scope's running refresh if there is one (on whichever replica it was
 /// started), starts one otherwise; the refreshers of every replica do the fetching.
+///
+/// Only the rule decides: a refresh that finished is no answer by itself. One that
+/// started before this request and did not reach its cutoff (joining never moves a
+/// refresh's cutoff past its start) is followed by another, within `wait`; after
+/// `wait`, the refresh is handed back, and once it succeeded its `result` answers
+/// with what it fetched.
 pub async fn freshen(
     pool: &PgPool,
     refresher: Option<&Refresher>,
     rate_per_second: u32,
     demand: &Demand<'_>,
 ) -> Result<Freshness, sqlx::Error> {
+    // The stream's word is taken as of when the request arrived: an event that
+    // arrives while it waits does not make an account it named fresh.
     let asked_at = Utc::now();
-    let cutoff = freshness::cutoff(asked_at, demand.max_age);
     let tenant_freshness = tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?;
-    let requirement = freshness::requirement_since(&tenant_freshness, asked_at, cutoff);
-    if is_met(pool, demand, &requirement).await? {
+    let requirement = freshness::requirement_since(&tenant_freshness, asked_at, demand.cutoff);
+    if meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
         return Ok(Freshness::Met);
     }
-    let total = store::refreshes::progress(pool, demand.tenant.id, &demand.scope, &requirement)
+    let Some(mut refresh) = start_or_join(pool, refresher, demand, &requirement).await? else {
+        return Ok(Freshness::TenantRemoved);
+    };
+    let deadline = tokio::time::Instant::now() + demand.wait;
+    loop {
+        let current = store::refreshes::get(pool, demand.tenant.id, refresh.id)
+            .await?
+            .unwrap_or_else(|| refresh.clone());
+        match current.status.as_str() {
+            "failed" if current.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) => {
+                return Ok(Freshness::TenantRemoved)
+            }
+            "failed" => return Ok(Freshness::Failed(current)),
+            _ => {}
+        }
+        if meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
+            return Ok(Freshness::Met);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Freshness::Pending(
+                PendingRefresh::of(pool, current, rate_per_second, demand.max_silence).await?,
+            ));
+        }
+        if current.status != "running" {
+            // It ended without reaching this request's cutoff: the next one will.
+            match start_or_join(pool, refresher, demand, &requirement).await? {
+                Some(next) => refresh = next,
+                None => return Ok(Freshness::TenantRemoved),
+            }
+        }
+        tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
+    }
+}
+
+/// Starts the demand's refresh or joins the scope's running one, and wakes this
+/// process's refresher. `None`: the tenant was removed.
+async fn start_or_join(
+    pool: &PgPool,
+    refresher: Option<&Refresher>,
+    demand: &Demand<'_>,
+    requirement: &Requirement,
+) -> Result<Option<Refresh>, sqlx::Error> {
+    let total = store::refreshes::progress(pool, demand.tenant.id, &demand.scope, requirement)
         .await?
         .listed;
     let Some((refresh, started)) = store::refreshes::start_or_join(
         pool,
         demand.tenant.id,
         &demand.scope,
-        cutoff,
+        demand.cutoff,
         demand.trigger,
         total,
     )
     .await?
     else {
-        return Ok(Freshness::TenantRemoved);
+        return Ok(None);
     };
     if started {
         tracing::info!(tenant = %demand.tenant.slug, refresh = %refresh.id, trigger = demand.trigger,
@@ -158,65 +210,7 @@ pub async fn freshen(
     if let Some(refresher) = refresher {
         refresher.wake();
     }
-    let deadline = tokio::time::Instant::now() + demand.wait;
-    loop {
-        let current = store::refreshes::get(pool, demand.tenant.id, refresh.id)
-            .await?
-            .unwrap_or_else(|| refresh.clone());
-        match current.status.as_str() {
-            "succeeded" => return Ok(Freshness::Met),
-            "failed" if current.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) => {
-                return Ok(Freshness::TenantRemoved)
-            }
-            "failed" => return Ok(Freshness::Failed(current)),
-            _ => {}
-        }
-        // The stream's word is taken as of when the request arrived: an event that
-        // arrives while it waits does not make an account it named fresh.
-        if is_met(pool, demand, &requirement).await? {
-            return Ok(Freshness::Met);
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline || current.status != "running" {
-            return Ok(Freshness::Pending(
-                PendingRefresh::of(pool, current, rate_per_second, demand.max_silence).await?,
-            ));
-        }
-        tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
-    }
-}
-
-/// Every listed account of the scope meets the requirement, or met the requirement of
-/// the scope's latest refresh that asked for data this fresh and finished within
-/// `max_age`.
-async fn is_met(
-    pool: &PgPool,
-    demand: &Demand<'_>,
-    requirement: &Requirement,
-) -> Result<bool, sqlx::Error> {
-    let tenant_id = demand.tenant.id;
-    if meets(pool, tenant_id, &demand.scope, requirement).await? {
-        return Ok(true);
-    }
-    let recent = store::refreshes::recent_success_cutoff(
-        pool,
-        tenant_id,
-        &demand.scope,
-        demand.max_age.as_secs_f64(),
-    )
-    .await?;
-    match recent {
-        Some(recent) if recent < requirement.fetched_since => {
-            meets(
-                pool,
-                tenant_id,
-                &demand.scope,
-                &Requirement::fetched_since(recent),
-            )
-            .await
-        }
-        _ => Ok(false),
-    }
+    Ok(Some(refresh))
 }
 
 /// Whether every listed account of the scope meets the requirement.

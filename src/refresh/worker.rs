@@ -47,6 +47,12 @@ const TENANT_SCAN_EVERY: Duration = Duration::from_secs(2);
 const TENANT_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// How often a tenant's sync schedule is looked at again.
 const SYNC_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Why a refresh failed when Stripe answered 401 to the tenant's key.
+const KEY_REJECTED: &str = "Stripe rejected the tenant's key (401): it was rolled or revoked; \
+     give the tenant its current key (tally tenant set-key)";
+/// Why a refresh failed when no process could open the tenant's stored key.
+const CREDENTIAL_UNUSABLE: &str = "no tally process can open the tenant's stored key (a \
+     different TALLY_MASTER_KEY?); give the tenant its key again (tally tenant set-key)";
 /// On shutdown, fetches already sent get this long (or half the grace period, if
 /// shorter) to land before they are dropped; their leases are given back either way.
 const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(3);
@@ -422,6 +428,22 @@ impl Inner {
                     tracing::error!(tenant = %tenant.slug, error = %error, "the refresher cannot use this tenant's credential; skipping it");
                     state.credential_warned = true;
                 }
+                // When no replica has tried any of its accounts for a whole lease, none
+                // can: its refreshes fail, so nobody waits on them for ever.
+                match store::refreshes::fail_stalled(
+                    &self.pool,
+                    tenant.id,
+                    CREDENTIAL_UNUSABLE,
+                    self.options.lease.as_secs_f64(),
+                )
+                .await
+                {
+                    Ok(0) => {}
+                    Ok(ended) => tracing::warn!(tenant = %tenant.slug, ended,
+                        "balance refreshes failed: no replica can use the tenant's credential"),
+                    Err(error) => tracing::warn!(tenant = %tenant.slug, error = %error,
+                        "could not end the tenant's stalled refreshes"),
+                }
                 Err(())
             }
         }
@@ -602,6 +624,9 @@ impl Inner {
                 if fetched.balance && inner.reads_ledger() {
                     inner.read_ledger(&tenant, &client, &account, fetched.stripe_at).await;
                 }
+                if fetched.key_rejected {
+                    inner.fail_refreshes(&tenant, KEY_REJECTED).await;
+                }
             }
             if let (Ok(_), Some(first_event_at)) = (&stored, changed_since) {
                 let latency = (Utc::now() - first_event_at).num_milliseconds().max(0) as f64;
@@ -623,6 +648,19 @@ impl Inner {
             }
         }
         .boxed()
+    }
+
+    /// Ends the tenant's running refreshes as failed: they can no longer finish, and
+    /// a client waiting on one stops at its `error`.
+    async fn fail_refreshes(&self, tenant: &Tenant, reason: &str) {
+        match store::refreshes::fail_running(&self.pool, tenant.id, reason).await {
+            Ok(0) => {}
+            Ok(ended) => {
+                tracing::warn!(tenant = %tenant.slug, ended, reason, "balance refreshes failed")
+            }
+            Err(error) => tracing::warn!(tenant = %tenant.slug, error = %error,
+                "could not end the tenant's refreshes as failed"),
+        }
     }
 
     fn reads_ledger(&self) -> bool {

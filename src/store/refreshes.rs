@@ -385,11 +385,47 @@ pub async fn end_for_removed_tenant(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
 ) -> Result<u64, sqlx::Error> {
+    fail_running(db, tenant_id, TENANT_REMOVED).await
+}
+
+/// Ends the tenant's running refreshes as `failed` with `reason`: they can no longer
+/// finish, and whoever waits on them should stop. Returns how many.
+pub async fn fail_running(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    reason: &str,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(
         r#"UPDATE balance_refreshes SET status = 'failed', error = $2, finished_at = now()
            WHERE tenant_id = $1 AND status = 'running'"#,
         tenant_id,
-        TENANT_REMOVED
+        reason
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Ends as `failed` with `reason` the tenant's refreshes that have run for `stalled_secs`
+/// while no process stored a try of any of its accounts for as long: a worker that
+/// cannot use the tenant's credential calls it, and while another replica can, that
+/// replica's tries keep the refreshes alive. Returns how many.
+pub async fn fail_stalled(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    reason: &str,
+    stalled_secs: f64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE balance_refreshes SET status = 'failed', error = $2, finished_at = now()
+           WHERE tenant_id = $1 AND status = 'running'
+             AND started_at < now() - make_interval(secs => $3)
+             AND NOT EXISTS (
+                 SELECT 1 FROM latest_balances l
+                 WHERE l.tenant_id = $1 AND l.fetched_at >= now() - make_interval(secs => $3))"#,
+        tenant_id,
+        reason,
+        stalled_secs
     )
     .execute(db)
     .await?
@@ -580,36 +616,6 @@ pub async fn interrupt_running(db: impl PgExecutor<'_>, reason: &str) -> Result<
     .execute(db)
     .await?
     .rows_affected())
-}
-
-/// A poll arriving this long after the refresh it waited for finished still counts
-/// it, however short its `max_age`: a loop sleeping between polls must not miss it
-/// and start another whole refresh.
-const FINISHED_GRACE_SECS: f64 = 60.0;
-
-/// The cutoff of the scope's latest refresh that finished within `max_age` (or the
-/// grace period) having
-/// asked, when it started, for data at least that fresh. A `max_age` shorter than a
-/// whole refresh of the scope takes is met by such a refresh, as long as every
-/// account was tried since its cutoff (accounts listed after it still need a try).
-pub async fn recent_success_cutoff(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    scope: &RefreshScope,
-    max_age_secs: f64,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT max(cutoff) FROM balance_refreshes
-           WHERE tenant_id = $1 AND scope_key = $2 AND status = 'succeeded'
-             AND finished_at >= now() - make_interval(secs => GREATEST($3::float8, $4::float8))
-             AND cutoff >= started_at - make_interval(secs => $3)"#,
-        tenant_id,
-        scope.key(),
-        max_age_secs,
-        FINISHED_GRACE_SECS
-    )
-    .fetch_one(db)
-    .await
 }
 
 /// One tenant's freshness, for the gauges.

@@ -14,6 +14,7 @@ mod cursor;
 mod doctor;
 mod errors;
 mod event_order;
+mod freshness_promise;
 mod health;
 mod helpers;
 mod last_good;

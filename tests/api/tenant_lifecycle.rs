@@ -1370,10 +1370,7 @@ async fn removing_a_tenant_ends_its_running_work_and_nothing_starts_for_it_after
         matches!(started, Err(tally::balances::BalanceError::TenantRemoved)),
         "{started:?}"
     );
-    let fresh = tally::balances::Fresh {
-        max_age: Duration::ZERO,
-        wait: Duration::ZERO,
-    };
+    let fresh = tally::balances::Fresh::max_age(Duration::ZERO, Duration::ZERO);
     let polled = balances.aggregate(&stale, None, None, Some(fresh)).await;
     assert!(
         matches!(polled, Err(tally::balances::BalanceError::TenantRemoved)),
