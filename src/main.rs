@@ -18,6 +18,10 @@ use tally::domain::Role;
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Stripe Connect balance aggregation")]
 struct Cli {
+    /// Show a one-shot command's log on stderr (retries, requests; `RUST_LOG` does too).
+    /// `serve` and `stripe-sim` always log, by `log.level` and `log.format`.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -350,7 +354,14 @@ fn main() -> ExitCode {
                         .with_context(|| format!("opening the demo's log {}", path.display()))?;
                     eprintln!("demo: logs go to {}", path.display());
                 }
-                _ => tally::telemetry::init(settings.log.format, &settings.log.level),
+                Command::Serve { .. } | Command::StripeSim(_) => {
+                    tally::telemetry::init(settings.log.format, &settings.log.level)
+                }
+                _ => tally::telemetry::init_one_shot(
+                    settings.log.format,
+                    &settings.log.level,
+                    cli.verbose,
+                ),
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(run(cli.command, settings))
@@ -361,6 +372,13 @@ fn main() -> ExitCode {
             eprintln!("tally: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Progress for a person: checking a key can take seconds while Stripe is retried.
+fn say_checking_key(slug: &str, no_verify: bool) {
+    if !no_verify {
+        eprintln!("{slug}: checking the key with Stripe…");
     }
 }
 
@@ -429,6 +447,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             let (pool, stripe) = commands::stripe_context(&settings).await?;
             let verify_with = (!no_verify).then_some(stripe.as_ref());
+            say_checking_key(&spec.slug, no_verify);
             let tenant = commands::tenant::add_as(
                 &pool,
                 stripe.master(),
@@ -455,6 +474,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let key = secret_from_env(&key_env)?;
             let (pool, stripe) = commands::stripe_context(&settings).await?;
             let verify_with = (!no_verify).then_some(stripe.as_ref());
+            say_checking_key(&slug, no_verify);
             let tenant = commands::tenant::set_key(
                 &pool,
                 stripe.master(),

@@ -1,4 +1,9 @@
 //! Tracing set-up: pretty for people, JSON for log shippers (DESIGN §2, STYLE).
+//! Servers (`serve`, `stripe-sim`) log by `log.level` / `log.format`; one-shot commands
+//! speak to people in plain words and show their log only when asked (`--verbose`, or
+//! `RUST_LOG`).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,9 +30,24 @@ pub fn init(format: LogFormat, level: &str) {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    // Colour codes only for a person's terminal, never into a file or pipe.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
+}
+
+/// A one-shot command's log: installed only when asked for, with `--verbose` (at
+/// `log.level`) or `RUST_LOG`; otherwise its retries and internals stay quiet and the
+/// command says what matters itself.
+pub fn init_one_shot(format: LogFormat, level: &str, verbose: bool) {
+    if verbose || std::env::var_os("RUST_LOG").is_some() {
+        init(format, level);
+    }
 }
 
 /// Installs the subscriber writing to `path` (appending, no colours): the demo's

@@ -10,7 +10,6 @@ use http::{HeaderMap, HeaderValue, Method};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
-use tracing::Span;
 
 use crate::stripe::budget::{Priority, RateBudget, Throttled};
 use crate::stripe::credential::{Credential, CredentialKind};
@@ -188,7 +187,7 @@ struct Answer {
 impl TenantClient {
     /// `GET /v1/balance` for `account`, which `platform` controls (`None` if it is directly
     /// in the organization, or for a platform key).
-    #[tracing::instrument(name = "stripe.retrieve_balance", skip_all, fields(account = %account, attempt))]
+    #[tracing::instrument(name = "stripe.retrieve_balance", skip_all, fields(account = %account))]
     pub async fn retrieve_balance(
         &self,
         account: &str,
@@ -207,7 +206,7 @@ impl TenantClient {
 
     /// One page of `GET /v1/balance_transactions` of `account` (reached like its balance),
     /// newest first, created within `range`, after `starting_after`. `limit` is 1..=100.
-    #[tracing::instrument(name = "stripe.list_balance_transactions", skip_all, fields(account = %account, attempt))]
+    #[tracing::instrument(name = "stripe.list_balance_transactions", skip_all, fields(account = %account))]
     pub async fn list_balance_transactions_page(
         &self,
         account: &str,
@@ -233,7 +232,7 @@ impl TenantClient {
     }
 
     /// `GET /v1/accounts/{account}`, sent with the same account header as its balance.
-    #[tracing::instrument(name = "stripe.retrieve_account", skip_all, fields(account = %account, attempt))]
+    #[tracing::instrument(name = "stripe.retrieve_account", skip_all, fields(account = %account))]
     pub async fn retrieve_account(
         &self,
         account: &str,
@@ -253,7 +252,7 @@ impl TenantClient {
     /// One page of `GET /v1/accounts`, newest first. An organization key lists one
     /// platform's connected accounts (`Stripe-Context: platform`), so `platform` is required
     /// there; a platform key lists its own and ignores `platform`. `limit` is 1..=100.
-    #[tracing::instrument(name = "stripe.list_accounts", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    #[tracing::instrument(name = "stripe.list_accounts", skip_all, fields(account = platform.unwrap_or("")))]
     pub async fn list_accounts_page(
         &self,
         platform: Option<&str>,
@@ -273,7 +272,7 @@ impl TenantClient {
     /// `("capabilities[transfers][requested]", "true")`). Sent without an account header: the
     /// account is created under the credential's own account. One `Idempotency-Key` covers
     /// every retry, so a retried POST can never create two accounts.
-    #[tracing::instrument(name = "stripe.create_account", skip_all, fields(attempt))]
+    #[tracing::instrument(name = "stripe.create_account", skip_all)]
     pub async fn create_account(
         &self,
         params: &[(&str, &str)],
@@ -294,7 +293,7 @@ impl TenantClient {
     /// `GET /v1/balance` of the key's own account: the cheapest request that proves a key
     /// works and may read balances. A platform key sends no account header; an
     /// organization key must name an account in the organization (`Stripe-Context`).
-    #[tracing::instrument(name = "stripe.retrieve_own_balance", skip_all, fields(attempt))]
+    #[tracing::instrument(name = "stripe.retrieve_own_balance", skip_all)]
     pub async fn retrieve_own_balance(
         &self,
         context: Option<&str>,
@@ -320,7 +319,7 @@ impl TenantClient {
     /// time Stripe shows the endpoint's signing secret; it is returned as a secret and the
     /// raw body is dropped here. One `Idempotency-Key` covers every retry, so a retried
     /// POST never registers two endpoints.
-    #[tracing::instrument(name = "stripe.create_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    #[tracing::instrument(name = "stripe.create_webhook_endpoint", skip_all, fields(account = platform.unwrap_or("")))]
     pub async fn create_webhook_endpoint(
         &self,
         platform: Option<&str>,
@@ -357,7 +356,7 @@ impl TenantClient {
 
     /// One page of `GET /v1/webhook_endpoints` of the key's platform, or, for an
     /// organization key, of `platform` (`Stripe-Context`). `limit` is 1..=100.
-    #[tracing::instrument(name = "stripe.list_webhook_endpoints", skip_all, fields(account = platform.unwrap_or(""), attempt))]
+    #[tracing::instrument(name = "stripe.list_webhook_endpoints", skip_all, fields(account = platform.unwrap_or("")))]
     pub async fn list_webhook_endpoints_page(
         &self,
         platform: Option<&str>,
@@ -374,7 +373,7 @@ impl TenantClient {
 
     /// `DELETE /v1/webhook_endpoints/{id}` of the key's platform, or, for an organization
     /// key, of `platform` (`Stripe-Context`).
-    #[tracing::instrument(name = "stripe.delete_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), endpoint = %id, attempt))]
+    #[tracing::instrument(name = "stripe.delete_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), endpoint = %id))]
     pub async fn delete_webhook_endpoint(
         &self,
         platform: Option<&str>,
@@ -474,7 +473,6 @@ impl TenantClient {
         let settings = &self.inner.settings;
         let max_attempts = settings.max_attempts.max(1);
         for attempt in 1.. {
-            Span::current().record("attempt", attempt);
             let (error, outcome) = match self.send_once(&call, &url, &headers).await {
                 Ok(answer) if (200..300).contains(&answer.status) => {
                     let (value, raw) = decode_success(

@@ -121,3 +121,67 @@ async fn tally_balances_prints_totals_and_exits_non_zero_when_an_account_failed(
     assert_eq!(body["failures"][0]["stripeid"], ids[0].as_str());
     assert_eq!(body["failures"][0]["code"], "account_invalid");
 }
+
+/// `tally tenant add` as a person runs it with Stripe unreachable.
+async fn add_with_stripe_unreachable(app: &crate::helpers::TestApp, extra: &[&str]) -> String {
+    let mut command = app.tally_command();
+    command
+        .args(extra)
+        .args([
+            "tenant",
+            "add",
+            "acme",
+            "--key-env",
+            "K",
+            // Nothing listens on the discard port: every attempt is refused.
+            "--api-base",
+            "http://127.0.0.1:9",
+        ])
+        .env("K", "sk_test_51CliQuietKeyValue0000000001")
+        .env_remove("RUST_LOG");
+    let output = tokio::process::Command::from(command)
+        .output()
+        .await
+        .expect("tally runs");
+    assert!(!output.status.success(), "the key could not be checked");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn one_shot_commands_speak_plainly_and_log_only_when_asked() {
+    let app = spawn_app().await;
+
+    let quiet = add_with_stripe_unreachable(&app, &[]).await;
+    assert!(
+        quiet.starts_with("acme: checking the key with Stripe…\n"),
+        "{quiet}"
+    );
+    assert!(
+        quiet.contains("tally: could not check the key with Stripe"),
+        "{quiet}"
+    );
+    assert!(
+        !quiet.contains("WARN") && !quiet.contains("attempt="),
+        "{quiet}"
+    );
+    assert_eq!(
+        quiet.lines().count(),
+        2,
+        "progress, then the reason: {quiet}"
+    );
+
+    // Asked for, the log shows each retry once, in plain text (stderr is a pipe here).
+    let verbose = add_with_stripe_unreachable(&app, &["--verbose"]).await;
+    let retries: Vec<&str> = verbose
+        .lines()
+        .filter(|line| line.contains("retrying Stripe request"))
+        .collect();
+    assert!(!retries.is_empty(), "{verbose}");
+    for line in &retries {
+        assert_eq!(line.matches("attempt=").count(), 1, "{line}");
+    }
+    assert!(
+        !verbose.contains('\u{1b}'),
+        "no colour into a pipe: {verbose}"
+    );
+}
