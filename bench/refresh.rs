@@ -38,7 +38,7 @@ use common::{add_tenant, env_usize, store_accounts, Replica, ScratchDb};
 use secrecy::SecretString;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::refresh::budget::SharedBudget;
+use tally::shared_budget::SharedBudget;
 use tally::sim::{SimConfig, SimStats};
 use tally::store;
 use tally::stripe::{AdaptiveRate, Priority, RateBudget};
@@ -300,12 +300,12 @@ async fn time_reservations(pools: &[sqlx::PgPool], tenant_id: i64, calls: usize)
                 let mut conn = pool.acquire().await.expect("connection");
                 let started = Instant::now();
                 for _ in 0..calls {
-                    let rates = store::budget::Rates {
+                    let rates = store::stripe_budgets::Rates {
                         tenant: UNCONSTRAINED_RATE as i32,
                         endpoint: "/v1/balance",
                         endpoint_rate: UNCONSTRAINED_RATE as i32,
                     };
-                    store::budget::reserve(&mut *conn, tenant_id, rates, None)
+                    store::stripe_budgets::reserve(&mut *conn, tenant_id, rates, None)
                         .await
                         .expect("reserve");
                 }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
-use crate::refresh::Tasks;
+use crate::tasks::Tasks;
 use crate::tenants::StripeTenants;
 
 pub struct Application {
@@ -72,11 +72,8 @@ impl Application {
         let tasks = state.tasks.clone();
         let grace = state.settings.shutdown_grace();
         let pool = state.pool.clone();
-        let metrics_stop = tasks.cancel.clone();
-        http::metrics::start(&state.settings.server, async move {
-            metrics_stop.cancelled().await;
-        })
-        .await?;
+        let stripe = state.stripe.clone();
+        http::metrics::start(&state.settings.server, &tasks).await?;
         if state.settings.refresh.worker {
             state.refresher.spawn(None);
         }
@@ -101,6 +98,7 @@ impl Application {
         if !tasks.shutdown(grace).await {
             tracing::warn!("background work did not finish within the grace period");
         }
+        stripe.finish_reports(grace).await;
         pool.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -12,7 +12,6 @@ use sqlx::PgPool;
 use crate::balances::{Answer, BalanceError, Balances};
 use crate::fanout::Aggregate;
 use crate::freshness::{self, AccountState, Confirmation, TenantFreshness};
-use crate::http::admin::chart::Series;
 use crate::money::{CurrencyAmounts, Exposure};
 use crate::refresh;
 use crate::store;
@@ -233,6 +232,13 @@ async fn accounts_page(
         owner: owner.map(str::to_owned),
         rows,
     })
+}
+
+/// One currency's totals over time: `(bucket end, minor units)`, as the pages draw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub currency: String,
+    pub points: Vec<(DateTime<Utc>, i64)>,
 }
 
 /// Available totals per currency at the end of each of the last [`HISTORY_DAYS`]

@@ -327,7 +327,7 @@ enum TokenCommand {
         #[arg(long)]
         name: Option<String>,
         /// Lifetime: 90d, 12h, 30m, 45s (default: no expiry).
-        #[arg(long, value_name = "LIFETIME", value_parser = commands::token::parse_lifetime)]
+        #[arg(long, value_name = "LIFETIME", value_parser = tally::tokens::parse_lifetime)]
         expires_in: Option<std::time::Duration>,
     },
     /// List tokens (id, name, role, tenant, first characters, created, last used,
@@ -657,7 +657,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 config,
                 args.bind,
                 args.keys_file,
-                tally::http::shutdown_signal(),
+                tally::tasks::shutdown_signal(),
             )
             .await?;
         }
@@ -711,19 +711,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             expires_in,
         }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let spec = commands::token::TokenSpec {
+            let spec = tally::tokens::TokenSpec {
                 role: Some(role),
                 tenant,
                 name,
                 expires_in,
             };
-            let (token, _) =
-                commands::token::create_with(&pool, role, &spec, &Actor::cli()).await?;
+            let (token, _) = tally::tokens::create_with(&pool, role, &spec, &Actor::cli()).await?;
             println!("{}", token.expose_secret());
         }
         Command::Token(TokenCommand::List { tenant, format }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let tokens = commands::token::list(&pool, tenant.as_deref(), None, i64::MAX).await?;
+            let tokens = tally::tokens::list(&pool, tenant.as_deref(), None, i64::MAX).await?;
             match format {
                 ListFormat::Table => print!("{}", commands::token::render_table(&tokens)),
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
@@ -731,7 +730,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Token(TokenCommand::Revoke { id }) => {
             let pool = commands::connect_and_migrate(&settings).await?;
-            let token = commands::token::revoke(&pool, id, &Actor::cli()).await?;
+            let token = tally::tokens::revoke(&pool, id, &Actor::cli()).await?;
             println!(
                 "token {} ({}) revoked at {}",
                 token.id,

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::config::StripeSettings;
 use crate::crypto::{CryptoError, MasterKey};
-use crate::refresh::budget::SharedBudget;
+use crate::shared_budget::SharedBudget;
 use crate::store::tenants::Tenant;
 use crate::stripe::{
     AdaptiveRate, ClientSettings, Credential, RateBudget, RateSettings, StripeClient, StripeError,
@@ -34,6 +35,8 @@ pub struct StripeTenants {
     /// When set, every tenant's requests are paced by the budget shared through this
     /// database with every other process; otherwise by a limiter of this process's own.
     shared_budget: Option<PgPool>,
+    /// Where the shared budgets' 429 reports run; see [`StripeTenants::finish_reports`].
+    reports: TaskTracker,
     clients: Mutex<HashMap<i64, Cached>>,
 }
 
@@ -61,6 +64,7 @@ impl StripeTenants {
             master,
             defaults: defaults.clone(),
             shared_budget: None,
+            reports: TaskTracker::new(),
             clients: Mutex::new(HashMap::new()),
         })
     }
@@ -69,6 +73,13 @@ impl StripeTenants {
     pub fn with_shared_budget(mut self, pool: PgPool) -> StripeTenants {
         self.shared_budget = Some(pool);
         self
+    }
+
+    /// Waits, at most `within`, for 429 reports still being written to the shared
+    /// budget, so a stopping process leaves the others slowed as Stripe asked.
+    pub async fn finish_reports(&self, within: Duration) {
+        self.reports.close();
+        let _ = tokio::time::timeout(within, self.reports.wait()).await;
     }
 
     pub fn master(&self) -> &MasterKey {
@@ -152,12 +163,15 @@ impl StripeTenants {
     /// The tenant's pace: shared through Postgres with every process, or this process's own.
     fn budget(&self, tenant_id: i64, rate: u32) -> Arc<dyn RateBudget> {
         match &self.shared_budget {
-            Some(pool) => Arc::new(SharedBudget::new(
-                pool.clone(),
-                tenant_id,
-                rate,
-                self.defaults.endpoint_rate_limit,
-            )),
+            Some(pool) => Arc::new(
+                SharedBudget::new(
+                    pool.clone(),
+                    tenant_id,
+                    rate,
+                    self.defaults.endpoint_rate_limit,
+                )
+                .reporting_on(self.reports.clone()),
+            ),
             None => Arc::new(AdaptiveRate::new(rate)),
         }
     }

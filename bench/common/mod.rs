@@ -312,7 +312,7 @@ pub async fn serve(
 /// A reader token for the tenant `slug`.
 pub async fn reader_token(pool: &sqlx::PgPool, slug: &str) -> String {
     use secrecy::ExposeSecret;
-    tally::commands::token::create(pool, tally::domain::Role::Reader, Some(slug))
+    tally::tokens::create(pool, tally::domain::Role::Reader, Some(slug))
         .await
         .expect("token")
         .expose_secret()

@@ -16,8 +16,9 @@ use crate::config::Settings;
 use crate::fanout::Aggregate;
 use crate::freshness::FreshnessMode;
 use crate::money::format_minor;
-use crate::refresh::{Refresher, RefresherOptions, Tasks, WorkerKind};
+use crate::refresh::{Refresher, RefresherOptions, WorkerKind};
 use crate::store;
+use crate::tasks::Tasks;
 use crate::tenants::StripeTenants;
 
 /// How often the command looks at the refresh's progress.

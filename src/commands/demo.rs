@@ -17,7 +17,6 @@ use crate::app::Application;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::domain::Role;
-use crate::http;
 use crate::sim::{SimConfig, SimHandle};
 use crate::sync::SyncOptions;
 use crate::tenants::StripeTenants;
@@ -88,8 +87,8 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
         println!("\n== balances of tenant {slug} ==\n{}", output.text);
     }
 
-    let owner = super::token::create(&pool, Role::Owner, None).await?;
-    let reader = super::token::create(&pool, Role::Reader, Some("acme")).await?;
+    let owner = crate::tokens::create(&pool, Role::Owner, None).await?;
+    let reader = crate::tokens::create(&pool, Role::Reader, Some("acme")).await?;
     settings.server.bind = bind;
     let interval = settings.refresh.interval_secs;
     let app = Application::with_parts(settings, pool, stripe)
@@ -103,7 +102,8 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
         interval,
     );
     // The server's refresher keeps every account fresh from here on, as in production.
-    app.run_until_stopped(http::shutdown_signal()).await?;
+    app.run_until_stopped(crate::tasks::shutdown_signal())
+        .await?;
     drop(sim);
     drop(database);
     Ok(())

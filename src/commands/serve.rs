@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::app::Application;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
-use crate::http;
 
 pub async fn run(mut settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let master = Arc::new(MasterKey::from_env()?);
@@ -16,5 +15,5 @@ pub async fn run(mut settings: Settings, bind: Option<SocketAddr>) -> anyhow::Re
     }
     let app = Application::build(settings, master).await?;
     tracing::info!(address = %app.address(), "tally is serving");
-    app.run_until_stopped(http::shutdown_signal()).await
+    app.run_until_stopped(crate::tasks::shutdown_signal()).await
 }

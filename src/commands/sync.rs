@@ -56,7 +56,7 @@ pub async fn run(settings: &Settings, slug: &str) -> anyhow::Result<SyncSummary>
     let bar = Bar::new();
     let outcome = tokio::select! {
         outcome = sync::execute(&pool, &client, &tenant, run, &options, &bar) => outcome,
-        () = crate::http::shutdown_signal() => {
+        () = crate::tasks::shutdown_signal() => {
             bar.finish();
             // Recorded now rather than left for the stale-heartbeat takeover, so the
             // next run can start at once.

@@ -27,6 +27,7 @@ use super::auth::Owner;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::ServerSettings;
+use crate::tasks::Tasks;
 
 /// The process-wide recorder, installed on first use (several apps in one test
 /// process share it).
@@ -75,13 +76,10 @@ pub async fn serve_metrics(
         .await
 }
 
-/// Binds `server.metrics_bind`, if set, and serves metrics there in the background
-/// until `shutdown` resolves. Returns the bound address (`None`: metrics stay on the
-/// API address). A bind failure is returned, naming the setting.
-pub async fn start(
-    server: &ServerSettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<Option<SocketAddr>> {
+/// Binds `server.metrics_bind`, if set, and serves metrics there on the process's
+/// tasks until they are cancelled. Returns the bound address (`None`: metrics stay on
+/// the API address). A bind failure is returned, naming the setting.
+pub async fn start(server: &ServerSettings, tasks: &Tasks) -> std::io::Result<Option<SocketAddr>> {
     let Some(bind) = server.metrics_bind else {
         return Ok(None);
     };
@@ -93,7 +91,9 @@ pub async fn start(
     })?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "serving metrics");
-    tokio::spawn(async move {
+    let stop = tasks.cancel.clone();
+    let shutdown = async move { stop.cancelled().await };
+    tasks.tracker.spawn(async move {
         if let Err(error) = serve_metrics(listener, shutdown).await {
             tracing::error!(%error, "metrics listener stopped");
         }

@@ -42,7 +42,8 @@ use utoipa_axum::routes;
 
 use crate::balances::Balances;
 use crate::config::Settings;
-use crate::refresh::{Refresher, RefresherOptions, Tasks, WorkerKind};
+use crate::refresh::{Refresher, RefresherOptions, WorkerKind};
+use crate::tasks::Tasks;
 use crate::tenants::StripeTenants;
 
 /// What every handler can reach.
@@ -232,27 +233,4 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = connections::ConnectionLimits::from_settings(&state.settings);
     connections::serve(listener, app(state), limits, shutdown).await
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

@@ -23,9 +23,9 @@ use super::paging::{unknown_cursor, PageRequest, MAX_LIMIT};
 use super::query::QueryParams;
 use super::AppState;
 use crate::audit::Actor;
-use crate::commands::token::{self, TokenError, TokenSpec};
 use crate::domain::Role;
 use crate::store;
+use crate::tokens::{self as token, TokenError, TokenSpec};
 
 const PATH: &str = "/api/administrator/tokens";
 

@@ -22,41 +22,10 @@
 //! where the rate is decided. Durable scheduling is not needed either: a demand is
 //! a row, and the periodic work is recomputed from snapshot ages on every tick.
 
-pub mod budget;
 pub mod demand;
 pub mod gauges;
 mod worker;
 
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 pub use crate::store::refreshes::{Progress, Refresh, RefreshScope};
 pub use demand::{cutoff, freshen, Freshness, PendingRefresh};
 pub use worker::{Refresher, RefresherOptions, WorkerKind};
-
-/// The process's background work: one cancellation token and one task tracker for
-/// the HTTP server, the refresher, sync runs and fetches, so SIGTERM stops them all
-/// and waits for them to give back what they hold.
-#[derive(Clone, Default)]
-pub struct Tasks {
-    pub cancel: CancellationToken,
-    pub tracker: TaskTracker,
-}
-
-impl Tasks {
-    pub fn new() -> Tasks {
-        Tasks::default()
-    }
-
-    /// Asks everything to stop, then waits for it, at most `grace`. True when all
-    /// finished in time.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-    }
-}

@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::demand;
-use super::Tasks;
 use crate::close;
 use crate::close::compute::CloseRules;
 use crate::config::Settings;
@@ -29,6 +28,7 @@ use crate::store::sync_runs::Claim;
 use crate::store::tenants::Tenant;
 use crate::stripe::{Priority, TenantClient};
 use crate::sync::{self, SyncOptions};
+use crate::tasks::Tasks;
 use crate::tenants::StripeTenants;
 
 /// How often a worker proves it is alive.

@@ -4,13 +4,13 @@
 pub mod accounts;
 pub mod admin;
 pub mod audit;
-pub mod budget;
 pub mod changes;
 pub mod closes;
 pub mod doctor;
 pub mod ledger;
 pub mod refreshes;
 pub mod snapshots;
+pub mod stripe_budgets;
 pub mod sync_runs;
 pub mod tenants;
 pub mod tokens;

@@ -11,13 +11,13 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::stripe::budget::{Priority, RateBudget, Throttled};
 use crate::stripe::credential::{Credential, CredentialKind};
 use crate::stripe::error::{decode_success, error_from_response, StripeError};
 use crate::stripe::headers::{
     account_header, AccountHeader, IDEMPOTENCY_KEY, REQUEST_ID, STRIPE_VERSION,
 };
 use crate::stripe::limiter::AdaptiveRate;
+use crate::stripe::rate_budget::{Priority, RateBudget, Throttled};
 use crate::stripe::retry::{
     backoff_delay, random_jitter, should_retry, stripe_should_retry, AttemptOutcome,
 };

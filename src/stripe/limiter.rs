@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::budget::{Priority, RateBudget, Throttled};
+use super::rate_budget::{Priority, RateBudget, Throttled};
 
 /// A little longer than a second, so that scheduling and network jitter between our clock
 /// and Stripe's (or the simulator's) cannot squeeze `rate + 1` requests into the server's

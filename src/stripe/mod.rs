@@ -2,16 +2,15 @@
 //! retries, per-tenant rate limits, response types and errors. It knows nothing about
 //! Postgres or tenants beyond the credential it is given.
 
-pub mod budget;
 pub mod client;
 pub mod credential;
 pub mod error;
 pub mod headers;
 mod limiter;
+pub mod rate_budget;
 pub mod retry;
 pub mod types;
 
-pub use budget::{Priority, RateBudget, Throttled};
 pub use client::{
     ClientSettings, CreatedRange, Fetched, NewWebhookEndpoint, RateSettings, StripeClient,
     TenantClient,
@@ -22,6 +21,7 @@ pub use credential::{
 pub use error::{ApiErrorBody, StripeError};
 pub use headers::{account_header, AccountHeader};
 pub use limiter::AdaptiveRate;
+pub use rate_budget::{Priority, RateBudget, Throttled};
 pub use retry::backoff_delay;
 pub use types::{
     Balance, BalanceAmount, BalanceTransaction, CreatedWebhookEndpoint, Deleted, IssuingBalance,

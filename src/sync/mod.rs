@@ -18,13 +18,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::refresh::Tasks;
 use crate::store;
 use crate::store::accounts::InvalidAccountObject;
 use crate::store::snapshots::SnapshotError;
 use crate::store::sync_runs::{Claim, RunCounts, SyncRun};
 use crate::store::tenants::Tenant;
 use crate::stripe::{CredentialKind, StripeError, TenantClient};
+use crate::tasks::Tasks;
 
 pub use scope::Scope;
 

@@ -116,12 +116,11 @@ async fn a_tenant_token_never_reads_another_tenants_records() {
 async fn tokens_for_tenants_need_a_tenant_and_owners_none() {
     let app = spawn_app().await;
     app.add_tenant("acme").await;
-    let no_tenant = tally::commands::token::create(&app.pool, Role::Reader, None).await;
+    let no_tenant = tally::tokens::create(&app.pool, Role::Reader, None).await;
     assert!(no_tenant.is_err());
-    let owner_with_tenant =
-        tally::commands::token::create(&app.pool, Role::Owner, Some("acme")).await;
+    let owner_with_tenant = tally::tokens::create(&app.pool, Role::Owner, Some("acme")).await;
     assert!(owner_with_tenant.is_err());
-    let unknown = tally::commands::token::create(&app.pool, Role::Admin, Some("nope")).await;
+    let unknown = tally::tokens::create(&app.pool, Role::Admin, Some("nope")).await;
     assert!(unknown
         .expect_err("unknown tenant")
         .to_string()

@@ -39,12 +39,7 @@ async fn readyz_fails_while_the_database_is_unreachable() {
     let stripe = Arc::new(
         tally::tenants::StripeTenants::new(&settings.stripe, Arc::new(master)).expect("stripe"),
     );
-    let state = AppState::new(
-        pool,
-        Arc::new(settings),
-        stripe,
-        tally::refresh::Tasks::new(),
-    );
+    let state = AppState::new(pool, Arc::new(settings), stripe, tally::tasks::Tasks::new());
     tokio::spawn(tally::http::serve(listener, state, std::future::pending()));
 
     let client = reqwest::Client::new();

@@ -224,7 +224,7 @@ impl TestApp {
         // process) may leave a shared pooled connection inside that transaction for a
         // moment, and a token created there would not be visible to the server.
         let pool = PgPool::connect(&self.db.url).await.expect("connect");
-        let token = tally::commands::token::create(&pool, role, tenant)
+        let token = tally::tokens::create(&pool, role, tenant)
             .await
             .expect("token created")
             .expose_secret()

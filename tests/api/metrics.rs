@@ -114,7 +114,7 @@ async fn metrics_bind_serves_without_a_token_and_the_api_address_answers_404() {
     })
     .await;
     let owner = app.token(Role::Owner, None).await;
-    let address = tally::http::metrics::start(&app.settings.server, std::future::pending())
+    let address = tally::http::metrics::start(&app.settings.server, &tally::tasks::Tasks::new())
         .await
         .expect("metrics listener binds")
         .expect("metrics_bind is set");
@@ -153,7 +153,7 @@ async fn metrics_bind_serves_without_a_token_and_the_api_address_answers_404() {
 #[tokio::test]
 async fn metrics_bind_unset_starts_no_listener() {
     let app = spawn_app().await;
-    let started = tally::http::metrics::start(&app.settings.server, std::future::pending())
+    let started = tally::http::metrics::start(&app.settings.server, &tally::tasks::Tasks::new())
         .await
         .expect("nothing to bind");
     assert_eq!(started, None);

@@ -1383,7 +1383,7 @@ async fn every_route_the_router_serves_is_in_the_document() {
             )
             .expect("stripe"),
         ),
-        tally::refresh::Tasks::new(),
+        tally::tasks::Tasks::new(),
     );
     let router = tally::http::app(state);
     let routed = routed_paths(&router);

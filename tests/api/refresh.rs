@@ -1141,7 +1141,7 @@ async fn eight_slots(budget: &dyn tally::stripe::RateBudget) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
-    use tally::refresh::budget::SharedBudget;
+    use tally::shared_budget::SharedBudget;
     use tally::stripe::{Priority, RateBudget};
 
     let app = spawn_app_with(api_only).await;
@@ -1200,7 +1200,7 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
 /// here depends on how busy the machine is.
 #[tokio::test]
 async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_slows_only_it() {
-    use tally::store::budget::{self, Rates};
+    use tally::store::stripe_budgets::{self as budget, Rates};
 
     let app = spawn_app_with(api_only).await;
     let tenant_id = app.add_tenant("acme").await;

@@ -9,14 +9,8 @@
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
+pub use crate::dashboard::Series;
 use crate::money::format_minor;
-
-/// One currency's totals over time: `(bucket end, minor units)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Series {
-    pub currency: String,
-    pub points: Vec<(DateTime<Utc>, i64)>,
-}
 
 const WIDTH: f64 = 760.0;
 const PANEL_HEIGHT: f64 = 160.0;

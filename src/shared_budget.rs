@@ -20,6 +20,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::PgPool;
 
+use tokio_util::task::TaskTracker;
+
 use crate::store;
 use crate::stripe::{AdaptiveRate, Priority, RateBudget, Throttled};
 
@@ -51,6 +53,9 @@ pub struct SharedBudget {
     /// Used while the database is unreachable.
     fallback: AdaptiveRate,
     warned: AtomicBool,
+    /// Where 429 reports to the database run (the client's retry loop does not wait
+    /// on them); the process waits for them when it stops.
+    reports: TaskTracker,
 }
 
 impl SharedBudget {
@@ -64,15 +69,22 @@ impl SharedBudget {
             last_rate: AtomicU32::new(configured),
             fallback: AdaptiveRate::new((configured / FALLBACK_SHARE).max(1)),
             warned: AtomicBool::new(false),
+            reports: TaskTracker::new(),
         }
+    }
+
+    /// Runs its 429 reports on `reports` (shared by every tenant's budget of a process).
+    pub fn reporting_on(mut self, reports: TaskTracker) -> SharedBudget {
+        self.reports = reports;
+        self
     }
 
     fn configured_i32(&self) -> i32 {
         i32::try_from(self.configured).unwrap_or(i32::MAX)
     }
 
-    fn rates<'a>(&self, endpoint: &'a str) -> store::budget::Rates<'a> {
-        store::budget::Rates {
+    fn rates<'a>(&self, endpoint: &'a str) -> store::stripe_budgets::Rates<'a> {
+        store::stripe_budgets::Rates {
             tenant: self.configured_i32(),
             endpoint,
             endpoint_rate: i32::try_from(self.endpoint_rate).unwrap_or(i32::MAX),
@@ -134,7 +146,7 @@ impl SharedBudget {
         endpoint: &str,
     ) -> Result<
         (
-            store::budget::Slot,
+            store::stripe_budgets::Slot,
             tokio::time::Instant,
             tokio::time::Instant,
         ),
@@ -142,9 +154,13 @@ impl SharedBudget {
     > {
         let mut conn = self.pool.acquire().await?;
         let asked_at = tokio::time::Instant::now();
-        let slot =
-            store::budget::reserve(&mut *conn, self.tenant_id, self.rates(endpoint), horizon)
-                .await?;
+        let slot = store::stripe_budgets::reserve(
+            &mut *conn,
+            self.tenant_id,
+            self.rates(endpoint),
+            horizon,
+        )
+        .await?;
         Ok((slot, asked_at, tokio::time::Instant::now()))
     }
 }
@@ -166,15 +182,15 @@ impl RateBudget for SharedBudget {
             )),
         };
         // Told from inside the client's retry loop, which must not wait on it.
-        tokio::spawn(async move {
+        self.reports.spawn(async move {
             let shared = match endpoint {
                 // Only that endpoint slows down: the others are not at their limit.
                 Some((endpoint, rate)) => {
-                    store::budget::endpoint_throttled(&pool, tenant_id, &endpoint, rate)
+                    store::stripe_budgets::endpoint_throttled(&pool, tenant_id, &endpoint, rate)
                         .await
                         .map(drop)
                 }
-                None => store::budget::throttled(&pool, tenant_id, configured)
+                None => store::stripe_budgets::throttled(&pool, tenant_id, configured)
                     .await
                     .map(drop),
             };
