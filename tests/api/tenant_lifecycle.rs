@@ -16,7 +16,8 @@ use tally::store;
 use tally::tenants::StripeTenants;
 
 use crate::helpers::{
-    free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list, TestApp, TestDb, PLATFORM_KEY,
+    free_port, most_requests_in_a_second, spawn_app_on, spawn_app_with, spawn_sim, walk_list,
+    TestApp, TestDb, PLATFORM_KEY,
 };
 
 const BALANCE: &str = "/api/administrator/connect/stripe-account/balance";
@@ -559,7 +560,7 @@ async fn set_key_while_a_fan_out_runs_loses_nothing_and_the_next_fetches_use_the
         sim.stats()
             .max_rate_per_key
             .values()
-            .all(|&rate| rate <= 21),
+            .all(|&rate| rate <= most_requests_in_a_second(20)),
         "{:?}",
         sim.stats()
     );
