@@ -377,8 +377,8 @@ fn the_dockerfile_copies_what_exists_and_runs_the_release_build() {
     assert!(dockerfile.contains("WORKDIR /src"));
     let environment = dockerfile
         .lines()
-        .filter_map(|line| line.trim().strip_prefix("ENV TALLY_ENV="))
-        .last()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("ENV TALLY_ENV="))
         .expect("the image sets TALLY_ENV");
     assert!(copied
         .iter()
