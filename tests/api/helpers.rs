@@ -593,3 +593,16 @@ pub fn least_span(requests: u32, rate: u32) -> Duration {
         f64::from(requests.saturating_sub(1)) * SLOT_SPACING_SECS / f64::from(rate),
     )
 }
+
+/// What the simulator saw of a tenant paced by the shared budget at `rate`: no 429
+/// (Stripe's 25/s is above the bound) and no second with more than
+/// `most_requests_in_a_second(rate)`.
+pub fn assert_within_the_budget(stats: &tally::sim::SimStats, rate: u32) {
+    assert_eq!(stats.rate_limited, 0, "no 429s: {stats:?}");
+    let most = most_requests_in_a_second(rate);
+    let max_rate = stats.max_rate_per_key.values().copied().max().unwrap_or(0);
+    assert!(
+        max_rate <= most,
+        "at most {most} in a second at the tenant's {rate}/s: saw {max_rate}"
+    );
+}
