@@ -29,8 +29,9 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
         }
     });
     let started = Instant::now();
-    let (mut address, mut reader, mut output) = (None, None, String::new());
-    while address.is_none() || reader.is_none() {
+    let (mut address, mut reader, mut admin, mut output) = (None, None, None, String::new());
+    let mut how_to_sign_in = false;
+    while address.is_none() || reader.is_none() || admin.is_none() || !how_to_sign_in {
         assert!(
             started.elapsed() < Duration::from_secs(240),
             "demo did not come up:\n{output}"
@@ -46,11 +47,18 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
         if let Some(token) = line.strip_prefix("reader token (tenant acme): ") {
             reader = Some(token.trim().to_owned());
         }
+        if let Some(page) = line.strip_prefix("admin page: ") {
+            admin = Some(page.trim().to_owned());
+        }
+        how_to_sign_in |= line.contains("sign in by pasting the reader token");
     }
-    let (address, reader) = (
+    let (address, reader, admin) = (
         address.expect("address printed"),
         reader.expect("token printed"),
+        admin.expect("the admin page's address printed"),
     );
+    assert!(how_to_sign_in, "how to sign in is printed:\n{output}");
+
     assert!(output.contains("== balances of tenant acme =="), "{output}");
     assert!(
         output.contains("hint:"),
@@ -93,6 +101,8 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
     assert_eq!(refresh["total"], 50, "{refresh}");
     assert_eq!(refresh["done"], 50, "{refresh}");
 
+    sign_in_to_the_admin_page(&address, &admin, &reader).await;
+
     let killed = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
         .status()
@@ -126,5 +136,71 @@ async fn the_demo_serves_correct_totals_and_explained_failures_on_a_private_clus
     assert!(
         !std::path::Path::new(cluster).exists(),
         "the private cluster was removed"
+    );
+}
+
+/// Does what the demo tells a person to: opens the admin page it printed, is sent to
+/// sign in, pastes the reader token, and lands on tenant acme's page.
+async fn sign_in_to_the_admin_page(address: &str, admin: &str, reader: &str) {
+    assert_eq!(admin, format!("{address}/admin"));
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let location = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = browser.get(admin).send().await.expect("sent");
+    assert_eq!(first.status(), 303);
+    assert_eq!(location(&first), "/admin/login");
+    let form = browser
+        .get(format!("{address}/admin/login"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.expect("page").contains("Sign in"));
+
+    let signed_in = browser
+        .post(format!("{address}/admin/login"))
+        .header("origin", address)
+        .form(&[("token", reader)])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(signed_in.status(), 303, "the reader token signs in");
+    assert_eq!(location(&signed_in), "/admin");
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let home = browser
+        .get(admin)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(home.status(), 303);
+    assert_eq!(location(&home), "/admin/tenants/acme");
+    let page = browser
+        .get(format!("{address}/admin/tenants/acme"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(html.contains("Tenant acme"), "{html}");
+    assert!(
+        html.contains("1 account did not"),
+        "the revoked account is explained: {html}"
     );
 }

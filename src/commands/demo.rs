@@ -171,7 +171,10 @@ fn print_try_it(address: SocketAddr, owner: &str, reader: &str, sim: &SimHandle,
          its refresher keeps every account's balance younger than {interval} s from here on\n\
          owner token (every tenant): {owner}\n\
          reader token (tenant acme): {reader}\n\n\
-         Try:\n\
+         admin page: http://{address}/admin\n\
+         open it in a browser and sign in by pasting the reader token above (tenant acme's page),\n\
+         or the owner token (every tenant, and the sync and refresh buttons)\n\n\
+         Or try:\n\
          export TOKEN={reader}\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/stripe-accounts?limit=3'\n\
          curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/stripe-accounts-count'\n\

@@ -2,8 +2,9 @@
 //! WebDriver (chromedriver, started here on a free port) against a real server and
 //! the simulator. Screenshots at 1280 and 390 px wide go to target/screenshots/.
 //!
-//! Without `chromium` and `chromedriver` this test fails, saying how to install them
-//! (`apt-get install -y chromium chromium-driver`); it never passes silently.
+//! Without `chromium` and `chromedriver` the test installs them from Debian's packages
+//! when it runs as root with apt-get (`provision`), and otherwise fails saying what to
+//! run; it never passes silently.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,16 +25,15 @@ use tally::store::snapshots::SnapshotOutcome;
 use crate::admin::csrf_in;
 use crate::balances::reported_totals;
 use crate::helpers::{free_port, ids, spawn_app, spawn_sim, TestApp};
+use crate::provision;
 
 const INSTALL: &str = "the browser tests need Debian's Chromium and its WebDriver: \
-                       apt-get install -y chromium chromium-driver";
+                       apt-get update && apt-get install -y chromium chromium-driver";
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    })
+/// `chromium` and `chromedriver`, installed first if need be.
+fn chromium_and_driver() -> (PathBuf, PathBuf) {
+    let found = provision::ensure(&provision::BROWSER);
+    (found[0].clone(), found[1].clone())
 }
 
 /// chromedriver on a free port; stopped (by its own pid) when dropped.
@@ -50,8 +50,9 @@ impl Drop for Driver {
 }
 
 async fn start_driver() -> Driver {
-    let chromedriver = find_program("chromedriver").unwrap_or_else(|| panic!("{INSTALL}"));
-    find_program("chromium").unwrap_or_else(|| panic!("{INSTALL}"));
+    let (_, chromedriver) = tokio::task::spawn_blocking(chromium_and_driver)
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
     let port = free_port();
     let child = Command::new(chromedriver)
         .arg(format!("--port={port}"))
@@ -78,7 +79,7 @@ async fn start_driver() -> Driver {
 }
 
 async fn browser(driver: &Driver) -> Client {
-    let chromium = find_program("chromium").unwrap_or_else(|| panic!("{INSTALL}"));
+    let (chromium, _) = chromium_and_driver();
     let capabilities = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {

@@ -13,7 +13,8 @@ use tally::sim::{SimConfig, SimHandle};
 use tally::store;
 
 use crate::helpers::{
-    free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list, TestApp, TestDb,
+    assert_within_the_budget, free_port, least_span, spawn_app_on, spawn_app_with, spawn_sim,
+    walk_list, TestApp, TestDb,
 };
 
 const BALANCES: &str = "/api/administrator/connect/balances";
@@ -190,11 +191,8 @@ async fn a_poll_gets_202_with_a_refresh_to_follow_then_200_with_exact_totals() {
     );
     assert_eq!(fetches_per_account(&app, tenant_id).await, vec![1; 40]);
     let stats = sim.stats();
-    assert_eq!(stats.rate_limited, 0);
-    assert!(
-        stats.max_rate_per_key.values().all(|r| *r <= 10),
-        "{stats:?}"
-    );
+    // The budget's spacing, seen at the simulator with `ARRIVAL_SPREAD_SECS` of delay.
+    assert_within_the_budget(&stats, 10);
 
     // The refresher's log lists it, newest first.
     let (_, list) = app.get_json(REFRESHES, &token).await;
@@ -393,17 +391,23 @@ async fn three_replicas_fetch_each_account_once_within_the_tenants_rate() {
         "each account fetched exactly once"
     );
     let stats = sim.stats();
-    assert_eq!(stats.rate_limited, 0, "no 429s: {stats:?}");
-    let max_rate = stats.max_rate_per_key.values().copied().max().unwrap_or(0);
-    assert!(
-        max_rate <= 20,
-        "never above the tenant's 20/s: saw {max_rate}"
-    );
     assert_eq!(
         stats.by_path.get("GET /v1/balance").copied().unwrap_or(0),
         90
     );
-    // 90 accounts at 20/s is 4.5 s; three replicas do not make it slower.
+    // The shared budget spaces the tenant's slots 1.05 s / 20 apart whichever replica
+    // takes them: 90 slots span at least 89 × 52.5 ms from the start, however loaded
+    // the machine (a late request only makes it longer). Three replicas pacing
+    // themselves alone would be done in a third of that.
+    assert!(
+        took >= least_span(90, 20),
+        "90 fetches at the tenant's 20/s took only {took:?}"
+    );
+    // At the simulator, a second holds the slots of 1 s plus how unevenly requests
+    // arrived after them (`ARRIVAL_SPREAD_SECS`): at most 24, under Stripe's 25, so no
+    // 429 either. Three replicas at 20/s each would show about 57.
+    assert_within_the_budget(&stats, 20);
+    // 90 accounts at 20/s is 4.7 s; three replicas do not make it slower.
     assert!(took < Duration::from_secs(15), "{took:?}");
     drop((second, third, setup));
 }
@@ -1033,12 +1037,8 @@ async fn three_replicas_keep_every_account_fresh_interval_after_interval() {
         "the oldest snapshot stayed near the interval: {oldest:?}"
     );
     let stats = sim.stats();
-    assert_eq!(stats.rate_limited, 0, "no 429s: {stats:?}");
-    let max_rate = stats.max_rate_per_key.values().copied().max().unwrap_or(0);
-    assert!(
-        max_rate <= 20,
-        "never above the tenant's 20/s: saw {max_rate}"
-    );
+    // The budget's spacing, seen at the simulator with `ARRIVAL_SPREAD_SECS` of delay.
+    assert_within_the_budget(&stats, 20);
     drop(replicas);
 }
 
