@@ -14,7 +14,7 @@ use super::delivery::{self, Job};
 use super::events::for_happening;
 use super::knobs::{chance, Knobs};
 use super::ledger::{Happening, Ledger};
-use super::server::{SimState, API_VERSION};
+use super::state::{SimState, API_VERSION};
 use super::webhook::envelope;
 use super::webhook_endpoints::Delivery;
 use super::world::{Home, World};

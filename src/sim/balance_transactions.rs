@@ -18,7 +18,7 @@ use super::handlers::{acting, Target};
 use super::ledger::{ListError, TxnFilter, TxnType, STRIPE_TXN_TYPES};
 use super::objects::list_json;
 use super::params;
-use super::server::{SimDate, SimState};
+use super::state::{SimDate, SimState};
 use super::txn_objects::balance_transaction_json;
 use super::world::Cursor;
 

@@ -10,7 +10,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use super::knobs::{chance, Knobs};
-use super::server::SimState;
+use super::state::SimState;
 use super::webhook::sign_webhook;
 use super::webhook_endpoints::Delivery;
 

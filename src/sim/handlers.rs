@@ -16,7 +16,7 @@ use super::errors::SimError;
 use super::idempotency::Lookup;
 use super::objects::{account_json, list_json};
 use super::params;
-use super::server::{SimDate, SimState};
+use super::state::{SimDate, SimState};
 use super::world::{Account, UnknownCursor, World};
 
 pub fn router() -> Router<Arc<SimState>> {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ledger::{known_currency, DriftError};
-use super::server::SimState;
+use super::state::SimState;
 use super::world::Home;
 
 pub fn router() -> Router<Arc<SimState>> {

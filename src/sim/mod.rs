@@ -32,6 +32,7 @@ mod ledger_routes;
 mod objects;
 mod params;
 mod server;
+mod state;
 mod stats;
 mod txn_objects;
 mod webhook;
@@ -53,12 +54,12 @@ pub use auth::mask_key;
 pub use clock::ClockState;
 pub use knobs::Knobs;
 pub use ledger_routes::{DriftApplied, DriftRequest, LedgerBalance, LedgerBalances, LedgerError};
-pub use server::{SimCurrencyTotal, SimTotals, API_VERSION};
+pub use state::{SimCurrencyTotal, SimTotals, API_VERSION};
 pub use stats::{SimStats, WebhookStats};
 pub use webhook::sign_webhook;
 
 use ledger::Ledger;
-use server::SimState;
+use state::SimState;
 use world::World;
 
 /// How the simulated world looks and behaves.

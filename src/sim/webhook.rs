@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::objects::{account_json, application_json, balance_json};
-use super::server::{SimState, API_VERSION};
+use super::state::{SimState, API_VERSION};
 use super::world::{Home, World};
 
 /// The `Stripe-Signature` header value for `payload` sent at `timestamp`:

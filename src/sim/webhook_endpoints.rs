@@ -19,7 +19,7 @@ use super::errors::SimError;
 use super::handlers::{check_failing, idempotent_post, Target};
 use super::objects::list_json;
 use super::params::{self, Pairs};
-use super::server::SimState;
+use super::state::SimState;
 use super::world::Cursor;
 
 /// Stripe's limit of webhook endpoints per account (test mode).

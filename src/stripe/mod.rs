@@ -9,12 +9,10 @@ pub mod headers;
 mod limiter;
 pub mod rate_budget;
 pub mod retry;
+pub mod settings;
 pub mod types;
 
-pub use client::{
-    ClientSettings, CreatedRange, Fetched, NewWebhookEndpoint, RateSettings, StripeClient,
-    TenantClient,
-};
+pub use client::{CreatedRange, Fetched, NewWebhookEndpoint, StripeClient, TenantClient};
 pub use credential::{
     key_last4, Credential, CredentialKind, UnknownCredentialKind, UnknownKeyPrefix,
 };
@@ -23,6 +21,7 @@ pub use headers::{account_header, AccountHeader};
 pub use limiter::AdaptiveRate;
 pub use rate_budget::{Priority, RateBudget, Throttled};
 pub use retry::backoff_delay;
+pub use settings::{ClientSettings, RateSettings};
 pub use types::{
     Balance, BalanceAmount, BalanceTransaction, CreatedWebhookEndpoint, Deleted, IssuingBalance,
     List, RefundAndDisputePrefunding, WebhookEndpoint,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::stripe::client::ClientSettings;
 use crate::stripe::headers::STRIPE_SHOULD_RETRY;
+use crate::stripe::settings::ClientSettings;
 
 /// What one attempt produced, as far as the retry decision cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
