@@ -81,18 +81,35 @@ pub async fn record_system(
     .await
 }
 
-/// An event as listed.
-#[derive(Debug, Clone, Serialize)]
+/// One recorded change, as listed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AuditEvent)]
 pub struct AuditView {
     pub id: i64,
+    #[schema(schema_with = audit_event_kind)]
     pub object: &'static str,
+    #[schema(format = DateTime)]
     pub at: String,
-    /// `{"type": "token", "tokenId", "name"}` or `{"type": "cli", "user"}`.
+    /// `{"type": "token", "tokenId", "name"}`, `{"type": "cli", "user"}` or
+    /// `{"type": "system", "name"}`.
+    #[schema(value_type = Object)]
     pub actor: Value,
+    /// What was done (`tenant.add`, `token.revoke`, …).
     pub action: String,
+    /// The tenant's slug, when the change was about one.
     pub tenant: Option<String>,
+    /// What changed (never a secret).
+    #[schema(value_type = Object)]
     pub details: Value,
+}
+
+fn audit_event_kind() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["auditEvent"]))
+        .build()
+        .into()
 }
 
 impl From<AuditEvent> for AuditView {
