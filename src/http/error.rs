@@ -444,6 +444,35 @@ mod tests {
     }
 
     #[test]
+    fn each_cause_has_one_status_and_a_parameters_code_is_a_400() {
+        let mut causes = std::collections::BTreeSet::new();
+        for code in Code::ALL {
+            assert!(
+                causes.insert((code.as_str(), code.status())),
+                "{code} {} twice",
+                code.status()
+            );
+            assert!(!code.meaning().is_empty(), "{code:?}");
+            if let Some(param) = code.param() {
+                assert_eq!(code.status(), StatusCode::BAD_REQUEST, "{code}");
+                assert_eq!(Code::of_param(param), Some(*code));
+            }
+        }
+        // Malformed 400, unknown 404: the same code, two causes.
+        for (malformed, unknown) in [
+            (Code::MalformedStripeid, Code::UnknownStripeid),
+            (Code::MalformedAccountid, Code::UnknownAccountid),
+            (Code::MalformedTenant, Code::UnknownTenant),
+            (Code::MalformedRefreshid, Code::UnknownRefreshid),
+        ] {
+            assert_eq!(malformed.as_str(), unknown.as_str());
+            assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        }
+        assert_eq!(Code::TenantRemoved.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
     fn a_panicking_handler_answers_500_json_and_is_logged_once() {
         let captured = Captured::default();
         let writer = captured.clone();

@@ -12,9 +12,9 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::openapi::response::{Response as ApiResponse, ResponseBuilder};
-use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, KnownFormat, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::Code;
@@ -447,20 +447,6 @@ macro_rules! csv_body {
 }
 pub(crate) use csv_body;
 
-/// A date-time string, for `schema_with`.
-pub fn date_time() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
-        .build()
-        .into()
-}
-
-/// The schema of `T`, for building others by hand.
-pub fn schema_of<T: PartialSchema>() -> RefOr<Schema> {
-    T::schema()
-}
-
 /// `tenant`, on every tenant-scoped operation: read by the `TenantScope` extractor.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -470,4 +456,40 @@ pub struct TenantParam {
     /// unknown one is).
     #[param(inline)]
     pub tenant: Option<crate::domain::TenantSlug>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every query parameter of every operation is read by `ApiQuery` (or the tenant
+    /// scope) and answered with a code of its own when malformed, and that code is in
+    /// the operation's 400.
+    #[test]
+    fn every_query_parameter_has_its_own_code_documented() {
+        let doc = document();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                if method == "head" {
+                    continue;
+                }
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["in"] != "query" {
+                        continue;
+                    }
+                    let name = parameter["name"].as_str().expect("a name");
+                    let code = Code::of_param(name)
+                        .unwrap_or_else(|| panic!("{method} {path}: {name} has no code"));
+                    let bad_request = operation["responses"]["400"].to_string();
+                    assert!(
+                        bad_request.contains(&format!("\"{code}\"")),
+                        "{method} {path}: {code} not documented"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 30, "{seen} parameters");
+    }
 }

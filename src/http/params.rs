@@ -15,6 +15,13 @@ use uuid::Uuid;
 use crate::deserialize_from_text;
 use crate::domain::{text_schema, FromText};
 
+/// A schema of `schema_type` in `format`.
+fn formatted(schema_type: Type, format: KnownFormat) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .format(Some(SchemaFormat::KnownFormat(format)))
+}
+
 /// A whole number of seconds from 0 to `MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds<const MAX: u64>(pub Duration);
@@ -33,9 +40,7 @@ impl<const MAX: u64> FromText for Seconds<MAX> {
 
 impl<const MAX: u64> PartialSchema for Seconds<MAX> {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        formatted(Type::Integer, KnownFormat::Int64)
             .minimum(Some(0))
             .maximum(Some(MAX))
             .build()
@@ -68,9 +73,7 @@ impl<const MIN: i64, const MAX: i64> FromText for Int<MIN, MAX> {
 
 impl<const MIN: i64, const MAX: i64> PartialSchema for Int<MIN, MAX> {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        formatted(Type::Integer, KnownFormat::Int64)
             .minimum(Some(MIN))
             .maximum(Some(MAX))
             .build()
@@ -104,11 +107,7 @@ impl FromText for RecordId {
 
 impl PartialSchema for RecordId {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-            .build()
-            .into()
+        formatted(Type::Integer, KnownFormat::Int64).build().into()
     }
 }
 impl ToSchema for RecordId {}
@@ -157,9 +156,7 @@ impl FromText for Timestamp {
 
 impl PartialSchema for Timestamp {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        formatted(Type::String, KnownFormat::DateTime)
             .build()
             .into()
     }
@@ -181,9 +178,7 @@ impl FromText for Day {
 
 impl PartialSchema for Day {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date)))
+        formatted(Type::String, KnownFormat::Date)
             .pattern(Some("^\\d{4}-\\d{2}-\\d{2}$"))
             .build()
             .into()
@@ -206,11 +201,7 @@ impl FromText for RefreshRef {
 
 impl PartialSchema for RefreshRef {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
-            .build()
-            .into()
+        formatted(Type::String, KnownFormat::Uuid).build().into()
     }
 }
 impl ToSchema for RefreshRef {}
