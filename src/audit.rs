@@ -105,11 +105,7 @@ pub struct AuditView {
 }
 
 fn audit_event_kind() -> utoipa::openapi::schema::Schema {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["auditEvent"]))
-        .build()
-        .into()
+    crate::schema::kind("auditEvent")
 }
 
 impl From<AuditEvent> for AuditView {

@@ -10,6 +10,8 @@ use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+use crate::schema::text_schema;
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
@@ -57,16 +59,6 @@ macro_rules! deserialize_from_text {
             }
         }
     )*};
-}
-
-/// A string schema with a pattern and a description, for the types parsed here.
-pub fn text_schema(pattern: Option<&str>, description: &str) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(pattern)
-        .description(Some(description))
-        .build()
-        .into()
 }
 
 /// A Stripe account id: `acct_` followed by letters and digits.

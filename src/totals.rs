@@ -119,7 +119,7 @@ impl crate::domain::FromText for Currency {
 
 impl utoipa::PartialSchema for Currency {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::domain::text_schema(
+        crate::schema::text_schema(
             Some("^[A-Za-z]{3}$"),
             "A 3-letter ISO currency code, any case.",
         )
@@ -401,11 +401,7 @@ pub struct TotalsAt<'a> {
 }
 
 fn list_kind() -> utoipa::openapi::schema::Schema {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["list"]))
-        .build()
-        .into()
+    crate::schema::kind("list")
 }
 
 impl serde::Serialize for TotalsSeries {

@@ -20,7 +20,8 @@ use super::params::{Int, PageLimit, RecordId};
 use super::query::ApiQuery;
 use super::AppState;
 use crate::audit::{self, AuditFilter, AuditView};
-use crate::domain::{text_schema, TenantSlug};
+use crate::domain::TenantSlug;
+use crate::schema::text_schema;
 use crate::store;
 
 const PATH: &str = "/api/administrator/audit";

@@ -75,23 +75,7 @@ impl Modify for Security {
     }
 }
 
-/// A string schema that takes one value: the `object` of a record.
-pub fn kind(value: &str) -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some([value]))
-        .build()
-        .into()
-}
-
-/// A string schema that takes one of `values`.
-pub fn one_of_strings(values: &[&str]) -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values.iter().copied()))
-        .build()
-        .into()
-}
+pub use crate::schema::{kind, one_of_strings};
 
 /// Who may call an operation; each brings the errors its extractor answers.
 #[derive(Clone, Copy, PartialEq, Eq)]

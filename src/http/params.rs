@@ -13,7 +13,8 @@ use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use crate::deserialize_from_text;
-use crate::domain::{text_schema, FromText};
+use crate::domain::FromText;
+use crate::schema::text_schema;
 
 /// A schema of `schema_type` in `format`.
 fn formatted(schema_type: Type, format: KnownFormat) -> ObjectBuilder {

@@ -10,14 +10,13 @@ use axum::response::Response;
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::Schema;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Caller, Owner};
 use super::error::{ApiError, Code};
-use super::openapi::{api_errors, kind, one_of_strings, Access};
+use super::openapi::{api_errors, Access};
 use super::paging::{list_body, respond, unknown_cursor, MAX_LIMIT};
 use super::params::{Int, PageLimit, RecordId};
 use super::query::ApiQuery;
@@ -72,72 +71,12 @@ api_errors!(
 );
 api_errors!(RevokeErrors, Access::Owner, [Code::UnknownTokenid]);
 
-/// A token record, as listed (never the token).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = ApiToken)]
-pub struct TokenBody {
-    id: i64,
-    #[schema(schema_with = token_kind)]
-    object: &'static str,
-    name: Option<String>,
-    #[schema(schema_with = role)]
-    role: String,
-    /// The tenant's slug (null for owner tokens).
-    tenant: Option<String>,
-    /// The token's first characters and `…`, to recognise it by.
-    prefix: String,
-    #[schema(schema_with = token_status)]
-    status: &'static str,
-    #[schema(format = DateTime)]
-    created_at: String,
-    /// Collected in memory and written every 5 s.
-    #[schema(format = DateTime)]
-    last_used_at: Option<String>,
-    #[schema(format = DateTime)]
-    expires_at: Option<String>,
-    #[schema(format = DateTime)]
-    revoked_at: Option<String>,
-}
-
-/// The CLI's view of a token (`tally token list`) is what the API answers too.
-impl From<TokenView> for TokenBody {
-    fn from(view: TokenView) -> TokenBody {
-        let TokenView {
-            id,
-            object,
-            name,
-            role,
-            tenant,
-            prefix,
-            status,
-            created_at,
-            last_used_at,
-            expires_at,
-            revoked_at,
-        } = view;
-        TokenBody {
-            id,
-            object,
-            name,
-            role,
-            tenant,
-            prefix,
-            status,
-            created_at,
-            last_used_at,
-            expires_at,
-            revoked_at,
-        }
-    }
-}
-
 /// A token just made: its record and, this once, the token.
 #[derive(Serialize, ToSchema)]
 #[schema(as = NewApiToken)]
 pub struct NewTokenBody {
     #[serde(flatten)]
-    record: TokenBody,
+    record: TokenView,
     /// The bearer token (`tly_…`). Shown only here; keep it.
     token: String,
 }
@@ -145,18 +84,8 @@ pub struct NewTokenBody {
 list_body!(
     /// A page of tokens, in the order they were made.
     ApiTokenList,
-    TokenBody
+    TokenView
 );
-
-fn token_kind() -> Schema {
-    kind("apiToken")
-}
-fn role() -> Schema {
-    one_of_strings(&["owner", "admin", "reader"])
-}
-fn token_status() -> Schema {
-    one_of_strings(&["active", "expired", "revoked"])
-}
 
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> ApiError {
@@ -211,10 +140,6 @@ async fn list(
     )
     .await?;
     let page = store::Page::from_fetched(tokens, limit);
-    let page = store::Page {
-        data: page.data.into_iter().map(TokenBody::from).collect(),
-        has_more: page.has_more,
-    };
     Ok(respond::<ApiTokenList, _>(
         page,
         PATH,
@@ -228,7 +153,7 @@ async fn list(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(as = NewApiTokenRequest)]
 struct CreateBody {
-    #[schema(schema_with = role)]
+    #[schema(schema_with = token::role_schema)]
     role: String,
     /// The tenant's slug: required for admin and reader tokens, refused for owner ones
     /// (a removed tenant is 404 `tenant-removed`).
@@ -293,7 +218,7 @@ async fn create(
     Ok((
         StatusCode::CREATED,
         Json(NewTokenBody {
-            record: TokenBody::from(TokenView::from(&record)),
+            record: TokenView::from(&record),
             token: secret.expose_secret().to_owned(),
         }),
     ))
@@ -310,7 +235,7 @@ async fn create(
     params(("id" = i64, Path, description = "The token's id (anything else is an unknown token).")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The revoked token's record.", body = TokenBody),
+        (status = 200, description = "The revoked token's record.", body = TokenView),
         RevokeErrors,
     )
 )]
@@ -319,13 +244,14 @@ async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<TokenBody>, ApiError> {
+) -> Result<Json<TokenView>, ApiError> {
     let unknown = unknown_token;
     // A segment that is not even UTF-8 (`%FF`) cannot name a token either.
     let Path(id) = id.map_err(|_| unknown())?;
     let id: i64 = id.parse().map_err(|_| unknown())?;
-    let revoked = token::revoke(&state.pool, id, &Actor::token(caller.token_id)).await?;
-    Ok(Json(TokenBody::from(revoked)))
+    Ok(Json(
+        token::revoke(&state.pool, id, &Actor::token(caller.token_id)).await?,
+    ))
 }
 
 /// The answer for an id that names no token.
