@@ -81,18 +81,31 @@ pub async fn record_system(
     .await
 }
 
-/// An event as listed.
-#[derive(Debug, Clone, Serialize)]
+/// One recorded change, as listed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AuditEvent)]
 pub struct AuditView {
     pub id: i64,
+    #[schema(schema_with = audit_event_kind)]
     pub object: &'static str,
+    #[schema(format = DateTime)]
     pub at: String,
-    /// `{"type": "token", "tokenId", "name"}` or `{"type": "cli", "user"}`.
+    /// `{"type": "token", "tokenId", "name"}`, `{"type": "cli", "user"}` or
+    /// `{"type": "system", "name"}`.
+    #[schema(value_type = Object)]
     pub actor: Value,
+    /// What was done (`tenant.add`, `token.revoke`, …).
     pub action: String,
+    /// The tenant's slug, when the change was about one.
     pub tenant: Option<String>,
+    /// What changed (never a secret).
+    #[schema(value_type = Object)]
     pub details: Value,
+}
+
+fn audit_event_kind() -> utoipa::openapi::schema::Schema {
+    crate::schema::kind("auditEvent")
 }
 
 impl From<AuditEvent> for AuditView {

@@ -3,10 +3,17 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+use crate::schema::text_schema;
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 /// How every timestamp leaves tally (API bodies, CSV): RFC 3339 in UTC with
 /// milliseconds, as the Dashboard module writes `createdAt`.
@@ -14,9 +21,49 @@ pub fn api_timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A value read from text at the edge (a query parameter, a JSON string): how it is
+/// parsed, and what a well-formed one is. Its `Deserialize` goes through
+/// [`deserialize_text`], so a refusal says what was expected ("`stripeid` must be an
+/// acct_ id"), and its schema (`utoipa::PartialSchema`) says the same to a client.
+pub trait FromText: Sized {
+    fn from_text(text: &str) -> Option<Self>;
+    /// What a well-formed value is, completing "… must be ": "an acct_ id".
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+/// Deserializes a [`FromText`] value from a string; a malformed one is serde's
+/// `invalid_value`, whose expectation is [`FromText::expected`].
+pub fn deserialize_text<'de, T: FromText, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    struct Text<T>(PhantomData<T>);
+    impl<T: FromText> Visitor<'_> for Text<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            T::expected(f)
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            T::from_text(text).ok_or_else(|| E::invalid_value(Unexpected::Str(text), &self))
+        }
+    }
+    deserializer.deserialize_str(Text(PhantomData))
+}
+
+/// `Deserialize` through [`deserialize_text`] for [`FromText`] types.
+#[macro_export]
+macro_rules! deserialize_from_text {
+    ($($name:ty),* $(,)?) => {$(
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::domain::deserialize_text(deserializer)
+            }
+        }
+    )*};
+}
+
 /// A Stripe account id: `acct_` followed by letters and digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct StripeAccountId(String);
 
 impl StripeAccountId {
@@ -33,12 +80,24 @@ impl StripeAccountId {
     }
 }
 
-impl TryFrom<String> for StripeAccountId {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        StripeAccountId::parse(&value).ok_or_else(|| format!("not a Stripe account id: {value:?}"))
+impl FromText for StripeAccountId {
+    fn from_text(text: &str) -> Option<Self> {
+        StripeAccountId::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an acct_ id")
     }
 }
+
+impl PartialSchema for StripeAccountId {
+    fn schema() -> RefOr<Schema> {
+        text_schema(
+            Some("^acct_[A-Za-z0-9]{1,255}$"),
+            "A Stripe account id (`acct_…`).",
+        )
+    }
+}
+impl ToSchema for StripeAccountId {}
 
 impl From<StripeAccountId> for String {
     fn from(id: StripeAccountId) -> String {
@@ -72,6 +131,22 @@ impl TenantSlug {
     }
 }
 
+impl FromText for TenantSlug {
+    fn from_text(text: &str) -> Option<Self> {
+        TenantSlug::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tenant slug (lowercase letters, digits, - and _)")
+    }
+}
+
+impl PartialSchema for TenantSlug {
+    fn schema() -> RefOr<Schema> {
+        text_schema(Some("^[a-z0-9][a-z0-9_-]{0,62}$"), "A tenant's slug.")
+    }
+}
+impl ToSchema for TenantSlug {}
+
 impl fmt::Display for TenantSlug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -98,6 +173,34 @@ impl OwnerId {
         &self.0
     }
 }
+
+impl FromText for OwnerId {
+    fn from_text(text: &str) -> Option<Self> {
+        OwnerId::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an owner id: at most 500 characters, no NUL")
+    }
+}
+
+impl PartialSchema for OwnerId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(OwnerId::MAX_CHARS))
+            .pattern(Some("^[^\\x00]+$"))
+            .description(Some(
+                "An owner id: the platform's own id for the user owning accounts, from \
+                 the Stripe account's metadata.",
+            ))
+            .build()
+            .into()
+    }
+}
+impl ToSchema for OwnerId {}
+
+deserialize_from_text!(StripeAccountId, TenantSlug, OwnerId);
 
 /// `value` with every U+0000 in its strings and keys replaced by U+FFFD. Postgres
 /// JSONB refuses `\u0000`, and Stripe strings (a business name, metadata) may carry

@@ -174,23 +174,46 @@ pub async fn revoke(pool: &PgPool, id: i64, actor: &Actor) -> Result<TokenView, 
     Ok(TokenView::from(&record))
 }
 
-/// A token as shown (never the token).
-#[derive(Debug, Clone, Serialize)]
+/// A token as shown, by the API and `tally token list` (never the token).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ApiToken)]
 pub struct TokenView {
     pub id: i64,
+    #[schema(schema_with = token_kind)]
     pub object: &'static str,
     pub name: Option<String>,
+    #[schema(schema_with = role_schema)]
     pub role: String,
+    /// The tenant's slug (null for owner tokens).
     pub tenant: Option<String>,
-    /// The token's first characters, to recognise it by.
+    /// The token's first characters and `…`, to recognise it by.
     pub prefix: String,
     /// `active`, `expired` or `revoked`.
+    #[schema(schema_with = token_status)]
     pub status: &'static str,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Collected in memory and written every 5 s.
+    #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
+}
+
+fn token_kind() -> utoipa::openapi::schema::Schema {
+    crate::schema::kind("apiToken")
+}
+
+/// `owner`, `admin` or `reader`.
+pub fn role_schema() -> utoipa::openapi::schema::Schema {
+    crate::schema::one_of_strings(&["owner", "admin", "reader"])
+}
+
+fn token_status() -> utoipa::openapi::schema::Schema {
+    crate::schema::one_of_strings(&["active", "expired", "revoked"])
 }
 
 impl From<&TokenRecord> for TokenView {

@@ -66,6 +66,26 @@ impl Interval {
     }
 }
 
+impl crate::domain::FromText for Interval {
+    fn from_text(text: &str) -> Option<Self> {
+        Interval::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("hour or day")
+    }
+}
+
+impl utoipa::PartialSchema for Interval {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["hour", "day"]))
+            .build()
+            .into()
+    }
+}
+impl utoipa::ToSchema for Interval {}
+
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -87,6 +107,27 @@ impl Currency {
         &self.0
     }
 }
+
+impl crate::domain::FromText for Currency {
+    fn from_text(text: &str) -> Option<Self> {
+        Currency::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a 3-letter ISO code")
+    }
+}
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::text_schema(
+            Some("^[A-Za-z]{3}$"),
+            "A 3-letter ISO currency code, any case.",
+        )
+    }
+}
+impl utoipa::ToSchema for Currency {}
+
+crate::deserialize_from_text!(Interval, Currency);
 
 /// A date (`2026-11-01`, YYYY-MM-DD) or an RFC 3339 timestamp.
 fn parse_moment(value: &str) -> Option<Moment> {
@@ -321,30 +362,65 @@ pub async fn totals_over_time(
     })
 }
 
-/// The endpoint's body, serialized straight from the series (no intermediate JSON
-/// tree): `{"object":"list","interval","data":[{"at","accounts","missing","totals"}]}`.
+/// The CSV columns of totals over time, in order (also the document's description).
+pub const CSV_COLUMNS: [&str; 10] = [
+    "at",
+    "currency",
+    "available",
+    "pending",
+    "connect_reserved",
+    "instant_available",
+    "accounts",
+    "missing",
+    "negative",
+    "negative_accounts",
+];
+
+/// Totals over time, newest bucket first: the endpoint's body, serialized straight
+/// from the series (no intermediate JSON tree).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TotalsList<'a> {
+    #[schema(schema_with = list_kind)]
+    object: &'static str,
+    #[schema(value_type = Interval)]
+    interval: &'static str,
+    data: Vec<TotalsAt<'a>>,
+}
+
+/// The totals as of one bucket end.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TotalsAt<'a> {
+    #[schema(format = DateTime)]
+    at: String,
+    /// Listed accounts whose balance is in the totals.
+    accounts: i64,
+    /// Listed accounts with no balance read yet (they add nothing).
+    missing: i64,
+    #[schema(value_type = Vec<TotalsAtRow>)]
+    totals: &'a [TotalsAtRow],
+}
+
+fn list_kind() -> utoipa::openapi::schema::Schema {
+    crate::schema::kind("list")
+}
+
 impl serde::Serialize for TotalsSeries {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(serde::Serialize)]
-        struct Bucket<'a> {
-            at: String,
-            accounts: i64,
-            missing: i64,
-            totals: &'a [TotalsAtRow],
-        }
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            object: &'static str,
-            interval: &'static str,
-            data: Vec<Bucket<'a>>,
-        }
-        Body {
+        self.body().serialize(serializer)
+    }
+}
+
+impl TotalsSeries {
+    /// The endpoint's body: `{"object":"list","interval","data":[{"at","accounts",
+    /// "missing","totals":[…]}]}`, newest bucket first.
+    pub fn body(&self) -> TotalsList<'_> {
+        TotalsList {
             object: "list",
             interval: self.interval.as_str(),
             data: self
                 .buckets
                 .iter()
-                .map(|bucket| Bucket {
+                .map(|bucket| TotalsAt {
                     at: api_timestamp(&bucket.at),
                     accounts: bucket.accounts,
                     missing: bucket.missing,
@@ -352,11 +428,8 @@ impl serde::Serialize for TotalsSeries {
                 })
                 .collect(),
         }
-        .serialize(serializer)
     }
-}
 
-impl TotalsSeries {
     /// The endpoint's body: `{"object":"list","interval","data":[{"at","accounts",
     /// "missing","totals":[…]}]}`, newest bucket first.
     pub fn to_json(&self) -> serde_json::Value {
@@ -369,18 +442,7 @@ impl TotalsSeries {
     pub fn to_csv(&self) -> Result<Vec<u8>, csv::Error> {
         use crate::csv_out::Cell::{Number, Text};
         let mut out = crate::csv_out::CsvOut::new();
-        out.header(&[
-            "at",
-            "currency",
-            "available",
-            "pending",
-            "connect_reserved",
-            "instant_available",
-            "accounts",
-            "missing",
-            "negative",
-            "negative_accounts",
-        ])?;
+        out.header(&CSV_COLUMNS)?;
         for bucket in &self.buckets {
             let at = api_timestamp(&bucket.at);
             let (accounts, missing) = (Number(bucket.accounts), Number(bucket.missing));

@@ -403,44 +403,49 @@ struct RowContext {
     categories: Vec<String>,
 }
 
+/// The day's CSV columns before the activity: who, when, and the opening balance.
+pub const CSV_LEADING: [&str; 9] = [
+    "date",
+    "timezone",
+    "starts_at",
+    "ends_at",
+    "stripeid",
+    "currency",
+    "opening_available",
+    "opening_pending",
+    "opening_balance",
+];
+
+/// The four columns of each reporting category the day has, after its name
+/// (`charge_count`, `charge_gross`, …).
+pub const CSV_PER_CATEGORY: [&str; 4] = ["count", "gross", "fee", "net"];
+
+/// The day's CSV columns after the activity: totals, the closing balance, the tie-out.
+pub const CSV_TRAILING: [&str; 10] = [
+    "activity_net",
+    "fees",
+    "transactions",
+    "closing_available",
+    "closing_pending",
+    "closing_balance",
+    "tieout",
+    "difference_available",
+    "difference_pending",
+    "checked_at",
+];
+
 fn csv_header(categories: &[String]) -> Vec<String> {
-    let mut h: Vec<String> = [
-        "date",
-        "timezone",
-        "starts_at",
-        "ends_at",
-        "stripeid",
-        "currency",
-        "opening_available",
-        "opening_pending",
-        "opening_balance",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    for c in categories {
-        h.push(format!("{c}_count"));
-        h.push(format!("{c}_gross"));
-        h.push(format!("{c}_fee"));
-        h.push(format!("{c}_net"));
-    }
-    h.extend(
-        [
-            "activity_net",
-            "fees",
-            "transactions",
-            "closing_available",
-            "closing_pending",
-            "closing_balance",
-            "tieout",
-            "difference_available",
-            "difference_pending",
-            "checked_at",
-        ]
+    let per_category = categories.iter().flat_map(|c| {
+        CSV_PER_CATEGORY
+            .iter()
+            .map(move |part| format!("{c}_{part}"))
+    });
+    CSV_LEADING
         .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    h
+        .map(|s| (*s).to_owned())
+        .chain(per_category)
+        .chain(CSV_TRAILING.iter().map(|s| (*s).to_owned()))
+        .collect()
 }
 
 impl RowContext {

@@ -241,6 +241,24 @@ pub async fn read(
 /// The aggregate's detail as CSV: one row per account and currency. An account whose
 /// latest try failed has its last good amounts' rows with status `failed` and the
 /// error code (what the totals hold for it); one never read is one row with its error
+/// The aggregate's CSV columns, in order (also the document's description of it).
+pub const CSV_COLUMNS: [&str; 14] = [
+    "stripeid",
+    "accountid",
+    "platformid",
+    "currency",
+    "available",
+    "pending",
+    "connect_reserved",
+    "instant_available",
+    "fetched_at",
+    "status",
+    "error_code",
+    "last_good_at",
+    "confirmed_at",
+    "freshness_by",
+];
+
 /// code and no amounts. `last_good_at` says when the amounts were fetched.
 pub async fn csv(
     pool: &PgPool,
@@ -252,22 +270,7 @@ pub async fn csv(
     let rows = store::snapshots::scope_latest(pool, tenant_id, owner).await?;
     let now = Utc::now();
     let mut out = CsvOut::new();
-    out.header(&[
-        "stripeid",
-        "accountid",
-        "platformid",
-        "currency",
-        "available",
-        "pending",
-        "connect_reserved",
-        "instant_available",
-        "fetched_at",
-        "status",
-        "error_code",
-        "last_good_at",
-        "confirmed_at",
-        "freshness_by",
-    ])?;
+    out.header(&CSV_COLUMNS)?;
     for row in rows {
         let timestamp = |at: Option<DateTime<Utc>>| {
             at.map(|at| crate::domain::api_timestamp(&at))

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,9 +19,10 @@ use utoipa_axum::routes;
 
 use super::auth::TenantScope;
 use super::connections::Connection;
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::openapi::{api_errors, Access, TenantParam};
-use super::query::QueryParams;
+use super::params::{Flag, Int};
+use super::query::ApiQuery;
 use super::streams::StreamSlot;
 use super::AppState;
 use crate::domain::api_timestamp;
@@ -36,90 +37,78 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(one))
 }
 
-/// The listing's query parameters, as documented (parsed by [`ListQuery::parse`]).
-#[allow(dead_code)]
-#[derive(IntoParams)]
+type Offset = Int<0, { i64::MAX }>;
+type ListLimit = Int<1, { i64::MAX }>;
+
+/// The listing's query parameters (checked together by [`ListParams::listing`]).
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// Records to skip, newest `createdAt` first (ties by stripeid); default 0. Not with
     /// a cursor.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    offset: Option<i64>,
+    #[param(inline)]
+    offset: Option<Offset>,
     /// Records per page; default `api.page_size` (`PAGE_SIZE`). Above 500 the page is
     /// streamed; with a cursor at most 500.
-    #[param(minimum = 1, maximum = 9223372036854775807_i64)]
-    limit: Option<i64>,
+    #[param(inline)]
+    limit: Option<ListLimit>,
     /// `true` (or `1`): every record, streamed, `offset` and `limit` ignored. Not with a
     /// cursor.
-    #[param(pattern = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$")]
-    all: Option<String>,
+    #[param(inline)]
+    all: Option<Flag>,
     /// Only the records of this owner (the platform's own user id, from the Stripe
     /// account's metadata). An owner with no stored account is 404 `invalid-accountid`.
-    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
-    accountid: Option<String>,
+    #[param(inline)]
+    accountid: Option<OwnerId>,
     /// A cursor: the page of records after this listed account (at most 500 per page).
     /// With `offset`, `all=true` or `ending_before`: 400 `invalid-paging`.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    starting_after: Option<String>,
+    #[param(inline)]
+    starting_after: Option<StripeAccountId>,
     /// A cursor: the page of records before this listed account.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    ending_before: Option<String>,
+    #[param(inline)]
+    ending_before: Option<StripeAccountId>,
 }
 
 /// The `accountid` filter of the count.
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct OwnerParams {
+pub(super) struct OwnerQuery {
     /// Only the records of this owner; an owner with no stored account is 404
     /// `invalid-accountid`.
-    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
-    accountid: Option<String>,
+    #[param(inline)]
+    pub accountid: Option<OwnerId>,
 }
 
-/// The account of the one-record lookup.
-#[allow(dead_code)]
-#[derive(IntoParams)]
+/// One account, by its Stripe id.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct StripeIdParam {
+pub(super) struct AccountQuery {
     /// The account's Stripe id.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    stripeid: String,
+    #[param(inline)]
+    pub stripeid: StripeAccountId,
 }
 
 api_errors!(
     ListErrors,
     Access::TenantRead,
+    query: ListParams,
     [
-        (400, "invalid-query"),
-        (400, "invalid-offset"),
-        (400, "invalid-limit"),
-        (400, "invalid-all"),
-        (400, "invalid-accountid"),
-        (400, "invalid-starting-after"),
-        (400, "invalid-ending-before"),
-        (400, "invalid-paging"),
-        (404, "invalid-accountid"),
-        (429, "too-many-streams"),
+        Code::InvalidPaging,
+        Code::UnknownAccountid,
+        Code::TooManyStreams
     ]
 );
 api_errors!(
     CountErrors,
     Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-accountid"),
-        (404, "invalid-accountid"),
-    ]
+    query: OwnerQuery,
+    [Code::UnknownAccountid]
 );
 api_errors!(
     OneErrors,
     Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-stripeid"),
-        (404, "invalid-stripeid"),
-    ]
+    query: AccountQuery,
+    [Code::UnknownStripeid]
 );
 
 /// Pages larger than this are streamed chunk by chunk instead of collected.
@@ -145,59 +134,14 @@ struct ListQuery {
 /// The largest page by cursor (a cursor page is never streamed).
 const CURSOR_LIMIT_MAX: i64 = 500;
 
-impl ListQuery {
-    fn parse(raw: Option<&str>, default_limit: i64) -> Result<ListQuery, ApiError> {
-        let params = QueryParams::parse(raw)?;
-        let offset = match params.get("offset") {
-            None => 0,
-            Some(value) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|offset| *offset >= 0)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid-offset",
-                        "offset must be an integer from 0 to 9223372036854775807",
-                    )
-                })?,
-        };
-        let limit = match params.get("limit") {
-            None => default_limit,
-            Some(value) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|limit| *limit >= 1)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid-limit",
-                        "limit must be an integer from 1 to 9223372036854775807",
-                    )
-                })?,
-        };
-        let all = match params.get("all") {
-            None => false,
-            Some(value) => parse_bool(value)
-                .ok_or_else(|| ApiError::invalid("invalid-all", "all must be true or false"))?,
-        };
-        let cursor_param = |key: &str, code: &'static str| {
-            params
-                .get(key)
-                .map(|value| {
-                    StripeAccountId::parse(value).ok_or_else(|| {
-                        ApiError::invalid(
-                            code,
-                            format!("{key} must be the stripeid of a listed account"),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let after = cursor_param("starting_after", "invalid-starting-after")?;
-        let before = cursor_param("ending_before", "invalid-ending-before")?;
-        let cursor = match (after, before) {
+impl ListParams {
+    /// The parameters checked together: a cursor takes neither `offset` nor `all`, and
+    /// at most 500 records.
+    fn listing(self, default_limit: i64) -> Result<ListQuery, ApiError> {
+        let cursor = match (self.starting_after, self.ending_before) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "invalid-paging",
+                return Err(ApiError::new(
+                    Code::InvalidPaging,
                     "give starting_after or ending_before, not both",
                 ))
             }
@@ -205,29 +149,31 @@ impl ListQuery {
             (None, Some(id)) => Some((Direction::Backward, id)),
             (None, None) => None,
         };
+        let limit = self.limit.map_or(default_limit, |Int(limit)| limit);
+        let all = self.all.is_some_and(|Flag(all)| all);
         if cursor.is_some() {
-            if params.get("offset").is_some() {
-                return Err(ApiError::invalid(
-                    "invalid-paging",
+            if self.offset.is_some() {
+                return Err(ApiError::new(
+                    Code::InvalidPaging,
                     "offset and a cursor (starting_after, ending_before) cannot be combined",
                 ));
             }
             if all {
-                return Err(ApiError::invalid(
-                    "invalid-paging",
+                return Err(ApiError::new(
+                    Code::InvalidPaging,
                     "all=true and a cursor (starting_after, ending_before) cannot be combined",
                 ));
             }
             if limit > CURSOR_LIMIT_MAX {
-                return Err(ApiError::invalid(
-                    "invalid-limit",
+                return Err(ApiError::new(
+                    Code::InvalidLimit,
                     "with a cursor, limit is an integer from 1 to 500",
                 ));
             }
         }
         Ok(ListQuery {
-            owner: owner_param(&params)?,
-            offset,
+            owner: self.accountid,
+            offset: self.offset.map_or(0, |Int(offset)| offset),
             limit,
             all,
             cursor,
@@ -235,40 +181,16 @@ impl ListQuery {
     }
 }
 
-/// The `accountid` filter of the listing and the count.
-pub(super) fn owner_param(params: &QueryParams) -> Result<Option<OwnerId>, ApiError> {
-    params
-        .get("accountid")
-        .map(|value| {
-            OwnerId::parse(value).ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid-accountid",
-                    "accountid must be an owner id: at most 500 characters, no NUL",
-                )
-            })
-        })
-        .transpose()
-}
-
-/// The `stripeid` of the one-record lookup.
-fn stripeid_param(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
-    params
-        .get("stripeid")
-        .and_then(StripeAccountId::parse)
-        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" => Some(true),
-        "false" | "0" => Some(false),
-        _ => None,
+impl ListQuery {
+    #[cfg(test)]
+    fn parse(raw: Option<&str>, default_limit: i64) -> Result<ListQuery, ApiError> {
+        super::query::parse::<ListParams>(raw)?.listing(default_limit)
     }
 }
 
 fn unknown_owner() -> ApiError {
-    ApiError::not_found(
-        "invalid-accountid",
+    ApiError::new(
+        Code::UnknownAccountid,
         "invalid querystring accountid: no stored account has that owner",
     )
 }
@@ -322,8 +244,9 @@ async fn list(
     State(state): State<AppState>,
     connection: Option<Extension<Connection>>,
     RawQuery(raw): RawQuery,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(raw.as_deref(), state.settings.api.page_size)?;
+    let query = params.listing(state.settings.api.page_size)?;
     if query.all || query.limit > STREAM_ABOVE {
         let connection = connection.map(|Extension(connection)| connection);
         return stream_listing(&state, &scope, query, connection).await;
@@ -348,8 +271,8 @@ async fn list(
         }
         Some((direction, stripeid)) => {
             let (code, key_name) = match direction {
-                Direction::Forward => ("invalid-starting-after", "starting_after"),
-                Direction::Backward => ("invalid-ending-before", "ending_before"),
+                Direction::Forward => (Code::InvalidStartingAfter, "starting_after"),
+                Direction::Backward => (Code::InvalidEndingBefore, "ending_before"),
             };
             // One more than asked says whether the walk goes on past this page.
             let page = store::accounts::page_from_cursor(
@@ -362,7 +285,7 @@ async fn list(
             )
             .await?
             .ok_or_else(|| {
-                ApiError::invalid(
+                ApiError::new(
                     code,
                     format!("{key_name}: no listed account has that stripeid"),
                 )
@@ -409,14 +332,11 @@ fn page_links(
     has_next: bool,
     raw: Option<&str>,
 ) -> Option<String> {
-    let kept: Vec<(String, String)> =
-        serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(key, _)| {
-                !matches!(key.as_str(), "offset" | "starting_after" | "ending_before")
-            })
-            .collect();
+    let kept: Vec<(String, String)> = super::query::pairs(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "offset" | "starting_after" | "ending_before"))
+        .collect();
     let link = |cursor: &str, id: &str, rel: &str| {
         let mut pairs = kept.clone();
         if !pairs.iter().any(|(key, _)| key == "limit") {
@@ -659,7 +579,7 @@ impl ArrayWriter {
     tag = "accounts",
     operation_id = "countStripeAccounts",
     description = "How many stored accounts the listing walks (the same `accountid` filter).",
-    params(OwnerParams, TenantParam),
+    params(OwnerQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The count, a bare integer.", body = i64, content_type = "application/json"),
@@ -669,11 +589,9 @@ impl ArrayWriter {
 async fn count(
     scope: TenantScope,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(OwnerQuery { accountid }): ApiQuery<OwnerQuery>,
 ) -> Result<Json<i64>, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let owner = owner_param(&params)?;
-    let total = listed_count(&state, scope.tenant.id, owner.as_ref()).await?;
+    let total = listed_count(&state, scope.tenant.id, accountid.as_ref()).await?;
     Ok(Json(total))
 }
 
@@ -684,7 +602,7 @@ async fn count(
     tag = "accounts",
     operation_id = "getStripeAccount",
     description = "One stored account, also one Stripe no longer returns (then with `removedAt`).",
-    params(StripeIdParam, TenantParam),
+    params(AccountQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The record.", body = StripeAccountRecord<'static>),
@@ -694,14 +612,12 @@ async fn count(
 async fn one(
     scope: TenantScope,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(AccountQuery { stripeid }): ApiQuery<AccountQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = stripeid_param(&params)?;
     let row = store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
         .await?
         .ok_or_else(|| {
-            ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
+            ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
         })?;
     let record = StripeAccountRecord::new(&row, &scope.tenant.slug)?;
     Ok(Json(record).into_response())
@@ -770,7 +686,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn parse(raw: &str) -> Result<ListQuery, &'static str> {
-        ListQuery::parse(Some(raw), 10).map_err(|error| error.code())
+        ListQuery::parse(Some(raw), 10).map_err(|error| error.code().as_str())
     }
 
     #[test]
@@ -876,7 +792,7 @@ mod tests {
                 Err(error) => {
                     prop_assert_eq!(error.status().as_u16(), 400);
                     prop_assert!(matches!(
-                        error.code(),
+                        error.code().as_str(),
                         "invalid-query" | "invalid-offset" | "invalid-limit" | "invalid-all"
                             | "invalid-accountid" | "invalid-starting-after" | "invalid-ending-before"
                     ), "{}", error.code());
@@ -886,15 +802,14 @@ mod tests {
 
         #[test]
         fn the_owner_and_stripeid_parsers_never_let_nul_through(raw in query()) {
-            let params = QueryParams::parse(Some(&raw)).expect("form decoding is lossy, never failing");
-            match owner_param(&params) {
-                Ok(Some(owner)) => prop_assert!(!owner.as_str().contains('\0')),
-                Ok(None) => {}
-                Err(error) => prop_assert_eq!(error.code(), "invalid-accountid"),
+            match super::super::query::parse::<OwnerQuery>(Some(&raw)) {
+                Ok(OwnerQuery { accountid: Some(owner) }) => prop_assert!(!owner.as_str().contains('\0')),
+                Ok(OwnerQuery { accountid: None }) => {}
+                Err(error) => prop_assert_eq!(error.code(), Code::MalformedAccountid),
             }
-            match stripeid_param(&params) {
-                Ok(id) => prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
-                Err(error) => prop_assert_eq!(error.code(), "invalid-stripeid"),
+            match super::super::query::parse::<AccountQuery>(Some(&raw)) {
+                Ok(AccountQuery { stripeid }) => prop_assert!(stripeid.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
+                Err(error) => prop_assert_eq!(error.code(), Code::MalformedStripeid),
             }
         }
 

@@ -4,19 +4,24 @@
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use utoipa::IntoParams;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Owner;
 use super::error::ApiError;
 use super::openapi::{api_errors, Access};
-use super::paging::{unknown_cursor, PageRequest};
-use super::query::QueryParams;
-use super::schemas;
+use super::paging::{list_body, respond, unknown_cursor};
+use super::params::{Int, PageLimit, RecordId};
+use super::query::ApiQuery;
 use super::AppState;
-use crate::audit::{self, AuditFilter};
+use crate::audit::{self, AuditFilter, AuditView};
 use crate::domain::TenantSlug;
+use crate::schema::text_schema;
 use crate::store;
 
 const PATH: &str = "/api/administrator/audit";
@@ -26,63 +31,49 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
 }
 
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct AuditParams {
-    /// Only this tenant's events (also a tenant that was purged).
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
-    tenant: Option<String>,
-    /// Only events at or after this time: RFC 3339 or `YYYY-MM-DD`.
-    since: Option<String>,
+struct AuditQuery {
     /// At most this many, newest first; default 20.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<i64>,
+    #[param(inline)]
+    limit: Option<PageLimit>,
     /// The page after this event id.
-    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
-    starting_after: Option<String>,
+    #[param(inline)]
+    starting_after: Option<RecordId>,
+    /// Only this tenant's events (also a tenant that was purged).
+    #[param(inline)]
+    tenant: Option<TenantSlug>,
+    /// Only events at or after this time: RFC 3339 or `YYYY-MM-DD`.
+    #[param(inline)]
+    since: Option<Since>,
 }
 
-api_errors!(
-    ListErrors,
-    Access::Owner,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-limit"),
-        (400, "invalid-starting-after"),
-        (400, "invalid-tenant"),
-        (400, "invalid-since"),
-    ]
+/// `since`: an RFC 3339 timestamp, or a date meaning its midnight UTC.
+struct Since(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Since {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        audit::parse_since(&text)
+            .map(Since)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialSchema for Since {
+    fn schema() -> RefOr<Schema> {
+        text_schema(None, "An RFC 3339 timestamp, or a date (`2026-12-01`).")
+    }
+}
+impl ToSchema for Since {}
+
+api_errors!(ListErrors, Access::Owner, query: AuditQuery, []);
+
+list_body!(
+    /// A page of audit events, newest first.
+    AuditEventList,
+    AuditView
 );
-
-fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
-    let page = PageRequest::<i64>::parse(params, DEFAULT_LIMIT, "an audit event id")?;
-    let tenant = params
-        .get("tenant")
-        .map(|slug| {
-            TenantSlug::parse(slug)
-                .map(|s| s.as_str().to_owned())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid-tenant",
-                        "tenant must be a tenant slug (lowercase letters, digits, - and _)",
-                    )
-                })
-        })
-        .transpose()?;
-    let since = params
-        .get("since")
-        .map(|text| {
-            audit::parse_since(text).map_err(|reason| ApiError::invalid("invalid-since", reason))
-        })
-        .transpose()?;
-    Ok(AuditFilter {
-        tenant,
-        since,
-        starting_after: page.starting_after,
-        limit: page.limit,
-    })
-}
 
 /// `GET /api/administrator/audit[?tenant=…][&since=…][&limit=…][&starting_after=…]`
 #[utoipa::path(
@@ -91,10 +82,10 @@ fn filter(params: &QueryParams) -> Result<AuditFilter, ApiError> {
     tag = "audit",
     operation_id = "listAudit",
     description = "Who changed what (owner), newest first. Secrets never appear in it.",
-    params(AuditParams),
+    params(AuditQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of events.", body = schemas::AuditEventList,
+        (status = 200, description = "A page of events.", body = AuditEventList,
             headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
         ListErrors,
     )
@@ -103,14 +94,25 @@ async fn list(
     _: Owner,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let filter = filter(&params)?;
+    let filter = AuditFilter {
+        tenant: query.tenant.map(|slug| slug.as_str().to_owned()),
+        since: query.since.map(|Since(at)| at),
+        starting_after: query.starting_after.map(|RecordId(id)| id),
+        limit: query.limit.map_or(DEFAULT_LIMIT, |Int(limit)| limit),
+    };
     if let Some(id) = filter.starting_after {
         if !store::audit::exists(&state.pool, id).await? {
             return Err(unknown_cursor("an audit event id"));
         }
     }
     let page = audit::list(&state.pool, &filter).await?;
-    Ok(page.respond(PATH, raw.as_deref(), filter.limit, |event| event.id))
+    Ok(respond::<AuditEventList, _>(
+        page,
+        PATH,
+        raw.as_deref(),
+        filter.limit,
+        |event| event.id,
+    ))
 }

@@ -10,7 +10,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
+use super::openapi::TenantParam;
+use super::query;
 use super::AppState;
 use crate::crypto::hash_token;
 use crate::domain::{Role, TenantSlug};
@@ -51,16 +53,15 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(
-            "missing Authorization: Bearer <token>",
-        ))?
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing Authorization: Bearer <token>"))?
         .to_str()
-        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        .map_err(|_| ApiError::new(Code::Unauthorized, "malformed Authorization header"))?;
     let (scheme, token) = value
         .split_once(' ')
-        .ok_or(ApiError::Unauthorized("malformed Authorization header"))?;
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "malformed Authorization header"))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(ApiError::Unauthorized(
+        return Err(ApiError::new(
+            Code::Unauthorized,
             "expected Authorization: Bearer <token>",
         ));
     }
@@ -142,10 +143,10 @@ impl TokenUses {
 
 fn refuse_expired(expires_at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
     if expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::TokenRefused {
-            code: "token-expired",
-            message: "this token has expired; create a new one (tally token create)",
-        });
+        return Err(ApiError::new(
+            Code::TokenExpired,
+            "this token has expired; create a new one (tally token create)",
+        ));
     }
     Ok(())
 }
@@ -162,20 +163,16 @@ pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiEr
     }
     let grant = store::tokens::find_by_hash(&state.pool, &hash)
         .await?
-        .ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid or revoked token"))?;
     if grant.revoked_at.is_some() {
-        return Err(ApiError::TokenRefused {
-            code: "token-revoked",
-            message: "this token was revoked",
-        });
+        return Err(ApiError::new(Code::TokenRevoked, "this token was revoked"));
     }
     refuse_expired(grant.expires_at)?;
     if grant.tenant_disabled_at.is_some() {
-        return Err(ApiError::TokenRefused {
-            code: "tenant-removed",
-            message:
-                "this token's tenant was removed (tally tenant remove); its tokens no longer work",
-        });
+        return Err(ApiError::new(
+            Code::TokenOfRemovedTenant,
+            "this token's tenant was removed (tally tenant remove); its tokens no longer work",
+        ));
     }
     let role = Role::parse(&grant.role)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
@@ -183,7 +180,7 @@ pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiEr
         Some(id) => Some(
             store::tenants::find_by_id(&state.pool, id)
                 .await?
-                .ok_or(ApiError::Unauthorized("invalid or revoked token"))?,
+                .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid or revoked token"))?,
         ),
         None => None,
     };
@@ -210,33 +207,15 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The `tenant` query parameter, if any, without disturbing the handler's own parsing.
+/// The `tenant` query parameter, if any, read beside the handler's own parameters.
 /// A value that cannot be a slug (a NUL, capitals, spaces) is 400 `invalid-tenant`:
 /// no tenant has such a slug, so saying so reveals nothing.
 fn tenant_param(parts: &Parts) -> Result<Option<TenantSlug>, ApiError> {
-    let Some(query) = parts.uri.query() else {
-        return Ok(None);
-    };
-    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
-        // The handler's own parsing answers a malformed query string.
-        return Ok(None);
-    };
-    pairs
-        .into_iter()
-        .find(|(key, value)| key == "tenant" && !value.is_empty())
-        .map(|(_, value)| {
-            TenantSlug::parse(&value).ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid-tenant",
-                    "tenant must be a tenant slug (lowercase letters, digits, - and _)",
-                )
-            })
-        })
-        .transpose()
+    query::parse::<TenantParam>(parts.uri.query()).map(|param| param.tenant)
 }
 
 fn unknown_tenant() -> ApiError {
-    ApiError::not_found("invalid-tenant", "no such tenant")
+    ApiError::new(Code::UnknownTenant, "no such tenant")
 }
 
 impl FromRequestParts<AppState> for TenantScope {
@@ -251,8 +230,8 @@ impl FromRequestParts<AppState> for TenantScope {
         let tenant = match (caller.role, caller.tenant) {
             (Role::Owner, _) => {
                 let slug = requested.ok_or_else(|| {
-                    ApiError::invalid(
-                        "missing-tenant",
+                    ApiError::new(
+                        Code::MissingTenant,
                         "an owner token names the tenant with ?tenant=<slug>",
                     )
                 })?;
@@ -293,7 +272,10 @@ impl FromRequestParts<AppState> for TenantAdmin {
         let scope = TenantScope::from_request_parts(parts, state).await?;
         match scope.role {
             Role::Owner | Role::Admin => Ok(TenantAdmin(scope)),
-            Role::Reader => Err(ApiError::Forbidden("this needs an admin or owner token")),
+            Role::Reader => Err(ApiError::new(
+                Code::Forbidden,
+                "this needs an admin or owner token",
+            )),
         }
     }
 }
@@ -304,7 +286,7 @@ impl FromRequestParts<AppState> for Owner {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Owner, ApiError> {
         match Caller::from_request_parts(parts, state).await?.role {
             Role::Owner => Ok(Owner),
-            _ => Err(ApiError::Forbidden("this needs an owner token")),
+            _ => Err(ApiError::new(Code::Forbidden, "this needs an owner token")),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `crate::balances`, and render; a freshness requirement that cannot be met within
 //! `wait` answers 202 with the refresh to poll.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
@@ -10,26 +11,29 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::accounts::AccountQuery;
 use super::auth::{TenantAdmin, TenantScope};
-use super::error::ApiError;
-use super::openapi::{api_errors, Access, TenantParam};
-use super::paging::{unknown_cursor, PageRequest};
-use super::query::QueryParams;
-use super::schemas;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, csv_body, kind, one_of_strings, Access, TenantParam};
+use super::paging::{self, unknown_cursor};
+use super::params::{Int, PageLimit, RefreshCursor, RefreshRef, Seconds, Timestamp};
+use super::query::ApiQuery;
 use super::AppState;
 use crate::audit::Actor;
 use crate::balances::{self as use_cases, AccountBalance, Answer, Fresh, Since};
-use crate::domain::api_timestamp;
-use crate::domain::{OwnerId, StripeAccountId};
+use crate::domain::{api_timestamp, FetchFailure, OwnerId, StripeAccountId};
+use crate::freshness::FreshnessBy;
 use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
+use crate::totals::Currency;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -40,168 +44,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show_refresh))
 }
 
-/// `max_age` and `wait`, as documented.
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct FreshParams {
-    /// Seconds: every account of the scope must have been tried within this long.
-    /// Met at once from what is stored, else the request joins (or starts) the scope's
-    /// refresh and waits up to `wait`, then answers 202 with the refresh to poll.
-    #[param(minimum = 0, maximum = 31536000)]
-    max_age: Option<i64>,
-    /// Seconds to wait for a refresh before answering 202; default 10.
-    #[param(minimum = 0, maximum = 25)]
-    wait: Option<i64>,
-    /// A refresh's id (not with `max_age`): answers that refresh's result, every account
-    /// of its scope tried since its cutoff, or 202 while that is not yet so. A
-    /// succeeded refresh's `result` link carries it.
-    #[param(format = Uuid)]
-    refresh: Option<String>,
-}
-
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct AccountBalanceParams {
-    /// The account's Stripe id.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    stripeid: String,
-}
-
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct AggregateParams {
-    /// Only this owner's accounts; an owner with no listed account is 404
-    /// `invalid-accountid`.
-    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
-    accountid: Option<String>,
-    /// Only this currency (3 letters, any case).
-    #[param(pattern = "^[A-Za-z]{3}$")]
-    currency: Option<String>,
-}
-
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct HistoryParams {
-    /// The account's Stripe id.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    stripeid: String,
-    /// Snapshots fetched at or after this time (RFC 3339).
-    #[param(format = DateTime)]
-    from: Option<String>,
-    /// Snapshots fetched at or before this time (RFC 3339).
-    #[param(format = DateTime)]
-    to: Option<String>,
-    /// At most this many, newest first; default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-}
-
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct RefreshListParams {
-    /// At most this many, newest first; default 10.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<i64>,
-    /// The page after this refresh id (a UUID).
-    #[param(
-        pattern = "^([0-9A-Fa-f]{32}|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
-    )]
-    starting_after: Option<String>,
-}
-
-#[allow(dead_code)]
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-struct StartRefreshParams {
-    /// Refresh only this owner's accounts (not with `stripeid`).
-    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
-    accountid: Option<String>,
-    /// Refresh only this account (not with `accountid`).
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    stripeid: Option<String>,
-    /// Refresh what was not tried within this many seconds; default 0 (everything).
-    #[param(minimum = 0, maximum = 31536000)]
-    max_age: Option<i64>,
-}
-
-api_errors!(
-    AccountBalanceErrors,
-    Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-stripeid"),
-        (400, "invalid-max-age"),
-        (400, "invalid-wait"),
-        (400, "invalid-refreshid"),
-        (400, "invalid-scope"),
-        (404, "invalid-stripeid"),
-        (404, "invalid-refreshid"),
-        (500, "tenant-credential-unusable"),
-        (502, "stripe-request-failed"),
-    ]
-);
-api_errors!(
-    AggregateErrors,
-    Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-max-age"),
-        (400, "invalid-wait"),
-        (400, "invalid-refreshid"),
-        (400, "invalid-scope"),
-        (400, "invalid-accountid"),
-        (400, "invalid-currency"),
-        (404, "invalid-accountid"),
-        (404, "invalid-refreshid"),
-        (500, "tenant-credential-unusable"),
-    ]
-);
-api_errors!(
-    HistoryErrors,
-    Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-stripeid"),
-        (400, "invalid-from"),
-        (400, "invalid-to"),
-        (400, "invalid-limit"),
-        (404, "invalid-stripeid"),
-    ]
-);
-api_errors!(
-    ListRefreshesErrors,
-    Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-limit"),
-        (400, "invalid-starting-after"),
-    ]
-);
-api_errors!(
-    StartRefreshErrors,
-    Access::TenantAdmin,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-scope"),
-        (400, "invalid-stripeid"),
-        (400, "invalid-accountid"),
-        (400, "invalid-max-age"),
-        (404, "invalid-stripeid"),
-        (404, "invalid-accountid"),
-        (500, "tenant-credential-unusable"),
-    ]
-);
-api_errors!(
-    ShowRefreshErrors,
-    Access::TenantRead,
-    [(404, "invalid-refreshid")]
-);
-
 /// A year: no snapshot is kept fresher than that on purpose, and larger values
 /// would overflow date arithmetic.
 pub const MAX_AGE_LIMIT_SECS: u64 = 31_536_000;
@@ -210,124 +52,295 @@ pub const WAIT_LIMIT_SECS: u64 = 25;
 const WAIT_DEFAULT_SECS: u64 = 10;
 const REFRESHES_PATH: &str = "/api/administrator/connect/balances/refreshes";
 
-fn seconds(
-    params: &QueryParams,
-    key: &str,
-    code: &'static str,
-    limit: u64,
-) -> Result<Option<Duration>, ApiError> {
-    params
-        .get(key)
-        .map(|value| {
-            value
-                .parse::<u64>()
-                .ok()
-                .filter(|secs| *secs <= limit)
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        code,
-                        format!("{key} must be a whole number of seconds from 0 to {limit}"),
-                    )
-                })
-        })
-        .transpose()
+type MaxAge = Seconds<MAX_AGE_LIMIT_SECS>;
+type Wait = Seconds<WAIT_LIMIT_SECS>;
+type HistoryLimit = Int<1, 1000>;
+
+/// `max_age`, `wait` and `refresh`: how fresh an answer must be.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FreshQuery {
+    /// Seconds: every account of the scope must have been tried within this long.
+    /// Met at once from what is stored, else the request joins (or starts) the scope's
+    /// refresh and waits up to `wait`, then answers 202 with the refresh to poll.
+    #[param(inline)]
+    max_age: Option<MaxAge>,
+    /// Seconds to wait for a refresh before answering 202; default 10.
+    #[param(inline)]
+    wait: Option<Wait>,
+    /// A refresh's id (not with `max_age`): answers that refresh's result, every account
+    /// of its scope tried since its cutoff, or 202 while that is not yet so. A
+    /// succeeded refresh's `result` link carries it.
+    #[param(inline)]
+    refresh: Option<RefreshRef>,
 }
 
-fn max_age(params: &QueryParams) -> Result<Option<Duration>, ApiError> {
-    seconds(params, "max_age", "invalid-max-age", MAX_AGE_LIMIT_SECS)
-}
+impl FreshQuery {
+    fn wait(&self) -> Duration {
+        self.wait
+            .map_or(Duration::from_secs(WAIT_DEFAULT_SECS), |Seconds(wait)| wait)
+    }
 
-/// `max_age` or `refresh` (if either is given) with `wait`.
-fn fresh(params: &QueryParams) -> Result<Option<Fresh>, ApiError> {
-    let wait = seconds(params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
-        .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS));
-    let since =
-        match (max_age(params)?, refresh_id(params)?) {
-            (Some(_), Some(_)) => return Err(ApiError::invalid(
-                "invalid-scope",
-                "max_age and refresh exclude each other: a refresh's result holds what it tried \
-                 since its own cutoff",
-            )),
-            (Some(max_age), None) => Since::MaxAge(max_age),
-            (None, Some(id)) => Since::Refresh(id),
+    /// `max_age` or `refresh` (if either is given) with `wait`.
+    fn fresh(&self) -> Result<Option<Fresh>, ApiError> {
+        let since = match (self.max_age, self.refresh) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    Code::InvalidScope,
+                    "max_age and refresh exclude each other: a refresh's result holds what it \
+                     tried since its own cutoff",
+                ))
+            }
+            (Some(Seconds(max_age)), None) => Since::MaxAge(max_age),
+            (None, Some(RefreshRef(id))) => Since::Refresh(id),
             (None, None) => return Ok(None),
         };
-    Ok(Some(Fresh { since, wait }))
-}
-
-/// `refresh`: the id of the refresh whose result is asked for.
-fn refresh_id(params: &QueryParams) -> Result<Option<Uuid>, ApiError> {
-    params
-        .get("refresh")
-        .map(|value| {
-            Uuid::try_parse(value).map_err(|_| {
-                ApiError::invalid(
-                    "invalid-refreshid",
-                    "refresh must be a balance refresh id (a UUID)",
-                )
-            })
-        })
-        .transpose()
-}
-
-fn stripeid(params: &QueryParams) -> Result<StripeAccountId, ApiError> {
-    params
-        .get("stripeid")
-        .and_then(StripeAccountId::parse)
-        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))
-}
-
-/// The `accountid` of the aggregate and of a refresh.
-fn owner(params: &QueryParams) -> Result<Option<&str>, ApiError> {
-    params
-        .get("accountid")
-        .map(|value| {
-            OwnerId::parse(value).map(|_| value).ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid-accountid",
-                    "accountid must be an owner id: at most 500 characters, no NUL",
-                )
-            })
-        })
-        .transpose()
-}
-
-fn currency(params: &QueryParams) -> Result<Option<String>, ApiError> {
-    match params.get("currency") {
-        None => Ok(None),
-        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            Ok(Some(c.to_ascii_lowercase()))
-        }
-        Some(_) => Err(ApiError::invalid(
-            "invalid-currency",
-            "currency must be a 3-letter ISO code",
-        )),
+        Ok(Some(Fresh {
+            since,
+            wait: self.wait(),
+        }))
     }
 }
 
-/// Stripe's balance object with `stripeid`, `fetchedAt`, `source`, `confirmedAt` and
-/// `freshnessBy` added.
-fn balance_body(account: &AccountBalance) -> Value {
-    let mut body = match &account.balance {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
-    };
-    body.insert("stripeid".into(), json!(account.stripeid));
-    body.insert(
-        "fetchedAt".into(),
-        json!(api_timestamp(&account.snapshot.fetched_at)),
-    );
-    body.insert("source".into(), json!(account.snapshot.source));
-    body.insert(
-        "confirmedAt".into(),
-        json!(api_timestamp(&account.confirmation.confirmed_at)),
-    );
-    body.insert(
-        "freshnessBy".into(),
-        json!(account.confirmation.by.as_str()),
-    );
-    Value::Object(body)
+/// The aggregate's filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AggregateQuery {
+    /// Only this owner's accounts; an owner with no listed account is 404
+    /// `invalid-accountid`.
+    #[param(inline)]
+    accountid: Option<OwnerId>,
+    /// Only this currency (3 letters, any case).
+    #[param(inline)]
+    currency: Option<Currency>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct HistoryQuery {
+    /// The account's Stripe id.
+    #[param(inline)]
+    stripeid: StripeAccountId,
+    /// Snapshots fetched at or after this time (RFC 3339).
+    #[param(inline)]
+    from: Option<Timestamp>,
+    /// Snapshots fetched at or before this time (RFC 3339).
+    #[param(inline)]
+    to: Option<Timestamp>,
+    /// At most this many, newest first; default 100.
+    #[param(inline)]
+    limit: Option<HistoryLimit>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RefreshListQuery {
+    /// At most this many, newest first; default 10.
+    #[param(inline)]
+    limit: Option<PageLimit>,
+    /// The page after this refresh id.
+    #[param(inline)]
+    starting_after: Option<RefreshCursor>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StartRefreshQuery {
+    /// Refresh what was not tried within this many seconds; default 0 (everything).
+    #[param(inline)]
+    max_age: Option<MaxAge>,
+    /// Refresh only this owner's accounts (not with `stripeid`).
+    #[param(inline)]
+    accountid: Option<OwnerId>,
+    /// Refresh only this account (not with `accountid`).
+    #[param(inline)]
+    stripeid: Option<StripeAccountId>,
+}
+
+api_errors!(
+    AccountBalanceErrors,
+    Access::TenantRead,
+    query: AccountQuery,
+    query: FreshQuery,
+    [
+        Code::InvalidScope,
+        Code::UnknownStripeid,
+        Code::UnknownRefreshid,
+        Code::StripeRequestFailed,
+    ]
+);
+api_errors!(
+    AggregateErrors,
+    Access::TenantRead,
+    query: AggregateQuery,
+    query: FreshQuery,
+    [
+        Code::InvalidScope,
+        Code::UnknownAccountid,
+        Code::UnknownRefreshid
+    ]
+);
+api_errors!(
+    HistoryErrors,
+    Access::TenantRead,
+    query: HistoryQuery,
+    [Code::UnknownStripeid]
+);
+api_errors!(
+    ListRefreshesErrors,
+    Access::TenantRead,
+    query: RefreshListQuery,
+    []
+);
+api_errors!(
+    StartRefreshErrors,
+    Access::TenantAdmin,
+    query: StartRefreshQuery,
+    [
+        Code::InvalidScope,
+        Code::UnknownStripeid,
+        Code::UnknownAccountid
+    ]
+);
+api_errors!(
+    ShowRefreshErrors,
+    Access::TenantRead,
+    [Code::UnknownRefreshid]
+);
+
+fn balance_kind() -> Schema {
+    kind("balance")
+}
+fn balance_refresh_kind() -> Schema {
+    kind("balanceRefresh")
+}
+fn balance_snapshot_kind() -> Schema {
+    kind("balanceSnapshot")
+}
+fn refresh_status() -> Schema {
+    one_of_strings(&["running", "succeeded", "failed", "interrupted"])
+}
+fn refresh_trigger() -> Schema {
+    one_of_strings(&["poll", "person", "schedule", "cli"])
+}
+fn snapshot_source() -> Schema {
+    one_of_strings(&["fetch", "webhook"])
+}
+
+/// Stripe's balance object as Stripe returned it, with Stripe's own field names;
+/// fields Stripe adds (`issuing`, `refund_and_dispute_prefunding`, new ones) are kept.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct StripeBalance {
+    #[schema(schema_with = balance_kind)]
+    object: String,
+    livemode: bool,
+    available: Vec<BalanceAmount>,
+    pending: Vec<BalanceAmount>,
+    /// Funds held for Connect reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    connect_reserved: Option<Vec<BalanceAmount>>,
+    /// Funds available for Instant Payouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    instant_available: Option<Vec<InstantAmount>>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// One currency's amount in a balance bucket.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BalanceAmount {
+    /// In the currency's minor unit (cents; yen); may be negative.
+    amount: i64,
+    /// An ISO currency code, as Stripe writes it (lowercase).
+    currency: String,
+    /// The amount by source type (`card`, `bank_account`, `fpx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    source_types: Option<BTreeMap<String, i64>>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// One currency's amount available for Instant Payouts.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct InstantAmount {
+    /// In the currency's minor unit; may be negative.
+    amount: i64,
+    currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    source_types: Option<BTreeMap<String, i64>>,
+    /// What could be paid out instantly to each destination, fees taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    net_available: Option<Vec<NetAvailable>>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// An instant payout's net amount to one destination.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct NetAvailable {
+    amount: i64,
+    /// The bank account or card (`ba_…`, `card_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    source_types: Option<BTreeMap<String, i64>>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+impl StripeBalance {
+    /// A stored balance; one that is not a balance object is a fault of ours.
+    fn read(stored: &Value) -> Result<StripeBalance, ApiError> {
+        StripeBalance::deserialize(stored).map_err(|error| {
+            ApiError::Internal(anyhow::anyhow!("a stored balance does not read: {error}"))
+        })
+    }
+}
+
+/// One account's balance: Stripe's balance object with `stripeid`, `fetchedAt`,
+/// `source`, `confirmedAt` and `freshnessBy` added.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AccountBalance)]
+pub struct AccountBalanceBody {
+    #[serde(flatten)]
+    balance: StripeBalance,
+    /// The account.
+    #[schema(value_type = String)]
+    stripeid: String,
+    /// When the balance was read from Stripe (or arrived by webhook).
+    #[schema(format = DateTime)]
+    fetched_at: String,
+    /// `fetch` (tally asked Stripe) or `webhook` (a `balance.available` event).
+    #[schema(schema_with = snapshot_source)]
+    source: String,
+    /// Up to when this balance is known to be the account's: `fetchedAt`, or, for a
+    /// tenant in `events` mode whose live event stream named no change since the
+    /// fetch, the stream's latest event.
+    #[schema(format = DateTime)]
+    confirmed_at: String,
+    /// How `confirmedAt` is known: `fetch` or `events`.
+    freshness_by: FreshnessBy,
+}
+
+impl AccountBalanceBody {
+    fn new(account: &AccountBalance) -> Result<AccountBalanceBody, ApiError> {
+        Ok(AccountBalanceBody {
+            balance: StripeBalance::read(&account.balance)?,
+            stripeid: account.stripeid.clone(),
+            fetched_at: api_timestamp(&account.snapshot.fetched_at),
+            source: account.snapshot.source.clone(),
+            confirmed_at: api_timestamp(&account.confirmation.confirmed_at),
+            freshness_by: account.confirmation.by,
+        })
+    }
 }
 
 /// `GET /api/administrator/connect/stripe-account/balance?stripeid=…&max_age=…&wait=…`
@@ -341,11 +354,11 @@ fn balance_body(account: &AccountBalance) -> Value {
         `refresh.interval_secs`: a younger snapshot is served, else the account is fetched \
         (and stored) within `wait`, else 202. An account whose latest try failed answers 502 \
         with Stripe's error.",
-    params(AccountBalanceParams, FreshParams, TenantParam),
+    params(AccountQuery, FreshQuery, TenantParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The balance.", body = schemas::AccountBalance),
-        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = schemas::BalanceRefresh,
+        (status = 200, description = "The balance.", body = AccountBalanceBody),
+        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = RefreshBody,
             headers(
                 ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
                 ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
@@ -356,16 +369,14 @@ fn balance_body(account: &AccountBalance) -> Value {
 async fn account_balance(
     scope: TenantScope,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(AccountQuery { stripeid }): ApiQuery<AccountQuery>,
+    ApiQuery(fresh): ApiQuery<FreshQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = stripeid(&params)?;
-    let fresh = match fresh(&params)? {
-        Some(fresh) => fresh,
+    let fresh = match fresh.fresh()? {
+        Some(asked) => asked,
         None => Fresh::max_age(
             Duration::from_secs(state.settings.refresh.interval_secs),
-            seconds(&params, "wait", "invalid-wait", WAIT_LIMIT_SECS)?
-                .unwrap_or(Duration::from_secs(WAIT_DEFAULT_SECS)),
+            fresh.wait(),
         ),
     };
     let tenant = scope.tenant.clone();
@@ -374,10 +385,20 @@ async fn account_balance(
         .account(&tenant, stripeid.as_str(), fresh)
         .await?
     {
-        Answer::Ready(account) => Ok(Json(balance_body(&account)).into_response()),
+        Answer::Ready(account) => Ok(Json(AccountBalanceBody::new(&account)?).into_response()),
         Answer::Pending(pending) => Ok(accepted(&scope.tenant.slug, &pending)),
     }
 }
+
+csv_body!(
+    /// The aggregate as CSV.
+    BalancesCsv,
+    "account and currency",
+    &crate::fanout::aggregate::CSV_COLUMNS,
+    " `status` is `ok` or `failed` (the account's latest try; `error_code` then says what \
+     Stripe answered, or `not-fetched`); an account never read has one row with empty \
+     currency and amounts; `last_good_at` is when the balance the totals hold was fetched."
+);
 
 pub(super) fn wants_csv(headers: &HeaderMap) -> bool {
     headers
@@ -395,18 +416,16 @@ pub(super) fn wants_csv(headers: &HeaderMap) -> bool {
     description = "Per-currency totals across the tenant's listed accounts (or one owner's), \
         with freshness and every failing account explained. Without `max_age` it answers at \
         once from what is stored. With `Accept: text/csv`, one row per account and currency \
-        (columns `stripeid`, `accountid`, `platformid`, `currency`, `available`, `pending`, \
-        `connect_reserved`, `instant_available`, `fetched_at`, `status`, `error_code`, \
-        `last_good_at`).",
-    params(AggregateParams, FreshParams, TenantParam),
+        (`BalancesCsv`).",
+    params(AggregateQuery, FreshQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The aggregate (JSON), or its rows (CSV with `Accept: text/csv`).",
             content(
                 (crate::fanout::aggregate::Aggregate = "application/json"),
-                (String = "text/csv"),
+                (BalancesCsv = "text/csv"),
             )),
-        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = schemas::BalanceRefresh,
+        (status = 202, description = "Not fresh within `wait`: poll the refresh.", body = RefreshBody,
             headers(
                 ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
                 ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
@@ -418,18 +437,23 @@ async fn aggregate(
     scope: TenantScope,
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    ApiQuery(filter): ApiQuery<AggregateQuery>,
+    ApiQuery(fresh): ApiQuery<FreshQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let fresh = fresh(&params)?;
-    let owner = owner(&params)?;
-    let currency = currency(&params)?;
+    let fresh = fresh.fresh()?;
+    let owner = filter.accountid.as_ref().map(OwnerId::as_str);
+    let currency = filter.currency;
     let tenant = scope.tenant.clone();
     let balances = state.balances();
     if wants_csv(&headers) {
         return Ok(
             match balances
-                .aggregate_csv(&tenant, owner, currency.as_deref(), fresh)
+                .aggregate_csv(
+                    &tenant,
+                    owner,
+                    currency.as_ref().map(Currency::as_str),
+                    fresh,
+                )
                 .await?
             {
                 Answer::Ready(csv) => (
@@ -446,7 +470,12 @@ async fn aggregate(
     }
     Ok(
         match balances
-            .aggregate(&tenant, owner, currency.as_deref(), fresh)
+            .aggregate(
+                &tenant,
+                owner,
+                currency.as_ref().map(Currency::as_str),
+                fresh,
+            )
             .await?
         {
             Answer::Ready(aggregate) => Json(aggregate).into_response(),
@@ -460,36 +489,98 @@ pub fn refresh_location(id: Uuid) -> String {
     format!("/api/administrator/connect/balances/refreshes/{id}")
 }
 
-/// The `balanceRefresh` object.
-pub fn refresh_body(appid: &str, pending: &PendingRefresh) -> Value {
-    let refresh = &pending.refresh;
-    let running = refresh.status == "running";
-    let (done, failed) = if running {
-        (pending.progress.tried(), pending.progress.failed)
-    } else {
-        (refresh.done, refresh.failed)
-    };
-    json!({
-        "id": refresh.id,
-        "object": "balanceRefresh",
-        "appid": appid,
-        "scope": {
-            "accountid": refresh.scope.owner(),
-            "stripeid": refresh.scope.stripeid(),
-        },
-        "status": refresh.status,
-        "trigger": refresh.trigger,
-        "total": refresh.total.max(pending.progress.listed),
-        "done": done,
-        "failed": failed,
-        "cutoff": api_timestamp(&refresh.cutoff),
-        "startedAt": api_timestamp(&refresh.started_at),
-        "finishedAt": refresh.finished_at.as_ref().map(api_timestamp),
-        "estimatedCompletionAt": running.then(|| api_timestamp(&pending.estimated_completion)),
-        "error": refresh.error,
-        "result": result_link(refresh),
-    })
+/// The scope of a refresh: a whole tenant (both null), one owner or one account.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RefreshScope)]
+pub struct RefreshScopeBody {
+    accountid: Option<String>,
+    stripeid: Option<String>,
 }
+
+/// A balance refresh: what the refresher does to meet a `max_age`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = BalanceRefresh)]
+pub struct RefreshBody {
+    id: Uuid,
+    #[schema(schema_with = balance_refresh_kind)]
+    object: &'static str,
+    /// The tenant's slug.
+    appid: String,
+    scope: RefreshScopeBody,
+    /// `succeeded`: every account of its scope was tried since `cutoff`; `result`
+    /// answers with what it tried. `failed`: it can no longer finish (the tenant was
+    /// removed, or Stripe rejected its key, or no replica can open the key; `error` says
+    /// why): stop polling. `interrupted`: every worker stopped before it finished;
+    /// `result` then starts a refresh with the same cutoff.
+    #[schema(schema_with = refresh_status)]
+    status: String,
+    /// What started it: a poll with `max_age`, a person's `POST`, the background
+    /// schedule, or `tally balances`.
+    #[schema(schema_with = refresh_trigger)]
+    trigger: String,
+    /// Accounts in its scope.
+    total: i64,
+    /// Accounts tried so far (failed ones included).
+    done: i64,
+    failed: i64,
+    /// Accounts not tried since this moment are due.
+    #[schema(format = DateTime)]
+    cutoff: String,
+    #[schema(format = DateTime)]
+    started_at: String,
+    #[schema(format = DateTime)]
+    finished_at: Option<String>,
+    /// While running: when it should be done, at the tenant's rate.
+    #[schema(format = DateTime)]
+    estimated_completion_at: Option<String>,
+    error: Option<String>,
+    /// Once `succeeded`: where its result is answered, 200 with every account of its
+    /// scope tried since its `cutoff` (`/api/administrator/connect/balances?refresh={id}`,
+    /// or for one account's refresh `…/stripe-account/balance?stripeid=…&refresh={id}`)
+    /// for as long as the refresh is listed. A poll of a succeeded refresh also names it in
+    /// `Location`. Asking `max_age` again instead moves the cutoff, and a refresh that takes
+    /// longer than `max_age` would never meet it.
+    result: Option<String>,
+}
+
+impl RefreshBody {
+    fn new(appid: &str, pending: &PendingRefresh) -> RefreshBody {
+        let refresh = &pending.refresh;
+        let running = refresh.status == "running";
+        let (done, failed) = if running {
+            (pending.progress.tried(), pending.progress.failed)
+        } else {
+            (refresh.done, refresh.failed)
+        };
+        RefreshBody {
+            id: refresh.id,
+            object: "balanceRefresh",
+            appid: appid.to_owned(),
+            scope: RefreshScopeBody {
+                accountid: refresh.scope.owner().map(str::to_owned),
+                stripeid: refresh.scope.stripeid().map(str::to_owned),
+            },
+            status: refresh.status.clone(),
+            trigger: refresh.trigger.clone(),
+            total: refresh.total.max(pending.progress.listed),
+            done,
+            failed,
+            cutoff: api_timestamp(&refresh.cutoff),
+            started_at: api_timestamp(&refresh.started_at),
+            finished_at: refresh.finished_at.as_ref().map(api_timestamp),
+            estimated_completion_at: running.then(|| api_timestamp(&pending.estimated_completion)),
+            error: refresh.error.clone(),
+            result: result_link(refresh),
+        }
+    }
+}
+
+paging::list_body!(
+    /// A page of refreshes, newest first.
+    BalanceRefreshList,
+    RefreshBody
+);
 
 /// Where a succeeded refresh's result is answered (`None` until it succeeded).
 fn result_link(refresh: &crate::refresh::Refresh) -> Option<String> {
@@ -498,7 +589,8 @@ fn result_link(refresh: &crate::refresh::Refresh) -> Option<String> {
 
 /// 202 with `Retry-After`, `Location` and the refresh.
 fn accepted(appid: &str, pending: &PendingRefresh) -> Response {
-    let mut response = (StatusCode::ACCEPTED, Json(refresh_body(appid, pending))).into_response();
+    let mut response =
+        (StatusCode::ACCEPTED, Json(RefreshBody::new(appid, pending))).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::RETRY_AFTER,
@@ -520,10 +612,10 @@ fn accepted(appid: &str, pending: &PendingRefresh) -> Response {
     description = "Refresh now (admin or owner): the tenant, one owner (`accountid`) or one \
         account (`stripeid`), whatever was not tried within `max_age` (default 0: all). Joins \
         the scope's running refresh if there is one.",
-    params(StartRefreshParams, TenantParam),
+    params(StartRefreshQuery, TenantParam),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "The refresh, running.", body = schemas::BalanceRefresh,
+        (status = 202, description = "The refresh, running.", body = RefreshBody,
             headers(
                 ("Retry-After" = i64, description = "Seconds until the refresh should be done (the work left over the tenant's rate)."),
                 ("Location" = String, description = "`/api/administrator/connect/balances/refreshes/{id}`: the refresh to poll."),
@@ -534,19 +626,20 @@ fn accepted(appid: &str, pending: &PendingRefresh) -> Response {
 async fn start_refresh(
     TenantAdmin(scope): TenantAdmin,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<StartRefreshQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let max_age = max_age(&params)?.unwrap_or(Duration::ZERO);
-    let refresh_scope = match (owner(&params)?, params.get("stripeid")) {
+    let max_age = query
+        .max_age
+        .map_or(Duration::ZERO, |Seconds(max_age)| max_age);
+    let refresh_scope = match (query.accountid, query.stripeid) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "invalid-scope",
+            return Err(ApiError::new(
+                Code::InvalidScope,
                 "give accountid or stripeid, not both",
             ))
         }
-        (Some(owner), None) => RefreshScope::Owner(owner.to_owned()),
-        (None, Some(_)) => RefreshScope::Account(stripeid(&params)?.as_str().to_owned()),
+        (Some(owner), None) => RefreshScope::Owner(owner.as_str().to_owned()),
+        (None, Some(stripeid)) => RefreshScope::Account(stripeid.as_str().to_owned()),
         (None, None) => RefreshScope::Tenant,
     };
     let tenant = scope.tenant.clone();
@@ -570,10 +663,10 @@ async fn start_refresh(
     tag = "balances",
     operation_id = "listBalanceRefreshes",
     description = "What the refresher did and is doing, newest first.",
-    params(RefreshListParams, TenantParam),
+    params(RefreshListQuery, TenantParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of refreshes.", body = schemas::BalanceRefreshList,
+        (status = 200, description = "A page of refreshes.", body = BalanceRefreshList,
             headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
         ListRefreshesErrors,
     )
@@ -582,10 +675,11 @@ async fn list_refreshes(
     scope: TenantScope,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<RefreshListQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let page = PageRequest::<Uuid>::parse(&params, 10, "a refresh id")?;
-    if let Some(id) = page.starting_after {
+    let limit = query.limit.map_or(10, |Int(limit)| limit);
+    let after = query.starting_after.map(|RefreshCursor(id)| id);
+    if let Some(id) = after {
         // Another tenant's refresh is as unknown as one that never was.
         if store::refreshes::get(&state.pool, scope.tenant.id, id)
             .await?
@@ -597,26 +691,28 @@ async fn list_refreshes(
     let rows = store::refreshes::list(
         &state.pool,
         scope.tenant.id,
-        page.fetch_limit(),
-        page.starting_after,
+        store::fetch_limit(limit),
+        after,
     )
     .await?;
-    let rows = store::Page::from_fetched(rows, page.limit);
+    let rows = store::Page::from_fetched(rows, limit);
     let tenant = scope.tenant.clone();
     let mut data = Vec::with_capacity(rows.data.len());
     for refresh in rows.data {
         let view = state.balances().refresh_view(&tenant, refresh).await?;
-        data.push(refresh_body(&scope.tenant.slug, &view));
+        data.push(RefreshBody::new(&scope.tenant.slug, &view));
     }
-    let page_of_bodies = store::Page {
+    let page = store::Page {
         data,
         has_more: rows.has_more,
     };
-    Ok(
-        page_of_bodies.respond(REFRESHES_PATH, raw.as_deref(), page.limit, |body| {
-            body["id"].as_str().unwrap_or_default().to_owned()
-        }),
-    )
+    Ok(paging::respond::<BalanceRefreshList, _>(
+        page,
+        REFRESHES_PATH,
+        raw.as_deref(),
+        limit,
+        |body| body.id,
+    ))
 }
 
 /// `GET /api/administrator/connect/balances/refreshes/{id}`; another tenant's id is
@@ -633,7 +729,7 @@ async fn list_refreshes(
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The refresh.", body = schemas::BalanceRefresh),
+        (status = 200, description = "The refresh.", body = RefreshBody),
         ShowRefreshErrors,
     )
 )]
@@ -651,7 +747,7 @@ async fn show_refresh(
         .ok_or_else(missing)?;
     let tenant = scope.tenant.clone();
     let view = state.balances().refresh_view(&tenant, refresh).await?;
-    let mut response = Json(refresh_body(&scope.tenant.slug, &view)).into_response();
+    let mut response = Json(RefreshBody::new(&scope.tenant.slug, &view)).into_response();
     // Once it succeeded, `Location` names its result as the body's `result` does.
     if let Some(location) =
         result_link(&view.refresh).and_then(|link| HeaderValue::from_str(&link).ok())
@@ -666,21 +762,24 @@ pub(crate) fn unknown_refresh() -> ApiError {
     ApiError::from(use_cases::BalanceError::UnknownRefresh)
 }
 
-fn parse_time(
-    params: &QueryParams,
-    key: &str,
-    code: &'static str,
-) -> Result<Option<DateTime<Utc>>, ApiError> {
-    params
-        .get(key)
-        .map(|value| {
-            DateTime::parse_from_rfc3339(value)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::invalid(code, format!("{key} must be an RFC 3339 timestamp"))
-                })
-        })
-        .transpose()
+/// One stored try to read an account's balance: the balance, or the error.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = BalanceSnapshot)]
+pub struct SnapshotBody {
+    #[schema(schema_with = balance_snapshot_kind)]
+    object: &'static str,
+    id: i64,
+    #[schema(value_type = String)]
+    stripeid: StripeAccountId,
+    #[schema(format = DateTime)]
+    fetched_at: String,
+    #[schema(schema_with = snapshot_source)]
+    source: String,
+    /// Stripe's balance object as returned (null when the try failed).
+    balance: Option<StripeBalance>,
+    /// What Stripe answered (null when the try succeeded).
+    error: Option<FetchFailure>,
 }
 
 /// `GET /api/administrator/connect/balances/history?stripeid=…&from=…&to=…&limit=…`
@@ -690,60 +789,46 @@ fn parse_time(
     tag = "balances",
     operation_id = "getBalanceHistory",
     description = "An account's stored snapshots (balances and failed tries), newest first.",
-    params(HistoryParams, TenantParam),
+    params(HistoryQuery, TenantParam),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The snapshots (a JSON array).", body = [schemas::BalanceSnapshot]),
+        (status = 200, description = "The snapshots (a JSON array).", body = [SnapshotBody]),
         HistoryErrors,
     )
 )]
 async fn history(
     scope: TenantScope,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = stripeid(&params)?;
-    let from = parse_time(&params, "from", "invalid-from")?;
-    let to = parse_time(&params, "to", "invalid-to")?;
-    let limit = match params.get("limit") {
-        None => 100,
-        Some(value) => value
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid("invalid-limit", "limit must be an integer from 1 to 1000")
-            })?,
-    };
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<Vec<SnapshotBody>>, ApiError> {
+    let stripeid = query.stripeid;
     store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
         .await?
         .ok_or_else(|| {
-            ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
+            ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
         })?;
     let snapshots = store::snapshots::history(
         &state.pool,
         scope.tenant.id,
         stripeid.as_str(),
-        from,
-        to,
-        limit,
+        query.from.map(|Timestamp(at)| at),
+        query.to.map(|Timestamp(at)| at),
+        query.limit.map_or(100, |Int(limit)| limit),
     )
     .await?;
-    Ok(Json(
-        snapshots
-            .into_iter()
-            .map(|s| {
-                json!({
-                    "object": "balanceSnapshot",
-                    "id": s.id,
-                    "stripeid": stripeid.as_str(),
-                    "fetchedAt": api_timestamp(&s.fetched_at),
-                    "source": s.source,
-                    "balance": s.balance,
-                    "error": s.error,
-                })
+    let bodies = snapshots
+        .into_iter()
+        .map(|s| {
+            Ok(SnapshotBody {
+                object: "balanceSnapshot",
+                id: s.id,
+                stripeid: stripeid.clone(),
+                fetched_at: api_timestamp(&s.fetched_at),
+                source: s.source,
+                balance: s.balance.as_ref().map(StripeBalance::read).transpose()?,
+                error: s.error.map(|error| error.0),
             })
-            .collect(),
-    ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(bodies))
 }

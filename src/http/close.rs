@@ -3,21 +3,24 @@
 //! (one account's days). The handlers parse and render; `crate::close::report` answers.
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::NaiveDate;
 use futures::StreamExt;
-use utoipa::IntoParams;
+use serde::Deserialize;
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::TenantScope;
 use super::balances::wants_csv;
-use super::error::ApiError;
-use super::openapi::{api_errors, Access, TenantParam};
-use super::query::QueryParams;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, csv_schema, Access, TenantParam};
+use super::params::Day;
+use super::query::ApiQuery;
 use super::AppState;
 use crate::close::report::{self, AccountCloseView, DayCloseView, ReportError};
 use crate::domain::StripeAccountId;
@@ -32,78 +35,84 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Longest span `stripe-account/close` answers at once.
 const MAX_DAYS: i64 = 366;
 
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct DayParams {
+struct DayQuery {
     /// The local date in the tenant's `close_timezone` (`2026-11-30`).
-    #[param(pattern = "^\\d{4}-\\d{2}-\\d{2}$")]
-    date: String,
+    #[param(inline)]
+    date: Day,
 }
 
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct AccountParams {
+struct AccountDaysQuery {
     /// The account's Stripe id.
-    #[param(pattern = "^acct_[A-Za-z0-9]{1,255}$")]
-    stripeid: String,
+    #[param(inline)]
+    stripeid: StripeAccountId,
     /// The first local date (`2026-11-01`).
-    #[param(pattern = "^\\d{4}-\\d{2}-\\d{2}$")]
-    from_date: String,
+    #[param(inline)]
+    from_date: Day,
     /// The last local date, included (default `from_date`); at most 366 days in all.
-    #[param(pattern = "^\\d{4}-\\d{2}-\\d{2}$")]
-    to_date: Option<String>,
+    #[param(inline)]
+    to_date: Option<Day>,
 }
 
 api_errors!(
     DayErrors,
     Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-date"),
-        (404, "close-not-ready"),
-    ]
+    query: DayQuery,
+    [Code::CloseNotReady]
 );
 
 api_errors!(
     AccountErrors,
     Access::TenantRead,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-stripeid"),
-        (400, "invalid-from-date"),
-        (400, "invalid-to-date"),
-        (400, "invalid-range"),
-        (404, "invalid-stripeid"),
-    ]
+    query: AccountDaysQuery,
+    [Code::InvalidRange, Code::UnknownStripeid]
 );
+
+/// The columns of the day's CSV, with `<category>` standing for each reporting
+/// category the day has.
+fn close_columns() -> Vec<String> {
+    let per_category = report::CSV_PER_CATEGORY
+        .iter()
+        .map(|part| format!("<category>_{part}"));
+    report::CSV_LEADING
+        .iter()
+        .map(|column| (*column).to_owned())
+        .chain(per_category)
+        .chain(
+            report::CSV_TRAILING
+                .iter()
+                .map(|column| (*column).to_owned()),
+        )
+        .collect()
+}
+
+/// The day's close as CSV.
+pub struct CloseCsv;
+
+impl PartialSchema for CloseCsv {
+    fn schema() -> RefOr<Schema> {
+        let columns = close_columns();
+        csv_schema(
+            "account and currency, differences first, streamed",
+            &columns.iter().map(String::as_str).collect::<Vec<_>>(),
+            " `<category>_count`, `_gross`, `_fee` and `_net` come once per Stripe \
+             `reporting_category` the day has (`charge`, `refund`, …), in name order.",
+        )
+    }
+}
+impl ToSchema for CloseCsv {}
 
 impl From<ReportError> for ApiError {
     fn from(error: ReportError) -> ApiError {
         match error {
-            ReportError::NotReady { .. } => {
-                ApiError::not_found("close-not-ready", error.to_string())
-            }
+            ReportError::NotReady { .. } => ApiError::new(Code::CloseNotReady, error.to_string()),
             ReportError::Database(error) => ApiError::from(error),
             ReportError::Csv(error) => ApiError::Internal(error.into()),
         }
     }
-}
-
-fn date(
-    params: &QueryParams,
-    key: &str,
-    code: &'static str,
-) -> Result<Option<NaiveDate>, ApiError> {
-    params
-        .get(key)
-        .map(|value| {
-            NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
-                ApiError::invalid(code, format!("{key} must be a date such as 2026-11-30"))
-            })
-        })
-        .transpose()
 }
 
 /// `GET /api/administrator/connect/balances/close?date=YYYY-MM-DD`.
@@ -119,13 +128,13 @@ fn date(
         exposure; then the differences. With `Accept: text/csv`, one row per account and \
         currency, differences first, streamed. 404 `close-not-ready` until Stripe's clock, as \
         tally last read the tenant's ledger, has passed the day's end.",
-    params(DayParams, TenantParam),
+    params(DayQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The day (JSON), or its rows (CSV with `Accept: text/csv`).",
             content(
                 (DayCloseView = "application/json"),
-                (String = "text/csv"),
+                (CloseCsv = "text/csv"),
             )),
         DayErrors,
     )
@@ -134,11 +143,8 @@ async fn day_close(
     scope: TenantScope,
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    ApiQuery(DayQuery { date: Day(day) }): ApiQuery<DayQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let day = date(&params, "date", "invalid-date")?
-        .ok_or_else(|| ApiError::invalid("invalid-date", "date is required, such as 2026-11-30"))?;
     if wants_csv(&headers) {
         let rows = report::day_csv(state.pool.clone(), &scope.tenant, day).await?;
         let filename = format!(
@@ -173,7 +179,7 @@ async fn day_close(
     description = "One account's closed days, oldest first, one entry per day and currency: \
         opening, activity by reporting category, closing and how it ties out. Dates are local \
         dates in the tenant's `close_timezone`.",
-    params(AccountParams, TenantParam),
+    params(AccountDaysQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The account's days.", body = AccountCloseView),
@@ -183,30 +189,20 @@ async fn day_close(
 async fn account_close(
     scope: TenantScope,
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<AccountDaysQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let stripeid = params
-        .get("stripeid")
-        .and_then(StripeAccountId::parse)
-        .ok_or_else(|| ApiError::invalid("invalid-stripeid", "stripeid must be an acct_ id"))?;
-    let from = date(&params, "from_date", "invalid-from-date")?.ok_or_else(|| {
-        ApiError::invalid(
-            "invalid-from-date",
-            "from_date is required, such as 2026-11-01",
-        )
-    })?;
-    let to = date(&params, "to_date", "invalid-to-date")?.unwrap_or(from);
+    let (stripeid, Day(from)) = (query.stripeid, query.from_date);
+    let to = query.to_date.map_or(from, |Day(to)| to);
     if to < from || (to - from).num_days() >= MAX_DAYS {
-        return Err(ApiError::invalid(
-            "invalid-range",
+        return Err(ApiError::new(
+            Code::InvalidRange,
             format!("to_date must be on or after from_date, at most {MAX_DAYS} days in all"),
         ));
     }
     store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
         .await?
         .ok_or_else(|| {
-            ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
+            ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
         })?;
     let view = report::account(&state.pool, &scope.tenant, stripeid.as_str(), from, to).await?;
     Ok(Json(view).into_response())

@@ -1,37 +1,210 @@
-//! The one API error type and its stable body `{"object":"error","code","message"}`
-//! (DESIGN §3). Internal detail goes to the log, never the response.
+//! The one API error type, its stable body `{"object":"error","code","message"}`
+//! (DESIGN §3), and [`Code`]: every code tally answers, each with the status of its
+//! cause. Internal detail goes to the log, never the response.
+
+use std::borrow::Cow;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::balances::BalanceError;
 use crate::fanout::FanoutError;
 
+/// Declares [`Code`]: per cause, its status, the code a client sees (two causes may
+/// share a code: a malformed `stripeid` is 400 `invalid-stripeid`, an unknown one
+/// 404), the query parameter whose malformed value it answers, and what it means.
+macro_rules! codes {
+    ($(
+        $(#[doc = $doc:literal])+
+        $variant:ident = $status:literal $code:literal $(for $param:literal)?;
+    )*) => {
+        /// Every error code tally answers, one variant per cause.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code {
+            $($(#[doc = $doc])+ $variant,)*
+        }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
+
+            /// What a client sees in `code`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $code,)* }
+            }
+
+            pub fn status(self) -> StatusCode {
+                let status = match self { $(Code::$variant => $status,)* };
+                StatusCode::from_u16(status).expect("a valid status")
+            }
+
+            /// What the code means, for the document.
+            pub fn meaning(self) -> &'static str {
+                match self { $(Code::$variant => concat!($($doc),+).trim_ascii(),)* }
+            }
+
+            /// The query parameter whose malformed value this code answers.
+            pub fn param(self) -> Option<&'static str> {
+                match self { $(Code::$variant => None $(.or(Some($param)))?,)* }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The request could not be read (a malformed request line, header or byte).
+    InvalidRequest = 400 "invalid-request";
+    /// The query string could not be read.
+    InvalidQuery = 400 "invalid-query";
+    /// The body is not the JSON this operation takes.
+    InvalidBody = 400 "invalid-body";
+    /// An owner token names no tenant (`?tenant=<slug>`).
+    MissingTenant = 400 "missing-tenant";
+    /// `tenant` is not a slug, or cannot be given here.
+    MalformedTenant = 400 "invalid-tenant" for "tenant";
+    /// `stripeid` is missing or not an `acct_` id.
+    MalformedStripeid = 400 "invalid-stripeid" for "stripeid";
+    /// `accountid` is not an owner id.
+    MalformedAccountid = 400 "invalid-accountid" for "accountid";
+    /// `refresh` is not a refresh id.
+    MalformedRefreshid = 400 "invalid-refreshid" for "refresh";
+    /// `max_age` is not a number of seconds in range.
+    InvalidMaxAge = 400 "invalid-max-age" for "max_age";
+    /// `wait` is not a number of seconds in range.
+    InvalidWait = 400 "invalid-wait" for "wait";
+    /// Parameters that exclude each other were given together.
+    InvalidScope = 400 "invalid-scope";
+    /// `currency` is not a 3-letter code.
+    InvalidCurrency = 400 "invalid-currency" for "currency";
+    /// `from` is missing or malformed.
+    InvalidFrom = 400 "invalid-from" for "from";
+    /// `to` is malformed.
+    InvalidTo = 400 "invalid-to" for "to";
+    /// `limit` is out of range.
+    InvalidLimit = 400 "invalid-limit" for "limit";
+    /// `offset` is out of range.
+    InvalidOffset = 400 "invalid-offset" for "offset";
+    /// `all` is not true or false.
+    InvalidAll = 400 "invalid-all" for "all";
+    /// `starting_after` names no record of this list.
+    InvalidStartingAfter = 400 "invalid-starting-after" for "starting_after";
+    /// `ending_before` names no record of this list.
+    InvalidEndingBefore = 400 "invalid-ending-before" for "ending_before";
+    /// Paging parameters that cannot be combined.
+    InvalidPaging = 400 "invalid-paging";
+    /// `interval` is not `hour` or `day`.
+    InvalidInterval = 400 "invalid-interval" for "interval";
+    /// The range ends before it starts, or is too long.
+    InvalidRange = 400 "invalid-range";
+    /// The range holds more buckets than one answer gives.
+    TooManyBuckets = 400 "too-many-buckets";
+    /// `date` is missing or malformed.
+    InvalidDate = 400 "invalid-date" for "date";
+    /// `from_date` is missing or malformed.
+    InvalidFromDate = 400 "invalid-from-date" for "from_date";
+    /// `to_date` is malformed.
+    InvalidToDate = 400 "invalid-to-date" for "to_date";
+    /// `since` is malformed.
+    InvalidSince = 400 "invalid-since" for "since";
+    /// The role is not `owner`, `admin` or `reader`.
+    InvalidRole = 400 "invalid-role";
+    /// The name is empty, only spaces, too long, or holds a NUL.
+    InvalidName = 400 "invalid-name";
+    /// The lifetime is not a number of days, hours, minutes or seconds in range.
+    InvalidExpiresIn = 400 "invalid-expires-in";
+    /// The webhook's signature does not verify for this endpoint.
+    InvalidSignature = 400 "invalid-signature";
+    /// A verified webhook body is not a Stripe event.
+    InvalidEvent = 400 "invalid-event";
+    /// An admin page number out of range (admin pages only).
+    InvalidPage = 400 "invalid-page";
+    /// No token, or one this server does not know.
+    Unauthorized = 401 "unauthorized";
+    /// The token was revoked.
+    TokenRevoked = 401 "token-revoked";
+    /// The token has expired.
+    TokenExpired = 401 "token-expired";
+    /// The token's tenant was removed.
+    TokenOfRemovedTenant = 401 "tenant-removed";
+    /// The token's role may not do this.
+    Forbidden = 403 "forbidden";
+    /// A form posted from another site (admin pages only).
+    CrossSiteRequest = 403 "cross-site-request";
+    /// A form without this session's CSRF token (admin pages only).
+    InvalidCsrfToken = 403 "invalid-csrf-token";
+    /// No such endpoint.
+    NotFound = 404 "not-found";
+    /// No tenant has that slug (or the token's tenant is another).
+    UnknownTenant = 404 "invalid-tenant";
+    /// The tenant was removed: its data is kept, not served.
+    TenantRemoved = 404 "tenant-removed";
+    /// No stored account has that stripeid.
+    UnknownStripeid = 404 "invalid-stripeid";
+    /// No listed account has that owner.
+    UnknownAccountid = 404 "invalid-accountid";
+    /// No balance refresh has that id.
+    UnknownRefreshid = 404 "invalid-refreshid";
+    /// No sync run has that id.
+    UnknownSyncid = 404 "invalid-syncid";
+    /// No token has that id.
+    UnknownTokenid = 404 "invalid-tokenid";
+    /// The day is not closed yet.
+    CloseNotReady = 404 "close-not-ready";
+    /// The path does not take that method; `Allow` lists those it takes.
+    MethodNotAllowed = 405 "method-not-allowed";
+    /// The body is over 1 MiB.
+    BodyTooLarge = 413 "body-too-large";
+    /// The path and query are over 64 KiB.
+    UriTooLong = 414 "uri-too-long";
+    /// The body's content type is not taken here.
+    UnsupportedMediaType = 415 "unsupported-media-type";
+    /// A cap on concurrent streams was reached.
+    TooManyStreams = 429 "too-many-streams";
+    /// Over 100 headers, or a head over about 400 KiB.
+    HeadersTooLarge = 431 "headers-too-large";
+    /// A bug.
+    InternalError = 500 "internal-error";
+    /// The tenant's stored Stripe key cannot be opened by this server.
+    TenantCredentialUnusable = 500 "tenant-credential-unusable";
+    /// Stripe did not return the balance.
+    StripeRequestFailed = 502 "stripe-request-failed";
+    /// The database did not answer.
+    DatabaseUnavailable = 503 "database-unavailable";
+    /// The request took longer than `server.request_timeout_secs`.
+    RequestTimeout = 503 "request-timeout";
+}
+
+impl Code {
+    /// The code answering a malformed value of query parameter `name`.
+    pub fn of_param(name: &str) -> Option<Code> {
+        Code::ALL
+            .iter()
+            .copied()
+            .find(|code| code.param() == Some(name))
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Malformed input: nothing was changed.
+    /// Refused for a cause its code names (input, access, limits): nothing was changed.
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    /// No such record for this caller (also the answer for another tenant's record).
-    #[error("{message}")]
-    NotFound { code: &'static str, message: String },
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    /// A cap on concurrent work was reached; retrying later can succeed.
-    #[error("{message}")]
-    TooMany { code: &'static str, message: String },
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    /// A token that exists but may no longer be used, with a code saying why.
-    #[error("{message}")]
-    TokenRefused {
-        code: &'static str,
-        message: &'static str,
+    Refused {
+        code: Code,
+        message: Cow<'static, str>,
     },
-    #[error("{0}")]
-    Forbidden(&'static str),
     /// Stripe could not give us what was asked; the body carries Stripe's error and a hint.
     #[error("Stripe did not return the balance; see failure")]
     Upstream(Box<crate::fanout::Failure>),
@@ -44,37 +217,54 @@ pub enum ApiError {
     /// The request took longer than `server.request_timeout_secs`.
     #[error("the request took longer than {0} s; for balances, ask with a shorter wait and poll the refresh")]
     Timeout(u64),
-    /// An answer the framework made by itself (405, 413, …), given the error body.
-    #[error("{message}")]
-    Framework {
-        status: StatusCode,
-        code: &'static str,
-        message: &'static str,
-    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The error body every failure but `stripe-request-failed` carries. Each response
+/// narrows `code` to the codes that operation answers with that status.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    #[schema(schema_with = error_kind)]
     object: &'static str,
+    /// Stable, kebab-case: what a program acts on.
+    #[schema(value_type = String)]
     code: &'a str,
+    /// For people; may change.
+    #[schema(value_type = String)]
     message: &'a str,
-    /// Only on `stripe-request-failed`: Stripe's error, request id and a hint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<&'a crate::fanout::Failure>,
+}
+
+/// The body of a 502 `stripe-request-failed`: the error body with `failure`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UpstreamError)]
+pub struct UpstreamErrorBody<'a> {
+    #[schema(schema_with = error_kind)]
+    object: &'static str,
+    #[schema(schema_with = upstream_code, value_type = String)]
+    code: &'a str,
+    /// For people; may change.
+    #[schema(value_type = String)]
+    message: &'a str,
+    /// Stripe's answer, its request id, a hint, and when the account was tried and
+    /// last read.
+    #[schema(value_type = crate::fanout::Failure)]
+    failure: &'a crate::fanout::Failure,
+}
+
+fn error_kind() -> utoipa::openapi::schema::Schema {
+    super::openapi::kind("error")
+}
+
+fn upstream_code() -> utoipa::openapi::schema::Schema {
+    super::openapi::one_of_strings(&[Code::StripeRequestFailed.as_str()])
 }
 
 impl ApiError {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::Invalid {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::NotFound {
+    /// Refused with `code` (and its status).
+    pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError::Refused {
             code,
             message: message.into(),
         }
@@ -83,50 +273,24 @@ impl ApiError {
     /// A removed tenant (`tally tenant remove`), however it was named: 404
     /// `tenant-removed`. Its data is kept, but nothing serves it or starts work for it.
     pub fn tenant_removed() -> ApiError {
-        ApiError::not_found(
-            "tenant-removed",
+        ApiError::new(
+            Code::TenantRemoved,
             "that tenant was removed (tally tenant remove); its data is kept but not served",
         )
     }
 
-    pub fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::TooMany {
-            code,
-            message: message.into(),
-        }
-    }
-
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unauthorized(_) | ApiError::TokenRefused { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ApiError::TenantCredential(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Framework { status, .. } => *status,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            ApiError::Invalid { code, .. }
-            | ApiError::NotFound { code, .. }
-            | ApiError::Conflict { code, .. }
-            | ApiError::TooMany { code, .. } => code,
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::TokenRefused { code, .. } => code,
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Upstream(_) => "stripe-request-failed",
-            ApiError::TenantCredential(_) => "tenant-credential-unusable",
-            ApiError::Unavailable(_) => "database-unavailable",
-            ApiError::Timeout(_) => "request-timeout",
-            ApiError::Framework { code, .. } => code,
-            ApiError::Internal(_) => "internal-error",
+            ApiError::Refused { code, .. } => *code,
+            ApiError::Upstream(_) => Code::StripeRequestFailed,
+            ApiError::TenantCredential(_) => Code::TenantCredentialUnusable,
+            ApiError::Unavailable(_) => Code::DatabaseUnavailable,
+            ApiError::Timeout(_) => Code::RequestTimeout,
+            ApiError::Internal(_) => Code::InternalError,
         }
     }
 }
@@ -174,16 +338,16 @@ impl From<BalanceError> for ApiError {
     fn from(error: BalanceError) -> ApiError {
         match error {
             BalanceError::UnknownAccount => {
-                ApiError::not_found("invalid-stripeid", "no stored account has that stripeid")
+                ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
             }
             BalanceError::UnknownOwner => {
-                ApiError::not_found("invalid-accountid", "no stored account has that owner")
+                ApiError::new(Code::UnknownAccountid, "no stored account has that owner")
             }
             BalanceError::UnknownRefresh => {
-                ApiError::not_found("invalid-refreshid", "no balance refresh has that id")
+                ApiError::new(Code::UnknownRefreshid, "no balance refresh has that id")
             }
             error @ BalanceError::OtherScope { .. } => {
-                ApiError::invalid("invalid-scope", error.to_string())
+                ApiError::new(Code::InvalidScope, error.to_string())
             }
             BalanceError::Upstream(failure) => ApiError::Upstream(failure),
             BalanceError::Credential(reason) => ApiError::TenantCredential(reason),
@@ -206,23 +370,24 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 }
 
 impl ApiError {
-    fn body<'a>(&'a self, message: &'a str) -> ErrorBody<'a> {
-        ErrorBody {
-            object: "error",
-            code: self.code(),
-            message,
-            failure: match self {
-                ApiError::Upstream(failure) => Some(&**failure),
-                _ => None,
-            },
-        }
-    }
-
-    /// The error body as JSON bytes, for an answer written below the router
-    /// (`connections`, for hyper's own refusals).
+    /// The body as JSON bytes.
     pub fn body_bytes(&self) -> Vec<u8> {
         let message = self.to_string();
-        serde_json::to_vec(&self.body(&message)).expect("an error body serializes")
+        let code = self.code().as_str();
+        let body = match self {
+            ApiError::Upstream(failure) => serde_json::to_vec(&UpstreamErrorBody {
+                object: "error",
+                code,
+                message: &message,
+                failure,
+            }),
+            _ => serde_json::to_vec(&ErrorBody {
+                object: "error",
+                code,
+                message: &message,
+            }),
+        };
+        body.expect("an error body serializes")
     }
 }
 
@@ -231,11 +396,17 @@ impl IntoResponse for ApiError {
         let status = self.status();
         if status.is_server_error() {
             // Logged once, here, inside the request's span (which carries the request id).
-            tracing::error!(error = ?self, code = self.code(), "request failed");
+            tracing::error!(error = ?self, code = %self.code(), "request failed");
         }
-        let message = self.to_string();
-        let body = self.body(&message);
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body_bytes(),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -244,7 +415,6 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -271,6 +441,35 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn each_cause_has_one_status_and_a_parameters_code_is_a_400() {
+        let mut causes = std::collections::BTreeSet::new();
+        for code in Code::ALL {
+            assert!(
+                causes.insert((code.as_str(), code.status())),
+                "{code} {} twice",
+                code.status()
+            );
+            assert!(!code.meaning().is_empty(), "{code:?}");
+            if let Some(param) = code.param() {
+                assert_eq!(code.status(), StatusCode::BAD_REQUEST, "{code}");
+                assert_eq!(Code::of_param(param), Some(*code));
+            }
+        }
+        // Malformed 400, unknown 404: the same code, two causes.
+        for (malformed, unknown) in [
+            (Code::MalformedStripeid, Code::UnknownStripeid),
+            (Code::MalformedAccountid, Code::UnknownAccountid),
+            (Code::MalformedTenant, Code::UnknownTenant),
+            (Code::MalformedRefreshid, Code::UnknownRefreshid),
+        ] {
+            assert_eq!(malformed.as_str(), unknown.as_str());
+            assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        }
+        assert_eq!(Code::TenantRemoved.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

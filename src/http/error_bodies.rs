@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 
 /// Answers 503 `request-timeout` when a handler takes longer than the limit. A
 /// streamed body, once started, is not cut off by it.
@@ -35,6 +35,8 @@ pub async fn ensure_error_body(request: Request, next: Next) -> Response {
     }
     let (parts, _) = response.into_parts();
     let mut replaced = framework_error(status).into_response();
+    // The framework's status stands, also for one the code table gives another.
+    *replaced.status_mut() = status;
     // Keep what the framework said in headers (Allow on a 405, the request id).
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
@@ -57,33 +59,29 @@ fn content_type_is(response: &Response, prefix: &str) -> bool {
 pub fn framework_error(status: StatusCode) -> ApiError {
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
-            "method-not-allowed",
+            Code::MethodNotAllowed,
             "this endpoint does not take that method",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("body-too-large", "the request body is over 1 MiB"),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::BodyTooLarge, "the request body is over 1 MiB"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             "the request body's content type is not accepted here",
         ),
-        StatusCode::NOT_FOUND => ("not-found", "no such endpoint"),
+        StatusCode::NOT_FOUND => (Code::NotFound, "no such endpoint"),
         StatusCode::URI_TOO_LONG => (
-            "uri-too-long",
+            Code::UriTooLong,
             "the request's path and query are over 64 KiB; send fewer or shorter parameters",
         ),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "headers-too-large",
+            Code::HeadersTooLarge,
             "the request has over 100 headers, or its head is over 400 KiB",
         ),
         StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => (
-            "invalid-request",
+            Code::InvalidRequest,
             "the request could not be read (a malformed request line, header or byte)",
         ),
-        _ if status.is_server_error() => ("internal-error", "internal error"),
-        _ => ("invalid-request", "the request could not be served"),
+        _ if status.is_server_error() => (Code::InternalError, "internal error"),
+        _ => (Code::InvalidRequest, "the request could not be served"),
     };
-    ApiError::Framework {
-        status,
-        code,
-        message,
-    }
+    ApiError::new(code, message)
 }

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::openapi::{api_errors, Access};
-use super::schemas;
+use super::openapi::{api_errors, kind, Access};
 use super::AppState;
 use crate::store;
 
@@ -21,7 +21,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 api_errors!(HealthErrors, Access::Public, []);
-api_errors!(ReadyErrors, Access::Public, [(503, "database-unavailable")]);
+api_errors!(ReadyErrors, Access::Public, [Code::DatabaseUnavailable]);
+
+fn ok() -> utoipa::openapi::schema::Schema {
+    kind("ok")
+}
+
+/// `/healthz`
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(schema_with = ok)]
+    status: &'static str,
+}
+
+/// `/readyz`
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(schema_with = ok)]
+    status: &'static str,
+    #[schema(schema_with = ok)]
+    database: &'static str,
+}
 
 /// The process is up.
 #[utoipa::path(
@@ -31,12 +51,12 @@ api_errors!(ReadyErrors, Access::Public, [(503, "database-unavailable")]);
     operation_id = "healthz",
     description = "The process is up. No token needed.",
     responses(
-        (status = 200, description = "Up.", body = schemas::Health),
+        (status = 200, description = "Up.", body = Health),
         HealthErrors,
     )
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// The process can serve: its database answers within two seconds.
@@ -47,13 +67,16 @@ async fn healthz() -> Json<Value> {
     operation_id = "readyz",
     description = "The process can serve: its database answers within 2 s. No token needed.",
     responses(
-        (status = 200, description = "Ready.", body = schemas::Readiness),
+        (status = 200, description = "Ready.", body = Readiness),
         ReadyErrors,
     )
 )]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), store::ping(&state.pool)).await {
-        Ok(Ok(())) => Ok(Json(json!({"status": "ok", "database": "ok"}))),
+        Ok(Ok(())) => Ok(Json(Readiness {
+            status: "ok",
+            database: "ok",
+        })),
         Ok(Err(error)) => Err(ApiError::Unavailable(error)),
         Err(_) => Err(ApiError::Unavailable(sqlx::Error::PoolTimedOut)),
     }

@@ -24,7 +24,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use super::auth::Owner;
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::AppState;
 use crate::config::ServerSettings;
 use crate::tasks::Tasks;
@@ -63,7 +63,7 @@ fn metrics_app() -> Router {
     handle();
     Router::new()
         .route("/metrics", get(render))
-        .fallback(|| async { ApiError::not_found("not-found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.

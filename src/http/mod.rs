@@ -14,8 +14,8 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 mod paging;
+mod params;
 mod query;
-mod schemas;
 mod streams;
 pub mod sync;
 pub mod tokens;
@@ -177,7 +177,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 async fn not_found(State(state): State<AppState>, request: Request) -> error::ApiError {
     let (mut parts, _) = request.into_parts();
     let Some(records) = Records::under(parts.uri.path()) else {
-        return error::ApiError::not_found("not-found", "no such endpoint");
+        return error::ApiError::new(error::Code::NotFound, "no such endpoint");
     };
     let allowed = match records {
         Records::Refreshes | Records::SyncRuns => {

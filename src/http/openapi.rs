@@ -12,10 +12,12 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use utoipa::openapi::response::{Response as ApiResponse, ResponseBuilder};
-use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, KnownFormat, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::error::Code;
 
 /// The name of the bearer security scheme.
 pub const BEARER: &str = "bearer";
@@ -40,7 +42,7 @@ pub const BEARER: &str = "bearer";
         license(name = "MIT"),
     ),
     modifiers(&Security),
-    components(schemas(ErrorBody)),
+    components(schemas(super::error::ErrorBody, super::error::UpstreamErrorBody)),
     tags(
         (name = "accounts", description = "Stored accounts, Dashboard Stripe Connect module compatible"),
         (name = "balances", description = "Balances, the per-currency aggregate, refreshes and history"),
@@ -73,44 +75,7 @@ impl Modify for Security {
     }
 }
 
-/// The error body every failure carries. Each response narrows `code` to the codes
-/// that endpoint can answer with that status.
-#[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(as = Error)]
-pub struct ErrorBody {
-    #[schema(schema_with = error_kind)]
-    object: String,
-    /// Stable, kebab-case: what a program acts on.
-    code: String,
-    /// For people; may change.
-    message: String,
-    /// Only on `stripe-request-failed`: Stripe's answer, its request id, a hint, and
-    /// when the account was tried and last read.
-    failure: Option<crate::fanout::Failure>,
-}
-
-fn error_kind() -> Schema {
-    kind("error")
-}
-
-/// A string schema that takes one value: the `object` of a record.
-pub fn kind(value: &str) -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some([value]))
-        .build()
-        .into()
-}
-
-/// A string schema that takes one of `values`.
-pub fn one_of_strings(values: &[&str]) -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values.iter().copied()))
-        .build()
-        .into()
-}
+pub use crate::schema::{kind, one_of_strings};
 
 /// Who may call an operation; each brings the errors its extractor answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -126,20 +91,20 @@ pub enum Access {
 }
 
 impl Access {
-    fn codes(self) -> Vec<(u16, &'static str)> {
+    fn codes(self) -> Vec<Code> {
         let token = [
-            (401, "unauthorized"),
-            (401, "token-revoked"),
-            (401, "token-expired"),
-            (401, "tenant-removed"),
-            (503, "database-unavailable"),
+            Code::Unauthorized,
+            Code::TokenRevoked,
+            Code::TokenExpired,
+            Code::TokenOfRemovedTenant,
+            Code::DatabaseUnavailable,
         ];
         let tenant = [
-            (400, "missing-tenant"),
-            (400, "invalid-tenant"),
-            (404, "invalid-tenant"),
-            (404, "tenant-removed"),
-            (500, "tenant-credential-unusable"),
+            Code::MissingTenant,
+            Code::MalformedTenant,
+            Code::UnknownTenant,
+            Code::TenantRemoved,
+            Code::TenantCredentialUnusable,
         ];
         match self {
             Access::Public => vec![],
@@ -147,9 +112,9 @@ impl Access {
             Access::TenantAdmin => token
                 .into_iter()
                 .chain(tenant)
-                .chain([(403, "forbidden")])
+                .chain([Code::Forbidden])
                 .collect(),
-            Access::Owner => token.into_iter().chain([(403, "forbidden")]).collect(),
+            Access::Owner => token.into_iter().chain([Code::Forbidden]).collect(),
         }
     }
 }
@@ -157,44 +122,58 @@ impl Access {
 fn status_description(status: u16) -> &'static str {
     match status {
         400 => "Malformed input; nothing was changed.",
-        401 => "No token, an unknown one (`unauthorized`), a revoked one (`token-revoked`), an expired one (`token-expired`), or one of a tenant that was removed (`tenant-removed`).",
+        401 => "No valid token; `WWW-Authenticate: Bearer`.",
         403 => "The token's role may not do this.",
         404 => "No such record for this caller (another tenant's record answers the same).",
+        405 => "The path does not take the method the request used; `Allow` lists those it takes.",
         413 => "The request body is over 1 MiB.",
         414 => "The request's path and query are over 64 KiB.",
         431 => "The request has over 100 headers, or a head over about 400 KiB.",
         429 => "A cap on concurrent work was reached; retry later.",
-        500 => "A bug (`internal-error`), or a tenant whose stored secret this server cannot open (`tenant-credential-unusable`, an operator must fix the master key). Never caused by input.",
+        500 => "Never caused by input.",
         502 => "Only under a Stripe fault: Stripe did not return the balance; `failure` says what it answered.",
-        503 => "Only under a fault: the database did not answer (`database-unavailable`), or the request took longer than `server.request_timeout_secs` (`request-timeout`).",
+        503 => "Only under a fault; retry later.",
         _ => "Error.",
     }
 }
 
+/// The codes a malformed value of each of `Q`'s query parameters is answered with,
+/// and `invalid-query`: what an operation reading its query with `ApiQuery<Q>` answers.
+pub fn query_codes<Q: utoipa::IntoParams>() -> Vec<Code> {
+    let parameters = Q::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query));
+    std::iter::once(Code::InvalidQuery)
+        .chain(
+            parameters
+                .iter()
+                .map(|parameter| Code::of_param(&parameter.name).unwrap_or(Code::InvalidQuery)),
+        )
+        .collect()
+}
+
 /// The error responses of one operation: the codes its access brings, the codes
 /// given, and the faults every operation can meet (`internal-error`,
-/// `request-timeout`), by status.
-pub fn error_responses(
-    access: Access,
-    codes: &[(u16, &'static str)],
-) -> BTreeMap<String, RefOr<ApiResponse>> {
-    let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
+/// `request-timeout`), by status; and 405 `method-not-allowed` with `Allow`, which
+/// the operation's path answers to any method it does not take.
+pub fn error_responses(access: Access, codes: &[Code]) -> BTreeMap<String, RefOr<ApiResponse>> {
+    let mut by_status: BTreeMap<u16, Vec<Code>> = BTreeMap::new();
     // Faults, and what the HTTP layer refuses before any route is chosen: a request
-    // line or header it cannot read, a URI over 64 KiB, too many or too large headers.
+    // line or header it cannot read, a URI over 64 KiB, too many or too large headers,
+    // a method the path does not take.
     let always = [
-        (400, "invalid-request"),
-        (414, "uri-too-long"),
-        (431, "headers-too-large"),
-        (500, "internal-error"),
-        (503, "request-timeout"),
+        Code::InvalidRequest,
+        Code::MethodNotAllowed,
+        Code::UriTooLong,
+        Code::HeadersTooLarge,
+        Code::InternalError,
+        Code::RequestTimeout,
     ];
-    for (status, code) in access
+    for code in access
         .codes()
         .into_iter()
         .chain(codes.iter().copied())
         .chain(always)
     {
-        let codes = by_status.entry(status).or_default();
+        let codes = by_status.entry(code.status().as_u16()).or_default();
         if !codes.contains(&code) {
             codes.push(code);
         }
@@ -205,26 +184,29 @@ pub fn error_responses(
         .collect()
 }
 
-fn error_response(status: u16, codes: &[&str]) -> ApiResponse {
-    let mut narrowed = ObjectBuilder::new().property("code", one_of_strings(codes));
-    if codes.contains(&"stripe-request-failed") {
-        narrowed = narrowed
-            .property("failure", Ref::from_schema_name("AccountFailure"))
-            .required("failure");
-    }
-    let schema = AllOfBuilder::new()
-        .item(Ref::from_schema_name("Error"))
-        .item(narrowed)
-        .build();
-    let schema = Schema::AllOf(schema);
+fn error_response(status: u16, codes: &[Code]) -> ApiResponse {
+    let names: Vec<&str> = codes.iter().map(|code| code.as_str()).collect();
+    let schema: RefOr<Schema> = if codes == [Code::StripeRequestFailed] {
+        // Its own schema: `failure` is declared once, required.
+        Ref::from_schema_name("UpstreamError").into()
+    } else {
+        let narrowed = ObjectBuilder::new().property("code", one_of_strings(&names));
+        Schema::AllOf(
+            AllOfBuilder::new()
+                .item(Ref::from_schema_name("Error"))
+                .item(narrowed)
+                .build(),
+        )
+        .into()
+    };
     let described = format!(
-        "{} Codes: {}.",
+        "{} Codes:\n{}",
         status_description(status),
         codes
             .iter()
-            .map(|code| format!("`{code}`"))
+            .map(|code| format!("- `{code}`: {}", code.meaning()))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join("\n")
     );
     let mut response = ResponseBuilder::new().description(described).content(
         "application/json",
@@ -239,21 +221,39 @@ fn error_response(status: u16, codes: &[&str]) -> ApiResponse {
                 .build(),
         );
     }
+    if status == 405 {
+        response = response.header(
+            "Allow",
+            HeaderBuilder::new()
+                .schema(String::schema())
+                .description(Some(
+                    "The methods the path takes, comma-separated (`GET, HEAD`); `HEAD` with \
+                     every `GET`.",
+                ))
+                .build(),
+        );
+    }
     response.build()
 }
 
 /// Declares a type listing an operation's error responses, for `responses(...)` in
-/// its `#[utoipa::path]`:
-/// `api_errors!(ListErrors, Access::TenantRead, [(400, "invalid-offset")]);`
+/// its `#[utoipa::path]`: its access, the query type it reads with `ApiQuery` (whose
+/// parameters bring their codes), and the codes of its own causes:
+/// `api_errors!(ListErrors, Access::TenantRead, query: ListQuery, [Code::InvalidPaging]);`
 macro_rules! api_errors {
-    ($name:ident, $access:expr, [$(($status:literal, $code:literal)),* $(,)?]) => {
+    ($name:ident, $access:expr, $(query: $query:ty,)* [$($code:expr),* $(,)?]) => {
         pub struct $name;
         impl utoipa::IntoResponses for $name {
             fn responses() -> std::collections::BTreeMap<
                 String,
                 utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
             > {
-                $crate::http::openapi::error_responses($access, &[$(($status, $code)),*])
+                #[allow(unused_imports)]
+                use $crate::http::error::Code;
+                let mut codes: Vec<Code> = Vec::new();
+                $(codes.extend($crate::http::openapi::query_codes::<$query>());)*
+                codes.extend::<[Code; _]>([$($code),*]);
+                $crate::http::openapi::error_responses($access, &codes)
             }
         }
     };
@@ -262,6 +262,7 @@ pub(crate) use api_errors;
 
 /// Headers that are always present where the document names them.
 const REQUIRED_HEADERS: &[&str] = &[
+    "Allow",
     "X-Total-Count",
     "Retry-After",
     "Location",
@@ -269,8 +270,9 @@ const REQUIRED_HEADERS: &[&str] = &[
 ];
 
 /// The document as served: what the annotations gave, plus `X-Request-Id` on every
-/// response, `required` on the headers that are always sent, and `allowEmptyValue` on
-/// optional query parameters (an empty value counts as absent).
+/// response, `required` on the headers that are always sent, `allowEmptyValue` on
+/// optional query parameters (an empty value counts as absent), and a `HEAD`
+/// operation beside every `GET` (axum answers it as the `GET`, without the body).
 pub fn finish(openapi: utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
     let request_id = json!({
@@ -314,9 +316,31 @@ pub fn finish(openapi: utoipa::openapi::OpenApi) -> Value {
                     headers.insert("X-Request-Id".into(), request_id.clone());
                 }
             }
+            if let Some(head) = item.get("get").map(head_of) {
+                item.insert("head".into(), head);
+            }
         }
     }
     doc
+}
+
+/// The `HEAD` of a `GET` operation: the same parameters, statuses and headers, and
+/// no body.
+fn head_of(get: &Value) -> Value {
+    let mut head = get.clone();
+    if let Some(id) = get["operationId"].as_str() {
+        head["operationId"] = json!(format!("{id}Head"));
+    }
+    head["description"] = json!(format!(
+        "As `GET` (below), with the same status and headers and no body. {}",
+        get["description"].as_str().unwrap_or_default()
+    ));
+    if let Some(responses) = head["responses"].as_object_mut() {
+        for response in responses.values_mut().filter_map(Value::as_object_mut) {
+            response.remove("content");
+        }
+    }
+    head
 }
 
 /// The served document, built once from [`super::api_routes`].
@@ -370,28 +394,86 @@ pub async fn serve_document() -> Response {
 
 api_errors!(OpenApiErrors, Access::Public, []);
 
-/// A date-time string, for `schema_with`.
-pub fn date_time() -> Schema {
+/// The schema of a CSV answer (`text/csv; charset=utf-8`): a string, a header row
+/// naming `columns` and one row per `row`; amounts are integers in minor units, text
+/// cells neutralised against spreadsheet formulas (`csv_out`).
+pub fn csv_schema(row: &str, columns: &[&str], more: &str) -> RefOr<Schema> {
+    let header = columns.join(",");
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .content_media_type("text/csv")
+        .description(Some(format!(
+            "CSV: a header row, then one row per {row}. Columns: {}.{more}",
+            columns
+                .iter()
+                .map(|column| format!("`{column}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .examples([json!(format!("{header}\r\n"))])
         .build()
         .into()
 }
 
-/// The schema of `T`, for building others by hand.
-pub fn schema_of<T: PartialSchema>() -> RefOr<Schema> {
-    T::schema()
+/// Declares the schema type of a CSV answer, for `content((X = "text/csv"))`:
+/// `csv_body!(BalancesCsv, "account and currency", &CSV_COLUMNS, "");`
+macro_rules! csv_body {
+    ($(#[doc = $doc:literal])* $name:ident, $row:expr, $columns:expr, $more:expr) => {
+        $(#[doc = $doc])*
+        pub struct $name;
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::http::openapi::csv_schema($row, $columns, $more)
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    };
 }
+pub(crate) use csv_body;
 
-/// `tenant`, on every tenant-scoped operation.
-#[allow(dead_code)]
-#[derive(utoipa::IntoParams)]
+/// `tenant`, on every tenant-scoped operation: read by the `TenantScope` extractor.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TenantParam {
     /// The tenant's slug: required with an owner token (400 `missing-tenant`), optional
     /// with a tenant token (another tenant's slug is 404 `invalid-tenant`, as an
     /// unknown one is).
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
-    tenant: Option<String>,
+    #[param(inline)]
+    pub tenant: Option<crate::domain::TenantSlug>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every query parameter of every operation is read by `ApiQuery` (or the tenant
+    /// scope) and answered with a code of its own when malformed, and that code is in
+    /// the operation's 400.
+    #[test]
+    fn every_query_parameter_has_its_own_code_documented() {
+        let doc = document();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                if method == "head" {
+                    continue;
+                }
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["in"] != "query" {
+                        continue;
+                    }
+                    let name = parameter["name"].as_str().expect("a name");
+                    let code = Code::of_param(name)
+                        .unwrap_or_else(|| panic!("{method} {path}: {name} has no code"));
+                    let bad_request = operation["responses"]["400"].to_string();
+                    assert!(
+                        bad_request.contains(&format!("\"{code}\"")),
+                        "{method} {path}: {code} not documented"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 30, "{seen} parameters");
+    }
 }

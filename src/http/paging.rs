@@ -6,106 +6,99 @@
 //! array body and offset paging; see `accounts.rs`.)
 
 use std::fmt::Display;
-use std::str::FromStr;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::json;
 
-use super::error::ApiError;
-use super::query::QueryParams;
-use crate::store::{self, Page};
+use super::error::{ApiError, Code};
+use crate::store::Page;
 
+/// The largest `limit` of an operator list.
 pub const MAX_LIMIT: i64 = 100;
 
-/// What a list request asked for: how many, and after which id.
-pub struct PageRequest<Id> {
-    pub limit: i64,
-    pub starting_after: Option<Id>,
+/// The body of a page of an operator list: `{object: "list", url, has_more, data}`.
+pub trait ListBody: Serialize {
+    type Item;
+    fn new(url: &'static str, page: Page<Self::Item>) -> Self;
 }
 
-impl<Id: FromStr> PageRequest<Id> {
-    /// `limit` (default `default_limit`) and `starting_after`, parsed as an `Id`;
-    /// `what` names the id in the error (`"a refresh id"`).
-    pub fn parse(
-        params: &QueryParams,
-        default_limit: i64,
-        what: &str,
-    ) -> Result<PageRequest<Id>, ApiError> {
-        let limit = match params.get("limit") {
-            None => default_limit,
-            Some(value) => value
-                .parse::<i64>()
-                .ok()
-                .filter(|l| (1..=MAX_LIMIT).contains(l))
-                .ok_or_else(|| {
-                    ApiError::invalid("invalid-limit", "limit must be an integer from 1 to 100")
-                })?,
-        };
-        let starting_after = params
-            .get("starting_after")
-            .map(|id| id.parse::<Id>().map_err(|_| unknown_cursor(what)))
-            .transpose()?;
-        Ok(PageRequest {
-            limit,
-            starting_after,
-        })
-    }
+/// Declares the list body of `$item`s (its own schema, so each list is typed):
+/// `list_body!(/** A page of refreshes. */ BalanceRefreshList, RefreshBody);`
+macro_rules! list_body {
+    ($(#[doc = $doc:literal])* $name:ident, $item:ty) => {
+        $(#[doc = $doc])*
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        pub struct $name {
+            #[schema(schema_with = $crate::http::paging::list_kind)]
+            object: &'static str,
+            /// The list's path.
+            url: &'static str,
+            /// More follow: the `Link` header's `rel="next"` (or `starting_after` set to
+            /// the last id) reads them.
+            has_more: bool,
+            data: Vec<$item>,
+        }
 
-    /// How many rows to read: one more than asked tells whether more follow.
-    pub fn fetch_limit(&self) -> i64 {
-        store::fetch_limit(self.limit)
-    }
+        impl $crate::http::paging::ListBody for $name {
+            type Item = $item;
+            fn new(url: &'static str, page: $crate::store::Page<$item>) -> Self {
+                $name {
+                    object: "list",
+                    url,
+                    has_more: page.has_more,
+                    data: page.data,
+                }
+            }
+        }
+    };
+}
+pub(crate) use list_body;
+
+/// The `object` of a list body.
+pub fn list_kind() -> utoipa::openapi::schema::Schema {
+    super::openapi::kind("list")
 }
 
-/// `starting_after` names no record of this list (a malformed id, or one that does
-/// not exist, or belongs to another tenant).
+/// `starting_after` names no record of this list (one that does not exist, or
+/// belongs to another tenant).
 pub fn unknown_cursor(what: &str) -> ApiError {
-    ApiError::invalid(
-        "invalid-starting-after",
+    ApiError::new(
+        Code::InvalidStartingAfter,
         format!("starting_after must be {what} from this list"),
     )
 }
 
-impl<T> Page<T> {
-    /// The page as Stripe's list body, with `Link: <…starting_after=last>;
-    /// rel="next"` when more follow. `raw` is the request's query string: the next
-    /// link keeps its other parameters. `id` is a row's id as the client sends it back.
-    pub fn respond<I: Display>(
-        self,
-        path: &str,
-        raw: Option<&str>,
-        limit: i64,
-        id: impl Fn(&T) -> I,
-    ) -> Response
-    where
-        T: Serialize,
-    {
-        let next = self
-            .data
-            .last()
-            .filter(|_| self.has_more)
-            .map(|last| next_link(path, raw, limit, &id(last).to_string()));
-        let body =
-            json!({"object": "list", "url": path, "has_more": self.has_more, "data": self.data});
-        let mut response = Json(body).into_response();
-        if let Some(value) = next.and_then(|link| HeaderValue::from_str(&link).ok()) {
-            response.headers_mut().insert(header::LINK, value);
-        }
-        response
+/// The page as its list body `L`, with `Link: <…starting_after=last>; rel="next"`
+/// when more follow. `raw` is the request's query string: the next link keeps its
+/// other parameters. `id` is a row's id as the client sends it back.
+pub fn respond<L: ListBody, I: Display>(
+    page: Page<L::Item>,
+    path: &'static str,
+    raw: Option<&str>,
+    limit: i64,
+    id: impl Fn(&L::Item) -> I,
+) -> Response {
+    let next = page
+        .data
+        .last()
+        .filter(|_| page.has_more)
+        .map(|last| next_link(path, raw, limit, &id(last).to_string()));
+    let mut response = Json(L::new(path, page)).into_response();
+    if let Some(value) = next.and_then(|link| HeaderValue::from_str(&link).ok()) {
+        response.headers_mut().insert(header::LINK, value);
     }
+    response
 }
 
 /// `rel="next"`: the page after `last`, keeping the request's other parameters.
 fn next_link(path: &str, raw: Option<&str>, limit: i64, last: &str) -> String {
-    let mut pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(key, value)| key != "starting_after" && key != "limit" && !value.is_empty())
-            .collect();
+    let mut pairs: Vec<(String, String)> = super::query::pairs(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, value)| key != "starting_after" && key != "limit" && !value.is_empty())
+        .collect();
     pairs.push(("limit".into(), limit.to_string()));
     pairs.push(("starting_after".into(), last.to_owned()));
     let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
@@ -115,6 +108,7 @@ fn next_link(path: &str, raw: Option<&str>, limit: i64, last: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store;
 
     #[test]
     fn the_next_link_keeps_the_other_parameters_and_replaces_the_cursor() {
@@ -141,17 +135,24 @@ mod tests {
 
     #[test]
     fn limits_outside_one_to_a_hundred_are_refused() {
-        for raw in ["limit=0", "limit=101", "limit=x", "limit=-1"] {
-            let params = QueryParams::parse(Some(raw)).expect("parses");
-            let error = PageRequest::<i64>::parse(&params, 10, "an id")
-                .err()
-                .expect("refused");
-            assert_eq!(error.code(), "invalid-limit", "{raw}");
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Listing {
+            limit: Option<super::super::params::PageLimit>,
+            starting_after: Option<super::super::params::RecordId>,
         }
-        let params = QueryParams::parse(Some("starting_after=abc")).expect("parses");
-        let error = PageRequest::<i64>::parse(&params, 10, "an id")
-            .err()
-            .expect("refused");
-        assert_eq!(error.code(), "invalid-starting-after");
+        let refused = |raw: &str| {
+            super::super::query::parse::<Listing>(Some(raw))
+                .err()
+                .map(|error| error.code())
+        };
+        for raw in ["limit=0", "limit=101", "limit=x", "limit=-1"] {
+            assert_eq!(refused(raw), Some(Code::InvalidLimit), "{raw}");
+        }
+        assert_eq!(refused("limit=100"), None);
+        assert_eq!(
+            refused("starting_after=abc"),
+            Some(Code::InvalidStartingAfter)
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use crate::config::Settings;
 
 /// The streams in flight and what they may use.
@@ -47,8 +47,8 @@ impl Streams {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let of_token = open.per_token.get(&token).copied().unwrap_or(0);
         if of_token >= self.max_per_token {
-            return Err(ApiError::too_many(
-                "too-many-streams",
+            return Err(ApiError::new(
+                Code::TooManyStreams,
                 format!(
                     "this token already has {of_token} streamed listings open (at most {}); \
                      finish one, or page with offset and limit",
@@ -57,8 +57,8 @@ impl Streams {
             ));
         }
         if open.total >= self.max_total {
-            return Err(ApiError::too_many(
-                "too-many-streams",
+            return Err(ApiError::new(
+                Code::TooManyStreams,
                 format!(
                     "the server is streaming {} listings, its limit; retry shortly, \
                      or page with offset and limit",
@@ -135,7 +135,7 @@ mod tests {
         let _a2 = streams.open(1).expect("second");
         let refused = streams.open(1).err().expect("third of one token");
         assert_eq!(
-            (refused.status().as_u16(), refused.code()),
+            (refused.status().as_u16(), refused.code().as_str()),
             (429, "too-many-streams")
         );
         let _b1 = streams.open(2).expect("another token");

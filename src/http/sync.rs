@@ -14,7 +14,7 @@ use uuid::Uuid;
 use serde_json::json;
 
 use super::auth::{TenantAdmin, TenantScope};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::openapi::{api_errors, one_of_strings, Access, TenantParam};
 use super::AppState;
 use crate::audit::{self, Actor};
@@ -33,9 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 api_errors!(
     StartErrors,
     Access::TenantAdmin,
-    [(500, "tenant-credential-unusable")]
+    [Code::TenantCredentialUnusable]
 );
-api_errors!(ShowErrors, Access::TenantRead, [(404, "invalid-syncid")]);
+api_errors!(ShowErrors, Access::TenantRead, [Code::UnknownSyncid]);
 
 /// Starts a sync: 202 with the new run, or 200 with the run already going (one sync
 /// per tenant at a time; asking again while it runs is not an error).
@@ -137,7 +137,7 @@ async fn show(
 }
 
 pub(crate) fn unknown_run() -> ApiError {
-    ApiError::not_found("invalid-syncid", "no sync run has that id")
+    ApiError::new(Code::UnknownSyncid, "no sync run has that id")
 }
 
 /// The `{id}` of a run: a UUID; anything else cannot name a run, so it is answered

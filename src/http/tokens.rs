@@ -9,23 +9,22 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use utoipa::openapi::schema::Schema;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Caller, Owner};
-use super::error::ApiError;
-use super::openapi::{api_errors, kind, one_of_strings, Access};
-use super::paging::{unknown_cursor, PageRequest, MAX_LIMIT};
-use super::query::QueryParams;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, Access};
+use super::paging::{list_body, respond, unknown_cursor, MAX_LIMIT};
+use super::params::{Int, PageLimit, RecordId};
+use super::query::ApiQuery;
 use super::AppState;
 use crate::audit::Actor;
-use crate::domain::Role;
+use crate::domain::{Role, TenantSlug};
 use crate::store;
-use crate::tokens::{self as token, TokenError, TokenSpec};
+use crate::tokens::{self as token, TokenError, TokenSpec, TokenView};
 
 const PATH: &str = "/api/administrator/tokens";
 
@@ -35,125 +34,70 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke))
 }
 
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListParams {
-    /// Only this tenant's tokens (an unknown tenant is 404 `invalid-tenant`, a removed
-    /// one 404 `tenant-removed`).
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
-    tenant: Option<String>,
+struct ListQuery {
     /// At most this many, in the order they were made; default 100.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<i64>,
+    #[param(inline)]
+    limit: Option<PageLimit>,
     /// The page after this token id.
-    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
-    starting_after: Option<String>,
+    #[param(inline)]
+    starting_after: Option<RecordId>,
+    /// Only this tenant's tokens (a malformed slug is 400 `invalid-tenant`, an unknown
+    /// tenant 404 `invalid-tenant`, a removed one 404 `tenant-removed`).
+    #[param(inline)]
+    tenant: Option<TenantSlug>,
 }
 
 api_errors!(
     ListErrors,
     Access::Owner,
-    [
-        (400, "invalid-query"),
-        (400, "invalid-tenant"),
-        (400, "invalid-limit"),
-        (400, "invalid-starting-after"),
-        (404, "invalid-tenant"),
-        (404, "tenant-removed"),
-    ]
+    query: ListQuery,
+    [Code::UnknownTenant, Code::TenantRemoved]
 );
 api_errors!(
     CreateErrors,
     Access::Owner,
     [
-        (400, "invalid-body"),
-        (400, "invalid-role"),
-        (400, "invalid-tenant"),
-        (400, "invalid-name"),
-        (400, "invalid-expires-in"),
-        (404, "invalid-tenant"),
-        (404, "tenant-removed"),
-        (413, "body-too-large"),
+        Code::InvalidBody,
+        Code::InvalidRole,
+        Code::MalformedTenant,
+        Code::InvalidName,
+        Code::InvalidExpiresIn,
+        Code::UnknownTenant,
+        Code::TenantRemoved,
+        Code::BodyTooLarge,
     ]
 );
-api_errors!(RevokeErrors, Access::Owner, [(404, "invalid-tokenid")]);
-
-/// A token record, as listed (never the token).
-#[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(as = ApiToken)]
-#[serde(rename_all = "camelCase")]
-struct TokenDoc {
-    id: i64,
-    #[schema(schema_with = token_kind)]
-    object: String,
-    name: Option<String>,
-    #[schema(schema_with = role)]
-    role: String,
-    /// The tenant's slug (null for owner tokens).
-    tenant: Option<String>,
-    /// The token's first characters and `…`, to recognise it by.
-    prefix: String,
-    #[schema(schema_with = token_status)]
-    status: String,
-    #[schema(format = DateTime)]
-    created_at: String,
-    /// Collected in memory and written every 5 s.
-    #[schema(format = DateTime)]
-    last_used_at: Option<String>,
-    #[schema(format = DateTime)]
-    expires_at: Option<String>,
-    #[schema(format = DateTime)]
-    revoked_at: Option<String>,
-}
+api_errors!(RevokeErrors, Access::Owner, [Code::UnknownTokenid]);
 
 /// A token just made: its record and, this once, the token.
-#[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 #[schema(as = NewApiToken)]
-#[serde(rename_all = "camelCase")]
-struct NewTokenDoc {
+pub struct NewTokenBody {
     #[serde(flatten)]
-    record: TokenDoc,
+    record: TokenView,
     /// The bearer token (`tly_…`). Shown only here; keep it.
     token: String,
 }
 
-#[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(as = ApiTokenList)]
-struct TokenListDoc {
-    #[schema(schema_with = list_kind)]
-    object: String,
-    url: String,
-    /// More tokens follow: the `Link` header's `rel="next"` reads them.
-    has_more: bool,
-    data: Vec<TokenDoc>,
-}
-
-fn token_kind() -> Schema {
-    kind("apiToken")
-}
-fn list_kind() -> Schema {
-    kind("list")
-}
-fn role() -> Schema {
-    one_of_strings(&["owner", "admin", "reader"])
-}
-fn token_status() -> Schema {
-    one_of_strings(&["active", "expired", "revoked"])
-}
+list_body!(
+    /// A page of tokens, in the order they were made.
+    ApiTokenList,
+    TokenView
+);
 
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> ApiError {
         match error {
             TokenError::OwnerWithTenant
             | TokenError::TenantRequired(_)
-            | TokenError::MalformedTenant => ApiError::invalid("invalid-tenant", error.to_string()),
-            TokenError::UnknownTenant(_) => ApiError::not_found("invalid-tenant", "no such tenant"),
+            | TokenError::MalformedTenant => {
+                ApiError::new(Code::MalformedTenant, error.to_string())
+            }
+            TokenError::UnknownTenant(_) => ApiError::new(Code::UnknownTenant, "no such tenant"),
             TokenError::TenantRemoved(_) => ApiError::tenant_removed(),
-            TokenError::InvalidName => ApiError::invalid("invalid-name", error.to_string()),
+            TokenError::InvalidName => ApiError::new(Code::InvalidName, error.to_string()),
             TokenError::UnknownToken(_) => unknown_token(),
             TokenError::Database(error) => ApiError::from(error),
         }
@@ -167,10 +111,10 @@ impl From<TokenError> for ApiError {
     tag = "tokens",
     operation_id = "listTokens",
     description = "Every token (owner), or one tenant's; never the tokens themselves.",
-    params(ListParams),
+    params(ListQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of tokens, in the order they were made.", body = TokenListDoc,
+        (status = 200, description = "A page of tokens, in the order they were made.", body = ApiTokenList,
             headers(("Link" = String, description = "RFC 8288 `rel=\"next\"`: the next page, keeping the other parameters; absent on the last page."))),
         ListErrors,
     )
@@ -179,25 +123,28 @@ async fn list(
     _: Owner,
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let page = PageRequest::<i64>::parse(&params, MAX_LIMIT, "a token id")?;
-    if let Some(id) = page.starting_after {
+    let limit = query.limit.map_or(MAX_LIMIT, |Int(limit)| limit);
+    let after = query.starting_after.map(|RecordId(id)| id);
+    if let Some(id) = after {
         if store::tokens::get(&state.pool, id).await?.is_none() {
             return Err(unknown_cursor("a token id"));
         }
     }
     let tokens = token::list(
         &state.pool,
-        params.get("tenant"),
-        page.starting_after,
-        page.fetch_limit(),
+        query.tenant.as_ref().map(TenantSlug::as_str),
+        after,
+        store::fetch_limit(limit),
     )
     .await?;
-    Ok(store::Page::from_fetched(tokens, page.limit).respond(
+    let page = store::Page::from_fetched(tokens, limit);
+    Ok(respond::<ApiTokenList, _>(
+        page,
         PATH,
         raw.as_deref(),
-        page.limit,
+        limit,
         |t| t.id,
     ))
 }
@@ -206,7 +153,7 @@ async fn list(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(as = NewApiTokenRequest)]
 struct CreateBody {
-    #[schema(schema_with = role)]
+    #[schema(schema_with = token::role_schema)]
     role: String,
     /// The tenant's slug: required for admin and reader tokens, refused for owner ones
     /// (a removed tenant is 404 `tenant-removed`).
@@ -236,7 +183,7 @@ struct CreateBody {
     request_body(content = CreateBody, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The token's record, and the token.", body = NewTokenDoc),
+        (status = 201, description = "The token's record, and the token.", body = NewTokenBody),
         CreateErrors,
     )
 )]
@@ -245,18 +192,21 @@ async fn create(
     caller: Caller,
     State(state): State<AppState>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NewTokenBody>), ApiError> {
     let body: CreateBody = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::invalid("invalid-body", format!("expected a token request: {error}"))
+        ApiError::new(
+            Code::InvalidBody,
+            format!("expected a token request: {error}"),
+        )
     })?;
     let role = Role::parse(&body.role)
-        .ok_or_else(|| ApiError::invalid("invalid-role", "role is owner, admin or reader"))?;
+        .ok_or_else(|| ApiError::new(Code::InvalidRole, "role is owner, admin or reader"))?;
     let expires_in = body
         .expires_in
         .as_deref()
         .map(token::parse_lifetime)
         .transpose()
-        .map_err(|reason| ApiError::invalid("invalid-expires-in", reason))?;
+        .map_err(|reason| ApiError::new(Code::InvalidExpiresIn, reason))?;
     let spec = TokenSpec {
         role: Some(role),
         tenant: body.tenant,
@@ -265,10 +215,13 @@ async fn create(
     };
     let (secret, record) =
         token::create_with(&state.pool, role, &spec, &Actor::token(caller.token_id)).await?;
-    let mut view = serde_json::to_value(token::TokenView::from(&record))
-        .map_err(|error| ApiError::Internal(error.into()))?;
-    view["token"] = json!(secret.expose_secret());
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((
+        StatusCode::CREATED,
+        Json(NewTokenBody {
+            record: TokenView::from(&record),
+            token: secret.expose_secret().to_owned(),
+        }),
+    ))
 }
 
 /// `DELETE /api/administrator/tokens/{id}`: revoked on every replica within 2 s.
@@ -279,10 +232,10 @@ async fn create(
     operation_id = "revokeToken",
     description = "Revoke a token (owner): every server refuses it within 2 s (401 \
         `token-revoked`). It is kept, marked; revoking it again answers the same record.",
-    params(("id" = String, Path, description = "The token's id (an integer; anything else is an unknown token).")),
+    params(("id" = i64, Path, description = "The token's id (anything else is an unknown token).")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The revoked token's record.", body = TokenDoc),
+        (status = 200, description = "The revoked token's record.", body = TokenView),
         RevokeErrors,
     )
 )]
@@ -291,7 +244,7 @@ async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<token::TokenView>, ApiError> {
+) -> Result<Json<TokenView>, ApiError> {
     let unknown = unknown_token;
     // A segment that is not even UTF-8 (`%FF`) cannot name a token either.
     let Path(id) = id.map_err(|_| unknown())?;
@@ -303,5 +256,5 @@ async fn revoke(
 
 /// The answer for an id that names no token.
 pub(crate) fn unknown_token() -> ApiError {
-    ApiError::not_found("invalid-tokenid", "no token has that id")
+    ApiError::new(Code::UnknownTokenid, "no token has that id")
 }

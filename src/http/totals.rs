@@ -2,99 +2,133 @@
 //! JSON or CSV. The handler parses the query and renders what
 //! `crate::totals::totals_over_time` returns; same roles as the aggregate.
 
-use axum::extract::{RawQuery, State};
+use std::fmt;
+
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use utoipa::IntoParams;
+use serde::Deserialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::accounts::owner_param;
 use super::auth::TenantScope;
 use super::balances::wants_csv;
-use super::error::ApiError;
-use super::openapi::{api_errors, Access, TenantParam};
-use super::query::QueryParams;
-use super::schemas;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, csv_body, Access, TenantParam};
+use super::query::ApiQuery;
 use super::AppState;
+use crate::domain::{FromText, OwnerId};
 use crate::totals::{self, Currency, Interval, TotalsError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(totals))
 }
 
-#[allow(dead_code)]
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct TotalsParams {
+struct TotalsQuery {
     /// Bucket size, `hour` or `day` (the default); buckets end on UTC boundaries.
-    #[param(pattern = "^(hour|day)$")]
-    interval: Option<String>,
+    #[param(inline)]
+    interval: Option<Interval>,
     /// The first bucket's moment: an RFC 3339 timestamp or a date (`2026-11-01`).
     /// Required, and (unlike the optional parameters) not empty.
-    #[param(min_length = 1)]
-    from: String,
+    #[param(inline)]
+    from: Start,
     /// The last bucket's moment (default now); a date means the end of that day.
-    to: Option<String>,
+    #[param(inline)]
+    to: Option<End>,
     /// Only this currency (3 letters, any case).
-    #[param(pattern = "^[A-Za-z]{3}$")]
-    currency: Option<String>,
+    #[param(inline)]
+    currency: Option<Currency>,
     /// Only this owner's accounts; an owner with no listed account is 404
     /// `invalid-accountid`.
-    #[param(min_length = 1, max_length = 500, pattern = "^[^\\x00]+$")]
-    accountid: Option<String>,
+    #[param(inline)]
+    accountid: Option<OwnerId>,
 }
+
+/// `from`: an RFC 3339 timestamp, or a date meaning the start of that UTC day.
+struct Start(DateTime<Utc>);
+
+/// `to`: an RFC 3339 timestamp, or a date meaning the end of that UTC day.
+struct End(DateTime<Utc>);
+
+impl FromText for Start {
+    fn from_text(text: &str) -> Option<Self> {
+        totals::parse_from(text).map(Start)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MOMENT)
+    }
+}
+
+impl FromText for End {
+    fn from_text(text: &str) -> Option<Self> {
+        totals::parse_to(text).map(End)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MOMENT)
+    }
+}
+
+const MOMENT: &str = "an RFC 3339 timestamp or a date (2026-11-01)";
+
+impl PartialSchema for Start {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .description(Some("An RFC 3339 timestamp, or a date (`2026-11-01`)."))
+            .build()
+            .into()
+    }
+}
+impl ToSchema for Start {}
+
+impl PartialSchema for End {
+    fn schema() -> RefOr<Schema> {
+        Start::schema()
+    }
+}
+impl ToSchema for End {}
+
+crate::deserialize_from_text!(Start, End);
+
+csv_body!(
+    /// Totals over time as CSV.
+    TotalsCsv,
+    "bucket and currency (a bucket in which no account held any currency gets one row \
+     with empty currency and amounts)",
+    &totals::CSV_COLUMNS,
+    " `negative` and `negative_accounts` are empty where unknown."
+);
 
 api_errors!(
     TotalsErrors,
     Access::TenantRead,
+    query: TotalsQuery,
     [
-        (400, "invalid-query"),
-        (400, "invalid-interval"),
-        (400, "invalid-from"),
-        (400, "invalid-to"),
-        (400, "invalid-range"),
-        (400, "too-many-buckets"),
-        (400, "invalid-currency"),
-        (400, "invalid-accountid"),
-        (404, "invalid-accountid"),
+        Code::InvalidRange,
+        Code::TooManyBuckets,
+        Code::UnknownAccountid
     ]
 );
 
 impl From<TotalsError> for ApiError {
     fn from(error: TotalsError) -> ApiError {
         match error {
-            TotalsError::InvalidRange => ApiError::invalid("invalid-range", error.to_string()),
+            TotalsError::InvalidRange => ApiError::new(Code::InvalidRange, error.to_string()),
             TotalsError::TooManyBuckets { .. } => {
-                ApiError::invalid("too-many-buckets", error.to_string())
+                ApiError::new(Code::TooManyBuckets, error.to_string())
             }
-            TotalsError::UnknownOwner => {
-                ApiError::not_found("invalid-accountid", error.to_string())
-            }
+            TotalsError::UnknownOwner => ApiError::new(Code::UnknownAccountid, error.to_string()),
             TotalsError::Database(error) => ApiError::from(error),
         }
     }
-}
-
-fn moment(
-    params: &QueryParams,
-    key: &str,
-    code: &'static str,
-    parse: fn(&str) -> Option<DateTime<Utc>>,
-) -> Result<Option<DateTime<Utc>>, ApiError> {
-    params
-        .get(key)
-        .map(|value| {
-            parse(value).ok_or_else(|| {
-                ApiError::invalid(
-                    code,
-                    format!("{key} must be an RFC 3339 timestamp or a date (2026-11-01)"),
-                )
-            })
-        })
-        .transpose()
 }
 
 /// `GET /api/administrator/connect/balances/totals?interval=hour|day&from=…&to=…
@@ -107,13 +141,13 @@ fn moment(
     description = "Per-currency totals as of each bucket end: every listed account's latest \
         balance at or before it (accounts never read yet counted as `missing`). At most 1,000 \
         buckets. With `Accept: text/csv`, one row per bucket and currency.",
-    params(TotalsParams, TenantParam),
+    params(TotalsQuery, TenantParam),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The buckets, newest first (JSON), or their rows (CSV with `Accept: text/csv`).",
             content(
-                (schemas::TotalsList = "application/json"),
-                (String = "text/csv"),
+                (crate::totals::TotalsList<'static> = "application/json"),
+                (TotalsCsv = "text/csv"),
             )),
         TotalsErrors,
     )
@@ -122,38 +156,16 @@ async fn totals(
     scope: TenantScope,
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<TotalsQuery>,
 ) -> Result<Response, ApiError> {
-    let params = QueryParams::parse(raw.as_deref())?;
-    let interval = match params.get("interval") {
-        None => Interval::Day,
-        Some(value) => Interval::parse(value)
-            .ok_or_else(|| ApiError::invalid("invalid-interval", "interval must be hour or day"))?,
-    };
-    let from = moment(&params, "from", "invalid-from", totals::parse_from)?.ok_or_else(|| {
-        ApiError::invalid(
-            "invalid-from",
-            "from is required: an RFC 3339 timestamp or a date (2026-11-01)",
-        )
-    })?;
-    let to = moment(&params, "to", "invalid-to", totals::parse_to)?.unwrap_or_else(Utc::now);
-    let currency = params
-        .get("currency")
-        .map(|value| {
-            Currency::parse(value).ok_or_else(|| {
-                ApiError::invalid("invalid-currency", "currency must be a 3-letter ISO code")
-            })
-        })
-        .transpose()?;
-    let owner = owner_param(&params)?;
     let series = totals::totals_over_time(
         &state.pool,
         scope.tenant.id,
-        interval,
-        from,
-        to,
-        currency.as_ref(),
-        owner.as_ref(),
+        query.interval.unwrap_or(Interval::Day),
+        query.from.0,
+        query.to.map_or_else(Utc::now, |End(to)| to),
+        query.currency.as_ref(),
+        query.accountid.as_ref(),
     )
     .await?;
     if wants_csv(&headers) {

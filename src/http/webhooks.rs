@@ -9,13 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::ApiError;
-use super::openapi::{api_errors, Access};
-use super::schemas;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, kind, one_of_strings, Access};
 use super::AppState;
 use crate::crypto::CryptoError;
 use crate::domain::TenantSlug;
@@ -32,12 +32,37 @@ api_errors!(
     ReceiveErrors,
     Access::Public,
     [
-        (400, "invalid-signature"),
-        (400, "invalid-event"),
-        (413, "body-too-large"),
-        (503, "database-unavailable"),
+        Code::InvalidSignature,
+        Code::InvalidEvent,
+        Code::BodyTooLarge,
+        Code::DatabaseUnavailable,
     ]
 );
+
+/// What was done with a webhook event.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookReceipt {
+    #[schema(schema_with = webhook_receipt_kind)]
+    object: &'static str,
+    /// The event's id.
+    event: String,
+    /// The event's type.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// `applied` (stored, or the account marked changed); `duplicate` (this event id was
+    /// seen before); `stale` (older than what is stored or fetched; recorded, not
+    /// applied); `ignored` (about no account the tenant lists).
+    #[schema(schema_with = webhook_outcome)]
+    outcome: &'static str,
+}
+
+fn webhook_receipt_kind() -> utoipa::openapi::schema::Schema {
+    kind("webhookReceipt")
+}
+
+fn webhook_outcome() -> utoipa::openapi::schema::Schema {
+    one_of_strings(&["applied", "duplicate", "stale", "ignored"])
+}
 
 /// `POST /webhooks/stripe/{tenant}`
 #[utoipa::path(
@@ -59,10 +84,10 @@ api_errors!(
         ("tenant" = String, Path, description = "The tenant's slug."),
         ("Stripe-Signature" = String, Header, description = "`t=<unix>,v1=<hex>[,v1=…]`"),
     ),
-    request_body(content = schemas::StripeEvent, content_type = "application/json",
+    request_body(content = events::Event, content_type = "application/json",
         description = "The event exactly as Stripe sent it."),
     responses(
-        (status = 200, description = "The event was verified and recorded.", body = schemas::WebhookReceipt),
+        (status = 200, description = "The event was verified and recorded.", body = WebhookReceipt),
         ReceiveErrors,
     )
 )]
@@ -71,7 +96,7 @@ async fn receive(
     slug: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookReceipt>, ApiError> {
     // A segment that is not even UTF-8 (`%Aa`) names no tenant: refused like any other.
     let slug = slug.map(|Path(slug)| slug).unwrap_or_default();
     let header = headers
@@ -119,12 +144,12 @@ async fn receive(
     };
     metrics::counter!("tally_webhook_events_total", "type" => kind, "outcome" => applied.as_str())
         .increment(1);
-    Ok(Json(json!({
-        "object": "webhookReceipt",
-        "event": event.id,
-        "type": event.event_type,
-        "outcome": applied.as_str(),
-    })))
+    Ok(Json(WebhookReceipt {
+        object: "webhookReceipt",
+        event: event.id,
+        event_type: event.event_type,
+        outcome: applied.as_str(),
+    }))
 }
 
 /// A signed event of the tenant was refused or could not be kept: until every account
@@ -154,8 +179,8 @@ fn stream_broken(state: &AppState, tenant_id: i64) {
 /// unauthenticated caller cannot tell an unknown tenant, a tenant without a secret
 /// and a bad signature apart. The real reason goes to the log ([`Refusal::log`]).
 fn refused() -> ApiError {
-    ApiError::invalid(
-        "invalid-signature",
+    ApiError::new(
+        Code::InvalidSignature,
         "the Stripe-Signature header does not verify for this endpoint",
     )
 }
@@ -272,7 +297,7 @@ async fn tenant_with_secrets(
 
 fn event_error(error: EventError) -> ApiError {
     match error {
-        EventError::Invalid(message) => ApiError::invalid("invalid-event", message),
+        EventError::Invalid(message) => ApiError::new(Code::InvalidEvent, message),
         EventError::Database(error) => ApiError::from(error),
         EventError::Snapshot(error) => ApiError::Internal(error.into()),
     }
@@ -307,7 +332,7 @@ mod tests {
         #[test]
         fn any_verified_body_parses_or_is_an_invalid_event(body in prop::collection::vec(any::<u8>(), 0..128)) {
             if let Err(error) = events::parse(&body) {
-                prop_assert_eq!(event_error(error).code(), "invalid-event");
+                prop_assert_eq!(event_error(error).code(), Code::InvalidEvent);
             }
         }
     }

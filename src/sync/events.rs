@@ -22,9 +22,16 @@ pub const ACCOUNT_DEAUTHORIZED: &str = "account.application.deauthorized";
 pub const BALANCE_AVAILABLE: &str = "balance.available";
 
 /// The part of a Stripe event tally reads; unknown fields are ignored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(as = StripeEvent)]
 pub struct Event {
+    /// `evt_…`
     pub id: String,
+    /// `event`
+    #[serde(default)]
+    #[schema(required = true)]
+    pub object: String,
+    /// `account.updated`, `account.application.deauthorized`, `balance.available`, …
     #[serde(rename = "type")]
     pub event_type: String,
     /// The connected account the event is about (Connect events).
@@ -37,8 +44,11 @@ pub struct Event {
     pub data: EventData,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The object the event is about (an account, a balance, …).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(as = StripeEventData)]
 pub struct EventData {
+    #[schema(value_type = Object)]
     pub object: Value,
 }
 

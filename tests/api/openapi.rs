@@ -25,7 +25,12 @@ struct Contract {
     seen: BTreeMap<(String, String), BTreeSet<u16>>,
     /// Every error code answered.
     codes: BTreeSet<String>,
+    /// Per `GET` path template, a request that succeeded, to ask again with `HEAD`.
+    gets: BTreeMap<String, Succeeded>,
 }
+
+/// A request that succeeded: its path, token and headers.
+type Succeeded = (String, Option<String>, Vec<(String, String)>);
 
 /// One answer, as received.
 struct Answer {
@@ -58,6 +63,7 @@ impl Contract {
             doc,
             seen: BTreeMap::new(),
             codes: BTreeSet::new(),
+            gets: BTreeMap::new(),
         }
     }
 
@@ -140,6 +146,24 @@ impl Contract {
             "{what}: status not documented; body {}",
             String::from_utf8_lossy(&answer.body)
         );
+        if method == "HEAD" {
+            assert!(answer.body.is_empty(), "{what}: a body");
+            assert!(
+                response.get("content").is_none(),
+                "{what}: content documented"
+            );
+        } else {
+            self.check_body(&what, response, answer);
+        }
+        self.check_headers(&what, response, answer);
+        self.seen
+            .entry((method.to_owned(), template.to_owned()))
+            .or_default()
+            .insert(answer.status);
+    }
+
+    /// The body: its content type documented, and valid against its schema.
+    fn check_body(&mut self, what: &str, response: &Value, answer: &Answer) {
         let content_type = answer
             .header("content-type")
             .unwrap_or_else(|| panic!("{what}: no content type"));
@@ -154,14 +178,43 @@ impl Contract {
         );
         if media == "application/json" {
             let body = answer.json();
-            self.validate(&what, &documented["schema"], &body);
+            self.validate(what, &documented["schema"], &body);
             if answer.status >= 400 {
                 let code = body["code"].as_str().expect("an error code");
                 self.codes.insert(code.to_owned());
             }
         } else {
-            std::str::from_utf8(&answer.body).expect("a text body");
+            let text = std::str::from_utf8(&answer.body).expect("a text body");
+            // A CSV answer starts with the header row its schema's example shows.
+            if media == "text/csv" {
+                let schema = self.resolve(&documented["schema"]);
+                assert_eq!(schema["contentMediaType"], "text/csv", "{what}");
+                if let Some(example) = schema["examples"][0].as_str() {
+                    let header = text.lines().next().unwrap_or_default();
+                    assert!(
+                        example.starts_with(header) || header.contains("_count"),
+                        "{what}: header {header:?}, documented {example:?}"
+                    );
+                }
+            }
         }
+    }
+
+    /// A `$ref` to a component, resolved (anything else as it is).
+    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(reference) => {
+                let name = reference
+                    .strip_prefix("#/components/schemas/")
+                    .expect("a schema reference");
+                &self.doc["components"]["schemas"][name]
+            }
+            None => schema,
+        }
+    }
+
+    /// Documented headers: present when required, valid when sent.
+    fn check_headers(&mut self, what: &str, response: &Value, answer: &Answer) {
         if let Some(headers) = response["headers"].as_object() {
             for (name, header) in headers {
                 match answer.header(name) {
@@ -181,10 +234,6 @@ impl Contract {
                 }
             }
         }
-        self.seen
-            .entry((method.to_owned(), template.to_owned()))
-            .or_default()
-            .insert(answer.status);
     }
 }
 
@@ -259,7 +308,86 @@ async fn send(app: &TestApp, contract: &mut Contract, call: Call<'_>) -> Answer 
         body: response.bytes().await.expect("body").to_vec(),
     };
     contract.check(call.method.as_str(), call.template, &answer);
+    if call.method == Method::GET && (200..300).contains(&answer.status) {
+        let headers = call
+            .headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect();
+        contract.gets.entry(call.template.to_owned()).or_insert((
+            call.path.clone(),
+            call.token.map(str::to_owned),
+            headers,
+        ));
+    }
     answer
+}
+
+/// Asks again with `HEAD` every `GET` that succeeded: the same status and headers,
+/// no body, as the document's `HEAD` operations say.
+async fn head_every_get(app: &TestApp, contract: &mut Contract) {
+    let gets = contract.gets.clone();
+    for (template, (path, token, headers)) in gets {
+        let call = Call {
+            method: Method::HEAD,
+            template: &template,
+            path,
+            token: token.as_deref(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.clone()))
+                .collect(),
+            body: None,
+        };
+        let answer = send(app, contract, call).await;
+        assert!(
+            (200..300).contains(&answer.status),
+            "HEAD {template}: {}",
+            answer.status
+        );
+    }
+}
+
+/// A method a path does not take: 405 `method-not-allowed`, its body as each of the
+/// path's operations documents it, and `Allow` naming exactly the documented methods.
+async fn method_not_allowed(app: &TestApp, contract: &mut Contract, path: &str, token: &str) {
+    let response = app
+        .client
+        .request(Method::PATCH, format!("{}{path}", app.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    let answer = Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("body").to_vec(),
+    };
+    assert_eq!(answer.status, 405, "PATCH {path}");
+    let documented: BTreeSet<String> = contract.doc["paths"][path]
+        .as_object()
+        .expect("a documented path")
+        .keys()
+        .map(|method| method.to_uppercase())
+        .collect();
+    let allowed: BTreeSet<String> = answer
+        .header("allow")
+        .expect("Allow")
+        .split(',')
+        .map(|method| method.trim().to_uppercase())
+        .collect();
+    assert_eq!(allowed, documented, "Allow of {path}");
+    for method in documented {
+        let operation = contract.operation(&method, path).clone();
+        let response = &operation["responses"]["405"];
+        assert!(response.is_object(), "{method} {path}: 405 not documented");
+        assert_eq!(response["headers"]["Allow"]["required"], true);
+        let what = format!("PATCH {path} (as {method} documents it)");
+        if method != "HEAD" {
+            contract.check_body(&what, response, &answer);
+        }
+        contract.check_headers(&what, response, &answer);
+    }
 }
 
 /// Sends `call`, checks it against the document, and asserts its status (and code).
@@ -1056,6 +1184,23 @@ async fn real_answers_match_the_document() {
         Some("invalid-tenant"),
     )
     .await;
+    // A malformed slug is 400, as on every other endpoint.
+    expect(
+        app,
+        c,
+        get(TOKENS, format!("{TOKENS}?tenant=ACME"), owner),
+        400,
+        Some("invalid-tenant"),
+    )
+    .await;
+    expect(
+        app,
+        c,
+        get(TOKENS, format!("{TOKENS}?starting_after=1&limit=1"), owner),
+        200,
+        None,
+    )
+    .await;
     expect(app, c, get(TOKENS, TOKENS, admin), 403, Some("forbidden")).await;
     for (body, code) in [
         (json!({"role": "king"}), "invalid-role"),
@@ -1222,6 +1367,11 @@ async fn real_answers_match_the_document() {
     )
     .await;
 
+    // HEAD beside every GET, and 405 with Allow for a method a path does not take.
+    head_every_get(app, c).await;
+    method_not_allowed(app, c, BALANCES, reader).await;
+    method_not_allowed(app, c, REFRESHES, reader).await;
+
     // Every documented operation was answered with a success at least once.
     for (method, template) in c.operations() {
         let statuses = c.seen.get(&(method.clone(), template.clone()));
@@ -1264,6 +1414,7 @@ async fn real_answers_match_the_document() {
         "invalid-event",
         "stripe-request-failed",
         "tenant-removed",
+        "method-not-allowed",
     ] {
         assert!(reached.contains(&code), "{code} not reached: {reached:?}");
     }
@@ -1344,7 +1495,7 @@ fn routed_paths(app: &axum::Router) -> BTreeSet<String> {
     paths
 }
 
-/// What a path answers for methods it does not take: 405 with `Allow`.
+/// What a path answers for methods it does not take: 405 with `Allow` (`HEAD` included).
 async fn allowed_methods(app: &TestApp, path: &str) -> BTreeSet<String> {
     let response = app
         .client
@@ -1363,7 +1514,7 @@ async fn allowed_methods(app: &TestApp, path: &str) -> BTreeSet<String> {
         .unwrap_or("")
         .split(',')
         .map(|m| m.trim().to_uppercase())
-        .filter(|m| !m.is_empty() && m != "HEAD")
+        .filter(|m| !m.is_empty())
         .collect()
 }
 
@@ -1401,12 +1552,20 @@ async fn every_route_the_router_serves_is_in_the_document() {
             documented_paths.contains(path),
             "{path} is routed but not in /openapi.json"
         );
-        // The methods it takes, as its 405 says: each one documented.
+        // The methods it takes, as its 405 says (`HEAD` with every `GET`): exactly
+        // those documented.
         let concrete = path.replace("{id}", "1").replace("{tenant}", "acme");
-        for method in allowed_methods(&app, &concrete).await {
+        let allowed = allowed_methods(&app, &concrete).await;
+        for method in &allowed {
             assert!(
                 documented.contains(&(method.clone(), path.clone())),
                 "{method} {path} is routed but not in /openapi.json"
+            );
+        }
+        for (method, _) in documented.iter().filter(|(_, p)| p == path) {
+            assert!(
+                allowed.contains(method),
+                "{method} {path} is documented but its 405 does not allow it"
             );
         }
     }
@@ -1424,4 +1583,209 @@ async fn every_route_the_router_serves_is_in_the_document() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+/// Every `$ref` in `value`.
+fn references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
+                found.push(reference.to_owned());
+            }
+            map.values().for_each(|v| references(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+        _ => {}
+    }
+}
+
+/// Whether a property's schema lets `null` through.
+fn nullable(schema: &Value) -> bool {
+    let null = json!("null");
+    schema["type"] == null
+        || schema["type"]
+            .as_array()
+            .is_some_and(|types| types.contains(&null))
+        || ["oneOf", "anyOf"].iter().any(|key| {
+            schema[*key]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|item| item["type"] == null))
+        })
+}
+
+/// What an outside client generator found in the document, each checked: it must be
+/// able to generate every documented answer.
+#[tokio::test]
+async fn the_document_is_one_a_client_generator_can_use() {
+    let app = spawn_app().await;
+    let contract = Contract::fetch(&app).await;
+    let doc = &contract.doc;
+    let schemas = &doc["components"]["schemas"];
+
+    // Every reference resolves.
+    let mut found = Vec::new();
+    references(doc, &mut found);
+    for reference in &found {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{reference} is not a schema reference"));
+        assert!(schemas[name].is_object(), "{reference} does not resolve");
+    }
+
+    // No `allOf` declares a property twice with a different shape: a field declared
+    // in two branches may only narrow `code` (a string) to some of its values, never
+    // turn a nullable field into a required one (the 502 could not be generated).
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            operations.push((method.to_uppercase(), path.clone(), operation.clone()));
+        }
+    }
+    let mut all_ofs = Vec::new();
+    fn collect_all_ofs(value: &Value, out: &mut Vec<Value>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(items) = map.get("allOf") {
+                    out.push(items.clone());
+                }
+                map.values().for_each(|v| collect_all_ofs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect_all_ofs(v, out)),
+            _ => {}
+        }
+    }
+    collect_all_ofs(doc, &mut all_ofs);
+    assert!(!all_ofs.is_empty());
+    for items in &all_ofs {
+        let mut declared: BTreeMap<String, Vec<(Value, bool)>> = BTreeMap::new();
+        for item in items.as_array().expect("allOf items") {
+            let branch = contract.resolve(item);
+            let required: Vec<&str> = branch["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for (name, property) in branch["properties"].as_object().into_iter().flatten() {
+                declared
+                    .entry(name.clone())
+                    .or_default()
+                    .push((property.clone(), required.contains(&name.as_str())));
+            }
+        }
+        for (name, declarations) in declared.iter().filter(|(_, d)| d.len() > 1) {
+            assert_eq!(name, "code", "{name} declared twice in {items}");
+            for (property, _) in declarations {
+                assert!(!nullable(property), "{name} nullable in {items}");
+                assert_eq!(property["type"], "string", "{items}");
+            }
+        }
+    }
+    // The 502 of one account's balance: its own schema, `failure` required, not null.
+    let bad_gateway = &contract.operation("GET", BALANCE)["responses"]["502"]["content"]
+        ["application/json"]["schema"];
+    let upstream = contract.resolve(bad_gateway);
+    assert!(upstream["required"]
+        .as_array()
+        .is_some_and(|r| r.contains(&json!("failure"))));
+    assert!(!nullable(&upstream["properties"]["failure"]));
+    assert_eq!(
+        upstream["properties"]["code"]["enum"],
+        json!(["stripe-request-failed"])
+    );
+    assert!(schemas["Error"]["properties"].get("failure").is_none());
+
+    // One account's balance carries Stripe's own names, as the server sends them.
+    let balance = &schemas["StripeBalance"]["properties"];
+    for name in [
+        "connect_reserved",
+        "instant_available",
+        "available",
+        "pending",
+    ] {
+        assert!(balance[name].is_object(), "StripeBalance lacks {name}");
+    }
+    for name in ["connectReserved", "instantAvailable"] {
+        assert!(balance.get(name).is_none(), "StripeBalance has {name}");
+    }
+    assert_eq!(
+        schemas["AccountBalance"]["allOf"][0]["$ref"],
+        "#/components/schemas/StripeBalance"
+    );
+    assert!(schemas["BalanceAmount"]["properties"]["source_types"].is_object());
+    assert!(schemas["InstantAmount"]["properties"]["net_available"].is_object());
+
+    for (method, path, operation) in &operations {
+        // 405 with `Allow` on every operation.
+        let not_allowed = &operation["responses"]["405"];
+        assert_eq!(
+            not_allowed["headers"]["Allow"]["required"], true,
+            "{method} {path}: 405 with Allow not documented"
+        );
+        // Integer ids used as cursors (and in paths) are integers.
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let integer_ids = path.starts_with(TOKENS) || path == "/api/administrator/audit";
+            let name = parameter["name"].as_str().expect("name");
+            if integer_ids && matches!(name, "starting_after" | "id") {
+                assert_eq!(
+                    parameter["schema"]["type"], "integer",
+                    "{method} {path}: {name}"
+                );
+            }
+            // A malformed query parameter is answered with its own code.
+            if parameter["in"] == "query" && method != "HEAD" {
+                let code = match name {
+                    "refresh" => "invalid-refreshid".to_owned(),
+                    other => format!("invalid-{}", other.replace('_', "-")),
+                };
+                let bad_request = operation["responses"]["400"].to_string();
+                assert!(
+                    bad_request.contains(&format!("\"{code}\"")),
+                    "{method} {path}: {name}'s code {code} is not documented"
+                );
+            }
+        }
+        // Every CSV answer has a schema a generator can use: a string of `text/csv`
+        // whose description names the columns.
+        for response in operation["responses"]
+            .as_object()
+            .expect("responses")
+            .values()
+        {
+            if let Some(csv) = response["content"].get("text/csv") {
+                let schema = contract.resolve(&csv["schema"]);
+                assert_eq!(schema["type"], "string", "{method} {path}");
+                assert_eq!(schema["contentMediaType"], "text/csv", "{method} {path}");
+                assert!(
+                    schema["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("Columns: `")),
+                    "{method} {path}: {schema}"
+                );
+            }
+        }
+    }
+    // `HEAD` beside every `GET`, with the same answers and no body.
+    for (method, path, operation) in operations.iter().filter(|(m, ..)| m == "GET") {
+        let head = contract.operation("HEAD", path);
+        let statuses = |op: &Value| -> BTreeSet<String> {
+            op["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(statuses(head), statuses(operation), "{method} {path}");
+        assert!(head["responses"]
+            .as_object()
+            .expect("responses")
+            .values()
+            .all(|r| r.get("content").is_none()));
+    }
+    let csv_operations = [("GET", BALANCES), ("GET", TOTALS), ("GET", CLOSE)];
+    for (method, path) in csv_operations {
+        assert!(
+            contract.operation(method, path)["responses"]["200"]["content"]["text/csv"].is_object(),
+            "{method} {path}"
+        );
+    }
 }

@@ -10,7 +10,8 @@ use super::pages;
 use super::session::TenantPage;
 use super::AdminError;
 use crate::close::report::{self, DayCloseView, ReportError};
-use crate::http::query::QueryParams;
+use crate::http::error::Code;
+use crate::http::query;
 use crate::http::AppState;
 use crate::money::format_minor;
 use crate::store;
@@ -20,13 +21,13 @@ pub async fn close_page(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AdminError> {
-    let params = QueryParams::parse(raw.as_deref()).map_err(AdminError::Api)?;
+    let pairs = query::pairs(raw.as_deref()).map_err(AdminError::Api)?;
     let asked =
-        match params.get("date").map(str::trim) {
+        match query::first(&pairs, "date").map(str::trim) {
             None | Some("") => None,
             Some(value) => Some(NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
                 AdminError::Invalid {
-                    code: "invalid-date",
+                    code: Code::InvalidDate,
                     message: "A date looks like 2026-11-30. Pick one with the date field.".into(),
                 }
             })?),

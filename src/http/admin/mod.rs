@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 use self::session::{AdminSession, Posted, SameOrigin, TenantPage, TenantPageAdmin};
 use super::auth::verify_token;
-use super::error::ApiError;
-use super::query::QueryParams;
+use super::error::{ApiError, Code};
+use super::query;
 use super::AppState;
 use crate::audit::Actor;
 use crate::balances::BalanceError;
@@ -71,7 +71,7 @@ pub enum AdminError {
     /// A form without this session's CSRF token.
     BadCsrf,
     Invalid {
-        code: &'static str,
+        code: Code,
         message: String,
     },
     Api(ApiError),
@@ -117,7 +117,7 @@ fn back_home() -> Markup {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let (status, code, title, message, what) = match self {
+        let (code, title, message, what) = match self {
             AdminError::SignIn { secure } => {
                 let mut response = Redirect::to("/admin/login").into_response();
                 response
@@ -126,42 +126,36 @@ impl IntoResponse for AdminError {
                 return response;
             }
             AdminError::UnknownTenant => (
-                StatusCode::NOT_FOUND,
-                "invalid-tenant",
+                Code::UnknownTenant,
                 "No such tenant",
                 "There is no tenant by that name that you can see.".to_owned(),
                 back_home(),
             ),
             AdminError::TenantRemoved => (
-                StatusCode::NOT_FOUND,
-                "tenant-removed",
+                Code::TenantRemoved,
                 "Tenant removed",
                 "That tenant was removed (tally tenant remove): its data is kept but not shown, and nothing can be synced or refreshed for it.".to_owned(),
                 back_home(),
             ),
             AdminError::Forbidden => (
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                Code::Forbidden,
                 "Not allowed",
                 "Starting a sync or a refresh needs an admin or owner token; you are signed in with a reader token.".to_owned(),
                 html! { "Sign out and sign in with an admin or owner token, or ask one to do it. " (back_home()) },
             ),
             AdminError::CrossSite => (
-                StatusCode::FORBIDDEN,
-                "cross-site-request",
+                Code::CrossSiteRequest,
                 "Refused",
                 "This form was sent from another site, so nothing was done.".to_owned(),
                 html! { "Use the buttons on the admin page itself. " (back_home()) },
             ),
             AdminError::BadCsrf => (
-                StatusCode::FORBIDDEN,
-                "invalid-csrf-token",
+                Code::InvalidCsrfToken,
                 "Refused",
                 "This form did not come from your current session (it may be from before you signed in again), so nothing was done.".to_owned(),
                 html! { "Reload the page and use its buttons again. " (back_home()) },
             ),
             AdminError::Invalid { code, message } => (
-                StatusCode::BAD_REQUEST,
                 code,
                 "Cannot show that",
                 message,
@@ -171,18 +165,18 @@ impl IntoResponse for AdminError {
                 let status = error.status();
                 if status.is_server_error() {
                     // Logged once, here, inside the request's span.
-                    tracing::error!(error = ?error, code = error.code(), "admin page failed");
+                    tracing::error!(error = ?error, code = %error.code(), "admin page failed");
                 }
                 let message = if status.is_server_error() {
                     "Something went wrong on the server; nothing secret is shown here. Try again; if it persists, the server log has the details under this request's X-Request-Id.".to_owned()
                 } else {
                     error.to_string()
                 };
-                (status, error.code(), "Cannot show that", message, back_home())
+                (error.code(), "Cannot show that", message, back_home())
             }
         };
-        let page = pages::error_page(None, code, title, &message, what);
-        (status, page).into_response()
+        let page = pages::error_page(None, code.as_str(), title, &message, what);
+        (code.status(), page).into_response()
     }
 }
 
@@ -225,16 +219,16 @@ async fn login(
     };
     let caller = match verify_token(&state, form.token.trim()).await {
         Ok(caller) => caller,
-        Err(ApiError::TokenRefused { code: "token-revoked", .. }) => {
+        Err(ApiError::Refused { code: Code::TokenRevoked, .. }) => {
             return Ok(refused("That token was revoked. Ask an owner for a new one (tally token create)."))
         }
-        Err(ApiError::TokenRefused { code: "token-expired", .. }) => {
+        Err(ApiError::Refused { code: Code::TokenExpired, .. }) => {
             return Ok(refused("That token has expired. Ask an owner for a new one (tally token create)."))
         }
-        Err(ApiError::TokenRefused { code: "tenant-removed", .. }) => {
+        Err(ApiError::Refused { code: Code::TokenOfRemovedTenant, .. }) => {
             return Ok(refused("That token's tenant was removed, so its tokens no longer work."))
         }
-        Err(ApiError::Unauthorized(_)) => {
+        Err(ApiError::Refused { code: Code::Unauthorized, .. }) => {
             return Ok(refused("That is not a token this server knows. Check that you pasted all of it (it starts with tly_)."))
         }
         Err(other) => return Err(other.into()),
@@ -275,28 +269,29 @@ struct TenantQuery {
 }
 
 fn tenant_query(raw: Option<&str>) -> Result<TenantQuery, AdminError> {
-    let params = QueryParams::parse(raw).map_err(|_| AdminError::Invalid {
-        code: "invalid-query",
+    let pairs = query::pairs(raw).map_err(|_| AdminError::Invalid {
+        code: Code::InvalidQuery,
         message: "The address's query could not be read. Open the tenant from the admin page."
             .into(),
     })?;
-    let page = match params.get("page") {
+    let param = |key: &str| query::first(&pairs, key);
+    let page = match param("page") {
         None | Some("") => 1,
         Some(value) => value
             .parse::<i64>()
             .ok()
             .filter(|page| (1..=i64::MAX / 1_000_000).contains(page))
             .ok_or_else(|| AdminError::Invalid {
-                code: "invalid-page",
+                code: Code::InvalidPage,
                 message: "The page number must be a whole number from 1. Use the page links under the account table.".into(),
             })?,
     };
-    let owner = match params.get("owner").map(str::trim) {
+    let owner = match param("owner").map(str::trim) {
         None | Some("") => None,
         Some(value) => Some(
             OwnerId::parse(value)
                 .ok_or_else(|| AdminError::Invalid {
-                    code: "invalid-accountid",
+                    code: Code::MalformedAccountid,
                     message: format!(
                         "An owner id is 1 to {} characters with no NUL. Clear the filter and try again.",
                         OwnerId::MAX_CHARS
@@ -309,7 +304,7 @@ fn tenant_query(raw: Option<&str>) -> Result<TenantQuery, AdminError> {
     Ok(TenantQuery {
         page,
         owner,
-        notice: params.get("notice").and_then(pages::notice_text),
+        notice: param("notice").and_then(pages::notice_text),
     })
 }
 
