@@ -7,9 +7,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use serde_json::Value;
-use tally::commands::tenant::TenantSpec;
 use tally::domain::Role;
 use tally::sim::{SimConfig, SimHandle};
 
@@ -19,26 +17,11 @@ const BALANCES: &str = "/api/administrator/connect/balances";
 const BALANCE: &str = "/api/administrator/connect/stripe-account/balance";
 const REFRESHES: &str = "/api/administrator/connect/balances/refreshes";
 
-/// A platform tenant on the simulator's first platform at `rate` per second, with
+/// The `acme` tenant on the simulator's first platform at `rate` per second, with
 /// every account of that platform stored. Returns the key it uses.
 async fn tenant_on(app: &TestApp, sim: &SimHandle, rate: u32) -> String {
-    let key = sim.keys().platforms[0].key.clone();
-    let spec = TenantSpec {
-        api_base: Some(sim.base_url()),
-        rate_limit: Some(rate),
-        ..TenantSpec::new("acme", SecretString::from(key.clone()))
-    };
-    tally::commands::tenant::add(&app.pool, &app.master, &app.settings, spec)
-        .await
-        .expect("tenant added");
-    let id = tally::store::tenants::find_by_slug(&app.pool, "acme")
-        .await
-        .expect("query")
-        .expect("tenant")
-        .id;
-    let ids = sim.keys().platforms[0].accounts.clone();
-    app.store_sim_accounts(id, sim, &ids, None).await;
-    key
+    crate::refresh::tenant_on(app, sim, "acme", rate).await;
+    sim.keys().platforms[0].key.clone()
 }
 
 fn time(body: &Value, key: &str) -> DateTime<Utc> {

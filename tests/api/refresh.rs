@@ -27,7 +27,7 @@ fn api_only(settings: &mut tally::config::Settings) {
 
 /// A platform tenant on the simulator's first platform, paced at `rate` per second,
 /// with every account of that platform stored.
-async fn tenant_on(app: &TestApp, sim: &SimHandle, slug: &str, rate: u32) -> i64 {
+pub(crate) async fn tenant_on(app: &TestApp, sim: &SimHandle, slug: &str, rate: u32) -> i64 {
     let spec = TenantSpec {
         api_base: Some(sim.base_url()),
         rate_limit: Some(rate),
