@@ -38,12 +38,12 @@ async fn until_finished(app: &TestApp, location: &str, token: &str) -> reqwest::
     loop {
         let response = app.get(location, token).await;
         assert_eq!(response.status(), 200);
-        let status = response.headers().clone();
+        let headers = response.headers().clone();
         let body: Value = response.json().await.expect("json");
         if body["status"] != "running" {
             // Asked again for the caller, with its headers.
             let again = app.get(location, token).await;
-            assert_eq!(status.get("location"), again.headers().get("location"));
+            assert_eq!(headers.get("location"), again.headers().get("location"));
             return again;
         }
         assert!(body["result"].is_null(), "no result while running: {body}");
