@@ -87,7 +87,7 @@ pub async fn create_with(
     });
     let (token, hash) = generate_token();
     let prefix: String = token.expose_secret().chars().take(PREFIX_CHARS).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let id = store::tokens::insert(
         &mut *tx,
         &NewToken {
@@ -156,7 +156,7 @@ pub async fn list(
 
 /// Revokes a token, recording who did: every replica refuses it within two seconds.
 pub async fn revoke(pool: &PgPool, id: i64, actor: &Actor) -> Result<TokenView, TokenError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let record = store::tokens::revoke(&mut *tx, id)
         .await?
         .ok_or(TokenError::UnknownToken(id))?;

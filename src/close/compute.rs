@@ -181,7 +181,7 @@ async fn compute_day(
 ) -> Result<Option<DayDone>, CloseError> {
     let day = task.day;
     let zone = tenant.close_timezone.as_str();
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let (start, end) = store::closes::day_bounds(&mut *tx, zone, day).await?;
     match store::closes::lock_day(&mut tx, tenant.id, day, zone, (start, end)).await? {
         None => return Ok(None),

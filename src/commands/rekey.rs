@@ -35,7 +35,7 @@ pub async fn run(
     master: &MasterKey,
     actor: &Actor,
 ) -> Result<RekeyReport, RekeyError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let rows = store::tenants::sealed_for_rekey(&mut *tx).await?;
     let mut report = RekeyReport {
         secrets: 0,

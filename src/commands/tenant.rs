@@ -241,7 +241,7 @@ pub async fn add_as(
         org_account_ids: &org_account_ids,
         webhook_secret_ciphertext: webhook_ciphertext.as_deref(),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let tenant = store::tenants::insert(&mut *tx, &new)
         .await
         .map_err(|error| {
@@ -385,7 +385,7 @@ pub async fn set_key(
     }
     let sealed = master.seal(&tenant.slug, key);
     let last4 = key_last4(key);
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let updated = store::tenants::set_key(&mut *tx, tenant.id, kind.as_str(), &sealed, &last4)
         .await?
         .ok_or_else(|| TenantError::UnknownTenant(slug.to_owned()))?;
@@ -497,7 +497,7 @@ pub async fn update(
         freshness: change.freshness,
         close_timezone: change.close_timezone.as_deref(),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let updated = store::tenants::update(&mut *tx, tenant.id, &changes)
         .await?
         .ok_or_else(|| TenantError::UnknownTenant(slug.to_owned()))?;
@@ -540,7 +540,7 @@ pub async fn remove(
     let tenant = store::tenants::find_by_slug(pool, slug)
         .await?
         .ok_or_else(|| TenantError::UnknownTenant(slug.to_owned()))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let removal = if purge {
         let accounts = store::tenants::owned_counts(&mut *tx, tenant.id).await?;
         store::tenants::purge(&mut *tx, tenant.id).await?;

@@ -80,7 +80,7 @@ pub async fn begin(
     conn: &mut PgConnection,
     repair: bool,
 ) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-    let mut tx = sqlx::Connection::begin(conn).await?;
+    let mut tx = super::begin_on(conn).await?;
     if repair {
         sqlx::query!("LOCK TABLE stripe_accounts, latest_balances IN SHARE MODE")
             .execute(&mut *tx)

@@ -49,7 +49,7 @@ pub async fn store(
     let available_on: Vec<DateTime<Utc>> = txns.iter().map(|t| t.available_on).collect();
     let sources: Vec<Option<String>> = txns.iter().map(|t| t.source.clone()).collect();
     let payouts: Vec<Option<String>> = txns.iter().map(|t| t.payout.clone()).collect();
-    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let mut tx = super::begin_on(&mut *conn).await?;
     let new_created = sqlx::query_scalar!(
         r#"INSERT INTO balance_transactions
                (tenant_id, stripeid, id, type, reporting_category, amount, fee, net, currency,

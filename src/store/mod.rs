@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::config::DatabaseSettings;
 
@@ -72,6 +72,17 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Begins a transaction on the pool. Every transaction in tally begins here or in
+/// [`begin_on`], so whatever must hold inside each one has one place to go.
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin().await
+}
+
+/// Begins a transaction (or a savepoint, inside one) on a connection the caller holds.
+pub async fn begin_on(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin().await
 }
 
 /// `SELECT 1`: the readiness probe.

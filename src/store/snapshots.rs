@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
+use sqlx::{PgConnection, PgExecutor, Postgres};
 
 use crate::domain::FetchFailure;
 
@@ -136,7 +136,7 @@ async fn record_once(
     lease_holder: Option<uuid::Uuid>,
     fetch_started: Option<DateTime<Utc>>,
 ) -> Result<Recorded, SnapshotError> {
-    let mut tx = conn.begin().await?;
+    let mut tx = super::begin_on(conn).await?;
     // Locks the account so a concurrent removal cannot interleave with the totals.
     let listed = sqlx::query_scalar!(
         r#"SELECT removed_at IS NULL AS "listed!" FROM stripe_accounts

@@ -72,7 +72,7 @@ pub async fn claim(
     // The running row may finish between the failed insert and the select; then the
     // next round can insert.
     for _ in 0..3 {
-        let mut tx = pool.begin().await?;
+        let mut tx = super::begin(pool).await?;
         // Checked under a lock held to the commit, so a removal racing this claim
         // either comes first (and nothing starts) or waits and then ends the run.
         if !super::tenants::lock_if_enabled(&mut *tx, tenant_id).await? {

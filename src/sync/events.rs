@@ -117,7 +117,7 @@ pub async fn apply(
     event: &Event,
 ) -> Result<Applied, EventError> {
     let received = Utc::now();
-    let mut tx = pool.begin().await?;
+    let mut tx = store::begin(pool).await?;
     let first_time = store::webhook_events::record(
         &mut *tx,
         tenant.id,

@@ -177,7 +177,7 @@ impl Sync<'_> {
                 AccountInput::from_stripe_object(object, scope.platform(), &self.options.owner_key)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin(self.pool).await?;
         let outcome = store::accounts::upsert(&mut *tx, self.tenant.id, &inputs, observed).await?;
         let mut counts = self.counts;
         counts.pages += 1;
@@ -213,7 +213,7 @@ impl Sync<'_> {
         .try_collect()
         .await?;
         for batch in unseen.chunks(REMOVE_BATCH) {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = store::begin(self.pool).await?;
             let removed = store::accounts::mark_removed(
                 &mut *tx,
                 self.tenant.id,
