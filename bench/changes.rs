@@ -90,7 +90,7 @@ async fn store_first_pass(pool: &sqlx::PgPool, sim: &SimHandle, tenant_id: i64) 
         store::snapshots::record(
             &mut conn,
             tenant_id,
-            account,
+            &tally::domain::StripeAccountId::parse(account).expect("an acct_ id"),
             chrono::Utc::now(),
             "fetch",
             SnapshotOutcome::Balance {

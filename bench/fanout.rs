@@ -173,7 +173,8 @@ async fn fanout_part() {
         );
     let started = Instant::now();
     for id in keys.platforms[1].accounts.iter().take(sample) {
-        client.retrieve_balance(id, None).await.expect("balance");
+        let id = tally::domain::StripeAccountId::parse(id).expect("an acct_ id");
+        client.retrieve_balance(&id, None).await.expect("balance");
     }
     let per_account = started.elapsed().as_secs_f64() / sample as f64;
     let sequential = per_account * n as f64;

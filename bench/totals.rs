@@ -135,7 +135,8 @@ async fn record_cost(db_url: &str, tenant_id: i64, n: usize, round: i64) -> f64 
         store::snapshots::record(
             &mut conn,
             tenant_id,
-            &format!("acct_1Totals{i:010}"),
+            &tally::domain::StripeAccountId::parse(&format!("acct_1Totals{i:010}"))
+                .expect("an acct_ id"),
             Utc::now(),
             "fetch",
             SnapshotOutcome::Balance {

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::audit::{self, Actor};
+use crate::domain::{Currency, OwnerId, RefreshTrigger, StripeAccountId};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
 use crate::freshness::{
     self, AccountState, Confirmation, FreshnessBy, Requirement, TenantFreshness,
@@ -19,6 +20,7 @@ use crate::freshness::{
 use crate::refresh::demand::Demand;
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
+use crate::store::refreshes::RefreshFailure;
 use crate::store::snapshots::Snapshot;
 use crate::store::tenants::Tenant;
 use crate::tenants::StripeTenants;
@@ -103,7 +105,7 @@ impl Fresh {
 /// One account's latest snapshot that is a balance, and how current it is known to be.
 #[derive(Debug, Clone)]
 pub struct AccountBalance {
-    pub stripeid: String,
+    pub stripeid: StripeAccountId,
     pub snapshot: Snapshot,
     pub balance: Value,
     pub confirmation: Confirmation,
@@ -135,8 +137,8 @@ impl Balances {
                         result: result_path(&refresh.scope, refresh.id),
                     });
                 }
-                if refresh.status == "failed" {
-                    return Err(refresh_failure(refresh));
+                if let Some(failure) = refresh.failure() {
+                    return Err(failure.into());
                 }
                 refresh.cutoff
             }
@@ -146,7 +148,7 @@ impl Balances {
             scope,
             cutoff,
             wait: fresh.wait,
-            trigger: "poll",
+            trigger: RefreshTrigger::Poll,
             max_silence: self.max_silence,
         };
         let rate = self.stripe.rate_for(tenant);
@@ -154,7 +156,7 @@ impl Balances {
             Freshness::Met => Ok(None),
             Freshness::Pending(pending) => Ok(Some(pending)),
             Freshness::TenantRemoved => Err(BalanceError::TenantRemoved),
-            Freshness::Failed(refresh) => Err(refresh_failure(refresh)),
+            Freshness::Failed(reason) => Err(BalanceError::Credential(reason)),
         }
     }
 
@@ -162,14 +164,14 @@ impl Balances {
     pub async fn account(
         &self,
         tenant: &Tenant,
-        stripeid: &str,
+        stripeid: &StripeAccountId,
         fresh: Fresh,
     ) -> Result<Answer<AccountBalance>, BalanceError> {
         store::accounts::get(&self.pool, tenant.id, stripeid)
             .await?
             .filter(|account| account.removed_at.is_none())
             .ok_or(BalanceError::UnknownAccount)?;
-        let scope = RefreshScope::Account(stripeid.to_owned());
+        let scope = RefreshScope::Account(stripeid.clone());
         if let Some(pending) = self.freshen(tenant, scope, fresh).await? {
             return Ok(Answer::Pending(Box::new(pending)));
         }
@@ -194,7 +196,7 @@ impl Balances {
                         by: FreshnessBy::Fetch,
                     });
                 Ok(Answer::Ready(AccountBalance {
-                    stripeid: stripeid.to_owned(),
+                    stripeid: stripeid.clone(),
                     balance: balance.clone(),
                     snapshot,
                     confirmation,
@@ -204,7 +206,7 @@ impl Balances {
                 // The failure says when it was tried and how old the last good balance
                 // (the one the totals still hold) is.
                 Err(BalanceError::Upstream(Box::new(Failure {
-                    stripeid: stripeid.to_owned(),
+                    stripeid: stripeid.to_string(),
                     failure: error.clone().map(|e| e.0).unwrap_or_default(),
                     fetched_at: Some(snapshot.fetched_at),
                     last_good_at: good_at,
@@ -218,8 +220,8 @@ impl Balances {
     pub async fn aggregate(
         &self,
         tenant: &Tenant,
-        owner: Option<&str>,
-        currency: Option<&str>,
+        owner: Option<&OwnerId>,
+        currency: Option<&Currency>,
         fresh: Option<Fresh>,
     ) -> Result<Answer<Aggregate>, BalanceError> {
         let scope = self.aggregate_scope(tenant, owner, fresh).await?;
@@ -270,8 +272,8 @@ impl Balances {
     pub async fn aggregate_csv(
         &self,
         tenant: &Tenant,
-        owner: Option<&str>,
-        currency: Option<&str>,
+        owner: Option<&OwnerId>,
+        currency: Option<&Currency>,
         fresh: Option<Fresh>,
     ) -> Result<Answer<Vec<u8>>, BalanceError> {
         let scope = self.aggregate_scope(tenant, owner, fresh).await?;
@@ -324,10 +326,16 @@ impl Balances {
         )
         .await?
         .listed;
-        let (refresh, started) =
-            store::refreshes::start_or_join(&self.pool, tenant.id, &scope, cutoff, "person", total)
-                .await?
-                .ok_or(BalanceError::TenantRemoved)?;
+        let (refresh, started) = store::refreshes::start_or_join(
+            &self.pool,
+            tenant.id,
+            &scope,
+            cutoff,
+            RefreshTrigger::Person,
+            total,
+        )
+        .await?
+        .ok_or(BalanceError::TenantRemoved)?;
         let details = json!({
             "refreshId": refresh.id,
             "scope": scope_label(&scope),
@@ -367,7 +375,7 @@ impl Balances {
     async fn aggregate_scope(
         &self,
         tenant: &Tenant,
-        owner: Option<&str>,
+        owner: Option<&OwnerId>,
         fresh: Option<Fresh>,
     ) -> Result<RefreshScope, BalanceError> {
         if let (
@@ -413,15 +421,13 @@ impl Balances {
 }
 
 /// Why a refresh failed, as the use cases say it.
-fn refresh_failure(refresh: refresh::Refresh) -> BalanceError {
-    if refresh.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) {
-        return BalanceError::TenantRemoved;
+impl From<RefreshFailure<'_>> for BalanceError {
+    fn from(failure: RefreshFailure<'_>) -> BalanceError {
+        match failure {
+            RefreshFailure::TenantRemoved => BalanceError::TenantRemoved,
+            RefreshFailure::Reason(reason) => BalanceError::Credential(reason.to_owned()),
+        }
     }
-    BalanceError::Credential(
-        refresh
-            .error
-            .unwrap_or_else(|| "the refresh failed".to_owned()),
-    )
 }
 
 /// Where a succeeded refresh's result is answered: the aggregate for a tenant's or an

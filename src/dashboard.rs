@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::balances::{Answer, BalanceError, Balances};
+use crate::domain::OwnerId;
 use crate::fanout::Aggregate;
 use crate::freshness::{self, AccountState, Confirmation, TenantFreshness};
 use crate::money::{CurrencyAmounts, Exposure};
@@ -155,7 +156,7 @@ pub const BELOW_ZERO_SHOWN: i64 = 100;
 pub async fn tenant_view(
     balances: &Balances,
     tenant: &Tenant,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     page: i64,
     per_page: i64,
 ) -> Result<TenantView, DashboardError> {
@@ -184,7 +185,7 @@ async fn accounts_page(
     pool: &PgPool,
     tenant_id: i64,
     tenant_freshness: &TenantFreshness,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     page: i64,
     per_page: i64,
 ) -> Result<AccountsPage, sqlx::Error> {
@@ -229,7 +230,7 @@ async fn accounts_page(
         total: listed.total,
         page,
         per_page,
-        owner: owner.map(str::to_owned),
+        owner: owner.map(OwnerId::to_string),
         rows,
     })
 }

@@ -99,6 +99,18 @@ impl PartialSchema for StripeAccountId {
 }
 impl ToSchema for StripeAccountId {}
 
+impl PartialEq<str> for StripeAccountId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for StripeAccountId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 impl From<StripeAccountId> for String {
     fn from(id: StripeAccountId) -> String {
         id.0
@@ -156,7 +168,7 @@ impl fmt::Display for TenantSlug {
 /// An owner id (`accountid`): the platform's own id for the user owning connected
 /// accounts, taken from Stripe metadata. Any text a metadata value can hold: 1 to 500
 /// characters, and no NUL (Postgres text cannot hold one, so no stored owner has it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct OwnerId(String);
 
 impl OwnerId {
@@ -200,7 +212,194 @@ impl PartialSchema for OwnerId {
 }
 impl ToSchema for OwnerId {}
 
-deserialize_from_text!(StripeAccountId, TenantSlug, OwnerId);
+/// A lowercase 3-letter ISO currency code, as Stripe writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Currency(String);
+
+impl Currency {
+    /// Any 3 ASCII letters, in either case (Stripe's codes are lowercase).
+    pub fn parse(value: &str) -> Option<Currency> {
+        (value.len() == 3 && value.bytes().all(|b| b.is_ascii_alphabetic()))
+            .then(|| Currency(value.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromText for Currency {
+    fn from_text(text: &str) -> Option<Self> {
+        Currency::parse(text)
+    }
+    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a 3-letter ISO code")
+    }
+}
+
+impl PartialSchema for Currency {
+    fn schema() -> RefOr<Schema> {
+        text_schema(
+            Some("^[A-Za-z]{3}$"),
+            "A 3-letter ISO currency code, any case.",
+        )
+    }
+}
+impl ToSchema for Currency {}
+
+deserialize_from_text!(StripeAccountId, TenantSlug, OwnerId, Currency);
+
+/// Stores a text newtype as Postgres `text`. Decoding does not parse again: only
+/// values parsed at the edge are ever written, so what the database holds is well formed.
+macro_rules! sqlx_text_newtype {
+    ($($name:ident),* $(,)?) => {$(
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.0.as_str(), buf)
+            }
+        }
+        impl sqlx::Decode<'_, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok($name(<String as sqlx::Decode<sqlx::Postgres>>::decode(value)?))
+            }
+        }
+        impl sqlx::postgres::PgHasArrayType for $name {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+sqlx_text_newtype!(StripeAccountId, TenantSlug, OwnerId, Currency);
+
+impl fmt::Display for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An enum stored as one of a fixed set of words in a `text` column (with a CHECK
+/// constraint naming the same words) and sent in API bodies as that word.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $word:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word),+ }
+            }
+
+            pub fn parse(value: &str) -> Option<$name> {
+                match value { $($word => Some($name::$variant),)+ _ => None }
+            }
+
+            /// Every word, for the schema.
+            pub fn words() -> Vec<&'static str> {
+                Self::ALL.iter().map(|v| v.as_str()).collect()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                crate::schema::one_of_strings(&Self::words()).into()
+            }
+        }
+        impl ToSchema for $name {}
+
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+        impl sqlx::Decode<'_, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+                let word = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                $name::parse(word).ok_or_else(|| {
+                    format!(concat!("unknown ", stringify!($name), " {:?}"), word).into()
+                })
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where a balance refresh stands.
+    pub enum RefreshStatus {
+        Running => "running",
+        /// Every account of its scope was tried since its cutoff.
+        Succeeded => "succeeded",
+        /// It can no longer finish (the tenant was removed, or its key is unusable).
+        Failed => "failed",
+        /// Every worker stopped before it finished.
+        Interrupted => "interrupted",
+    }
+}
+
+text_enum! {
+    /// What started a balance refresh, which says who waits on it.
+    pub enum RefreshTrigger {
+        /// A request with `max_age`.
+        Poll => "poll",
+        /// A person's `POST …/balances/refresh`.
+        Person => "person",
+        /// The background schedule: nobody waits.
+        Schedule => "schedule",
+        /// `tally balances`.
+        Cli => "cli",
+    }
+}
 
 /// `value` with every U+0000 in its strings and keys replaced by U+FFFD. Postgres
 /// JSONB refuses `\u0000`, and Stripe strings (a business name, metadata) may carry

@@ -16,7 +16,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use sqlx::PgPool;
 
-use crate::domain::{api_timestamp, OwnerId};
+use crate::domain::{api_timestamp, Currency, OwnerId};
 use crate::store;
 
 /// The most buckets one request may ask for (a year of days fits; 41 days of hours).
@@ -92,42 +92,7 @@ impl fmt::Display for Interval {
     }
 }
 
-/// A lowercase 3-letter ISO currency code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Currency(String);
-
-impl Currency {
-    /// Any 3 ASCII letters, in either case (Stripe's codes are lowercase).
-    pub fn parse(value: &str) -> Option<Currency> {
-        (value.len() == 3 && value.bytes().all(|b| b.is_ascii_alphabetic()))
-            .then(|| Currency(value.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl crate::domain::FromText for Currency {
-    fn from_text(text: &str) -> Option<Self> {
-        Currency::parse(text)
-    }
-    fn expected(f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a 3-letter ISO code")
-    }
-}
-
-impl utoipa::PartialSchema for Currency {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        crate::schema::text_schema(
-            Some("^[A-Za-z]{3}$"),
-            "A 3-letter ISO currency code, any case.",
-        )
-    }
-}
-impl utoipa::ToSchema for Currency {}
-
-crate::deserialize_from_text!(Interval, Currency);
+crate::deserialize_from_text!(Interval);
 
 /// A date (`2026-11-01`, YYYY-MM-DD) or an RFC 3339 timestamp.
 fn parse_moment(value: &str) -> Option<Moment> {
@@ -255,7 +220,7 @@ pub enum TotalsError {
 fn kept_totals(
     totals: &serde_json::Value,
     exposure: Option<&serde_json::Value>,
-    only: Option<&str>,
+    only: Option<&Currency>,
 ) -> Result<Vec<TotalsAtRow>, TotalsError> {
     // A row the migration did not write is a decoding failure, like any bad column.
     let decode = |error: serde_json::Error| sqlx::Error::Decode(Box::new(error));
@@ -267,7 +232,9 @@ fn kept_totals(
         .map_err(decode)?;
     Ok(rows
         .into_iter()
-        .filter(|(currency, amounts)| amounts[4] > 0 && only.is_none_or(|only| only == currency))
+        .filter(|(currency, amounts)| {
+            amounts[4] > 0 && only.is_none_or(|only| only.as_str() == currency)
+        })
         .map(
             |(currency, [available, pending, connect_reserved, instant_available, _])| {
                 let [negative, negative_accounts] = match &exposure {
@@ -302,7 +269,6 @@ pub async fn totals_over_time(
     owner: Option<&OwnerId>,
 ) -> Result<TotalsSeries, TotalsError> {
     let ends = bucket_ends(interval, from, to)?;
-    let currency = currency.map(Currency::as_str);
     let mut buckets: BTreeMap<DateTime<Utc>, TotalsBucket> = ends
         .iter()
         .map(|at| {
@@ -326,7 +292,6 @@ pub async fn totals_over_time(
             }
         }
         Some(owner) => {
-            let owner = owner.as_str();
             if !store::totals_history::owner_known(pool, tenant_id, owner).await? {
                 return Err(TotalsError::UnknownOwner);
             }

@@ -64,7 +64,7 @@ async fn every_header_row_reaches_the_right_balance() {
     let platform = tenant(&sim, &p1.key);
     assert_eq!(platform.kind(), CredentialKind::Platform);
     let got = platform
-        .retrieve_balance(connected, None)
+        .retrieve_balance(&acct(connected), None)
         .await
         .expect("platform row");
     assert_eq!(Some(&got.raw), sim.balance_of(connected).as_ref());
@@ -74,7 +74,7 @@ async fn every_header_row_reaches_the_right_balance() {
     let org = tenant(&sim, &keys.organization_key);
     assert_eq!(org.kind(), CredentialKind::Organization);
     let got = org
-        .retrieve_balance(connected, Some(&p1.id))
+        .retrieve_balance(&acct(connected), Some(&acct(&p1.id)))
         .await
         .expect("org P/X row");
     assert_eq!(Some(&got.raw), sim.balance_of(connected).as_ref());
@@ -82,24 +82,24 @@ async fn every_header_row_reaches_the_right_balance() {
     // Organization key, account directly in the org (a standalone one, and a platform).
     let standalone = &keys.org_accounts[0];
     let got = org
-        .retrieve_balance(standalone, None)
+        .retrieve_balance(&acct(standalone), None)
         .await
         .expect("org X row");
     assert_eq!(Some(&got.raw), sim.balance_of(standalone).as_ref());
     let got = org
-        .retrieve_balance(&p1.id, None)
+        .retrieve_balance(&acct(&p1.id), None)
         .await
         .expect("org platform row");
     assert_eq!(Some(&got.raw), sim.balance_of(&p1.id).as_ref());
 
     // Accounts too, with the same headers.
     let account = org
-        .retrieve_account(connected, Some(&p1.id))
+        .retrieve_account(&acct(connected), Some(&acct(&p1.id)))
         .await
         .expect("account");
     assert_eq!(account.value["id"], connected.as_str());
     let account = platform
-        .retrieve_account(connected, None)
+        .retrieve_account(&acct(connected), None)
         .await
         .expect("account");
     assert_eq!(Some(&account.raw), sim.account_object(connected).as_ref());
@@ -119,7 +119,7 @@ async fn classic_failure_is_a_kept_permission_error_and_the_fix_works() {
 
     // Stripe-Context: X for an account under a platform.
     let err = org
-        .retrieve_balance(connected, None)
+        .retrieve_balance(&acct(connected), None)
         .await
         .expect_err("context without the platform");
     assert_eq!(err.status(), Some(403));
@@ -141,7 +141,7 @@ async fn classic_failure_is_a_kept_permission_error_and_the_fix_works() {
     assert_eq!(sim.stats().total_requests, 1, "a 403 is not retried");
 
     // The fix: name the platform.
-    org.retrieve_balance(connected, Some(&platform.id))
+    org.retrieve_balance(&acct(connected), Some(&acct(&platform.id)))
         .await
         .expect("Stripe-Context: P/X");
 }
@@ -154,7 +154,7 @@ async fn platform_key_for_a_foreign_or_revoked_account_is_account_invalid() {
     let client = tenant(&sim, &mine.key);
 
     let err = client
-        .retrieve_balance(&theirs.accounts[0], None)
+        .retrieve_balance(&acct(&theirs.accounts[0]), None)
         .await
         .expect_err("not connected to this platform");
     assert_eq!(err.status(), Some(403));
@@ -170,7 +170,7 @@ async fn platform_key_for_a_foreign_or_revoked_account_is_account_invalid() {
 
     sim.revoke(&mine.accounts[0]);
     let err = client
-        .retrieve_balance(&mine.accounts[0], None)
+        .retrieve_balance(&acct(&mine.accounts[0]), None)
         .await
         .expect_err("revoked");
     assert_eq!(err.code(), Some("account_invalid"));
@@ -182,7 +182,7 @@ async fn unknown_key_is_a_401_that_never_shows_the_key() {
     let key = "sk_test_51ThisKeyDoesNotExistAnywhere9999";
     let client = tenant(&sim, key);
     let err = client
-        .retrieve_balance("acct_whatever", None)
+        .retrieve_balance(&acct("acct_whatever"), None)
         .await
         .expect_err("unknown key");
     assert_eq!(err.status(), Some(401));
@@ -205,7 +205,7 @@ async fn injected_500s_are_retried_to_success() {
     );
     let calls = keys.platforms[0].accounts.iter().map(|a| {
         let client = client.clone();
-        async move { client.retrieve_balance(a, None).await }
+        async move { client.retrieve_balance(&acct(a), None).await }
     });
     let results = futures::future::join_all(calls).await;
     let attempts: u32 = results
@@ -242,7 +242,7 @@ async fn a_failing_account_stops_at_max_attempts_after_backing_off() {
     );
     let started = Instant::now();
     let err = client
-        .retrieve_balance(account, None)
+        .retrieve_balance(&acct(account), None)
         .await
         .expect_err("always 500");
     let took = started.elapsed();
@@ -279,7 +279,7 @@ async fn rate_limited_requests_are_retried_and_the_rate_drops() {
     );
     let calls = platform.accounts.iter().map(|a| {
         let client = client.clone();
-        async move { client.retrieve_balance(a, None).await }
+        async move { client.retrieve_balance(&acct(a), None).await }
     });
     let results = futures::future::join_all(calls).await;
     for result in &results {
@@ -319,7 +319,7 @@ async fn configured_rate_is_never_exceeded() {
     );
     let calls = platform.accounts.iter().map(|a| {
         let client = client.clone();
-        async move { client.retrieve_balance(a, None).await }
+        async move { client.retrieve_balance(&acct(a), None).await }
     });
     for result in futures::future::join_all(calls).await {
         assert_eq!(result.expect("within the limit").attempts, 1);
@@ -371,7 +371,7 @@ async fn walk(client: &TenantClient, platform: Option<&str>, limit: u8) -> Vec<S
     let mut after: Option<String> = None;
     loop {
         let page = client
-            .list_accounts_page(platform, after.as_deref(), limit)
+            .list_accounts_page(platform.map(acct).as_ref(), after.as_deref(), limit)
             .await
             .expect("page");
         assert!(page.value.data.len() <= usize::from(limit));
@@ -414,4 +414,8 @@ async fn created_account_is_created_once_despite_retries() {
         platform.accounts.len() + 1,
         "exactly one account created"
     );
+}
+
+fn acct(id: &str) -> tally::domain::StripeAccountId {
+    tally::domain::StripeAccountId::parse(id).expect("an acct_ id")
 }

@@ -166,7 +166,7 @@ async fn platform_key_sends_stripe_account_version_and_bearer() {
     .await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let fetched = client
-        .retrieve_balance("acct_X", Some("acct_P_ignored"))
+        .retrieve_balance(&acct("acct_X"), Some(&acct("acct_Pignored")))
         .await
         .expect("balance");
     assert_eq!(fetched.value.available[0].currency, "usd");
@@ -204,15 +204,15 @@ async fn org_key_sends_stripe_context_for_each_row() {
     .await;
     let client = tenant(ORG_KEY, &base, settings(), RateSettings::default());
     client
-        .retrieve_balance("acct_X", Some("acct_P"))
+        .retrieve_balance(&acct("acct_X"), Some(&acct("acct_P")))
         .await
         .expect("connected account");
     client
-        .retrieve_balance("acct_S", None)
+        .retrieve_balance(&acct("acct_S"), None)
         .await
         .expect("account in the org");
     client
-        .retrieve_account("acct_X", Some("acct_P"))
+        .retrieve_account(&acct("acct_X"), Some(&acct("acct_P")))
         .await
         .expect("account");
 
@@ -240,19 +240,19 @@ async fn list_page_headers_and_query() {
         .expect_err("org needs a platform");
     assert!(matches!(err, StripeError::Config(_)), "{err}");
     assert!(
-        org.list_accounts_page(Some("acct_P"), None, 0)
+        org.list_accounts_page(Some(&acct("acct_P")), None, 0)
             .await
             .is_err(),
         "limit 0"
     );
     assert!(
-        org.list_accounts_page(Some("acct_P"), None, 101)
+        org.list_accounts_page(Some(&acct("acct_P")), None, 101)
             .await
             .is_err(),
         "limit 101"
     );
     let list = org
-        .list_accounts_page(Some("acct_P"), Some("acct_1"), 100)
+        .list_accounts_page(Some(&acct("acct_P")), Some("acct_1"), 100)
         .await
         .expect("page");
     assert!(list.value.has_more);
@@ -283,7 +283,7 @@ async fn retries_500_with_backoff_then_succeeds() {
     .await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let fetched = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect("third time lucky");
     assert_eq!(fetched.attempts, 3);
@@ -302,7 +302,7 @@ async fn gives_up_after_max_attempts_keeping_the_last_error() {
     let (stub, base) = stub(script).await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("always down");
     assert_eq!(stub.seen().len(), 4);
@@ -328,7 +328,7 @@ async fn should_retry_header_overrides_the_status() {
     .await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("not retried");
     assert_eq!(
@@ -337,7 +337,7 @@ async fn should_retry_header_overrides_the_status() {
     );
     assert_eq!(stub.seen().len(), 1);
     let ok = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect("400 retried on request");
     assert_eq!(ok.attempts, 2);
@@ -352,7 +352,7 @@ async fn client_errors_are_not_retried() {
     .await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let err = client
-        .retrieve_account("acct_nope", None)
+        .retrieve_account(&acct("acct_nope"), None)
         .await
         .expect_err("404");
     assert_eq!(err.code(), Some("resource_missing"));
@@ -378,7 +378,7 @@ async fn a_429_is_retried_and_lowers_the_rate() {
     );
     assert_eq!(client.rate(), 20);
     let fetched = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect("retried");
     assert_eq!(fetched.attempts, 2);
@@ -442,7 +442,7 @@ async fn html_and_bad_shapes_become_decode_errors() {
     .await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("html");
     assert_eq!(
@@ -458,7 +458,7 @@ async fn html_and_bad_shapes_become_decode_errors() {
     assert_eq!(stub.seen().len(), 4, "a 5xx is retried whatever its body");
 
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("shape");
     assert_eq!(
@@ -467,7 +467,7 @@ async fn html_and_bad_shapes_become_decode_errors() {
     );
     assert_eq!(err.request_id(), Some("req_shape"));
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("truncated");
     assert!(
@@ -488,7 +488,7 @@ async fn per_attempt_timeout_is_a_retryable_transport_error() {
     };
     let client = tenant(PLATFORM_KEY, &base, quick.clone(), RateSettings::default());
     let fetched = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect("third attempt is fast");
     assert_eq!(fetched.attempts, 3);
@@ -501,7 +501,7 @@ async fn per_attempt_timeout_is_a_retryable_transport_error() {
             4,
         ));
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("all slow");
     assert!(
@@ -528,7 +528,7 @@ async fn in_flight_cap_holds() {
     );
     let calls = (0..8).map(|_| {
         let client = client.clone();
-        async move { client.retrieve_balance("acct_X", None).await }
+        async move { client.retrieve_balance(&acct("acct_X"), None).await }
     });
     for result in futures::future::join_all(calls).await {
         result.expect("balance");
@@ -545,7 +545,7 @@ async fn errors_never_carry_the_key() {
     let (_stub, base) = stub(vec![reply(401, invalid)]).await;
     let client = tenant(PLATFORM_KEY, &base, settings(), RateSettings::default());
     let err = client
-        .retrieve_balance("acct_X", None)
+        .retrieve_balance(&acct("acct_X"), None)
         .await
         .expect_err("401");
     assert_eq!(err.status(), Some(401));
@@ -556,7 +556,7 @@ async fn errors_never_carry_the_key() {
     let closed = url::Url::parse("http://127.0.0.1:9/").expect("URL");
     let client = tenant(ORG_KEY, &closed, settings(), RateSettings::default());
     let err = client
-        .retrieve_balance("acct_X", Some("acct_P"))
+        .retrieve_balance(&acct("acct_X"), Some(&acct("acct_P")))
         .await
         .expect_err("refused");
     assert!(
@@ -571,4 +571,8 @@ fn assert_no_key(err: &StripeError, key: &str) {
     for shown in [err.to_string(), format!("{err:?}"), err.message()] {
         assert!(!shown.contains(secret_part), "{shown}");
     }
+}
+
+fn acct(id: &str) -> tally::domain::StripeAccountId {
+    tally::domain::StripeAccountId::parse(id).expect("an acct_ id")
 }

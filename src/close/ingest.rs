@@ -91,7 +91,7 @@ where
         let page = client
             .list_balance_transactions_page(
                 &account.stripeid,
-                account.platform_id.as_deref(),
+                account.platform_id.as_ref(),
                 range,
                 starting_after.as_deref(),
                 PAGE,

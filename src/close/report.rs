@@ -7,12 +7,13 @@ use chrono::NaiveDate;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use super::compute::{CurrencySummary, DaySummary};
 use crate::csv_out::Cell::{Number, Text};
 use crate::csv_out::CsvOut;
-use crate::domain::api_timestamp;
+use crate::domain::{api_timestamp, StripeAccountId};
 use crate::money::{Activity, Split};
 use crate::store;
 use crate::store::closes::{AccountDay, DayClose, TieOut};
@@ -309,14 +310,14 @@ pub struct AccountCloseView {
 pub async fn account(
     pool: &PgPool,
     tenant: &Tenant,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<AccountCloseView, sqlx::Error> {
     let rows = store::closes::account_days(pool, tenant.id, stripeid, from, to).await?;
     Ok(AccountCloseView {
         object: "list",
-        stripeid: stripeid.to_owned(),
+        stripeid: stripeid.to_string(),
         timezone: tenant.close_timezone.clone(),
         from_date: from,
         to_date: to,
@@ -327,9 +328,11 @@ pub async fn account(
 /// The day as CSV: a header naming every reporting category the day has, then one
 /// row per account and currency, differences first, produced as the rows are read
 /// (memory stays flat however many accounts the tenant has). Amounts in minor units,
-/// text cells neutralised (`csv_out`).
+/// text cells neutralised (`csv_out`). The rows are read on a task of `tasks` (the
+/// process's), so a shutdown waits for the answers being sent.
 pub async fn day_csv(
     pool: PgPool,
+    tasks: &TaskTracker,
     tenant: &Tenant,
     date: NaiveDate,
 ) -> Result<impl Stream<Item = Result<Vec<u8>, std::io::Error>>, ReportError> {
@@ -355,7 +358,7 @@ pub async fn day_csv(
         categories,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut rows = store::closes::day_rows(&pool, tenant_id, date);
         let mut chunk = first;
         let mut in_chunk = 0;

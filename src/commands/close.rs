@@ -41,7 +41,9 @@ pub async fn show(
         }
         OutputFormat::Csv => {
             let mut out = Vec::new();
-            let mut rows = Box::pin(report::day_csv(pool.clone(), &tenant, date).await?);
+            // Read to the end right here, so a tracker of its own is enough.
+            let tasks = tokio_util::task::TaskTracker::new();
+            let mut rows = Box::pin(report::day_csv(pool.clone(), &tasks, &tenant, date).await?);
             while let Some(chunk) = rows.next().await {
                 out.extend(chunk?);
             }

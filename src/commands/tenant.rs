@@ -106,8 +106,8 @@ pub struct TenantView {
     pub api_version: String,
     pub api_base: Option<String>,
     pub rate_limit: Option<i32>,
-    pub platforms: Vec<String>,
-    pub org_accounts: Vec<String>,
+    pub platforms: Vec<StripeAccountId>,
+    pub org_accounts: Vec<StripeAccountId>,
     pub webhook_secret: bool,
     /// Connect webhook endpoints registered with `tally tenant webhooks`.
     pub webhooks: i64,
@@ -142,12 +142,10 @@ impl TenantView {
     }
 }
 
-fn account_ids(ids: &[String]) -> Result<Vec<String>, TenantError> {
+fn account_ids(ids: &[String]) -> Result<Vec<StripeAccountId>, TenantError> {
     ids.iter()
         .map(|id| {
-            StripeAccountId::parse(id)
-                .map(String::from)
-                .ok_or_else(|| TenantError::InvalidAccountId(id.clone()))
+            StripeAccountId::parse(id).ok_or_else(|| TenantError::InvalidAccountId(id.clone()))
         })
         .collect()
 }
@@ -216,10 +214,7 @@ pub async fn add_as(
                 .as_deref()
                 .unwrap_or(&settings.stripe.api_base),
             api_version: &api_version,
-            context: platform_ids
-                .first()
-                .or(org_account_ids.first())
-                .map(String::as_str),
+            context: platform_ids.first().or(org_account_ids.first()),
         };
         verify_key(stripe, key, &probe).await?;
     }
@@ -272,7 +267,7 @@ pub struct KeyProbe<'a> {
     pub api_base: &'a str,
     pub api_version: &'a str,
     /// For an organization key: the account in the org whose balance is read.
-    pub context: Option<&'a str>,
+    pub context: Option<&'a StripeAccountId>,
 }
 
 /// One `GET /v1/balance` with `key`: proves the key is live and may read balances.
@@ -378,8 +373,7 @@ pub async fn set_key(
             context: tenant
                 .platform_ids
                 .first()
-                .or(tenant.org_account_ids.first())
-                .map(String::as_str),
+                .or(tenant.org_account_ids.first()),
         };
         verify_key(stripe, key, &probe).await?;
     }
@@ -628,7 +622,11 @@ pub fn render_table(tenants: &[TenantView]) -> String {
             if t.platforms.is_empty() {
                 "-".to_owned()
             } else {
-                t.platforms.join(",")
+                t.platforms
+                    .iter()
+                    .map(StripeAccountId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         ));
     }

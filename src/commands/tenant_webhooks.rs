@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 use crate::audit::{self, Actor};
 use crate::commands::tenant::{self, TenantError};
+use crate::domain::StripeAccountId;
 use crate::freshness::FreshnessMode;
 use crate::store;
 use crate::store::tenants::Tenant;
@@ -233,7 +234,11 @@ fn platforms(tenant: &Tenant) -> Result<Vec<String>, WebhookError> {
         CredentialKind::Organization if tenant.platform_ids.is_empty() => {
             Err(WebhookError::NoPlatforms(tenant.slug.clone()))
         }
-        CredentialKind::Organization => Ok(tenant.platform_ids.clone()),
+        CredentialKind::Organization => Ok(tenant
+            .platform_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect()),
     }
 }
 
@@ -249,8 +254,9 @@ async fn stored_by_platform(
 }
 
 /// `Stripe-Context` for a stored platform id ('' is the platform key's own account).
-fn context(platform_id: &str) -> Option<&str> {
-    Some(platform_id).filter(|p| !p.is_empty())
+/// The platform a stored endpoint belongs to; `None` for the key's own (stored as `''`).
+fn context(platform_id: &str) -> Option<StripeAccountId> {
+    StripeAccountId::parse(platform_id)
 }
 
 fn stripe_error(doing: String) -> impl FnOnce(StripeError) -> WebhookError {
@@ -299,7 +305,7 @@ impl<'a> Run<'a> {
         held: Option<&Stored>,
     ) -> Result<(), WebhookError> {
         let ctx = context(platform_id);
-        let at_stripe = list_all(&self.client, ctx)
+        let at_stripe = list_all(&self.client, ctx.as_ref())
             .await
             .map_err(stripe_error(format!(
                 "listing the webhook endpoints{}",
@@ -314,7 +320,7 @@ impl<'a> Run<'a> {
             ),
         };
         self.done.push(EndpointReport {
-            platform: ctx.map(str::to_owned),
+            platform: ctx.map(String::from),
             endpoint_id: endpoint_id.clone(),
             outcome,
             deleted: vec![],
@@ -363,7 +369,7 @@ impl<'a> Run<'a> {
         };
         let created = self
             .client
-            .create_webhook_endpoint(context(platform_id), &new)
+            .create_webhook_endpoint(context(platform_id).as_ref(), &new)
             .await
             .map_err(stripe_error(format!(
                 "creating the webhook endpoint{}",
@@ -390,7 +396,7 @@ impl<'a> Run<'a> {
             .await?;
         store::webhook_endpoints::delete(self.pool, self.tenant.id, &row.platform_id).await?;
         self.done.push(EndpointReport {
-            platform: context(&row.platform_id).map(str::to_owned),
+            platform: context(&row.platform_id).map(String::from),
             endpoint_id: row.endpoint_id.clone(),
             outcome: Outcome::Removed,
             deleted: vec![],
@@ -406,7 +412,7 @@ impl<'a> Run<'a> {
     ) -> Result<(), WebhookError> {
         match self
             .client
-            .delete_webhook_endpoint(context(platform_id), endpoint_id)
+            .delete_webhook_endpoint(context(platform_id).as_ref(), endpoint_id)
             .await
         {
             Ok(_) => Ok(()),
@@ -463,7 +469,7 @@ impl<'a> Run<'a> {
 /// Every endpoint of the platform, following `has_more`.
 async fn list_all(
     client: &TenantClient,
-    platform: Option<&str>,
+    platform: Option<&StripeAccountId>,
 ) -> Result<Vec<WebhookEndpoint>, StripeError> {
     let mut all: Vec<WebhookEndpoint> = Vec::new();
     for _ in 0..MAX_LIST_PAGES {

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::FanoutError;
 use crate::csv_out::Cell::{Number, Text};
 use crate::csv_out::CsvOut;
-use crate::domain::FetchFailure;
+use crate::domain::{Currency, FetchFailure, OwnerId};
 use crate::freshness::{self, AccountState, FreshnessMode, TenantFreshness};
 use crate::money::{CurrencyAmounts, Exposure, Exposures, Totals};
 use crate::store;
@@ -132,8 +132,8 @@ pub async fn read(
     pool: &PgPool,
     tenant_id: i64,
     slug: &str,
-    owner: Option<&str>,
-    currency: Option<&str>,
+    owner: Option<&OwnerId>,
+    currency: Option<&Currency>,
 ) -> Result<Aggregate, FanoutError> {
     let (counts, oldest, totals, failures) = match owner {
         None => {
@@ -218,13 +218,13 @@ pub async fn read(
     };
     let totals = totals
         .into_iter()
-        .filter(|(row, _)| currency.is_none_or(|c| row.currency == c))
+        .filter(|(row, _)| currency.is_none_or(|c| row.currency == c.as_str()))
         .map(|(row, exposure)| TotalRow::new(row, exposure))
         .collect();
     Ok(Aggregate {
         object: "balance_aggregate",
         tenant: slug.to_owned(),
-        accountid: owner.map(str::to_owned),
+        accountid: owner.map(OwnerId::to_string),
         as_of: Utc::now(),
         oldest_fetched_at: oldest,
         // What the stored data alone says; the use case adds the stream's word.
@@ -263,8 +263,8 @@ pub const CSV_COLUMNS: [&str; 14] = [
 pub async fn csv(
     pool: &PgPool,
     tenant_id: i64,
-    owner: Option<&str>,
-    currency: Option<&str>,
+    owner: Option<&OwnerId>,
+    currency: Option<&Currency>,
     tenant_freshness: &TenantFreshness,
 ) -> Result<Vec<u8>, FanoutError> {
     let rows = store::snapshots::scope_latest(pool, tenant_id, owner).await?;
@@ -319,7 +319,7 @@ pub async fn csv(
             continue;
         }
         for total in row.totals()?.rows() {
-            if currency.is_some_and(|c| c != total.currency) {
+            if currency.is_some_and(|c| c.as_str() != total.currency) {
                 continue;
             }
             let a = total.amounts;

@@ -1,13 +1,14 @@
 //! What to do about a failed balance fetch, in words an operator can act on.
 
+use crate::domain::StripeAccountId;
 use crate::stripe::{CredentialKind, StripeError};
 
 /// The hint for `error` when fetching `account` (controlled by `platform`, if any)
 /// with a credential of `kind`.
 pub fn hint(
     kind: CredentialKind,
-    account: &str,
-    platform: Option<&str>,
+    account: &StripeAccountId,
+    platform: Option<&StripeAccountId>,
     error: &StripeError,
 ) -> String {
     let status = error.status();
@@ -65,6 +66,10 @@ mod tests {
     use super::*;
     use crate::stripe::ApiErrorBody;
 
+    fn acct(id: &str) -> StripeAccountId {
+        StripeAccountId::parse(id).expect("an acct_ id")
+    }
+
     fn api(status: u16, code: Option<&str>) -> StripeError {
         StripeError::Api {
             status,
@@ -85,7 +90,7 @@ mod tests {
     fn an_org_key_without_the_platform_is_told_to_use_platform_slash_account() {
         let h = hint(
             CredentialKind::Organization,
-            "acct_X",
+            &acct("acct_X"),
             None,
             &api(403, None),
         );
@@ -95,8 +100,8 @@ mod tests {
         );
         let h = hint(
             CredentialKind::Organization,
-            "acct_X",
-            Some("acct_P"),
+            &acct("acct_X"),
+            Some(&acct("acct_P")),
             &api(403, None),
         );
         assert!(h.contains("acct_P/acct_X"), "{h}");
@@ -106,7 +111,7 @@ mod tests {
     fn a_platform_key_for_a_foreign_or_revoked_account_is_told_so() {
         let h = hint(
             CredentialKind::Platform,
-            "acct_X",
+            &acct("acct_X"),
             None,
             &api(403, Some("account_invalid")),
         );
@@ -116,18 +121,22 @@ mod tests {
     #[test]
     fn rate_limits_outages_and_bad_keys_each_get_their_own_advice() {
         let kind = CredentialKind::Platform;
-        assert!(hint(kind, "a", None, &api(429, Some("rate_limit"))).contains("rate limited"));
-        assert!(hint(kind, "a", None, &api(503, None)).contains("server error"));
-        assert!(hint(kind, "a", None, &api(401, None)).contains("rejected the tenant's key"));
+        assert!(
+            hint(kind, &acct("acct_a"), None, &api(429, Some("rate_limit")))
+                .contains("rate limited")
+        );
+        assert!(hint(kind, &acct("acct_a"), None, &api(503, None)).contains("server error"));
+        assert!(hint(kind, &acct("acct_a"), None, &api(401, None))
+            .contains("rejected the tenant's key"));
         let unreachable = StripeError::Transport {
             detail: "refused".into(),
             timeout: false,
         };
-        assert!(hint(kind, "a", None, &unreachable).contains("could not be reached"));
+        assert!(hint(kind, &acct("acct_a"), None, &unreachable).contains("could not be reached"));
         let slow = StripeError::Transport {
             detail: "timed out".into(),
             timeout: true,
         };
-        assert!(hint(kind, "a", None, &slow).contains("did not answer in time"));
+        assert!(hint(kind, &acct("acct_a"), None, &slow).contains("did not answer in time"));
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::FetchFailure;
+use crate::domain::{FetchFailure, StripeAccountId};
 use crate::freshness::Requirement;
 use crate::money::Totals;
 use crate::store;
@@ -54,8 +54,8 @@ pub async fn fetch_and_record(
     pool: &PgPool,
     client: &TenantClient,
     tenant: &Tenant,
-    stripeid: &str,
-    platform: Option<&str>,
+    stripeid: &StripeAccountId,
+    platform: Option<&StripeAccountId>,
     lease_holder: Option<Uuid>,
 ) -> Result<Stored, FanoutError> {
     // Events that arrived before the request was queued are covered by its answer.
@@ -82,7 +82,7 @@ pub async fn fetch_and_record(
             let kind = tenant.credential_kind;
             // Debug, not warn: a failing account is normal, reported in the aggregate
             // and its snapshot; the retry loop already logged what was retried.
-            tracing::debug!(tenant = %tenant.slug, stripeid, status = ?error.status(), code = ?error.code(),
+            tracing::debug!(tenant = %tenant.slug, %stripeid, status = ?error.status(), code = ?error.code(),
                            request_id = ?error.request_id(), "balance fetch failed");
             Err(failure_of(kind, stripeid, platform, &error))
         }
@@ -139,8 +139,8 @@ pub async fn tenant_is_fresh(
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.
 pub fn failure_of(
     kind: CredentialKind,
-    stripeid: &str,
-    platform: Option<&str>,
+    stripeid: &StripeAccountId,
+    platform: Option<&StripeAccountId>,
     error: &StripeError,
 ) -> FetchFailure {
     let (param, doc_url) = match error {

@@ -29,11 +29,13 @@ use super::query::ApiQuery;
 use super::AppState;
 use crate::audit::Actor;
 use crate::balances::{self as use_cases, AccountBalance, Answer, Fresh, Since};
-use crate::domain::{api_timestamp, FetchFailure, OwnerId, StripeAccountId};
+use crate::domain::Currency;
+use crate::domain::{
+    api_timestamp, FetchFailure, OwnerId, RefreshStatus, RefreshTrigger, StripeAccountId,
+};
 use crate::freshness::FreshnessBy;
 use crate::refresh::{PendingRefresh, RefreshScope};
 use crate::store;
-use crate::totals::Currency;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -217,12 +219,6 @@ fn balance_refresh_kind() -> Schema {
 fn balance_snapshot_kind() -> Schema {
     kind("balanceSnapshot")
 }
-fn refresh_status() -> Schema {
-    one_of_strings(&["running", "succeeded", "failed", "interrupted"])
-}
-fn refresh_trigger() -> Schema {
-    one_of_strings(&["poll", "person", "schedule", "cli"])
-}
 fn snapshot_source() -> Schema {
     one_of_strings(&["fetch", "webhook"])
 }
@@ -334,7 +330,7 @@ impl AccountBalanceBody {
     fn new(account: &AccountBalance) -> Result<AccountBalanceBody, ApiError> {
         Ok(AccountBalanceBody {
             balance: StripeBalance::read(&account.balance)?,
-            stripeid: account.stripeid.clone(),
+            stripeid: account.stripeid.to_string(),
             fetched_at: api_timestamp(&account.snapshot.fetched_at),
             source: account.snapshot.source.clone(),
             confirmed_at: api_timestamp(&account.confirmation.confirmed_at),
@@ -380,11 +376,7 @@ async fn account_balance(
         ),
     };
     let tenant = scope.tenant.clone();
-    match state
-        .balances()
-        .account(&tenant, stripeid.as_str(), fresh)
-        .await?
-    {
+    match state.balances().account(&tenant, &stripeid, fresh).await? {
         Answer::Ready(account) => Ok(Json(AccountBalanceBody::new(&account)?).into_response()),
         Answer::Pending(pending) => Ok(accepted(&scope.tenant.slug, &pending)),
     }
@@ -441,19 +433,14 @@ async fn aggregate(
     ApiQuery(fresh): ApiQuery<FreshQuery>,
 ) -> Result<Response, ApiError> {
     let fresh = fresh.fresh()?;
-    let owner = filter.accountid.as_ref().map(OwnerId::as_str);
+    let owner = filter.accountid.as_ref();
     let currency = filter.currency;
     let tenant = scope.tenant.clone();
     let balances = state.balances();
     if wants_csv(&headers) {
         return Ok(
             match balances
-                .aggregate_csv(
-                    &tenant,
-                    owner,
-                    currency.as_ref().map(Currency::as_str),
-                    fresh,
-                )
+                .aggregate_csv(&tenant, owner, currency.as_ref(), fresh)
                 .await?
             {
                 Answer::Ready(csv) => (
@@ -470,12 +457,7 @@ async fn aggregate(
     }
     Ok(
         match balances
-            .aggregate(
-                &tenant,
-                owner,
-                currency.as_ref().map(Currency::as_str),
-                fresh,
-            )
+            .aggregate(&tenant, owner, currency.as_ref(), fresh)
             .await?
         {
             Answer::Ready(aggregate) => Json(aggregate).into_response(),
@@ -513,12 +495,10 @@ pub struct RefreshBody {
     /// removed, or Stripe rejected its key, or no replica can open the key; `error` says
     /// why): stop polling. `interrupted`: every worker stopped before it finished;
     /// `result` then starts a refresh with the same cutoff.
-    #[schema(schema_with = refresh_status)]
-    status: String,
+    status: RefreshStatus,
     /// What started it: a poll with `max_age`, a person's `POST`, the background
     /// schedule, or `tally balances`.
-    #[schema(schema_with = refresh_trigger)]
-    trigger: String,
+    trigger: RefreshTrigger,
     /// Accounts in its scope.
     total: i64,
     /// Accounts tried so far (failed ones included).
@@ -547,7 +527,7 @@ pub struct RefreshBody {
 impl RefreshBody {
     fn new(appid: &str, pending: &PendingRefresh) -> RefreshBody {
         let refresh = &pending.refresh;
-        let running = refresh.status == "running";
+        let running = refresh.status == RefreshStatus::Running;
         let (done, failed) = if running {
             (pending.progress.tried(), pending.progress.failed)
         } else {
@@ -558,11 +538,11 @@ impl RefreshBody {
             object: "balanceRefresh",
             appid: appid.to_owned(),
             scope: RefreshScopeBody {
-                accountid: refresh.scope.owner().map(str::to_owned),
-                stripeid: refresh.scope.stripeid().map(str::to_owned),
+                accountid: refresh.scope.owner().map(ToString::to_string),
+                stripeid: refresh.scope.stripeid().map(ToString::to_string),
             },
-            status: refresh.status.clone(),
-            trigger: refresh.trigger.clone(),
+            status: refresh.status,
+            trigger: refresh.trigger,
             total: refresh.total.max(pending.progress.listed),
             done,
             failed,
@@ -584,7 +564,8 @@ paging::list_body!(
 
 /// Where a succeeded refresh's result is answered (`None` until it succeeded).
 fn result_link(refresh: &crate::refresh::Refresh) -> Option<String> {
-    (refresh.status == "succeeded").then(|| use_cases::result_path(&refresh.scope, refresh.id))
+    (refresh.status == RefreshStatus::Succeeded)
+        .then(|| use_cases::result_path(&refresh.scope, refresh.id))
 }
 
 /// 202 with `Retry-After`, `Location` and the refresh.
@@ -638,8 +619,8 @@ async fn start_refresh(
                 "give accountid or stripeid, not both",
             ))
         }
-        (Some(owner), None) => RefreshScope::Owner(owner.as_str().to_owned()),
-        (None, Some(stripeid)) => RefreshScope::Account(stripeid.as_str().to_owned()),
+        (Some(owner), None) => RefreshScope::Owner(owner),
+        (None, Some(stripeid)) => RefreshScope::Account(stripeid),
         (None, None) => RefreshScope::Tenant,
     };
     let tenant = scope.tenant.clone();
@@ -802,7 +783,7 @@ async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Vec<SnapshotBody>>, ApiError> {
     let stripeid = query.stripeid;
-    store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
+    store::accounts::get(&state.pool, scope.tenant.id, &stripeid)
         .await?
         .ok_or_else(|| {
             ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
@@ -810,7 +791,7 @@ async fn history(
     let snapshots = store::snapshots::history(
         &state.pool,
         scope.tenant.id,
-        stripeid.as_str(),
+        &stripeid,
         query.from.map(|Timestamp(at)| at),
         query.to.map(|Timestamp(at)| at),
         query.limit.map_or(100, |Int(limit)| limit),

@@ -146,7 +146,8 @@ async fn day_close(
     ApiQuery(DayQuery { date: Day(day) }): ApiQuery<DayQuery>,
 ) -> Result<Response, ApiError> {
     if wants_csv(&headers) {
-        let rows = report::day_csv(state.pool.clone(), &scope.tenant, day).await?;
+        let rows =
+            report::day_csv(state.pool.clone(), &state.tasks.tracker, &scope.tenant, day).await?;
         let filename = format!(
             "attachment; filename=\"{}-close-{day}.csv\"",
             scope.tenant.slug
@@ -199,11 +200,11 @@ async fn account_close(
             format!("to_date must be on or after from_date, at most {MAX_DAYS} days in all"),
         ));
     }
-    store::accounts::get(&state.pool, scope.tenant.id, stripeid.as_str())
+    store::accounts::get(&state.pool, scope.tenant.id, &stripeid)
         .await?
         .ok_or_else(|| {
             ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
         })?;
-    let view = report::account(&state.pool, &scope.tenant, stripeid.as_str(), from, to).await?;
+    let view = report::account(&state.pool, &scope.tenant, &stripeid, from, to).await?;
     Ok(Json(view).into_response())
 }

@@ -22,8 +22,9 @@ use super::error::{ApiError, Code};
 use super::openapi::{api_errors, csv_body, Access, TenantParam};
 use super::query::ApiQuery;
 use super::AppState;
+use crate::domain::Currency;
 use crate::domain::{FromText, OwnerId};
-use crate::totals::{self, Currency, Interval, TotalsError};
+use crate::totals::{self, Interval, TotalsError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(totals))

@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Refresher;
+use crate::domain::{RefreshStatus, RefreshTrigger};
 use crate::fanout;
 use crate::freshness::{self, Requirement, TenantFreshness};
 use crate::store;
-use crate::store::refreshes::{Progress, Refresh, RefreshScope};
+use crate::store::refreshes::{Progress, Refresh, RefreshFailure, RefreshScope};
 use crate::store::tenants::Tenant;
 
 /// How often a waiting request looks whether its data has arrived.
@@ -47,7 +48,7 @@ pub async fn refresh_requirement(
     refresh: &Refresh,
     max_silence: Duration,
 ) -> Result<Requirement, sqlx::Error> {
-    if refresh.trigger == "schedule" {
+    if refresh.trigger == RefreshTrigger::Schedule {
         return Ok(Requirement::fetched_since(refresh.cutoff));
     }
     let tenant = tenant_freshness(pool, refresh.tenant_id, max_silence).await?;
@@ -67,8 +68,8 @@ pub enum Freshness {
     /// Not within `wait`: the refresh that will get there, to poll.
     Pending(PendingRefresh),
     /// The refresh failed: it can no longer finish (the tenant's key was rejected or
-    /// cannot be opened), with the reason.
-    Failed(Refresh),
+    /// cannot be opened). The reason.
+    Failed(String),
     /// The tenant was removed: no refresh starts for it, and the one it had ended.
     TenantRemoved,
 }
@@ -116,8 +117,8 @@ pub struct Demand<'a> {
     pub cutoff: DateTime<Utc>,
     /// How long the caller will wait for it before being told to poll.
     pub wait: Duration,
-    /// `poll` or `person`.
-    pub trigger: &'static str,
+    /// `Poll` or `Person`.
+    pub trigger: RefreshTrigger,
     /// `webhooks.max_silence_secs`.
     pub max_silence: Duration,
 }
@@ -153,12 +154,12 @@ pub async fn freshen(
         let current = store::refreshes::get(pool, demand.tenant.id, refresh.id)
             .await?
             .unwrap_or_else(|| refresh.clone());
-        match current.status.as_str() {
-            "failed" if current.error.as_deref() == Some(store::refreshes::TENANT_REMOVED) => {
-                return Ok(Freshness::TenantRemoved)
+        match current.failure() {
+            Some(RefreshFailure::TenantRemoved) => return Ok(Freshness::TenantRemoved),
+            Some(RefreshFailure::Reason(reason)) => {
+                return Ok(Freshness::Failed(reason.to_owned()))
             }
-            "failed" => return Ok(Freshness::Failed(current)),
-            _ => {}
+            None => {}
         }
         if meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
             return Ok(Freshness::Met);
@@ -169,7 +170,7 @@ pub async fn freshen(
                 PendingRefresh::of(pool, current, rate_per_second, demand.max_silence).await?,
             ));
         }
-        if current.status != "running" {
+        if current.status != RefreshStatus::Running {
             // It ended without reaching this request's cutoff: the next one will.
             match start_or_join(pool, refresher, demand, &requirement).await? {
                 Some(next) => refresh = next,
@@ -204,7 +205,7 @@ async fn start_or_join(
         return Ok(None);
     };
     if started {
-        tracing::info!(tenant = %demand.tenant.slug, refresh = %refresh.id, trigger = demand.trigger,
+        tracing::info!(tenant = %demand.tenant.slug, refresh = %refresh.id, trigger = %demand.trigger,
             accounts = total, "balance refresh started");
     }
     if let Some(refresher) = refresher {

@@ -20,6 +20,7 @@ use super::demand;
 use crate::close;
 use crate::close::compute::CloseRules;
 use crate::config::Settings;
+use crate::domain::RefreshTrigger;
 use crate::fanout;
 use crate::freshness::FreshnessMode;
 use crate::store;
@@ -430,11 +431,11 @@ impl Inner {
                 }
                 // When no replica has tried any of its accounts for a whole lease, none
                 // can: its refreshes fail, so nobody waits on them for ever.
-                match store::refreshes::fail_stalled(
+                match store::refreshes::fail_running(
                     &self.pool,
                     tenant.id,
                     CREDENTIAL_UNUSABLE,
-                    self.options.lease.as_secs_f64(),
+                    Some(self.options.lease.as_secs_f64()),
                 )
                 .await
                 {
@@ -489,8 +490,9 @@ impl Inner {
         }
         // Whom the free slots go to, in order: the demands a person or a poll waits on,
         // then the accounts events named (what changed), then background rounds.
-        let (asked, background): (Vec<Refresh>, Vec<Refresh>) =
-            demands.into_iter().partition(|d| d.trigger != "schedule");
+        let (asked, background): (Vec<Refresh>, Vec<Refresh>) = demands
+            .into_iter()
+            .partition(|d| d.trigger != RefreshTrigger::Schedule);
         self.work_demands(tenant, client, &asked, inflight, cap)
             .await?;
         self.work_changes(tenant, client, inflight, cap).await?;
@@ -553,7 +555,7 @@ impl Inner {
             };
             match claimed {
                 Some(claimed) if !claimed.is_empty() => {
-                    let priority = if demand.trigger == "schedule" {
+                    let priority = if demand.trigger == RefreshTrigger::Schedule {
                         Priority::Background
                     } else {
                         Priority::Interactive
@@ -616,7 +618,7 @@ impl Inner {
                 &client,
                 &tenant,
                 &account.stripeid,
-                account.platform_id.as_deref(),
+                account.platform_id.as_ref(),
                 Some(inner.id),
             )
             .await;
@@ -653,7 +655,7 @@ impl Inner {
     /// Ends the tenant's running refreshes as failed: they can no longer finish, and
     /// a client waiting on one stops at its `error`.
     async fn fail_refreshes(&self, tenant: &Tenant, reason: &str) {
-        match store::refreshes::fail_running(&self.pool, tenant.id, reason).await {
+        match store::refreshes::fail_running(&self.pool, tenant.id, reason, None).await {
             Ok(0) => {}
             Ok(ended) => {
                 tracing::warn!(tenant = %tenant.slug, ended, reason, "balance refreshes failed")
@@ -736,7 +738,7 @@ impl Inner {
         let progress =
             store::refreshes::progress(&self.pool, tenant.id, &demand.scope, &requirement).await?;
         if progress.pending() == 0
-            && store::refreshes::finish(&self.pool, demand.id, "succeeded", &progress, None).await?
+            && store::refreshes::succeed(&self.pool, demand.id, &progress).await?
         {
             tracing::info!(tenant = %tenant.slug, refresh = %demand.id, trigger = %demand.trigger,
                 tried = progress.tried(), failed = progress.failed, "balance refresh finished");
@@ -773,7 +775,7 @@ impl Inner {
             tenant.id,
             &RefreshScope::Tenant,
             cutoff,
-            "schedule",
+            RefreshTrigger::Schedule,
             freshness.listed,
         )
         .await?;

@@ -7,16 +7,16 @@ use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgExecutor;
 
-use crate::domain::without_nul;
+use crate::domain::{without_nul, OwnerId, StripeAccountId};
 
 /// One Stripe account object, ready to store. Built only through
 /// [`AccountInput::from_stripe_object`], so `accountid` and `created_at` always
 /// derive from the object itself.
 #[derive(Debug, Clone)]
 pub struct AccountInput {
-    stripeid: String,
+    stripeid: StripeAccountId,
     accountid: Option<String>,
-    platform_id: Option<String>,
+    platform_id: Option<StripeAccountId>,
     object_json: String,
     created_at: DateTime<Utc>,
 }
@@ -35,20 +35,19 @@ impl AccountInput {
     /// the account, or `None` for an account directly in the organization.
     pub fn from_stripe_object(
         object: &Value,
-        platform_id: Option<&str>,
+        platform_id: Option<&StripeAccountId>,
         owner_key: &str,
     ) -> Result<AccountInput, InvalidAccountObject> {
         let stripeid = object
             .get("id")
             .and_then(Value::as_str)
-            .filter(|id| id.starts_with("acct_"))
-            .ok_or(InvalidAccountObject::MissingId)?
-            .to_owned();
+            .and_then(StripeAccountId::parse)
+            .ok_or(InvalidAccountObject::MissingId)?;
         let created_at = object
             .get("created")
             .and_then(Value::as_i64)
             .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
-            .ok_or_else(|| InvalidAccountObject::MissingCreated(stripeid.clone()))?;
+            .ok_or_else(|| InvalidAccountObject::MissingCreated(stripeid.to_string()))?;
         let accountid = object
             .get("metadata")
             .and_then(|m| m.get(owner_key))
@@ -58,7 +57,7 @@ impl AccountInput {
         Ok(AccountInput {
             stripeid,
             accountid,
-            platform_id: platform_id.map(str::to_owned),
+            platform_id: platform_id.cloned(),
             // Postgres JSONB cannot hold U+0000; a Stripe string carrying one is stored
             // with U+FFFD in its place rather than failing the whole page.
             object_json: without_nul(object).to_string(),
@@ -66,7 +65,7 @@ impl AccountInput {
         })
     }
 
-    pub fn stripeid(&self) -> &str {
+    pub fn stripeid(&self) -> &StripeAccountId {
         &self.stripeid
     }
 
@@ -185,9 +184,9 @@ pub async fn upsert(
                       EXCLUDED.created_at, true))
            RETURNING (xmax = 0) AS "inserted!", (updated_at = now()) AS "changed!""#,
         tenant_id,
-        &stripeids,
+        &stripeids as &[StripeAccountId],
         &accountids as &[Option<String>],
-        &platform_ids as &[Option<String>],
+        &platform_ids as &[Option<StripeAccountId>],
         &objects,
         &created,
         observed.at(),
@@ -253,7 +252,7 @@ pub struct Page {
 pub async fn page_with_total(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     offset: i64,
     limit: i64,
 ) -> Result<Page, sqlx::Error> {
@@ -353,7 +352,7 @@ pub const CHUNK_ROWS: usize = 256;
 pub async fn chunk_after(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     after: &ListingKey,
 ) -> Result<Vec<AccountRow>, sqlx::Error> {
     // `created_at <= $k` bounds the index range; the OR only drops the key's ties
@@ -389,7 +388,7 @@ pub async fn chunk_after(
                 tenant_id,
                 after.created_at,
                 after.stripeid,
-                owner
+                owner.as_str()
             )
             .fetch_all(db)
             .await
@@ -412,13 +411,13 @@ pub async fn count(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<i64, sqlx:
 pub async fn count_for_owner(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: &str,
+    owner: &OwnerId,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM stripe_accounts
            WHERE tenant_id = $1 AND accountid = $2 AND removed_at IS NULL"#,
         tenant_id,
-        owner
+        owner.as_str()
     )
     .fetch_one(db)
     .await
@@ -429,7 +428,7 @@ pub async fn count_for_owner(
 pub async fn get(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<AccountRow>, sqlx::Error> {
     sqlx::query_as!(
         AccountRow,
@@ -437,7 +436,7 @@ pub async fn get(
                   created_at, updated_at, removed_at
            FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(db)
     .await
@@ -449,15 +448,15 @@ pub async fn get(
 pub fn listed_ids_in_scope<'a>(
     db: impl PgExecutor<'a> + 'a,
     tenant_id: i64,
-    platform: Option<&'a str>,
+    platform: Option<&'a StripeAccountId>,
     before: DateTime<Utc>,
-) -> BoxStream<'a, Result<String, sqlx::Error>> {
+) -> BoxStream<'a, Result<StripeAccountId, sqlx::Error>> {
     sqlx::query_scalar!(
-        r#"SELECT stripeid FROM stripe_accounts
+        r#"SELECT stripeid AS "stripeid: StripeAccountId" FROM stripe_accounts
            WHERE tenant_id = $1 AND platform_id IS NOT DISTINCT FROM $2
              AND removed_at IS NULL AND updated_at < $3"#,
         tenant_id,
-        platform,
+        platform.map(StripeAccountId::as_str),
         before
     )
     .fetch(db)
@@ -472,18 +471,18 @@ pub fn listed_ids_in_scope<'a>(
 pub async fn mark_removed(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeids: &[String],
+    stripeids: &[StripeAccountId],
     observed_at: DateTime<Utc>,
     unchanged_since: Option<DateTime<Utc>>,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<StripeAccountId>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"UPDATE stripe_accounts SET removed_at = now(), updated_at = now(), observed_at = $3
            WHERE tenant_id = $1 AND stripeid = ANY($2) AND removed_at IS NULL
              AND (observed_at IS NULL OR observed_at <= $3)
              AND ($4::timestamptz IS NULL OR updated_at < $4)
-           RETURNING stripeid"#,
+           RETURNING stripeid AS "stripeid: StripeAccountId""#,
         tenant_id,
-        stripeids,
+        stripeids as &[StripeAccountId],
         observed_at,
         unchanged_since
     )
@@ -495,7 +494,7 @@ pub async fn mark_removed(
 #[derive(Debug, Clone)]
 pub struct EventTarget {
     /// The platform recorded for the account (`None`: directly in the org).
-    pub platform_id: Option<String>,
+    pub platform_id: Option<StripeAccountId>,
     /// When what last wrote it was observed (`None`: before that was recorded).
     pub observed_at: Option<DateTime<Utc>>,
     pub listed: bool,
@@ -513,14 +512,15 @@ impl EventTarget {
 pub async fn lock_for_event(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<EventTarget>, sqlx::Error> {
     sqlx::query_as!(
         EventTarget,
-        r#"SELECT platform_id, observed_at, removed_at IS NULL AS "listed!"
+        r#"SELECT platform_id AS "platform_id: StripeAccountId", observed_at,
+                  removed_at IS NULL AS "listed!"
            FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2 FOR UPDATE"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(db)
     .await
@@ -535,12 +535,13 @@ mod tests {
     fn owner_and_created_come_from_the_stripe_object() {
         let object = json!({"id": "acct_1A", "object": "account", "created": 1656074627,
                             "metadata": {"accountid": "acct_owner1", "other": "x"}});
-        let input = AccountInput::from_stripe_object(&object, Some("acct_P"), "accountid")
+        let platform = StripeAccountId::parse("acct_P");
+        let input = AccountInput::from_stripe_object(&object, platform.as_ref(), "accountid")
             .expect("valid object");
         assert_eq!(input.stripeid(), "acct_1A");
         assert_eq!(input.accountid(), Some("acct_owner1"));
         assert_eq!(input.created_at.timestamp(), 1656074627);
-        assert_eq!(input.platform_id.as_deref(), Some("acct_P"));
+        assert_eq!(input.platform_id, platform);
     }
 
     #[test]
@@ -623,7 +624,7 @@ mod tests {
 pub async fn page_from_cursor(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     cursor: &str,
     direction: Direction,
     limit: i64,

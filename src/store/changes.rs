@@ -8,6 +8,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::refreshes::Claimed;
+use crate::domain::{OwnerId, StripeAccountId};
 use crate::freshness::{EventStream, FreshnessMode};
 
 /// What an event did to its account's change mark.
@@ -28,7 +29,7 @@ pub enum Marked {
 pub async fn mark_changed(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     created: DateTime<Utc>,
     received: DateTime<Utc>,
 ) -> Result<Marked, sqlx::Error> {
@@ -51,7 +52,7 @@ pub async fn mark_changed(
            SELECT EXISTS (SELECT 1 FROM account) AS "listed!",
                   EXISTS (SELECT 1 FROM marked) AS "marked!""#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         created,
         received
     )
@@ -70,14 +71,14 @@ pub async fn mark_changed(
 pub async fn covered_by_fetch(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     started_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"DELETE FROM changed_accounts
            WHERE tenant_id = $1 AND stripeid = $2 AND last_event_at <= $3"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         started_at
     )
     .execute(db)
@@ -94,8 +95,8 @@ pub struct ClaimedChange {
 }
 
 struct ClaimedRow {
-    stripeid: String,
-    platform_id: Option<String>,
+    stripeid: StripeAccountId,
+    platform_id: Option<StripeAccountId>,
     first_event_at: DateTime<Utc>,
 }
 
@@ -130,7 +131,8 @@ pub async fn claim_changed(
                    WHERE r.expires_at <= now()
                RETURNING r.stripeid
            )
-           SELECT leased.stripeid AS "stripeid!", a.platform_id,
+           SELECT leased.stripeid AS "stripeid!: StripeAccountId",
+                  a.platform_id AS "platform_id: StripeAccountId",
                   picked.first_event_at AS "first_event_at!"
            FROM leased
            JOIN picked ON picked.stripeid = leased.stripeid
@@ -199,7 +201,7 @@ pub async fn any_changed_before(
 pub async fn oldest_changed_confirmation(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -212,7 +214,7 @@ pub async fn oldest_changed_confirmation(
            JOIN stripe_accounts a ON a.tenant_id = c.tenant_id AND a.stripeid = c.stripeid
            WHERE c.tenant_id = $1 AND ($2::text IS NULL OR a.accountid = $2)"#,
         tenant_id,
-        owner,
+        owner.map(OwnerId::as_str),
         since,
         until
     )
@@ -224,12 +226,12 @@ pub async fn oldest_changed_confirmation(
 pub async fn changed_at(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT first_event_at FROM changed_accounts WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(db)
     .await

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::domain::StripeAccountId;
 use crate::money::{Activity, Split};
 
 /// Whether `zone` is a time zone name Postgres knows (IANA names such as
@@ -362,7 +363,7 @@ pub fn day_rows<'a>(
 pub async fn account_days(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<AccountDay>, sqlx::Error> {
@@ -376,7 +377,7 @@ pub async fn account_days(
            FROM account_closes WHERE tenant_id = $1 AND stripeid = $2 AND day BETWEEN $3 AND $4
            ORDER BY day, currency"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         from,
         to
     )

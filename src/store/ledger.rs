@@ -6,6 +6,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::refreshes::Claimed;
+use crate::domain::StripeAccountId;
 
 /// One balance transaction as kept: Stripe's fields, amounts in minor units.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct Transaction {
 pub async fn store(
     conn: &mut PgConnection,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     txns: &[Transaction],
 ) -> Result<u64, sqlx::Error> {
     if txns.is_empty() {
@@ -60,7 +61,7 @@ pub async fn store(
            ON CONFLICT (tenant_id, id) DO NOTHING
            RETURNING created"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         &ids,
         &kinds,
         &categories,
@@ -90,7 +91,7 @@ pub async fn store(
                SET from_day = LEAST(close_reopens.from_day, EXCLUDED.from_day),
                    transactions = close_reopens.transactions + EXCLUDED.transactions"#,
             tenant_id,
-            stripeid,
+            stripeid.as_str(),
             &new_created
         )
         .execute(&mut *tx)
@@ -111,13 +112,13 @@ pub struct LedgerRead {
 pub async fn read_of(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<LedgerRead>, sqlx::Error> {
     sqlx::query_as!(
         LedgerRead,
         "SELECT complete_from, complete_to FROM ledger_reads WHERE tenant_id = $1 AND stripeid = $2",
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(db)
     .await
@@ -127,7 +128,7 @@ pub async fn read_of(
 pub async fn extend_to(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -138,7 +139,7 @@ pub async fn extend_to(
            SET complete_to = GREATEST(ledger_reads.complete_to, EXCLUDED.complete_to),
                read_at = now()"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         from,
         to
     )
@@ -151,14 +152,14 @@ pub async fn extend_to(
 pub async fn extend_from(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     from: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"UPDATE ledger_reads SET complete_from = LEAST(complete_from, $3)
            WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         from
     )
     .execute(db)
@@ -350,7 +351,9 @@ pub async fn listed_accounts(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
-        r#"SELECT stripeid, platform_id FROM stripe_accounts
+        r#"SELECT stripeid AS "stripeid: StripeAccountId",
+                  platform_id AS "platform_id: StripeAccountId"
+           FROM stripe_accounts
            WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY stripeid"#,
         tenant_id
     )

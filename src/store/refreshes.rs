@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::domain::{OwnerId, RefreshStatus, RefreshTrigger, StripeAccountId};
 use crate::freshness::Requirement;
 
 /// What a refresh covers.
@@ -13,9 +14,9 @@ pub enum RefreshScope {
     /// Every listed account of the tenant.
     Tenant,
     /// One owner's (`accountid`) listed accounts.
-    Owner(String),
+    Owner(OwnerId),
     /// One account.
-    Account(String),
+    Account(StripeAccountId),
 }
 
 impl RefreshScope {
@@ -28,21 +29,21 @@ impl RefreshScope {
         }
     }
 
-    pub fn owner(&self) -> Option<&str> {
+    pub fn owner(&self) -> Option<&OwnerId> {
         match self {
             RefreshScope::Owner(owner) => Some(owner),
             _ => None,
         }
     }
 
-    pub fn stripeid(&self) -> Option<&str> {
+    pub fn stripeid(&self) -> Option<&StripeAccountId> {
         match self {
             RefreshScope::Account(stripeid) => Some(stripeid),
             _ => None,
         }
     }
 
-    fn from_columns(owner: Option<String>, stripeid: Option<String>) -> RefreshScope {
+    fn from_columns(owner: Option<OwnerId>, stripeid: Option<StripeAccountId>) -> RefreshScope {
         match (owner, stripeid) {
             (_, Some(stripeid)) => RefreshScope::Account(stripeid),
             (Some(owner), None) => RefreshScope::Owner(owner),
@@ -109,8 +110,8 @@ pub async fn other_live_workers(
 /// for reading its ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
-    pub stripeid: String,
-    pub platform_id: Option<String>,
+    pub stripeid: StripeAccountId,
+    pub platform_id: Option<StripeAccountId>,
 }
 
 /// What to claim.
@@ -188,11 +189,12 @@ pub async fn claim_due(
                    WHERE r.expires_at <= now()
                RETURNING r.stripeid
            )
-           SELECT leased.stripeid AS "stripeid!", a.platform_id
+           SELECT leased.stripeid AS "stripeid!: StripeAccountId",
+                  a.platform_id AS "platform_id: StripeAccountId"
            FROM leased JOIN stripe_accounts a ON a.tenant_id = $1 AND a.stripeid = leased.stripeid"#,
         request.tenant_id,
-        request.scope.owner(),
-        request.scope.stripeid(),
+        request.scope.owner().map(OwnerId::as_str),
+        request.scope.stripeid().map(StripeAccountId::as_str),
         request.cutoff,
         request.include_never_fetched,
         request.limit,
@@ -237,13 +239,13 @@ pub async fn renew_worker_leases(
 pub async fn release_lease(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     worker: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM refresh_leases WHERE tenant_id = $1 AND stripeid = $2 AND worker_id = $3",
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         worker
     )
     .execute(db)
@@ -259,10 +261,8 @@ pub struct Refresh {
     pub tenant_id: i64,
     pub scope: RefreshScope,
     pub cutoff: DateTime<Utc>,
-    /// `poll`, `person`, `schedule` or `cli`.
-    pub trigger: String,
-    /// `running`, `succeeded`, `failed` or `interrupted`.
-    pub status: String,
+    pub trigger: RefreshTrigger,
+    pub status: RefreshStatus,
     pub total: i64,
     pub done: i64,
     pub failed: i64,
@@ -274,11 +274,11 @@ pub struct Refresh {
 struct RefreshRow {
     id: Uuid,
     tenant_id: i64,
-    scope_owner: Option<String>,
-    scope_stripeid: Option<String>,
+    scope_owner: Option<OwnerId>,
+    scope_stripeid: Option<StripeAccountId>,
     cutoff: DateTime<Utc>,
-    trigger: String,
-    status: String,
+    trigger: RefreshTrigger,
+    status: RefreshStatus,
     total: i64,
     done: i64,
     failed: i64,
@@ -320,7 +320,7 @@ pub async fn start_or_join(
     tenant_id: i64,
     scope: &RefreshScope,
     cutoff: DateTime<Utc>,
-    trigger: &str,
+    trigger: RefreshTrigger,
     total: i64,
 ) -> Result<Option<(Refresh, bool)>, sqlx::Error> {
     let row = sqlx::query!(
@@ -341,15 +341,17 @@ pub async fn start_or_join(
                    WHEN (CASE EXCLUDED.trigger WHEN 'schedule' THEN 0 WHEN 'poll' THEN 1 ELSE 2 END)
                         > (CASE b.trigger WHEN 'schedule' THEN 0 WHEN 'poll' THEN 1 ELSE 2 END)
                    THEN EXCLUDED.trigger ELSE b.trigger END
-           RETURNING id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
-                     done, failed, error, started_at, finished_at, (xmax = 0) AS "started!""#,
+           RETURNING id, tenant_id, scope_owner AS "scope_owner: OwnerId",
+                     scope_stripeid AS "scope_stripeid: StripeAccountId", cutoff,
+                     trigger AS "trigger: RefreshTrigger", status AS "status: RefreshStatus",
+                     total, done, failed, error, started_at, finished_at, (xmax = 0) AS "started!""#,
         Uuid::new_v4(),
         tenant_id,
         scope.key(),
-        scope.owner(),
-        scope.stripeid(),
+        scope.owner().map(OwnerId::as_str),
+        scope.stripeid().map(StripeAccountId::as_str),
         cutoff,
-        trigger,
+        trigger.as_str(),
         total
     )
     .fetch_optional(db)
@@ -377,7 +379,30 @@ pub async fn start_or_join(
 }
 
 /// Why a refresh of a removed tenant ended.
-pub const TENANT_REMOVED: &str = "its tenant was removed (tally tenant remove)";
+const TENANT_REMOVED: &str = "its tenant was removed (tally tenant remove)";
+
+/// Why a refresh ended `failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshFailure<'a> {
+    /// Its tenant was removed.
+    TenantRemoved,
+    /// It could not finish, for this reason (the tenant's key).
+    Reason(&'a str),
+}
+
+impl Refresh {
+    /// Why it failed; `None` unless it did.
+    pub fn failure(&self) -> Option<RefreshFailure<'_>> {
+        if self.status != RefreshStatus::Failed {
+            return None;
+        }
+        Some(match self.error.as_deref() {
+            Some(TENANT_REMOVED) => RefreshFailure::TenantRemoved,
+            Some(reason) => RefreshFailure::Reason(reason),
+            None => RefreshFailure::Reason("the refresh failed"),
+        })
+    }
+}
 
 /// Ends the tenant's running refreshes as `failed`, saying its tenant was removed
 /// (call in the transaction that removes it): nobody works on them any more.
@@ -385,44 +410,30 @@ pub async fn end_for_removed_tenant(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
 ) -> Result<u64, sqlx::Error> {
-    fail_running(db, tenant_id, TENANT_REMOVED).await
+    fail_running(db, tenant_id, TENANT_REMOVED, None).await
 }
 
 /// Ends the tenant's running refreshes as `failed` with `reason`: they can no longer
 /// finish, and whoever waits on them should stop. Returns how many.
+///
+/// With `stalled_secs`, only those that have run that long while no process stored a
+/// try of any of the tenant's accounts for as long: a worker that cannot use the
+/// tenant's credential asks this, and while another replica can, that replica's tries
+/// keep the refreshes alive.
 pub async fn fail_running(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     reason: &str,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!(
-        r#"UPDATE balance_refreshes SET status = 'failed', error = $2, finished_at = now()
-           WHERE tenant_id = $1 AND status = 'running'"#,
-        tenant_id,
-        reason
-    )
-    .execute(db)
-    .await?
-    .rows_affected())
-}
-
-/// Ends as `failed` with `reason` the tenant's refreshes that have run for `stalled_secs`
-/// while no process stored a try of any of its accounts for as long: a worker that
-/// cannot use the tenant's credential calls it, and while another replica can, that
-/// replica's tries keep the refreshes alive. Returns how many.
-pub async fn fail_stalled(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    reason: &str,
-    stalled_secs: f64,
+    stalled_secs: Option<f64>,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(
         r#"UPDATE balance_refreshes SET status = 'failed', error = $2, finished_at = now()
            WHERE tenant_id = $1 AND status = 'running'
-             AND started_at < now() - make_interval(secs => $3)
-             AND NOT EXISTS (
-                 SELECT 1 FROM latest_balances l
-                 WHERE l.tenant_id = $1 AND l.fetched_at >= now() - make_interval(secs => $3))"#,
+             AND ($3::float8 IS NULL OR (
+                 started_at < now() - make_interval(secs => $3)
+                 AND NOT EXISTS (
+                     SELECT 1 FROM latest_balances l
+                     WHERE l.tenant_id = $1 AND l.fetched_at >= now() - make_interval(secs => $3))))"#,
         tenant_id,
         reason,
         stalled_secs
@@ -437,8 +448,10 @@ pub async fn fail_stalled(
 pub async fn running(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<Vec<Refresh>, sqlx::Error> {
     let rows = sqlx::query_as!(
         RefreshRow,
-        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
-                  done, failed, error, started_at, finished_at
+        r#"SELECT id, tenant_id, scope_owner AS "scope_owner: OwnerId",
+                  scope_stripeid AS "scope_stripeid: StripeAccountId", cutoff,
+                  trigger AS "trigger: RefreshTrigger", status AS "status: RefreshStatus",
+                  total, done, failed, error, started_at, finished_at
            FROM balance_refreshes WHERE tenant_id = $1 AND status = 'running'
            -- Someone waiting first; then the narrowest scope (one account, one
            -- owner) so a person's account never waits behind a whole tenant.
@@ -459,8 +472,10 @@ pub async fn get(
 ) -> Result<Option<Refresh>, sqlx::Error> {
     let row = sqlx::query_as!(
         RefreshRow,
-        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
-                  done, failed, error, started_at, finished_at
+        r#"SELECT id, tenant_id, scope_owner AS "scope_owner: OwnerId",
+                  scope_stripeid AS "scope_stripeid: StripeAccountId", cutoff,
+                  trigger AS "trigger: RefreshTrigger", status AS "status: RefreshStatus",
+                  total, done, failed, error, started_at, finished_at
            FROM balance_refreshes WHERE id = $1 AND tenant_id = $2"#,
         id,
         tenant_id
@@ -479,8 +494,10 @@ pub async fn list(
 ) -> Result<Vec<Refresh>, sqlx::Error> {
     let rows = sqlx::query_as!(
         RefreshRow,
-        r#"SELECT id, tenant_id, scope_owner, scope_stripeid, cutoff, trigger, status, total,
-                  done, failed, error, started_at, finished_at
+        r#"SELECT id, tenant_id, scope_owner AS "scope_owner: OwnerId",
+                  scope_stripeid AS "scope_stripeid: StripeAccountId", cutoff,
+                  trigger AS "trigger: RefreshTrigger", status AS "status: RefreshStatus",
+                  total, done, failed, error, started_at, finished_at
            FROM balance_refreshes b
            WHERE tenant_id = $1
              AND ($3::uuid IS NULL OR (started_at, id) < (
@@ -572,8 +589,8 @@ pub async fn progress(
                  AND ($2::text IS NULL OR a.accountid = $2)
                  AND ($3::text IS NULL OR a.stripeid = $3)"#,
             tenant_id,
-            scope.owner(),
-            scope.stripeid(),
+            scope.owner().map(OwnerId::as_str),
+            scope.stripeid().map(StripeAccountId::as_str),
             cutoff,
             vouched_since
         )
@@ -582,23 +599,20 @@ pub async fn progress(
     }
 }
 
-/// Ends a running refresh. False when it was no longer running.
-pub async fn finish(
+/// Ends a running refresh as `succeeded` with its final counts. False when it was no
+/// longer running.
+pub async fn succeed(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    status: &str,
     progress: &Progress,
-    error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query!(
         r#"UPDATE balance_refreshes
-           SET status = $2, done = $3, failed = $4, error = $5, finished_at = now()
+           SET status = 'succeeded', done = $2, failed = $3, finished_at = now()
            WHERE id = $1 AND status = 'running'"#,
         id,
-        status,
         progress.tried(),
-        progress.failed,
-        error
+        progress.failed
     )
     .execute(db)
     .await?;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, Postgres};
 
-use crate::domain::FetchFailure;
+use crate::domain::{FetchFailure, OwnerId, StripeAccountId};
 
 use crate::money::{CurrencyAmounts, Exposure, MoneyOverflow, Totals};
 
@@ -45,7 +45,7 @@ pub enum Recorded {
 pub async fn record(
     conn: &mut PgConnection,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     fetched_at: DateTime<Utc>,
     source: &str,
     outcome: SnapshotOutcome<'_>,
@@ -69,7 +69,7 @@ pub async fn record(
 pub async fn record_releasing(
     conn: &mut PgConnection,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     fetched_at: DateTime<Utc>,
     source: &str,
     outcome: SnapshotOutcome<'_>,
@@ -129,7 +129,7 @@ impl SnapshotError {
 async fn record_once(
     conn: &mut PgConnection,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     fetched_at: DateTime<Utc>,
     source: &str,
     outcome: SnapshotOutcome<'_>,
@@ -142,7 +142,7 @@ async fn record_once(
         r#"SELECT removed_at IS NULL AS "listed!" FROM stripe_accounts
            WHERE tenant_id = $1 AND stripeid = $2 FOR UPDATE"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -154,7 +154,7 @@ async fn record_once(
         sqlx::query!(
             "DELETE FROM refresh_leases WHERE tenant_id = $1 AND stripeid = $2 AND worker_id = $3",
             tenant_id,
-            stripeid,
+            stripeid.as_str(),
             worker
         )
         .execute(&mut *tx)
@@ -171,7 +171,7 @@ async fn record_once(
         r#"INSERT INTO balance_snapshots (tenant_id, stripeid, fetched_at, source, balance, error)
            VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         fetched_at,
         source,
         balance,
@@ -189,7 +189,7 @@ async fn record_once(
         r#"SELECT snapshot_id, fetched_at, ok, amounts, good_snapshot_id, good_at
            FROM latest_balances WHERE tenant_id = $1 AND stripeid = $2"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -232,7 +232,7 @@ async fn record_once(
                ok = EXCLUDED.ok, amounts = EXCLUDED.amounts,
                good_snapshot_id = EXCLUDED.good_snapshot_id, good_at = EXCLUDED.good_at"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         try_id,
         try_at,
         ok,
@@ -338,13 +338,13 @@ async fn move_tenant_totals(
 pub async fn forget_latest(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     tenant_id: i64,
-    stripeids: &[String],
+    stripeids: &[StripeAccountId],
 ) -> Result<(), SnapshotError> {
     let removed = sqlx::query!(
         r#"DELETE FROM latest_balances WHERE tenant_id = $1 AND stripeid = ANY($2)
            RETURNING ok, amounts"#,
         tenant_id,
-        stripeids
+        stripeids as &[StripeAccountId]
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -478,7 +478,7 @@ impl AccountLatest {
 pub async fn scope_latest(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
 ) -> Result<Vec<AccountLatest>, sqlx::Error> {
     sqlx::query_as!(
         AccountLatest,
@@ -494,7 +494,7 @@ pub async fn scope_latest(
              AND ($2::text IS NULL OR a.accountid = $2)
            ORDER BY a.created_at DESC, a.stripeid"#,
         tenant_id,
-        owner
+        owner.map(OwnerId::as_str)
     )
     .fetch_all(db)
     .await
@@ -504,7 +504,7 @@ pub async fn scope_latest(
 pub async fn stale_accounts(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: Option<&str>,
+    owner: Option<&OwnerId>,
     cutoff: DateTime<Utc>,
 ) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
     let rows = sqlx::query!(
@@ -516,7 +516,7 @@ pub async fn stale_accounts(
              AND (l.fetched_at IS NULL OR l.fetched_at < $3)
            ORDER BY a.created_at DESC, a.stripeid"#,
         tenant_id,
-        owner,
+        owner.map(OwnerId::as_str),
         cutoff
     )
     .fetch_all(db)
@@ -587,7 +587,7 @@ pub struct Snapshot {
 pub async fn latest(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<Snapshot>, sqlx::Error> {
     Ok(latest_and_good_at(db, tenant_id, stripeid)
         .await?
@@ -599,7 +599,7 @@ pub async fn latest(
 pub async fn latest_and_good_at(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
 ) -> Result<Option<(Snapshot, Option<DateTime<Utc>>)>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT s.id, s.fetched_at, s.source, s.balance,
@@ -607,7 +607,7 @@ pub async fn latest_and_good_at(
            FROM latest_balances l JOIN balance_snapshots s ON s.id = l.snapshot_id
            WHERE l.tenant_id = $1 AND l.stripeid = $2"#,
         tenant_id,
-        stripeid
+        stripeid.as_str()
     )
     .fetch_optional(db)
     .await?;
@@ -627,7 +627,7 @@ pub async fn latest_and_good_at(
 pub async fn history(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    stripeid: &str,
+    stripeid: &StripeAccountId,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     limit: i64,
@@ -641,7 +641,7 @@ pub async fn history(
              AND ($4::timestamptz IS NULL OR fetched_at <= $4)
            ORDER BY fetched_at DESC, id DESC LIMIT $5"#,
         tenant_id,
-        stripeid,
+        stripeid.as_str(),
         from,
         to,
         limit

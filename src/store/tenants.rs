@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::{PgExecutor, Postgres};
 
+use crate::domain::StripeAccountId;
 use crate::freshness::FreshnessMode;
 use crate::stripe::CredentialKind;
 
@@ -19,8 +20,8 @@ pub struct Tenant {
     pub api_version: String,
     pub api_base: Option<String>,
     pub rate_limit: Option<i32>,
-    pub platform_ids: Vec<String>,
-    pub org_account_ids: Vec<String>,
+    pub platform_ids: Vec<StripeAccountId>,
+    pub org_account_ids: Vec<StripeAccountId>,
     pub webhook_secret_ciphertext: Option<Vec<u8>>,
     pub created_at: DateTime<Utc>,
     /// Goes up with every change; a cached Stripe client built from an older row is rebuilt.
@@ -77,8 +78,8 @@ pub struct NewTenant<'a> {
     pub api_version: &'a str,
     pub api_base: Option<&'a str>,
     pub rate_limit: Option<i32>,
-    pub platform_ids: &'a [String],
-    pub org_account_ids: &'a [String],
+    pub platform_ids: &'a [StripeAccountId],
+    pub org_account_ids: &'a [StripeAccountId],
     pub webhook_secret_ciphertext: Option<&'a [u8]>,
 }
 
@@ -95,7 +96,8 @@ pub async fn insert(
                                webhook_secret_ciphertext)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
-                     rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
+                     rate_limit, platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                     org_account_ids AS "org_account_ids: Vec<StripeAccountId>", webhook_secret_ciphertext,
                      created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         tenant.slug,
         tenant.credential_kind,
@@ -104,8 +106,8 @@ pub async fn insert(
         tenant.api_version,
         tenant.api_base,
         tenant.rate_limit,
-        tenant.platform_ids,
-        tenant.org_account_ids,
+        tenant.platform_ids as &[StripeAccountId],
+        tenant.org_account_ids as &[StripeAccountId],
         tenant.webhook_secret_ciphertext,
     )
     .fetch_one(db)
@@ -119,7 +121,8 @@ pub async fn find_by_slug(
     sqlx::query_as!(
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
-                  rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
+                  rate_limit, platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                     org_account_ids AS "org_account_ids: Vec<StripeAccountId>", webhook_secret_ciphertext, created_at,
                   version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone
            FROM tenants WHERE slug = $1"#,
         slug
@@ -132,7 +135,8 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Tenan
     sqlx::query_as!(
         Tenant,
         r#"SELECT id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
-                  rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext, created_at,
+                  rate_limit, platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                     org_account_ids AS "org_account_ids: Vec<StripeAccountId>", webhook_secret_ciphertext, created_at,
                   version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone
            FROM tenants WHERE id = $1"#,
         id
@@ -150,8 +154,8 @@ pub struct TenantSummary {
     pub api_version: String,
     pub api_base: Option<String>,
     pub rate_limit: Option<i32>,
-    pub platform_ids: Vec<String>,
-    pub org_account_ids: Vec<String>,
+    pub platform_ids: Vec<StripeAccountId>,
+    pub org_account_ids: Vec<StripeAccountId>,
     pub has_webhook_secret: bool,
     /// Endpoints `tally tenant webhooks` registered.
     pub webhooks: i64,
@@ -166,7 +170,8 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TenantSummary>, sqlx::E
     sqlx::query_as!(
         TenantSummary,
         r#"SELECT t.slug, t.credential_kind, t.key_last4, t.api_version, t.api_base, t.rate_limit,
-                  t.platform_ids, t.org_account_ids,
+                  t.platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                  t.org_account_ids AS "org_account_ids: Vec<StripeAccountId>",
                   t.webhook_secret_ciphertext IS NOT NULL AS "has_webhook_secret!",
                   (SELECT count(*) FROM webhook_endpoints w WHERE w.tenant_id = t.id) AS "webhooks!",
                   t.freshness AS "freshness: FreshnessMode", t.close_timezone,
@@ -191,8 +196,8 @@ pub struct TenantChanges<'a> {
     pub api_version: Option<&'a str>,
     pub api_base: Option<&'a str>,
     pub rate_limit: Option<i32>,
-    pub platform_ids: Option<&'a [String]>,
-    pub org_account_ids: Option<&'a [String]>,
+    pub platform_ids: Option<&'a [StripeAccountId]>,
+    pub org_account_ids: Option<&'a [StripeAccountId]>,
     pub webhook_secret_ciphertext: Option<&'a [u8]>,
     pub freshness: Option<FreshnessMode>,
     pub close_timezone: Option<&'a str>,
@@ -218,14 +223,15 @@ pub async fn update(
                version = version + 1, updated_at = now()
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
-                     rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
+                     rate_limit, platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                     org_account_ids AS "org_account_ids: Vec<StripeAccountId>", webhook_secret_ciphertext,
                      created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         id,
         changes.api_version,
         changes.api_base,
         changes.rate_limit,
-        changes.platform_ids,
-        changes.org_account_ids,
+        changes.platform_ids as Option<&[StripeAccountId]>,
+        changes.org_account_ids as Option<&[StripeAccountId]>,
         changes.webhook_secret_ciphertext,
         changes.freshness.map(FreshnessMode::as_str),
         changes.close_timezone,
@@ -248,7 +254,8 @@ pub async fn set_key(
                               version = version + 1, updated_at = now()
            WHERE id = $1
            RETURNING id, slug, credential_kind AS "credential_kind: CredentialKind", key_ciphertext, key_last4, api_version, api_base,
-                     rate_limit, platform_ids, org_account_ids, webhook_secret_ciphertext,
+                     rate_limit, platform_ids AS "platform_ids: Vec<StripeAccountId>",
+                     org_account_ids AS "org_account_ids: Vec<StripeAccountId>", webhook_secret_ciphertext,
                      created_at, version, disabled_at, freshness AS "freshness: FreshnessMode", close_timezone"#,
         id,
         credential_kind,

@@ -6,6 +6,7 @@
 //! or before each bucket end): an index lookup per bucket, never a scan of snapshots.
 //! One owner's totals are computed from that owner's snapshots.
 
+use crate::domain::{Currency, OwnerId};
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
@@ -73,13 +74,13 @@ pub async fn tenant_series(
 pub async fn owner_known(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: &str,
+    owner: &OwnerId,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM stripe_accounts
                           WHERE tenant_id = $1 AND accountid = $2) AS "known!""#,
         tenant_id,
-        owner
+        owner.as_str()
     )
     .fetch_one(db)
     .await
@@ -91,7 +92,7 @@ pub async fn owner_known(
 pub async fn owner_counts(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: &str,
+    owner: &OwnerId,
     ends: &[DateTime<Utc>],
 ) -> Result<Vec<CountsAt>, sqlx::Error> {
     sqlx::query_as!(
@@ -113,7 +114,7 @@ pub async fn owner_counts(
            GROUP BY b.at
            ORDER BY b.at"#,
         tenant_id,
-        owner,
+        owner.as_str(),
         ends
     )
     .fetch_all(db)
@@ -124,9 +125,9 @@ pub async fn owner_counts(
 pub async fn owner_totals(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
-    owner: &str,
+    owner: &OwnerId,
     ends: &[DateTime<Utc>],
-    currency: Option<&str>,
+    currency: Option<&Currency>,
 ) -> Result<Vec<CurrencyAt>, sqlx::Error> {
     sqlx::query_as!(
         CurrencyAt,
@@ -153,9 +154,9 @@ pub async fn owner_totals(
            GROUP BY b.at, m.currency
            ORDER BY b.at, m.currency"#,
         tenant_id,
-        owner,
+        owner.as_str(),
         ends,
-        currency
+        currency.map(Currency::as_str)
     )
     .fetch_all(db)
     .await

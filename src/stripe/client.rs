@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::domain::StripeAccountId;
 use crate::stripe::credential::{Credential, CredentialKind};
 use crate::stripe::error::{decode_success, error_from_response, StripeError};
 use crate::stripe::headers::{
@@ -148,8 +149,8 @@ impl TenantClient {
     #[tracing::instrument(name = "stripe.retrieve_balance", skip_all, fields(account = %account))]
     pub async fn retrieve_balance(
         &self,
-        account: &str,
-        platform: Option<&str>,
+        account: &StripeAccountId,
+        platform: Option<&StripeAccountId>,
     ) -> Result<Fetched<Balance>, StripeError> {
         let call = Call {
             method: Method::GET,
@@ -167,8 +168,8 @@ impl TenantClient {
     #[tracing::instrument(name = "stripe.list_balance_transactions", skip_all, fields(account = %account))]
     pub async fn list_balance_transactions_page(
         &self,
-        account: &str,
-        platform: Option<&str>,
+        account: &StripeAccountId,
+        platform: Option<&StripeAccountId>,
         range: CreatedRange,
         starting_after: Option<&str>,
         limit: u8,
@@ -193,12 +194,12 @@ impl TenantClient {
     #[tracing::instrument(name = "stripe.retrieve_account", skip_all, fields(account = %account))]
     pub async fn retrieve_account(
         &self,
-        account: &str,
-        platform: Option<&str>,
+        account: &StripeAccountId,
+        platform: Option<&StripeAccountId>,
     ) -> Result<Fetched<Value>, StripeError> {
         let call = Call {
             method: Method::GET,
-            path: segments(&["accounts", account]),
+            path: segments(&["accounts", account.as_str()]),
             query: Vec::new(),
             form: None,
             account: Some(self.header_for(account, platform)),
@@ -210,10 +211,10 @@ impl TenantClient {
     /// One page of `GET /v1/accounts`, newest first. An organization key lists one
     /// platform's connected accounts (`Stripe-Context: platform`), so `platform` is required
     /// there; a platform key lists its own and ignores `platform`. `limit` is 1..=100.
-    #[tracing::instrument(name = "stripe.list_accounts", skip_all, fields(account = platform.unwrap_or("")))]
+    #[tracing::instrument(name = "stripe.list_accounts", skip_all, fields(account = platform.map_or("", StripeAccountId::as_str)))]
     pub async fn list_accounts_page(
         &self,
-        platform: Option<&str>,
+        platform: Option<&StripeAccountId>,
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<Fetched<List<Value>>, StripeError> {
@@ -254,7 +255,7 @@ impl TenantClient {
     #[tracing::instrument(name = "stripe.retrieve_own_balance", skip_all)]
     pub async fn retrieve_own_balance(
         &self,
-        context: Option<&str>,
+        context: Option<&StripeAccountId>,
     ) -> Result<Fetched<Balance>, StripeError> {
         let account = self.context_header(
             context,
@@ -277,10 +278,10 @@ impl TenantClient {
     /// time Stripe shows the endpoint's signing secret; it is returned as a secret and the
     /// raw body is dropped here. One `Idempotency-Key` covers every retry, so a retried
     /// POST never registers two endpoints.
-    #[tracing::instrument(name = "stripe.create_webhook_endpoint", skip_all, fields(account = platform.unwrap_or("")))]
+    #[tracing::instrument(name = "stripe.create_webhook_endpoint", skip_all, fields(account = platform.map_or("", StripeAccountId::as_str)))]
     pub async fn create_webhook_endpoint(
         &self,
-        platform: Option<&str>,
+        platform: Option<&StripeAccountId>,
         endpoint: &NewWebhookEndpoint<'_>,
     ) -> Result<CreatedWebhookEndpoint, StripeError> {
         let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
@@ -314,10 +315,10 @@ impl TenantClient {
 
     /// One page of `GET /v1/webhook_endpoints` of the key's platform, or, for an
     /// organization key, of `platform` (`Stripe-Context`). `limit` is 1..=100.
-    #[tracing::instrument(name = "stripe.list_webhook_endpoints", skip_all, fields(account = platform.unwrap_or("")))]
+    #[tracing::instrument(name = "stripe.list_webhook_endpoints", skip_all, fields(account = platform.map_or("", StripeAccountId::as_str)))]
     pub async fn list_webhook_endpoints_page(
         &self,
-        platform: Option<&str>,
+        platform: Option<&StripeAccountId>,
         starting_after: Option<&str>,
         limit: u8,
     ) -> Result<List<WebhookEndpoint>, StripeError> {
@@ -331,10 +332,10 @@ impl TenantClient {
 
     /// `DELETE /v1/webhook_endpoints/{id}` of the key's platform, or, for an organization
     /// key, of `platform` (`Stripe-Context`).
-    #[tracing::instrument(name = "stripe.delete_webhook_endpoint", skip_all, fields(account = platform.unwrap_or(""), endpoint = %id))]
+    #[tracing::instrument(name = "stripe.delete_webhook_endpoint", skip_all, fields(account = platform.map_or("", StripeAccountId::as_str), endpoint = %id))]
     pub async fn delete_webhook_endpoint(
         &self,
-        platform: Option<&str>,
+        platform: Option<&StripeAccountId>,
         id: &str,
     ) -> Result<Deleted, StripeError> {
         let account = self.context_header(platform, WEBHOOKS_NEED_A_PLATFORM)?;
@@ -396,7 +397,11 @@ impl TenantClient {
         self.inner.credential.kind
     }
 
-    fn header_for(&self, account: &str, platform: Option<&str>) -> AccountHeader {
+    fn header_for(
+        &self,
+        account: &StripeAccountId,
+        platform: Option<&StripeAccountId>,
+    ) -> AccountHeader {
         account_header(self.inner.credential.kind, account, platform)
     }
 
@@ -406,7 +411,7 @@ impl TenantClient {
     /// organization key, which must name one (`missing` says why when it does not).
     fn context_header(
         &self,
-        context: Option<&str>,
+        context: Option<&StripeAccountId>,
         missing: &str,
     ) -> Result<Option<AccountHeader>, StripeError> {
         match (self.inner.credential.kind, context) {

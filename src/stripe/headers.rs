@@ -1,6 +1,7 @@
 //! Which account header a request carries (DESIGN §1's table). Every request that targets
 //! an account goes through [`account_header`]; nothing else decides.
 
+use crate::domain::StripeAccountId;
 use crate::stripe::credential::CredentialKind;
 
 pub const STRIPE_ACCOUNT: &str = "Stripe-Account";
@@ -41,19 +42,19 @@ impl AccountHeader {
 /// failure: Stripe answers with a permission error.
 pub fn account_header(
     kind: CredentialKind,
-    account: &str,
-    platform: Option<&str>,
+    account: &StripeAccountId,
+    platform: Option<&StripeAccountId>,
 ) -> AccountHeader {
     match (kind, platform) {
-        (CredentialKind::Platform, _) => AccountHeader::StripeAccount(account.to_owned()),
+        (CredentialKind::Platform, _) => AccountHeader::StripeAccount(account.to_string()),
         // Asking for the platform itself: it sits directly in the organization.
         (CredentialKind::Organization, Some(p)) if p == account => {
-            AccountHeader::StripeContext(account.to_owned())
+            AccountHeader::StripeContext(account.to_string())
         }
         (CredentialKind::Organization, Some(p)) => {
             AccountHeader::StripeContext(format!("{p}/{account}"))
         }
-        (CredentialKind::Organization, None) => AccountHeader::StripeContext(account.to_owned()),
+        (CredentialKind::Organization, None) => AccountHeader::StripeContext(account.to_string()),
     }
 }
 
@@ -62,10 +63,14 @@ mod tests {
     use super::*;
     use CredentialKind::{Organization, Platform};
 
+    fn acct(id: &str) -> StripeAccountId {
+        StripeAccountId::parse(id).expect("an acct_ id")
+    }
+
     #[test]
     fn platform_key_connected_account_uses_stripe_account() {
         assert_eq!(
-            account_header(Platform, "acct_X", None),
+            account_header(Platform, &acct("acct_X"), None),
             AccountHeader::StripeAccount("acct_X".into())
         );
     }
@@ -73,21 +78,21 @@ mod tests {
     #[test]
     fn platform_key_ignores_the_platform_argument() {
         assert_eq!(
-            account_header(Platform, "acct_X", Some("acct_P")),
+            account_header(Platform, &acct("acct_X"), Some(&acct("acct_P"))),
             AccountHeader::StripeAccount("acct_X".into())
         );
     }
 
     #[test]
     fn org_key_account_directly_in_org_uses_context_x() {
-        let h = account_header(Organization, "acct_X", None);
+        let h = account_header(Organization, &acct("acct_X"), None);
         assert_eq!(h, AccountHeader::StripeContext("acct_X".into()));
         assert_eq!((h.name(), h.value()), ("Stripe-Context", "acct_X"));
     }
 
     #[test]
     fn org_key_connected_account_uses_context_platform_slash_account() {
-        let h = account_header(Organization, "acct_X", Some("acct_P"));
+        let h = account_header(Organization, &acct("acct_X"), Some(&acct("acct_P")));
         assert_eq!(h, AccountHeader::StripeContext("acct_P/acct_X".into()));
         assert_eq!(h.value(), "acct_P/acct_X");
     }
@@ -95,7 +100,7 @@ mod tests {
     #[test]
     fn org_key_platform_itself_is_not_doubled() {
         assert_eq!(
-            account_header(Organization, "acct_P", Some("acct_P")),
+            account_header(Organization, &acct("acct_P"), Some(&acct("acct_P"))),
             AccountHeader::StripeContext("acct_P".into())
         );
     }

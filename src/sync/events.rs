@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::{without_nul, FetchFailure};
+use crate::domain::{without_nul, FetchFailure, StripeAccountId};
 use crate::money::Totals;
 use crate::store;
 use crate::store::accounts::{AccountInput, Observed};
@@ -161,7 +161,8 @@ async fn mark_changed(
     };
     let created = event_time(event, received)?;
     Ok(
-        match store::changes::mark_changed(&mut **tx, tenant_id, account, created, received).await?
+        match store::changes::mark_changed(&mut **tx, tenant_id, &account, created, received)
+            .await?
         {
             Marked::Changed => Applied::Applied,
             Marked::Stale => Applied::Stale,
@@ -185,8 +186,9 @@ async fn account_updated(
     let stripeid = object
         .get("id")
         .and_then(Value::as_str)
+        .and_then(StripeAccountId::parse)
         .ok_or_else(|| EventError::Invalid("account.updated carries no account object".into()))?;
-    let stored = store::accounts::lock_for_event(&mut **tx, tenant.id, stripeid).await?;
+    let stored = store::accounts::lock_for_event(&mut **tx, tenant.id, &stripeid).await?;
     if stored.as_ref().is_some_and(|s| s.is_newer_than(observed)) {
         return Ok(Applied::Stale);
     }
@@ -194,7 +196,7 @@ async fn account_updated(
         Some(stored) => stored.platform_id,
         None => platform_from_context(tenant, event.context.as_deref()),
     };
-    let input = AccountInput::from_stripe_object(object, platform.as_deref(), owner_key)
+    let input = AccountInput::from_stripe_object(object, platform.as_ref(), owner_key)
         .map_err(|error| EventError::Invalid(error.to_string()))?;
     let outcome = store::accounts::upsert(&mut **tx, tenant.id, &[input], observed).await?;
     // Nothing written: a sync page inserted the account, from a newer read, between
@@ -207,10 +209,10 @@ async fn account_updated(
 }
 
 /// The platform in an organization tenant's `P/X` context; platform tenants store none.
-fn platform_from_context(tenant: &Tenant, context: Option<&str>) -> Option<String> {
+fn platform_from_context(tenant: &Tenant, context: Option<&str>) -> Option<StripeAccountId> {
     let organization = tenant.credential_kind == CredentialKind::Organization;
     let (platform, _account) = context?.split_once('/')?;
-    (organization && !platform.is_empty()).then(|| platform.to_owned())
+    organization.then(|| StripeAccountId::parse(platform))?
 }
 
 /// The platform lost access: the account is marked removed and leaves the totals,
@@ -223,18 +225,13 @@ async fn account_deauthorized(
 ) -> Result<Applied, EventError> {
     let observed = observation(event, received)?;
     let account = connected_account(event)?;
-    let stored = store::accounts::lock_for_event(&mut **tx, tenant_id, account).await?;
+    let stored = store::accounts::lock_for_event(&mut **tx, tenant_id, &account).await?;
     if stored.is_some_and(|s| s.is_newer_than(observed)) {
         return Ok(Applied::Stale);
     }
-    let removed = store::accounts::mark_removed(
-        &mut **tx,
-        tenant_id,
-        &[account.to_owned()],
-        observed.at(),
-        None,
-    )
-    .await?;
+    let removed =
+        store::accounts::mark_removed(&mut **tx, tenant_id, &[account], observed.at(), None)
+            .await?;
     store::snapshots::forget_latest(tx, tenant_id, &removed).await?;
     Ok(Applied::Applied)
 }
@@ -249,7 +246,7 @@ async fn balance_available(
 ) -> Result<Applied, EventError> {
     let account = connected_account(event)?;
     // Locked first, so the listed state read here is the one `record` decides on.
-    let listed = store::accounts::lock_for_event(&mut **tx, tenant_id, account)
+    let listed = store::accounts::lock_for_event(&mut **tx, tenant_id, &account)
         .await?
         .is_some_and(|stored| stored.listed);
     let balance: Balance = serde_json::from_value(event.data.object.clone())
@@ -269,7 +266,7 @@ async fn balance_available(
     let recorded = store::snapshots::record(
         tx,
         tenant_id,
-        account,
+        &account,
         event_time(event, received)?,
         "webhook",
         outcome,
@@ -286,11 +283,11 @@ async fn balance_available(
     })
 }
 
-fn connected_account(event: &Event) -> Result<&str, EventError> {
+fn connected_account(event: &Event) -> Result<StripeAccountId, EventError> {
     event
         .account
         .as_deref()
-        .filter(|account| account.starts_with("acct_"))
+        .and_then(StripeAccountId::parse)
         .ok_or_else(|| {
             EventError::Invalid(format!(
                 "{} needs the connected `account` it is about",
@@ -347,8 +344,8 @@ mod tests {
     fn the_platform_comes_from_an_org_context_only() {
         let org = tenant("organization");
         assert_eq!(
-            platform_from_context(&org, Some("acct_P/acct_X")).as_deref(),
-            Some("acct_P")
+            platform_from_context(&org, Some("acct_P/acct_X")),
+            StripeAccountId::parse("acct_P")
         );
         assert_eq!(platform_from_context(&org, Some("acct_X")), None);
         assert_eq!(platform_from_context(&org, None), None);

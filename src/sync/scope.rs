@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::{Progress, SyncError, SyncOptions};
+use crate::domain::StripeAccountId;
 use crate::store;
 use crate::store::accounts::{AccountInput, Observed};
 use crate::store::sync_runs::{RunCounts, SyncRun};
@@ -24,15 +25,15 @@ pub enum Scope {
     /// A platform tenant's connected accounts (listed with no account header).
     OwnAccounts,
     /// One platform's connected accounts, listed with `Stripe-Context: P`.
-    Platform(String),
+    Platform(StripeAccountId),
     /// Accounts directly in the organization, retrieved one by one.
-    OrgAccounts(Vec<String>),
+    OrgAccounts(Vec<StripeAccountId>),
 }
 
 impl Scope {
     /// The platform stored with the scope's accounts; `None` for accounts directly in
     /// the org and for every account of a platform tenant.
-    pub fn platform(&self) -> Option<&str> {
+    pub fn platform(&self) -> Option<&StripeAccountId> {
         match self {
             Scope::Platform(platform) => Some(platform),
             Scope::OwnAccounts | Scope::OrgAccounts(_) => None,
@@ -87,7 +88,7 @@ impl Sync<'_> {
     /// Pages through the scope's list, newest first. Fetching runs ahead of writing
     /// by a few pages; whichever side fails first stops the other. Each page goes with
     /// when its request was sent: a webhook event newer than that wins over it.
-    async fn list_scope(&mut self, scope: &Scope) -> Result<HashSet<String>, SyncError> {
+    async fn list_scope(&mut self, scope: &Scope) -> Result<HashSet<StripeAccountId>, SyncError> {
         let (pages, mut arrived) = mpsc::channel::<(Observed, Vec<Value>)>(PREFETCH_PAGES);
         let client = self.client;
         let limit = self.options.page_limit;
@@ -138,14 +139,14 @@ impl Sync<'_> {
     async fn retrieve_org_accounts(
         &mut self,
         scope: &Scope,
-        ids: &[String],
-    ) -> Result<HashSet<String>, SyncError> {
+        ids: &[StripeAccountId],
+    ) -> Result<HashSet<StripeAccountId>, SyncError> {
         let mut seen = HashSet::new();
         let client = self.client;
         for batch in ids.chunks(usize::from(self.options.page_limit.max(1))) {
             // The batch's requests go out from here on; the earliest is the safe stamp.
             let observed = Observed::Fetched(Utc::now());
-            // Collected first: a closure over `&String` held across the await would need
+            // Collected first: a closure over `&StripeAccountId` held across the await would need
             // a higher-ranked bound that `tokio::spawn` cannot prove.
             let requests: Vec<_> = batch
                 .iter()
@@ -169,7 +170,7 @@ impl Sync<'_> {
         scope: &Scope,
         objects: &[Value],
         observed: Observed,
-        seen: &mut HashSet<String>,
+        seen: &mut HashSet<StripeAccountId>,
     ) -> Result<(), SyncError> {
         let inputs = objects
             .iter()
@@ -200,10 +201,10 @@ impl Sync<'_> {
     async fn remove_unseen(
         &mut self,
         scope: &Scope,
-        seen: &HashSet<String>,
+        seen: &HashSet<StripeAccountId>,
     ) -> Result<(), SyncError> {
         let started_at = self.run.started_at;
-        let unseen: Vec<String> = store::accounts::listed_ids_in_scope(
+        let unseen: Vec<StripeAccountId> = store::accounts::listed_ids_in_scope(
             self.pool,
             self.tenant.id,
             scope.platform(),
@@ -249,12 +250,12 @@ impl Sync<'_> {
 async fn retrieve_if_reachable(
     client: &TenantClient,
     scope: &Scope,
-    id: &str,
+    id: &StripeAccountId,
 ) -> Result<Option<Value>, SyncError> {
     match client.retrieve_account(id, None).await {
         Ok(fetched) => Ok(Some(fetched.raw)),
         Err(error) if no_longer_reachable(&error) => {
-            tracing::info!(account = id, error = %error, "org account no longer reachable");
+            tracing::info!(account = %id, error = %error, "org account no longer reachable");
             Ok(None)
         }
         Err(source) => Err(stripe_error(scope, source)),

@@ -131,10 +131,11 @@ async fn a_signed_event_carrying_nul_is_stored_and_acknowledged() {
     assert_eq!(row.accountid.as_deref(), Some("owner\u{fffd}1"));
     let object: Value = serde_json::from_str(&row.stripe_object).expect("json");
     assert_eq!(object["business_profile"]["name"], "Acme\u{fffd}Corp");
-    let latest = tally::store::snapshots::latest(&app.pool, tenant.id, &account)
-        .await
-        .expect("query")
-        .expect("the balance was stored");
+    let latest =
+        tally::store::snapshots::latest(&app.pool, tenant.id, &crate::helpers::acct(&account))
+            .await
+            .expect("query")
+            .expect("the balance was stored");
     assert_eq!(latest.source, "webhook");
 }
 

@@ -379,7 +379,7 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
         .id;
     app.get_json(&format!("{BALANCES}?max_age=0"), &token).await;
 
-    let removed = vec![ids[0].clone()];
+    let removed = vec![crate::helpers::acct(&ids[0])];
     let mut tx = app.pool.begin().await.expect("tx");
     tally::store::accounts::mark_removed(&mut *tx, tenant_id, &removed, chrono::Utc::now(), None)
         .await
@@ -402,7 +402,7 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
     let recorded = tally::store::snapshots::record(
         &mut conn,
         tenant_id,
-        &ids[0],
+        &crate::helpers::acct(&ids[0]),
         chrono::Utc::now(),
         "webhook",
         tally::store::snapshots::SnapshotOutcome::Balance {
@@ -418,7 +418,7 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
     ));
 
     // Relisted by a sync: the next aggregate fetches it and the totals are whole again.
-    app.store_sim_accounts(tenant_id, &sim, &removed, None)
+    app.store_sim_accounts(tenant_id, &sim, &ids[..1], None)
         .await;
     let (_, body) = app
         .get_json(&format!("{BALANCES}?max_age=3600"), &token)
@@ -571,7 +571,7 @@ async fn csv_text_cells_never_start_a_formula_and_amounts_stay_plain_numbers() {
     tally::store::snapshots::record(
         &mut conn,
         tenant,
-        "acct_1Csv",
+        &crate::helpers::acct("acct_1Csv"),
         chrono::Utc::now(),
         "fetch",
         tally::store::snapshots::SnapshotOutcome::Balance {

@@ -363,7 +363,7 @@ async fn seed_history(
             store::snapshots::record(
                 &mut conn,
                 tenant,
-                id,
+                &crate::helpers::acct(id),
                 at,
                 "fetch",
                 SnapshotOutcome::Balance {

@@ -183,14 +183,21 @@ async fn an_older_balance_available_is_stale_and_kept_in_history_only() {
     );
 
     let (pool, tenant_id, account) = (&scene.app.pool, scene.tenant.id, &scene.account);
-    let latest = store::snapshots::latest(pool, tenant_id, account)
+    let latest = store::snapshots::latest(pool, tenant_id, &crate::helpers::acct(account))
         .await
         .expect("query")
         .expect("a snapshot");
     assert_eq!(latest.balance, Some(balance));
-    let history = store::snapshots::history(pool, tenant_id, account, None, None, 10)
-        .await
-        .expect("history");
+    let history = store::snapshots::history(
+        pool,
+        tenant_id,
+        &crate::helpers::acct(account),
+        None,
+        None,
+        10,
+    )
+    .await
+    .expect("history");
     assert_eq!(history.len(), 2, "the stale one is kept in history");
 }
 
@@ -291,10 +298,14 @@ async fn an_event_from_the_future_is_placed_at_its_arrival_and_freezes_nothing()
     newer["available"][0]["amount"] = json!(4242);
     let (status, _) = scene.deliver("evt_bal_now", kind, now(), newer).await;
     assert_eq!(status, 200);
-    let latest = store::snapshots::latest(&scene.app.pool, scene.tenant.id, &scene.account)
-        .await
-        .expect("query")
-        .expect("a snapshot");
+    let latest = store::snapshots::latest(
+        &scene.app.pool,
+        scene.tenant.id,
+        &crate::helpers::acct(&scene.account),
+    )
+    .await
+    .expect("query")
+    .expect("a snapshot");
     assert_ne!(
         latest.balance,
         Some(forged),

@@ -11,7 +11,7 @@ use tally::app::Application;
 use tally::commands::tenant::TenantSpec;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
-use tally::domain::Role;
+use tally::domain::{Role, StripeAccountId};
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
 use tally::tenants::StripeTenants;
@@ -240,6 +240,8 @@ impl TestApp {
     }
 
     async fn store_objects(&self, tenant_id: i64, objects: &[Value], platform: Option<&str>) {
+        let platform = platform.map(|id| StripeAccountId::parse(id).expect("an acct_ id"));
+        let platform = platform.as_ref();
         let inputs: Vec<AccountInput> = objects
             .iter()
             .map(|object| {
@@ -605,4 +607,9 @@ pub fn assert_within_the_budget(stats: &tally::sim::SimStats, rate: u32) {
         max_rate <= most,
         "at most {most} in a second at the tenant's {rate}/s: saw {max_rate}"
     );
+}
+
+/// A Stripe account id a test names; panics on a malformed one.
+pub fn acct(id: &str) -> StripeAccountId {
+    StripeAccountId::parse(id).expect("an acct_ id")
 }

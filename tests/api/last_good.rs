@@ -193,9 +193,16 @@ async fn record(
         _ => SnapshotOutcome::Error(&error),
     };
     let mut conn = app.pool.acquire().await.expect("conn");
-    tally::store::snapshots::record(&mut conn, tenant_id, stripeid, at, "webhook", outcome)
-        .await
-        .expect("recorded")
+    tally::store::snapshots::record(
+        &mut conn,
+        tenant_id,
+        &crate::helpers::acct(stripeid),
+        at,
+        "webhook",
+        outcome,
+    )
+    .await
+    .expect("recorded")
 }
 
 #[tokio::test]

@@ -255,7 +255,7 @@ async fn the_aggregate_says_what_accounts_below_zero_owe_while_available_stays_n
     let removed = store::accounts::mark_removed(
         &mut *tx,
         scene.tenant.id,
-        &[ids[3].clone()],
+        &[crate::helpers::acct(&ids[3])],
         Utc::now(),
         None,
     )

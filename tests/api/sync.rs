@@ -115,7 +115,7 @@ pub async fn sync_ok(app: &TestApp, tenant: &Tenant) -> SyncSummary {
 
 /// The stored record of `stripeid`, removed or not; it must exist.
 pub async fn stored(app: &TestApp, tenant_id: i64, stripeid: &str) -> AccountRow {
-    store::accounts::get(&app.pool, tenant_id, stripeid)
+    store::accounts::get(&app.pool, tenant_id, &crate::helpers::acct(stripeid))
         .await
         .expect("query")
         .unwrap_or_else(|| panic!("{stripeid} stored"))
@@ -355,7 +355,7 @@ async fn an_account_stripe_stops_returning_is_marked_removed_but_kept() {
     store::snapshots::record(
         &mut conn,
         tenant.id,
-        &revoked,
+        &crate::helpers::acct(&revoked),
         chrono::Utc::now(),
         "fetch",
         store::snapshots::SnapshotOutcome::Balance {

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tally::audit::Actor;
 use tally::commands::tenant::{self, Removal, TenantError, TenantSpec, TenantUpdate};
-use tally::domain::Role;
+use tally::domain::{RefreshStatus, RefreshTrigger, Role};
 use tally::sim::{mask_key, SimConfig, SimHandle};
 use tally::store;
 use tally::tenants::StripeTenants;
@@ -1297,7 +1297,7 @@ async fn removing_a_tenant_ends_its_running_work_and_nothing_starts_for_it_after
     let scope = store::refreshes::RefreshScope::Tenant;
     let cutoff = chrono::Utc::now();
     let (running, _) =
-        store::refreshes::start_or_join(&app.pool, acme, &scope, cutoff, "person", 1)
+        store::refreshes::start_or_join(&app.pool, acme, &scope, cutoff, RefreshTrigger::Person, 1)
             .await
             .expect("query")
             .expect("started");
@@ -1319,7 +1319,7 @@ async fn removing_a_tenant_ends_its_running_work_and_nothing_starts_for_it_after
         .await
         .expect("query")
         .expect("the refresh");
-    assert_eq!(refresh.status, "failed");
+    assert_eq!(refresh.status, RefreshStatus::Failed);
     assert!(
         refresh
             .error
@@ -1340,12 +1340,17 @@ async fn removing_a_tenant_ends_its_running_work_and_nothing_starts_for_it_after
 
     // Nothing starts for it, however it is asked: the store, the use cases (with the
     // tenant as read before the removal), the API.
-    assert!(
-        store::refreshes::start_or_join(&app.pool, acme, &scope, cutoff, "poll", 1)
-            .await
-            .expect("query")
-            .is_none()
-    );
+    assert!(store::refreshes::start_or_join(
+        &app.pool,
+        acme,
+        &scope,
+        cutoff,
+        RefreshTrigger::Poll,
+        1
+    )
+    .await
+    .expect("query")
+    .is_none());
     assert!(matches!(
         tally::sync::claim(&app.pool, acme, &options).await,
         Err(tally::sync::SyncError::TenantRemoved)

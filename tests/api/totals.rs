@@ -106,7 +106,7 @@ impl Driver {
         let removed = store::accounts::mark_removed(
             &mut *tx,
             self.tenant_id,
-            &[id.to_owned()],
+            &[crate::helpers::acct(id)],
             Utc::now(),
             None,
         )
@@ -131,7 +131,7 @@ impl Driver {
         store::snapshots::record(
             &mut self.conn,
             self.tenant_id,
-            id,
+            &crate::helpers::acct(id),
             fetched_at,
             "webhook",
             SnapshotOutcome::Balance {
@@ -156,7 +156,7 @@ impl Driver {
         store::snapshots::record(
             &mut self.conn,
             self.tenant_id,
-            id,
+            &crate::helpers::acct(id),
             fetched_at,
             "fetch",
             SnapshotOutcome::Error(&error),

@@ -208,9 +208,16 @@ async fn a_replayed_event_id_is_acknowledged_and_applied_once() {
     let (again, body) = post_event(&app, "acme", SECRET, &balance, now()).await;
     assert_eq!((again, body["outcome"].as_str()), (200, Some("duplicate")));
 
-    let history = store::snapshots::history(&app.pool, tenant.id, &account, None, None, 10)
-        .await
-        .expect("history");
+    let history = store::snapshots::history(
+        &app.pool,
+        tenant.id,
+        &crate::helpers::acct(&account),
+        None,
+        None,
+        10,
+    )
+    .await
+    .expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(processed_events(&app, tenant.id).await, 1);
 }
@@ -226,7 +233,7 @@ async fn balance_available_stores_a_snapshot_in_the_totals() {
         sim_sends(&app, &sim, "acme", SECRET, "balance.available", &account).await,
         200
     );
-    let latest = store::snapshots::latest(&app.pool, tenant.id, &account)
+    let latest = store::snapshots::latest(&app.pool, tenant.id, &crate::helpers::acct(&account))
         .await
         .expect("query")
         .expect("a snapshot");
@@ -431,7 +438,7 @@ async fn a_balance_too_large_to_sum_is_kept_as_a_failed_try_and_answered_200() {
     }
     let mut overflowed = 0;
     for (_, account, _) in &sent {
-        let latest = store::snapshots::latest(&app.pool, tenant.id, account)
+        let latest = store::snapshots::latest(&app.pool, tenant.id, &crate::helpers::acct(account))
             .await
             .expect("query")
             .expect("a snapshot");

@@ -264,7 +264,7 @@ async fn logout(
 /// `page` (1-based) and `owner` of the account table, and a notice to show.
 struct TenantQuery {
     page: i64,
-    owner: Option<String>,
+    owner: Option<OwnerId>,
     notice: Option<&'static str>,
 }
 
@@ -288,18 +288,13 @@ fn tenant_query(raw: Option<&str>) -> Result<TenantQuery, AdminError> {
     };
     let owner = match param("owner").map(str::trim) {
         None | Some("") => None,
-        Some(value) => Some(
-            OwnerId::parse(value)
-                .ok_or_else(|| AdminError::Invalid {
-                    code: Code::MalformedAccountid,
-                    message: format!(
-                        "An owner id is 1 to {} characters with no NUL. Clear the filter and try again.",
-                        OwnerId::MAX_CHARS
-                    ),
-                })?
-                .as_str()
-                .to_owned(),
-        ),
+        Some(value) => Some(OwnerId::parse(value).ok_or_else(|| AdminError::Invalid {
+            code: Code::MalformedAccountid,
+            message: format!(
+                "An owner id is 1 to {} characters with no NUL. Clear the filter and try again.",
+                OwnerId::MAX_CHARS
+            ),
+        })?),
     };
     Ok(TenantQuery {
         page,
@@ -317,7 +312,7 @@ async fn tenant_page(
     let view = dashboard::tenant_view(
         &state.balances(),
         &tenant,
-        query.owner.as_deref(),
+        query.owner.as_ref(),
         query.page,
         state.settings.api.page_size,
     )

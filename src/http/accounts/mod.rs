@@ -1,0 +1,280 @@
+//! The Dashboard-compatible stored-account endpoints (DESIGN §3): same paths,
+//! parameters, codes and record shape as the Dashboard Stripe Connect module.
+
+mod params;
+mod record;
+mod stream;
+
+use axum::extract::{Extension, RawQuery, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) use self::params::AccountQuery;
+use self::params::{ListParams, ListQuery, OwnerQuery};
+pub use self::record::StripeAccountRecord;
+use self::stream::stream_listing;
+use super::auth::TenantScope;
+use super::connections::Connection;
+use super::error::{ApiError, Code};
+use super::openapi::{api_errors, Access, TenantParam};
+use super::query::ApiQuery;
+use super::AppState;
+use crate::domain::OwnerId;
+use crate::store;
+use crate::store::accounts::{AccountRow, Direction};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(count))
+        .routes(routes!(one))
+}
+
+api_errors!(
+    ListErrors,
+    Access::TenantRead,
+    query: ListParams,
+    [
+        Code::InvalidPaging,
+        Code::UnknownAccountid,
+        Code::TooManyStreams
+    ]
+);
+api_errors!(
+    CountErrors,
+    Access::TenantRead,
+    query: OwnerQuery,
+    [Code::UnknownAccountid]
+);
+api_errors!(
+    OneErrors,
+    Access::TenantRead,
+    query: AccountQuery,
+    [Code::UnknownStripeid]
+);
+
+/// Pages larger than this are streamed chunk by chunk instead of collected.
+pub(crate) const STREAM_ABOVE: i64 = 500;
+
+pub(crate) static X_TOTAL_COUNT: HeaderName = HeaderName::from_static("x-total-count");
+
+pub(crate) fn unknown_owner() -> ApiError {
+    ApiError::new(
+        Code::UnknownAccountid,
+        "invalid querystring accountid: no stored account has that owner",
+    )
+}
+
+/// Counts the records the listing would walk, refusing an unknown owner.
+async fn listed_count(
+    state: &AppState,
+    tenant_id: i64,
+    owner: Option<&OwnerId>,
+) -> Result<i64, ApiError> {
+    match owner {
+        None => Ok(store::accounts::count(&state.pool, tenant_id).await?),
+        Some(owner) => {
+            let count = store::accounts::count_for_owner(&state.pool, tenant_id, owner).await?;
+            if count == 0 {
+                return Err(unknown_owner());
+            }
+            Ok(count)
+        }
+    }
+}
+
+/// `GET /api/administrator/connect/stripe-accounts`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-accounts",
+    tag = "accounts",
+    operation_id = "listStripeAccounts",
+    description = "Stored accounts, newest `createdAt` first (ties by stripeid), as the \
+        Dashboard module lists them: the body is a JSON array of records (empty when there \
+        are none), never a list object. Page by `offset`/`limit`, or by cursor \
+        (`starting_after`/`ending_before`). `all=true`, and pages with `limit` above 500, \
+        are streamed: the same array, written as it is read, with no `Link`; a stream that \
+        ends early is cut off before its closing `]`. At most `api.max_streams_per_token` (4) \
+        streams per token and `api.max_streams` (32) in all are open at once.",
+    params(ListParams, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of records (or every record, streamed).",
+            body = [StripeAccountRecord<'static>],
+            headers(
+                ("X-Total-Count" = i64, description = "How many records the listing walks (the filter applied), whatever the page."),
+                ("Link" = String, description = "RFC 8288 links to the neighbouring pages by cursor, `rel=\"prev\"` and `rel=\"next\"`, keeping the other parameters; absent on streamed listings and when there is no neighbour."),
+            )),
+        ListErrors,
+    )
+)]
+async fn list(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    connection: Option<Extension<Connection>>,
+    RawQuery(raw): RawQuery,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let query = params.listing(state.settings.api.page_size)?;
+    if query.all || query.limit > STREAM_ABOVE {
+        let connection = connection.map(|Extension(connection)| connection);
+        return stream_listing(&state, &scope, query, connection).await;
+    }
+    let owner = query.owner.as_ref();
+    let (rows, total, has_prev, has_next) = match &query.cursor {
+        None => {
+            let page = store::accounts::page_with_total(
+                &state.pool,
+                scope.tenant.id,
+                owner,
+                query.offset,
+                query.limit,
+            )
+            .await?;
+            if owner.is_some() && page.total == 0 {
+                return Err(unknown_owner());
+            }
+            let shown = i64::try_from(page.rows.len()).unwrap_or(i64::MAX);
+            let has_next = query.offset.saturating_add(shown) < page.total;
+            (page.rows, page.total, query.offset > 0, has_next)
+        }
+        Some((direction, stripeid)) => {
+            let (code, key_name) = match direction {
+                Direction::Forward => (Code::InvalidStartingAfter, "starting_after"),
+                Direction::Backward => (Code::InvalidEndingBefore, "ending_before"),
+            };
+            // One more than asked says whether the walk goes on past this page.
+            let page = store::accounts::page_from_cursor(
+                &state.pool,
+                scope.tenant.id,
+                owner,
+                stripeid.as_str(),
+                *direction,
+                query.limit + 1,
+            )
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    code,
+                    format!("{key_name}: no listed account has that stripeid"),
+                )
+            })?;
+            if owner.is_some() && page.total == 0 {
+                return Err(unknown_owner());
+            }
+            let (mut rows, total) = (page.rows, page.total);
+            let more = rows.len() as i64 > query.limit;
+            match direction {
+                Direction::Forward => {
+                    rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+                    (rows, total, true, more)
+                }
+                Direction::Backward => {
+                    if more {
+                        rows.remove(0);
+                    }
+                    (rows, total, more, true)
+                }
+            }
+        }
+    };
+    let records = rows
+        .iter()
+        .map(|row| StripeAccountRecord::new(row, &scope.tenant.slug))
+        .collect::<Result<Vec<_>, _>>()?;
+    let link = page_links(&query, &rows, has_prev, has_next, raw.as_deref());
+    let mut response = Json(records).into_response();
+    let headers = response.headers_mut();
+    headers.insert(X_TOTAL_COUNT.clone(), HeaderValue::from(total));
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// The RFC 8288 `Link` header of a page: `rel="next"` (records after its last) and
+/// `rel="prev"` (records before its first), by cursor, keeping the other parameters.
+fn page_links(
+    query: &ListQuery,
+    rows: &[AccountRow],
+    has_prev: bool,
+    has_next: bool,
+    raw: Option<&str>,
+) -> Option<String> {
+    let kept: Vec<(String, String)> = super::query::pairs(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "offset" | "starting_after" | "ending_before"))
+        .collect();
+    let link = |cursor: &str, id: &str, rel: &str| {
+        let mut pairs = kept.clone();
+        if !pairs.iter().any(|(key, _)| key == "limit") {
+            pairs.push(("limit".into(), query.limit.to_string()));
+        }
+        pairs.push((cursor.into(), id.into()));
+        let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("</api/administrator/connect/stripe-accounts?{encoded}>; rel=\"{rel}\"")
+    };
+    let mut links = Vec::new();
+    if let (true, Some(first)) = (has_prev, rows.first()) {
+        links.push(link("ending_before", &first.stripeid, "prev"));
+    }
+    if let (true, Some(last)) = (has_next, rows.last()) {
+        links.push(link("starting_after", &last.stripeid, "next"));
+    }
+    (!links.is_empty()).then(|| links.join(", "))
+}
+
+/// `GET /api/administrator/connect/stripe-accounts-count`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-accounts-count",
+    tag = "accounts",
+    operation_id = "countStripeAccounts",
+    description = "How many stored accounts the listing walks (the same `accountid` filter).",
+    params(OwnerQuery, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The count, a bare integer.", body = i64, content_type = "application/json"),
+        CountErrors,
+    )
+)]
+async fn count(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    ApiQuery(OwnerQuery { accountid }): ApiQuery<OwnerQuery>,
+) -> Result<Json<i64>, ApiError> {
+    let total = listed_count(&state, scope.tenant.id, accountid.as_ref()).await?;
+    Ok(Json(total))
+}
+
+/// `GET /api/administrator/connect/stripe-account?stripeid=acct_…`
+#[utoipa::path(
+    get,
+    path = "/api/administrator/connect/stripe-account",
+    tag = "accounts",
+    operation_id = "getStripeAccount",
+    description = "One stored account, also one Stripe no longer returns (then with `removedAt`).",
+    params(AccountQuery, TenantParam),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The record.", body = StripeAccountRecord<'static>),
+        OneErrors,
+    )
+)]
+async fn one(
+    scope: TenantScope,
+    State(state): State<AppState>,
+    ApiQuery(AccountQuery { stripeid }): ApiQuery<AccountQuery>,
+) -> Result<Response, ApiError> {
+    let row = store::accounts::get(&state.pool, scope.tenant.id, &stripeid)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(Code::UnknownStripeid, "no stored account has that stripeid")
+        })?;
+    let record = StripeAccountRecord::new(&row, &scope.tenant.slug)?;
+    Ok(Json(record).into_response())
+}

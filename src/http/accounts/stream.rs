@@ -1,0 +1,254 @@
+//! A streamed listing (`all=true`, or a page above `STREAM_ABOVE`): the first chunk by
+//! offset, the rest by keyset, written as one JSON array while the client reads it.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+
+use super::params::ListQuery;
+use super::record::StripeAccountRecord;
+use super::{unknown_owner, X_TOTAL_COUNT};
+use crate::domain::OwnerId;
+use crate::http::auth::TenantScope;
+use crate::http::connections::Connection;
+use crate::http::error::ApiError;
+use crate::http::streams::StreamSlot;
+use crate::http::AppState;
+use crate::store;
+use crate::store::accounts::{AccountRow, ListingKey, CHUNK_ROWS};
+
+/// Records per piece written to a streamed body.
+const ROWS_PER_PIECE: usize = 64;
+/// Pieces buffered between a stream's reader and its client.
+const PIECES_BUFFERED: usize = 4;
+
+/// A streamed listing: `all=true`, or a page above [`STREAM_ABOVE`]. The first chunk
+/// is an ordinary offset page (with the total for `X-Total-Count`); the rest follow
+/// by keyset, one short query per chunk, so the stream holds a pooled connection only
+/// while a chunk is read. The body is the same JSON array, in the same order, as the
+/// offset pages would give.
+pub(super) async fn stream_listing(
+    state: &AppState,
+    scope: &TenantScope,
+    query: ListQuery,
+    connection: Option<Connection>,
+) -> Result<Response, ApiError> {
+    let slot = state.streams.open(scope.token_id)?;
+    let (offset, wanted) = if query.all {
+        (0, usize::MAX)
+    } else {
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        (query.offset, limit)
+    };
+    let owner = query.owner;
+    let first_chunk = wanted.min(CHUNK_ROWS);
+    let first = {
+        let _turn = slot.read_turn().await;
+        store::accounts::page_with_total(
+            &state.pool,
+            scope.tenant.id,
+            owner.as_ref(),
+            offset,
+            i64::try_from(first_chunk).expect("a chunk fits i64"),
+        )
+        .await?
+    };
+    if owner.is_some() && first.total == 0 {
+        return Err(unknown_owner());
+    }
+    let listing = StreamedListing {
+        pool: state.pool.clone(),
+        tenant_id: scope.tenant.id,
+        slug: scope.tenant.slug.clone(),
+        owner,
+        wanted,
+    };
+    let body = listing.spawn(
+        &state.tasks.tracker,
+        slot,
+        first.rows,
+        first_chunk,
+        connection,
+    );
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(X_TOTAL_COUNT.clone(), HeaderValue::from(first.total));
+    Ok(response)
+}
+
+/// What a streamed listing reads, and how much of it.
+struct StreamedListing {
+    pool: sqlx::PgPool,
+    tenant_id: i64,
+    slug: String,
+    owner: Option<OwnerId>,
+    /// Records to send at most (`usize::MAX`: every one).
+    wanted: usize,
+}
+
+/// Why a stream ended before its closing bracket.
+#[derive(Debug)]
+enum StreamStop {
+    /// The client went away.
+    Gone,
+    /// The client took nothing for the idle timeout.
+    Idle,
+    Failed(anyhow::Error),
+}
+
+impl StreamedListing {
+    /// Starts the reader task and returns the body it feeds. The body ends with an
+    /// error (the connection is cut, so the client sees an incomplete response, never
+    /// a short array) unless the reader got to the closing bracket. A client that
+    /// took nothing for the idle timeout loses its slot and its connection together:
+    /// the connection is closed at once, not left to hyper's stalled write. The task runs
+    /// on the process's tracker, so a shutdown waits for the streams being sent.
+    fn spawn(
+        self,
+        tasks: &TaskTracker,
+        slot: StreamSlot,
+        first: Vec<AccountRow>,
+        first_asked: usize,
+        connection: Option<Connection>,
+    ) -> Body {
+        let (pieces, receiver) = mpsc::channel::<Bytes>(PIECES_BUFFERED);
+        let (finished, completed) = oneshot::channel::<()>();
+        tasks.spawn(async move {
+            let mut out = ArrayWriter::new(pieces, slot.idle_timeout());
+            let outcome = self.run(&slot, &mut out, first, first_asked).await;
+            match outcome {
+                Ok(()) => {
+                    let _ = finished.send(());
+                }
+                Err(StreamStop::Gone) => tracing::debug!("the client left a streamed listing"),
+                Err(StreamStop::Idle) => {
+                    tracing::info!(
+                        timeout_secs = slot.idle_timeout().as_secs(),
+                        "the client stopped reading a streamed listing; ended it and closed its connection"
+                    );
+                    if let Some(connection) = &connection {
+                        connection.close();
+                    }
+                }
+                Err(StreamStop::Failed(error)) => {
+                    tracing::error!(error = ?error, "streaming stripe-accounts failed");
+                }
+            }
+            // The slot is freed here, with the task.
+        });
+        let ending = futures::stream::once(async move {
+            match completed.await {
+                Ok(()) => None,
+                Err(_) => Some(Err(std::io::Error::other("the listing stream ended early"))),
+            }
+        })
+        .filter_map(std::future::ready);
+        Body::from_stream(
+            ReceiverStream::new(receiver)
+                .map(Ok::<_, std::io::Error>)
+                .chain(ending),
+        )
+    }
+
+    async fn run(
+        &self,
+        slot: &StreamSlot,
+        out: &mut ArrayWriter,
+        mut rows: Vec<AccountRow>,
+        mut asked: usize,
+    ) -> Result<(), StreamStop> {
+        let mut left = self.wanted;
+        loop {
+            let more_stored = rows.len() >= asked;
+            for row in rows.iter().take(left) {
+                let record = StripeAccountRecord::new(row, &self.slug)
+                    .map_err(|error| StreamStop::Failed(error.into()))?;
+                out.push(&record).await?;
+            }
+            left = left.saturating_sub(rows.len());
+            let Some(last) = rows.last() else { break };
+            if left == 0 || !more_stored {
+                break;
+            }
+            let after = ListingKey::from(last);
+            rows = {
+                let _turn = slot.read_turn().await;
+                store::accounts::chunk_after(
+                    &self.pool,
+                    self.tenant_id,
+                    self.owner.as_ref(),
+                    &after,
+                )
+                .await
+                .map_err(|error| StreamStop::Failed(error.into()))?
+            };
+            asked = CHUNK_ROWS;
+        }
+        out.finish().await
+    }
+}
+
+/// Writes records as one JSON array, a piece of [`ROWS_PER_PIECE`] at a time.
+struct ArrayWriter {
+    pieces: mpsc::Sender<Bytes>,
+    idle_timeout: Duration,
+    buffer: Vec<u8>,
+    buffered: usize,
+    written: usize,
+}
+
+impl ArrayWriter {
+    fn new(pieces: mpsc::Sender<Bytes>, idle_timeout: Duration) -> ArrayWriter {
+        ArrayWriter {
+            pieces,
+            idle_timeout,
+            buffer: b"[".to_vec(),
+            buffered: 0,
+            written: 0,
+        }
+    }
+
+    async fn push(&mut self, record: &impl Serialize) -> Result<(), StreamStop> {
+        if self.written > 0 {
+            self.buffer.push(b',');
+        }
+        serde_json::to_writer(&mut self.buffer, record)
+            .map_err(|error| StreamStop::Failed(error.into()))?;
+        self.written += 1;
+        self.buffered += 1;
+        if self.buffered >= ROWS_PER_PIECE {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), StreamStop> {
+        self.buffer.push(b']');
+        self.send().await
+    }
+
+    async fn send(&mut self) -> Result<(), StreamStop> {
+        let piece = Bytes::from(std::mem::take(&mut self.buffer));
+        self.buffered = 0;
+        match tokio::time::timeout(self.idle_timeout, self.pieces.send(piece)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamStop::Gone),
+            Err(_) => Err(StreamStop::Idle),
+        }
+    }
+}
