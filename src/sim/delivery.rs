@@ -3,6 +3,7 @@
 //! until the endpoint answers 2xx (or the retry window closes). Deliveries run in their
 //! own tasks, at most `webhook_concurrency` at a time, and never block request handling.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ pub struct Deliverer {
     permits: Arc<Semaphore>,
     /// How long failed deliveries are retried (Stripe: three days).
     retry_for: Duration,
+    /// Deliveries scheduled and not yet over (delivered, given up or cancelled),
+    /// retries included: zero means no event is still on its way.
+    pending: AtomicU64,
 }
 
 impl Deliverer {
@@ -30,7 +34,13 @@ impl Deliverer {
             timeout,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             retry_for,
+            pending: AtomicU64::new(0),
         }
+    }
+
+    /// Deliveries still on their way (waiting, being sent, or waiting to retry).
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::SeqCst)
     }
 
     fn client(&self) -> &reqwest::Client {
@@ -82,12 +92,14 @@ fn first_delay(knobs: &Knobs) -> Duration {
 
 fn spawn(state: &Arc<SimState>, job: Job, delay: Duration) {
     let state = state.clone();
+    state.deliverer.pending.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         let cancel = state.cancel.clone();
         tokio::select! {
             () = cancel.cancelled() => {}
             () = deliver(&state, job, delay) => {}
         }
+        state.deliverer.pending.fetch_sub(1, Ordering::SeqCst);
     });
 }
 

@@ -288,6 +288,12 @@ impl SimHandle {
         self.state.stats.reset();
     }
 
+    /// Webhook deliveries still on their way, retries included: zero means every event
+    /// created so far has been delivered or given up.
+    pub fn pending_deliveries(&self) -> u64 {
+        self.state.deliverer.pending()
+    }
+
     /// The balance object the simulator answers for `account`, as of the ledger's last
     /// step (it does not bring the ledger up to the clock: pause the clock, or read
     /// `GET /v1/balance`, for the balance at a known second).
