@@ -29,13 +29,11 @@ use std::time::{Duration, Instant};
 
 use bouncer::Bouncer;
 use chrono::Utc;
-use common::{env_usize, ScratchDb};
+use common::env_usize;
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::PgPool;
-use tally::commands::tenant::TenantSpec;
-use tally::config::{DatabaseSettings, Settings};
-use tally::crypto::MasterKey;
+use tally::config::DatabaseSettings;
 use tally::money::Totals;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
@@ -183,26 +181,13 @@ async fn main() {
     let seconds = env_usize("BENCH_SECONDS", 3) as u64;
     println!("pgbouncer: {accounts} accounts, {clients} concurrent clients, {seconds} s per path and setting\n");
 
-    let db = ScratchDb::create("tally_bench_pgbouncer").await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut settings = Settings::load_from(&dir, "test").expect("settings");
-    settings.database.url = SecretString::from(db.url.clone());
-    settings.database.max_connections = clients as u32;
-    let direct = store::pool(&settings.database).expect("pool");
-    store::migrate(&direct).await.expect("migrate");
-    let master = MasterKey::from_base64(&MasterKey::generate_base64()).expect("key");
-    let spec = TenantSpec::new(
-        "bench",
-        SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
-    );
-    tally::commands::tenant::add(&direct, &master, &settings, spec)
-        .await
-        .expect("tenant");
-    let tenant_id = store::tenants::find_by_slug(&direct, "bench")
-        .await
-        .expect("query")
-        .expect("tenant")
-        .id;
+    let common::BenchTenant {
+        db,
+        settings,
+        pool: direct,
+        tenant_id,
+        ..
+    } = common::bench_tenant("tally_bench_pgbouncer", clients as u32).await;
     let inputs: Vec<AccountInput> = (0..accounts)
         .map(|i| AccountInput::from_stripe_object(&account(i), None, "accountid").expect("valid"))
         .collect();

@@ -101,11 +101,10 @@ pub async fn migrate_at(url: &SecretString) -> Result<(), sqlx::migrate::Migrate
 pub async fn pending_migrations(
     pool: &PgPool,
 ) -> Result<Vec<&'static sqlx::migrate::Migration>, sqlx::Error> {
-    let migrated = sqlx::query_scalar!(
-        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"migrated!\""
-    )
-    .fetch_one(pool)
-    .await?;
+    let migrated =
+        sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"migrated!\"")
+            .fetch_one(pool)
+            .await?;
     let applied: Vec<i64> = if migrated {
         use sqlx::migrate::Migrate;
         let mut conn = pool.acquire().await?;

@@ -160,23 +160,13 @@ async fn behind_pgbouncer_a_transaction_left_idle_is_ended_and_its_locks_freed()
     assert_eq!(in_transaction, format!("{timeout}s"));
 
     // What a future dropped mid-transaction leaves behind: a lock, and nobody.
-    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
-        .bind(tenant_id)
-        .execute(&mut *stuck)
-        .await
-        .expect("lock");
-    tokio::time::sleep(Duration::from_secs(timeout) + Duration::from_millis(1500)).await;
-    let updated = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::query("UPDATE tenants SET rate_limit = 7 WHERE id = $1")
-            .bind(tenant_id)
-            .execute(&app.pool),
+    crate::health::a_locking_transaction_left_idle_is_ended(
+        &app.pool,
+        stuck,
+        tenant_id,
+        Duration::from_secs(timeout) + Duration::from_millis(1500),
     )
-    .await
-    .expect("the lock was released")
-    .expect("update");
-    assert_eq!(updated.rows_affected(), 1);
-    assert!(sqlx::query("SELECT 1").execute(&mut *stuck).await.is_err());
+    .await;
 }
 
 /// A statement that fails at each step of its one round trip (parsing, executing,
