@@ -9,6 +9,8 @@ COPY .sqlx .sqlx
 COPY migrations migrations
 COPY config config
 COPY src src
+# sqlx's Postgres driver with tally's PgBouncer patch (vendor/sqlx-postgres/TALLY.md).
+COPY vendor vendor
 # Declared bench targets must exist for Cargo to read the manifest.
 COPY bench bench
 RUN cargo build --release --locked --bin tally

@@ -15,13 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Duration as Days, DurationRound, Utc};
-use common::{env_usize, ms, ScratchDb};
-use secrecy::SecretString;
+use common::{env_usize, ms};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
-use tally::commands::tenant::TenantSpec;
-use tally::config::Settings;
-use tally::crypto::MasterKey;
 use tally::money::Totals;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
@@ -167,26 +163,13 @@ async fn main() {
         "totals: {accounts} accounts, {weeks} weeks of weekly balances each, {clients} clients, {seconds} s per scenario\n"
     );
 
-    let db = ScratchDb::create("tally_bench_totals").await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut settings = Settings::load_from(&dir, "test").expect("settings");
-    settings.database.url = SecretString::from(db.url.clone());
-    settings.database.max_connections = (clients as u32).max(4);
-    let pool = store::pool(&settings.database).expect("pool");
-    store::migrate(&pool).await.expect("migrate");
-    let master = MasterKey::from_base64(&MasterKey::generate_base64()).expect("key");
-    let spec = TenantSpec::new(
-        "bench",
-        SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
-    );
-    tally::commands::tenant::add(&pool, &master, &settings, spec)
-        .await
-        .expect("tenant");
-    let tenant_id = store::tenants::find_by_slug(&pool, "bench")
-        .await
-        .expect("q")
-        .expect("t")
-        .id;
+    let common::BenchTenant {
+        db,
+        settings,
+        pool,
+        master,
+        tenant_id,
+    } = common::bench_tenant("tally_bench_totals", (clients as u32).max(4)).await;
 
     let today = Utc::now()
         .duration_trunc(Days::days(1))

@@ -63,6 +63,16 @@ pub struct DatabaseSettings {
     /// Postgres ends a session of ours that sits inside a transaction doing nothing
     /// for this long (`idle_in_transaction_session_timeout`), releasing its locks.
     pub idle_in_transaction_timeout_secs: u64,
+    /// `url` leads to PgBouncer in transaction-pooling mode: nothing is kept in a
+    /// session (no prepared statement outlives its round trip; settings are set per
+    /// transaction) and migrations need `migrate_url`.
+    #[serde(default)]
+    pub pgbouncer: bool,
+    /// A direct connection to Postgres (not PgBouncer) that migrations run on; unset,
+    /// they run on `url`, or behind PgBouncer a command only checks none is pending.
+    /// A secret like `url`.
+    #[serde(default)]
+    pub migrate_url: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -415,3 +415,45 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("a free port")
 }
+
+/// A scratch database, migrated, with one tenant `bench` (no Stripe behind it), and
+/// the test settings pointed at it with a pool of `max_connections`.
+pub struct BenchTenant {
+    pub db: ScratchDb,
+    pub settings: tally::config::Settings,
+    pub pool: sqlx::PgPool,
+    pub master: tally::crypto::MasterKey,
+    pub tenant_id: i64,
+}
+
+pub async fn bench_tenant(prefix: &str, max_connections: u32) -> BenchTenant {
+    use secrecy::SecretString;
+    use tally::crypto::MasterKey;
+    let db = ScratchDb::create(prefix).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = tally::config::Settings::load_from(&dir, "test").expect("settings");
+    settings.database.url = SecretString::from(db.url.clone());
+    settings.database.max_connections = max_connections;
+    let pool = tally::store::pool(&settings.database).expect("pool");
+    tally::store::migrate(&pool).await.expect("migrate");
+    let master = MasterKey::from_base64(&MasterKey::generate_base64()).expect("key");
+    let spec = tally::commands::tenant::TenantSpec::new(
+        "bench",
+        SecretString::from("sk_test_51BenchPlatformKey0000".to_owned()),
+    );
+    tally::commands::tenant::add(&pool, &master, &settings, spec)
+        .await
+        .expect("tenant");
+    let tenant_id = tally::store::tenants::find_by_slug(&pool, "bench")
+        .await
+        .expect("query")
+        .expect("tenant")
+        .id;
+    BenchTenant {
+        db,
+        settings,
+        pool,
+        master,
+        tenant_id,
+    }
+}

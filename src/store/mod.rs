@@ -18,9 +18,10 @@ pub mod totals_history;
 pub mod webhook_endpoints;
 pub mod webhook_events;
 
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
@@ -55,15 +56,27 @@ impl<T> Page<T> {
 
 /// A pool that connects on first use, so `serve` can start (and report not ready)
 /// while the database is down.
+///
+/// Behind PgBouncer in transaction-pooling mode (`database.pgbouncer`) a session is
+/// shared with other clients between transactions, so nothing may live in it: no
+/// prepared statement outlives its round trip (statement cache off, which the
+/// vendored driver takes as the sign to parse, bind and execute each statement in
+/// one round trip: `vendor/sqlx-postgres/TALLY.md`), and the settings that a direct
+/// session gets at connect time are set in each transaction by [`begin`] instead.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;
     // A future dropped mid-transaction (a cancelled request, a killed task) can leave
     // its connection idle inside the transaction, holding row locks that block the
     // next writer; Postgres ends such a session after this, whatever our code did.
-    let options = options.options([(
-        "idle_in_transaction_session_timeout",
-        format!("{}s", settings.idle_in_transaction_timeout_secs),
-    )]);
+    let idle_timeout = format!("{}s", settings.idle_in_transaction_timeout_secs);
+    let options = if settings.pgbouncer {
+        set_begin_statement(Some(format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{idle_timeout}'"
+        )));
+        options.statement_cache_capacity(0)
+    } else {
+        options.options([("idle_in_transaction_session_timeout", idle_timeout)])
+    };
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
@@ -74,15 +87,82 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Applies pending migrations over one direct connection to `url` (Postgres itself,
+/// not PgBouncer: the migrator holds a session-level lock while it works).
+pub async fn migrate_at(url: &SecretString) -> Result<(), sqlx::migrate::MigrateError> {
+    let options: PgConnectOptions = url.expose_secret().parse()?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    MIGRATOR.run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// The migrations this binary has that the database has not applied, oldest first.
+pub async fn pending_migrations(
+    pool: &PgPool,
+) -> Result<Vec<&'static sqlx::migrate::Migration>, sqlx::Error> {
+    let migrated =
+        sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"migrated!\"")
+            .fetch_one(pool)
+            .await?;
+    let applied: Vec<i64> = if migrated {
+        use sqlx::migrate::Migrate;
+        let mut conn = pool.acquire().await?;
+        conn.list_applied_migrations()
+            .await
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => error,
+                other => sqlx::Error::Migrate(Box::new(other)),
+            })?
+            .into_iter()
+            .map(|applied| applied.version)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .filter(|migration| !applied.contains(&migration.version))
+        .collect())
+}
+
+/// How every transaction begins behind PgBouncer: `BEGIN` with the session settings
+/// made local to the transaction, in the same round trip. Unset (direct to Postgres):
+/// a plain `BEGIN`, the session has its settings from connect time. Process-wide
+/// because a pool cannot carry it and one process has one database setting.
+static BEGIN_STATEMENT: RwLock<Option<String>> = RwLock::new(None);
+
+fn set_begin_statement(statement: Option<String>) {
+    *BEGIN_STATEMENT
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = statement;
+}
+
+fn begin_statement() -> Option<String> {
+    BEGIN_STATEMENT
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
 /// Begins a transaction on the pool. Every transaction in tally begins here or in
-/// [`begin_on`], so whatever must hold inside each one has one place to go.
+/// [`begin_on`], so whatever must hold inside each one has one place to go: behind
+/// PgBouncer, the idle-in-transaction timeout.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin().await
+    match begin_statement() {
+        Some(statement) => pool.begin_with(statement).await,
+        None => pool.begin().await,
+    }
 }
 
 /// Begins a transaction (or a savepoint, inside one) on a connection the caller holds.
 pub async fn begin_on(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-    conn.begin().await
+    match begin_statement() {
+        // A savepoint lives in a transaction that began here already.
+        Some(statement) if !conn.is_in_transaction() => conn.begin_with(statement).await,
+        _ => conn.begin().await,
+    }
 }
 
 /// `SELECT 1`: the readiness probe.

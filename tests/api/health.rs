@@ -122,19 +122,35 @@ async fn a_session_left_idle_inside_a_transaction_is_ended_and_its_locks_freed()
     database.idle_in_transaction_timeout_secs = 1;
     let pool = tally::store::pool(&database).expect("pool");
     // What a future dropped mid-transaction leaves behind: a lock, and nobody.
-    let mut stuck = pool.begin().await.expect("begin");
+    let stuck = pool.begin().await.expect("begin");
+    a_locking_transaction_left_idle_is_ended(
+        &app.pool,
+        stuck,
+        tenant_id,
+        std::time::Duration::from_millis(1500),
+    )
+    .await;
+}
+
+/// Locks the tenant's row in `stuck` and leaves it idle for `idle` (past the timeout):
+/// another writer on `pool` then gets the row at once, and `stuck`'s session is gone.
+pub(crate) async fn a_locking_transaction_left_idle_is_ended(
+    pool: &sqlx::PgPool,
+    mut stuck: sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: i64,
+    idle: std::time::Duration,
+) {
     sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(tenant_id)
         .execute(&mut *stuck)
         .await
         .expect("lock");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    // Another writer gets the row at once, and the idle session is gone.
+    tokio::time::sleep(idle).await;
     let updated = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(5),
         sqlx::query("UPDATE tenants SET rate_limit = 7 WHERE id = $1")
             .bind(tenant_id)
-            .execute(&app.pool),
+            .execute(pool),
     )
     .await
     .expect("the lock was released")

@@ -111,6 +111,10 @@ pub async fn migrated_before(db: &TestDb, version: i64) -> (PgPool, sqlx::migrat
     (pool, all)
 }
 
+/// How a test's servers and CLI reach its database: a change to their settings, such
+/// as `Bouncer::route` (through PgBouncer); `&|_| {}` for directly.
+pub type Route<'a> = dyn Fn(&mut Settings) + Sync + 'a;
+
 pub fn test_settings() -> Settings {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     Settings::load_from(&dir, "test").expect("test settings")
@@ -151,7 +155,11 @@ pub async fn spawn_app_on(
     settings.server.bind = "127.0.0.1:0".parse().expect("address");
     configure(&mut settings);
     let pool = store::pool(&settings.database).expect("pool");
-    store::migrate(&pool).await.expect("migrations apply");
+    match &settings.database.migrate_url {
+        Some(direct) => store::migrate_at(direct).await,
+        None => store::migrate(&pool).await,
+    }
+    .expect("migrations apply");
     let master = MasterKey::from_base64(&master_base64).expect("master key");
     let stripe = Arc::new(
         StripeTenants::new(
@@ -416,19 +424,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `tally` binary with the database `settings` name (through PgBouncer with
+/// `database.pgbouncer`, migrations over `migrate_url`), `master_base64` as its master
+/// key, and the test config.
+pub fn tally_command_with(settings: &Settings, master_base64: &str) -> std::process::Command {
+    use secrecy::ExposeSecret;
+    let database = &settings.database;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    if database.pgbouncer {
+        command.env("TALLY__DATABASE__PGBOUNCER", "true");
+    }
+    if let Some(direct) = &database.migrate_url {
+        command.env("TALLY__DATABASE__MIGRATE_URL", direct.expose_secret());
+    }
+    command
+        .env("DATABASE_URL", database.url.expose_secret())
+        .env("TALLY_MASTER_KEY", master_base64)
+        .env("TALLY_ENV", "test")
+        .env(
+            "TALLY_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        );
+    command
+}
+
 impl TestApp {
-    /// The `tally` binary with this app's database, master key and the test config.
+    /// The `tally` binary with this app's database (behind PgBouncer, as the app is),
+    /// master key and the test config.
     pub fn tally_command(&self) -> std::process::Command {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
-        command
-            .env("DATABASE_URL", &self.db.url)
-            .env("TALLY_MASTER_KEY", &self.master_base64)
-            .env("TALLY_ENV", "test")
-            .env(
-                "TALLY_CONFIG_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-            );
-        command
+        tally_command_with(&self.settings, &self.master_base64)
     }
 
     /// Waits until a `tally serve` process at `base` answers `/healthz`.

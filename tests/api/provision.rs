@@ -1,5 +1,5 @@
 //! Programs a test needs from Debian's packages (Chromium and its WebDriver, systemd's
-//! `systemd-analyze`): installed by the test itself when they are missing and the
+//! `systemd-analyze`, PgBouncer): installed by the test itself when they are missing and the
 //! machine allows it (root, with `apt-get`), so `cargo test` is the whole set-up;
 //! anywhere else the test fails saying exactly what to run. Never skipped silently.
 
@@ -29,6 +29,12 @@ pub const SYSTEMD_ANALYZE: Needs = Needs {
     programs: &["systemd-analyze"],
     packages: &["systemd"],
     what_for: "the deployment test runs systemd-analyze verify on deploy/systemd/tally.service",
+};
+
+pub const PGBOUNCER: Needs = Needs {
+    programs: &["pgbouncer"],
+    packages: &["pgbouncer"],
+    what_for: "the PgBouncer tests run tally behind Debian's PgBouncer in transaction-pooling mode",
 };
 
 pub fn find_program(name: &str) -> Option<PathBuf> {

@@ -14,7 +14,7 @@ use tally::store;
 
 use crate::helpers::{
     assert_within_the_budget, free_port, least_span, spawn_app_on, spawn_app_with, spawn_sim,
-    walk_list, TestApp, TestDb,
+    walk_list, Route, TestApp, TestDb,
 };
 
 const BALANCES: &str = "/api/administrator/connect/balances";
@@ -358,6 +358,12 @@ async fn refresh_parameters_and_ids_are_checked() {
 // Several threads: the simulator times arrivals on the runtime the replicas use too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_fetch_each_account_once_within_the_tenants_rate() {
+    three_replicas_fetch_each_account_once(&|_| {}).await;
+}
+
+/// Three replicas sharing one tenant's work and budget, each connected as `route`
+/// says (directly, or through PgBouncer: tests/api/pgbouncer.rs).
+pub(crate) async fn three_replicas_fetch_each_account_once(route: &Route<'_>) {
     let sim = spawn_sim(SimConfig {
         platforms: 1,
         accounts_per_platform: 90,
@@ -372,10 +378,15 @@ async fn three_replicas_fetch_each_account_once_within_the_tenants_rate() {
     let configure = |settings: &mut tally::config::Settings| {
         settings.refresh.enabled = true;
         settings.refresh.interval_secs = 60;
+        route(settings);
     };
     let master = tally::crypto::MasterKey::generate_base64();
     // The tenant exists before the replicas start, so they all race for it.
-    let setup = spawn_app_on(db.alias(), master.clone(), api_only).await;
+    let setup = spawn_app_on(db.alias(), master.clone(), |settings| {
+        api_only(settings);
+        route(settings);
+    })
+    .await;
     let tenant_id = tenant_on(&setup, &sim, "acme", 20).await;
     sim.reset_stats();
     let started = Instant::now();
@@ -1044,6 +1055,11 @@ async fn three_replicas_keep_every_account_fresh_interval_after_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_at_another_replica_joins_the_same_refresh_and_one_account_or_owner_waits_alike() {
+    a_poll_at_another_replica_joins_the_same_refresh(&|_| {}).await;
+}
+
+/// Two replicas, each connected as `route` says, answering one refresh.
+pub(crate) async fn a_poll_at_another_replica_joins_the_same_refresh(route: &Route<'_>) {
     let sim = spawn_sim(SimConfig {
         platforms: 1,
         accounts_per_platform: 20,
@@ -1054,8 +1070,8 @@ async fn a_poll_at_another_replica_joins_the_same_refresh_and_one_account_or_own
     .await;
     let db = TestDb::create().await;
     let master = tally::crypto::MasterKey::generate_base64();
-    let first = spawn_app_on(db.alias(), master.clone(), |_| {}).await;
-    let second = spawn_app_on(db, master, |_| {}).await;
+    let first = spawn_app_on(db.alias(), master.clone(), route).await;
+    let second = spawn_app_on(db, master, route).await;
     let tenant_id = tenant_on(&first, &sim, "acme", 10).await;
     let token = first.token(Role::Reader, Some("acme")).await;
 

@@ -16,7 +16,7 @@ use tally::store;
 use tally::tenants::StripeTenants;
 
 use crate::helpers::{
-    assert_within_the_budget, free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list,
+    assert_within_the_budget, free_port, spawn_app_on, spawn_app_with, spawn_sim, walk_list, Route,
     TestApp, TestDb, PLATFORM_KEY,
 };
 
@@ -618,6 +618,11 @@ async fn set_key_reaches_a_second_running_server_within_two_seconds() {
 
 #[tokio::test]
 async fn update_reaches_a_second_running_server_within_two_seconds() {
+    update_reaches_a_second_running_server(&|_| {}).await;
+}
+
+/// `tally tenant update` and a `tally serve` process, both connected as `route` says.
+pub(crate) async fn update_reaches_a_second_running_server(route: &Route<'_>) {
     // Two simulators with one seed hold the same keys and accounts: moving the
     // tenant's API base from one to the other shows which one a server asks.
     let config = || SimConfig {
@@ -626,7 +631,11 @@ async fn update_reaches_a_second_running_server_within_two_seconds() {
         ..SimConfig::default()
     };
     let (before, after) = (spawn_sim(config()).await, spawn_sim(config()).await);
-    let app = spawn_app_with(api_only).await;
+    let app = spawn_app_with(|settings| {
+        api_only(settings);
+        route(settings);
+    })
+    .await;
     let key = before.keys().platforms[0].key.clone();
     sim_tenant(&app, &before, "acme", &key).await;
     let reader = app.token(Role::Reader, Some("acme")).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tally::domain::Role;
 
-use crate::helpers::{free_port, spawn_app, walk_list, TestApp};
+use crate::helpers::{free_port, spawn_app, spawn_app_with, walk_list, Route, TestApp};
 
 const TOKENS: &str = "/api/administrator/tokens";
 const COUNT: &str = "/api/administrator/connect/stripe-accounts-count";
@@ -158,7 +158,12 @@ fn tally(app: &TestApp, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn a_token_revoked_with_the_cli_is_refused_by_another_server_within_two_seconds() {
-    let app = spawn_app().await;
+    a_token_revoked_with_the_cli_is_refused_by_another_server(&|_| {}).await;
+}
+
+/// `tally token revoke` and a `tally serve` process, both connected as `route` says.
+pub(crate) async fn a_token_revoked_with_the_cli_is_refused_by_another_server(route: &Route<'_>) {
+    let app = spawn_app_with(route).await;
     app.add_tenant("acme").await;
     let created = tally(
         &app,
