@@ -40,8 +40,8 @@ use tally::store::accounts::{AccountInput, Observed};
 use tally::store::snapshots::SnapshotOutcome;
 use tally::store::stripe_budgets::Rates;
 
-fn stripeid(i: usize) -> String {
-    format!("acct_1Bouncer{i:010}")
+fn stripeid(i: usize) -> tally::domain::StripeAccountId {
+    tally::domain::StripeAccountId::parse(&format!("acct_1Bouncer{i:010}")).expect("an acct_ id")
 }
 
 fn account(i: usize) -> serde_json::Value {

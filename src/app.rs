@@ -25,7 +25,7 @@ impl Application {
     /// Connects (migrating the database), opens Stripe access, binds
     /// `settings.server.bind` (port 0 picks a free one).
     pub async fn build(settings: Settings, master: Arc<MasterKey>) -> anyhow::Result<Application> {
-        let pool = crate::commands::connect_and_migrate(&settings).await?;
+        let pool = crate::db::connect_and_migrate(&settings).await?;
         let stripe = Arc::new(
             StripeTenants::new(&settings.stripe, master)?.with_shared_budget(pool.clone()),
         );

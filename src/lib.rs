@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod csv_out;
 pub mod dashboard;
+pub mod db;
 pub mod domain;
 pub mod fanout;
 pub mod freshness;

@@ -396,12 +396,12 @@ fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            commands::connect_and_migrate(&settings).await?;
+            tally::db::connect_and_migrate(&settings).await?;
             println!("migrations applied");
         }
         Command::Serve { bind } => commands::serve::run(settings, bind).await?,
         Command::Close(CloseCommand::Show { slug, date, format }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             print!(
                 "{}",
                 commands::close::show(&pool, &settings, &slug, date, format).await?
@@ -514,7 +514,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 freshness,
                 close_timezone,
             };
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let tenant =
                 commands::tenant::update(&pool, &master, &slug, change, &Actor::cli()).await?;
             println!(
@@ -523,7 +523,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
         }
         Command::Tenant(TenantCommand::Remove { slug, purge, yes }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             match commands::tenant::remove(&pool, &slug, purge, yes, &Actor::cli()).await? {
                 commands::tenant::Removal::Disabled(true) => println!(
                     "tenant {slug} removed: its tokens are refused, its data is kept \
@@ -557,7 +557,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             print!("{}", commands::tenant_webhooks::render(&done));
         }
         Command::Tenant(TenantCommand::List { format }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let tenants = commands::tenant::list(&pool).await?;
             match format {
                 ListFormat::Table => print!("{}", commands::tenant::render_table(&tenants)),
@@ -572,7 +572,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             to,
             ..
         } => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let from = from.context("--history needs --from")?;
             let text = commands::history::run(&pool, &slug, interval, &from, to.as_deref(), format)
                 .await?;
@@ -663,7 +663,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Rekey => {
             let master = MasterKey::from_env()?;
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let report = commands::rekey::run(&pool, &master, &Actor::cli()).await?;
             println!(
                 "re-sealed {} secrets of {} tenants under TALLY_MASTER_KEY ({} were sealed with TALLY_MASTER_KEY_PREVIOUS)",
@@ -677,7 +677,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             starting_after,
             format,
         } => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let filter = tally::audit::AuditFilter {
                 tenant,
                 since,
@@ -710,7 +710,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             name,
             expires_in,
         }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let spec = tally::tokens::TokenSpec {
                 role: Some(role),
                 tenant,
@@ -721,7 +721,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", token.expose_secret());
         }
         Command::Token(TokenCommand::List { tenant, format }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let tokens = tally::tokens::list(&pool, tenant.as_deref(), None, i64::MAX).await?;
             match format {
                 ListFormat::Table => print!("{}", commands::token::render_table(&tokens)),
@@ -729,7 +729,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Token(TokenCommand::Revoke { id }) => {
-            let pool = commands::connect_and_migrate(&settings).await?;
+            let pool = tally::db::connect_and_migrate(&settings).await?;
             let token = tally::tokens::revoke(&pool, id, &Actor::cli()).await?;
             println!(
                 "token {} ({}) revoked at {}",

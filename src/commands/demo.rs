@@ -44,7 +44,7 @@ pub async fn run(mut settings: Settings, bind: SocketAddr, private_db: bool) -> 
         MasterKey::generate_base64()
     });
     let master = Arc::new(MasterKey::from_base64(&master_base64)?);
-    let pool = super::connect_and_migrate(&settings).await?;
+    let pool = crate::db::connect_and_migrate(&settings).await?;
 
     eprintln!("demo: starting the Stripe simulator (2 platforms x 50 accounts, 3 accounts directly in the org)");
     let sim = crate::sim::spawn(SimConfig {

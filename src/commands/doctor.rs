@@ -19,7 +19,7 @@ pub struct Report {
 }
 
 pub async fn run(settings: &Settings, repair: bool) -> anyhow::Result<Report> {
-    let pool = super::connect_and_migrate(settings).await?;
+    let pool = crate::db::connect_and_migrate(settings).await?;
     let mut conn = pool.acquire().await.context("connecting to the database")?;
     let mut tx = doctor::begin(&mut conn, repair)
         .await
