@@ -12,7 +12,7 @@
 //! `Application` (HTTP server and refresher) with its own pool and its own Stripe
 //! access on the shared budget, as `tally serve` builds it, on a fresh database.
 //! Prints the time until every account has a snapshot against the bound N/R (the
-//! budget spaces slots 1.05 s / R apart, so about 1.05 is the floor), Stripe requests
+//! budget spaces slots 1.012 s / R apart, so about 1.01 is the floor), Stripe requests
 //! per account (target 1.00-1.02), the highest rate the simulator saw in any
 //! one-second window against R (target <= 1) and its 429s (target 0). Then, unless
 //! `REFRESH_STEADY=0`, it keeps running one more interval (`REFRESH_INTERVAL_SECS`,
@@ -51,7 +51,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// A fill that makes no progress this long is reported as stalled, not waited on.
 const STALL: Duration = Duration::from_secs(60);
 const BALANCE_PATH: &str = "GET /v1/balance";
-/// The budget part's tenant rate: slots 1.05 µs apart, far closer than one
+/// The budget part's tenant rate: slots about 1 µs apart, far closer than one
 /// reservation takes, so none waits and only the reservation itself is timed.
 const UNCONSTRAINED_RATE: u32 = 1_000_000;
 

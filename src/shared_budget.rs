@@ -3,8 +3,9 @@
 //!
 //! Each request reserves the next slot of its tenant's budget and of its endpoint's
 //! (Stripe limits both: per account and per endpoint) in one round trip
-//! (`stripe_budget_reserve_endpoint`): slots are `1.05 s / rate` apart, so however many
-//! processes ask, no one-second window holds more than either rate. The wait is the
+//! (`stripe_budget_reserve_endpoint`): slots are `1.012 s / rate` apart, and a request
+//! is sent within `LATE_TOLERANCE` of its slot, so however many processes ask, no
+//! one-second window holds more than either rate. The wait is the
 //! slot minus the database's clock, so the hosts' clocks never need to agree. A 429
 //! seen by any process halves the shared rate: the endpoint's when Stripe says
 //! `endpoint-rate`, the tenant's otherwise. Background work only reserves while the queue
@@ -36,8 +37,10 @@ const RETRY_JITTER_MS: u64 = 100;
 const FALLBACK_SHARE: u32 = 4;
 /// A request that wakes up later than this after its slot (a loaded host) gives the
 /// slot up and reserves again: sent inside [slot, slot + tolerance], requests with
-/// slots `1.05 s / rate` apart still never put more than `rate` into any second.
-const LATE_TOLERANCE: Duration = Duration::from_millis(20);
+/// slots `1.012 s / rate` apart still never put more than `rate` into any second (the
+/// sends of one second come from slots within 1.01 s; `rate + 1` slots span 1.012 s).
+/// Keep the spacing's margin above this tolerance (migration 20261206000001).
+const LATE_TOLERANCE: Duration = Duration::from_millis(10);
 /// On a host too loaded to keep any slot, give up being exact after this many tries
 /// rather than stall.
 const MAX_LATE_RETRIES: u32 = 5;

@@ -14,7 +14,7 @@ use tally::store;
 
 use crate::helpers::{
     assert_within_the_budget, free_port, least_span, spawn_app_on, spawn_app_with, spawn_sim,
-    walk_list, Route, TestApp, TestDb,
+    walk_list, Route, TestApp, TestDb, SLOT_SPACING_SECS,
 };
 
 const BALANCES: &str = "/api/administrator/connect/balances";
@@ -406,8 +406,8 @@ pub(crate) async fn three_replicas_fetch_each_account_once(route: &Route<'_>) {
         stats.by_path.get("GET /v1/balance").copied().unwrap_or(0),
         90
     );
-    // The shared budget spaces the tenant's slots 1.05 s / 20 apart whichever replica
-    // takes them: 90 slots span at least 89 × 52.5 ms from the start, however loaded
+    // The shared budget spaces the tenant's slots 1.012 s / 20 apart whichever replica
+    // takes them: 90 slots span at least 89 × 50.6 ms from the start, however loaded
     // the machine (a late request only makes it longer). Three replicas pacing
     // themselves alone would be done in a third of that.
     assert!(
@@ -415,7 +415,7 @@ pub(crate) async fn three_replicas_fetch_each_account_once(route: &Route<'_>) {
         "90 fetches at the tenant's 20/s took only {took:?}"
     );
     // At the simulator, a second holds the slots of 1 s plus how unevenly requests
-    // arrived after them (`ARRIVAL_SPREAD_SECS`): at most 24, under Stripe's 25, so no
+    // arrived after them (`ARRIVAL_SPREAD_SECS`): at most 25, Stripe's limit, so no
     // 429 either. Three replicas at 20/s each would show about 57.
     assert_within_the_budget(&stats, 20);
     // 90 accounts at 20/s is 4.7 s; three replicas do not make it slower.
@@ -1167,7 +1167,7 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
     // The endpoint's limit (25/s) is above the tenant's: the tenant's rules here.
     let seeing = SharedBudget::new(pool().await, tenant_id, 20, 25);
     let other = SharedBudget::new(pool().await, tenant_id, 20, 25);
-    // At 20/s, eight slots are 7 gaps of 52.5 ms.
+    // At 20/s, eight slots are 7 gaps of 50.6 ms.
     let before = eight_slots(&other).await;
     assert!(before < Duration::from_millis(600), "{before:?}");
 
@@ -1191,7 +1191,7 @@ async fn a_429_seen_by_one_process_slows_every_process_sharing_the_budget() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = eight_slots(&other).await;
-    // At 10/s, 7 gaps of 105 ms.
+    // At 10/s, 7 gaps of 101.2 ms.
     assert!(after >= Duration::from_millis(700), "{after:?}");
     assert_eq!(
         other.current(),
@@ -1226,7 +1226,7 @@ async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_
         endpoint_rate: 10,
     };
     let horizon = Some(250);
-    // Background balance reads at 10/s (105 ms apart): three fit in the 250 ms
+    // Background balance reads at 10/s (101.2 ms apart): three fit in the 250 ms
     // horizon, the fourth is refused rather than queued.
     let mut granted = Vec::new();
     loop {
@@ -1242,12 +1242,13 @@ async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_
     assert_eq!(granted.len(), 3, "{granted:?}");
     for pair in granted.windows(2) {
         assert!(
-            pair[1] - pair[0] >= chrono::Duration::milliseconds(105),
+            pair[1] - pair[0]
+                >= chrono::Duration::microseconds((SLOT_SPACING_SECS / 10.0 * 1e6) as i64),
             "{granted:?}"
         );
     }
     // Another endpoint is not queued behind them: at most the horizon, at the tenant's
-    // spacing (10.5 ms at 100/s), not after the balance reads' 315 ms.
+    // spacing (10.1 ms at 100/s), not after the balance reads' 304 ms.
     let accounts = budget::reserve(&app.pool, tenant_id, rates("/v1/accounts"), horizon)
         .await
         .expect("reserve");
