@@ -24,6 +24,7 @@ mod negative;
 mod openapi;
 mod provision;
 mod refresh;
+mod retention;
 mod streams;
 mod sync;
 mod tenant_lifecycle;
