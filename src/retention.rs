@@ -198,13 +198,20 @@ async fn run(
     done: &mut Pass,
 ) -> Result<Ended, sqlx::Error> {
     let table = job.table();
+    let mut job = job;
     loop {
         if cancel.is_cancelled() {
             return Ok(Ended::Left);
         }
         let started = Instant::now();
         let deleted = match batch(pool, settings, job).await {
-            Ok(Some(deleted)) => deleted,
+            Ok(Some((deleted, last))) => {
+                // The next batch starts where this one's deletions ended.
+                if let (Job::Snapshots(scan), Some(last)) = (&mut job, last) {
+                    scan.scan_from = Some(last);
+                }
+                deleted
+            }
             Ok(None) => {
                 done.skipped.push(table.name());
                 return Ok(Ended::Left);
@@ -226,20 +233,26 @@ async fn run(
     }
 }
 
-/// One batch in its own transaction; `None` when another process has the table's turn.
+/// One batch in its own transaction: how many rows went and, for snapshots, the time
+/// of the last; `None` when another process has the table's turn.
 async fn batch(
     pool: &PgPool,
     settings: &RetentionSettings,
     job: Job,
-) -> Result<Option<u64>, sqlx::Error> {
+) -> Result<Option<(u64, Option<DateTime<Utc>>)>, sqlx::Error> {
     use store::retention as r;
     let limit = settings.batch_size;
     let mut tx = store::begin(pool).await?;
     if !r::take_turn(&mut tx, job.table(), settings.lock_timeout_ms).await? {
         return Ok(None);
     }
+    let mut last = None;
     let deleted = match job {
-        Job::Snapshots(scan) => r::prune_snapshots(&mut tx, &scan, limit).await?,
+        Job::Snapshots(scan) => {
+            let (deleted, at) = r::prune_snapshots(&mut tx, &scan, limit).await?;
+            last = at;
+            deleted
+        }
         Job::Transactions(days) => r::prune_transactions(&mut tx, days, limit).await?,
         Job::Closes(days) => r::prune_closes(&mut tx, days, limit).await?,
         Job::TotalsHistory(days) => r::prune_totals_history(&mut tx, days, limit).await?,
@@ -249,7 +262,7 @@ async fn batch(
         Job::Audit(days) => r::prune_audit(&mut tx, days, limit).await?,
     };
     tx.commit().await?;
-    Ok(Some(deleted))
+    Ok(Some((deleted, last)))
 }
 
 /// `lock_timeout` ran out (SQLSTATE 55P03).

@@ -132,14 +132,20 @@ pub struct SnapshotScan {
     pub scan_until: DateTime<Utc>,
 }
 
+/// Deletes the first `limit` prunable snapshots of the scan; returns how many, and the
+/// `fetched_at` of the last: every snapshot of the scan before it has been judged, so
+/// the next batch may start there.
 pub async fn prune_snapshots(
     conn: &mut PgConnection,
     scan: &SnapshotScan,
     limit: i64,
-) -> Result<u64, sqlx::Error> {
+) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
     let deleted = sqlx::query!(
-        r#"DELETE FROM balance_snapshots WHERE id IN (
-               SELECT p.id FROM retention_snapshots_prunable($1, $2, $3, $4, $5, $6) p)"#,
+        r#"WITH deleted AS (
+               DELETE FROM balance_snapshots WHERE id IN (
+                   SELECT p.id FROM retention_snapshots_prunable($1, $2, $3, $4, $5, $6) p)
+               RETURNING fetched_at)
+           SELECT count(*) AS "deleted!", max(fetched_at) AS last FROM deleted"#,
         scan.full_before,
         scan.daily_before,
         scan.ledger_days,
@@ -147,9 +153,9 @@ pub async fn prune_snapshots(
         scan.scan_until,
         limit
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(deleted.rows_affected())
+    Ok((u64::try_from(deleted.deleted).unwrap_or(0), deleted.last))
 }
 
 /// Balance transactions of final days (`ledger_days` before the closer's first open day).
