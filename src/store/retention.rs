@@ -69,6 +69,7 @@ const TURN_LOCK_CLASS: i32 = 1_952_541_818;
 /// Takes the table's pruning turn for the rest of the transaction, if no other process
 /// holds it, and makes every lock the transaction waits for give up after
 /// `lock_timeout_ms`: a batch never queues behind (or ahead of) a writer for long.
+/// (JIT is off too: compiling a batch's plan would take longer than running it.)
 /// Transaction-scoped only, so it holds behind a transaction-pooling PgBouncer.
 pub async fn take_turn(
     conn: &mut PgConnection,
@@ -77,6 +78,7 @@ pub async fn take_turn(
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT set_config('lock_timeout', $3, true) IS NOT NULL
+                  AND set_config('jit', 'off', true) IS NOT NULL
                   AND pg_try_advisory_xact_lock($1, $2) AS "taken!""#,
         TURN_LOCK_CLASS,
         table.lock_key(),
