@@ -198,6 +198,7 @@ async fn at_scale(accounts: usize, days: i64, per_day: i64) {
     let rules = CloseRules {
         settle: TimeDelta::zero(),
         settlement_days: 1,
+        final_after_days: None,
     };
     let closing = Instant::now();
     let pass = bring_up_to_date(&pool, &tenant, rules)

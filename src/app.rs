@@ -78,6 +78,7 @@ impl Application {
             state.refresher.spawn(None);
         }
         spawn_token_use_flusher(&state);
+        crate::retention::spawn(state.pool.clone(), &state.settings, &tasks);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;

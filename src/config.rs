@@ -25,6 +25,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub webhooks: WebhookSettings,
     pub close: CloseSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
 }
 
@@ -149,6 +150,46 @@ pub struct CloseSettings {
     pub tick_secs: u64,
 }
 
+/// How long each table that grows with time keeps its rows (`*_days`, 0: forever), and
+/// how the server prunes them (`retention.rs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Whether this process prunes (every replica may; they take turns per table).
+    pub enabled: bool,
+    /// Pause between pruning passes.
+    pub interval_secs: u64,
+    /// Rows deleted per transaction.
+    pub batch_size: i64,
+    /// A batch waits at most this long for a row lock before giving up until the next pass.
+    pub lock_timeout_ms: u64,
+    /// Every balance snapshot is kept this long; after it, one per account and day.
+    pub snapshots_full_days: u32,
+    /// The daily snapshots are kept this long (each account's latest stays regardless).
+    pub snapshots_days: u32,
+    /// Hourly totals over time (a row per tenant and hour at most).
+    pub totals_history_days: u32,
+    /// Balance transactions; days older than this are final.
+    pub ledger_days: u32,
+    /// Closed days (per account and per tenant).
+    pub closes_days: u32,
+    /// Finished balance refreshes (demands).
+    pub refreshes_days: u32,
+    /// Finished account syncs.
+    pub sync_runs_days: u32,
+    /// Processed webhook event ids (at least 3: Stripe retries for 3 days).
+    pub webhook_events_days: u32,
+    /// The audit log (at least [`AUDIT_MINIMUM_DAYS`]).
+    pub audit_days: u32,
+}
+
+/// The audit log is never pruned younger than this: a year of entries plus the month
+/// a yearly review takes to ask for them.
+pub const AUDIT_MINIMUM_DAYS: u32 = 400;
+
+/// Stripe retries a webhook delivery for up to three days; an event id is remembered
+/// at least that long so a retry is never applied twice.
+pub const WEBHOOK_EVENTS_MINIMUM_DAYS: u32 = 3;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct SyncSettings {
     /// Each tenant's account list is re-synced this often (0: only when asked).
@@ -177,6 +218,69 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("invalid setting {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+}
+
+impl RetentionSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid =
+            |key: &'static str, reason: String| Err(SettingsError::Invalid { key, reason });
+        if self.interval_secs < 1 {
+            return invalid("retention.interval_secs", "must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return invalid("retention.batch_size", "must be between 1 and 10000".into());
+        }
+        if self.lock_timeout_ms < 1 {
+            return invalid("retention.lock_timeout_ms", "must be at least 1".into());
+        }
+        if self.audit_days != 0 && self.audit_days < AUDIT_MINIMUM_DAYS {
+            return invalid(
+                "retention.audit_days",
+                format!("must be at least {AUDIT_MINIMUM_DAYS} (the audit log's minimum), or 0 to keep it forever"),
+            );
+        }
+        if self.webhook_events_days != 0 && self.webhook_events_days < WEBHOOK_EVENTS_MINIMUM_DAYS {
+            return invalid(
+                "retention.webhook_events_days",
+                format!("must be at least {WEBHOOK_EVENTS_MINIMUM_DAYS} (Stripe retries an event for 3 days), or 0 to keep them forever"),
+            );
+        }
+        if self.snapshots_days != 0
+            && (self.snapshots_full_days == 0 || self.snapshots_days < self.snapshots_full_days)
+        {
+            return invalid(
+                "retention.snapshots_days",
+                "must be at least retention.snapshots_full_days (and 0 when that is 0)".into(),
+            );
+        }
+        // A late balance moves the hourly totals from its time on; it is refused once
+        // older than the full snapshots, so the hours after that may go.
+        if self.totals_history_days != 0
+            && (self.snapshots_full_days == 0
+                || self.totals_history_days < self.snapshots_full_days)
+        {
+            return invalid(
+                "retention.totals_history_days",
+                "must be at least retention.snapshots_full_days (and 0 when that is 0)".into(),
+            );
+        }
+        // The closer recomputes every day it has not computed from the stored
+        // transactions, and opens the first open day from the closings of the day before.
+        if self.closes_days != 0
+            && (self.ledger_days == 0 || self.closes_days < self.ledger_days.saturating_add(2))
+        {
+            return invalid(
+                "retention.closes_days",
+                "must be at least retention.ledger_days + 2 (and 0 when that is 0)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The days of a `*_days` setting as a duration; `None` for 0 (kept forever).
+    pub fn horizon(days: u32) -> Option<Duration> {
+        (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
+    }
 }
 
 impl Settings {
@@ -298,6 +402,7 @@ impl Settings {
         if !(10..=60_000).contains(&self.refresh.tick_ms) {
             return invalid("refresh.tick_ms", "must be between 10 and 60000");
         }
+        self.retention.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "is not a valid tracing filter directive");
         }
@@ -311,6 +416,12 @@ impl Settings {
     /// What the freshness rule needs of a tenant beyond its accounts.
     pub fn max_silence(&self) -> Duration {
         Duration::from_secs(self.webhooks.max_silence_secs)
+    }
+
+    /// How long every balance snapshot is kept (`None`: forever); older history is
+    /// daily, and a balance from before it is not stored.
+    pub fn full_history(&self) -> Option<Duration> {
+        RetentionSettings::horizon(self.retention.snapshots_full_days)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -408,6 +519,35 @@ mod tests {
             Some("https://tally.example.com")
         );
         assert!(!settings.server.trust_forwarded_headers);
+    }
+
+    #[test]
+    fn retention_keeps_the_audit_and_webhook_minimums_and_days_the_close_needs() {
+        let settings = load_with("").expect("valid");
+        assert_eq!(settings.retention.audit_days, AUDIT_MINIMUM_DAYS);
+        assert_eq!(settings.retention.ledger_days, 35);
+        assert!(settings.retention.enabled);
+        for (file, key) in [
+            ("[retention]\naudit_days = 399\n", "retention.audit_days"),
+            ("[retention]\naudit_days = 30\n", "retention.audit_days"),
+            (
+                "[retention]\nwebhook_events_days = 2\n",
+                "retention.webhook_events_days",
+            ),
+            ("[retention]\ncloses_days = 36\n", "retention.closes_days"),
+            ("[retention]\nledger_days = 0\n", "retention.closes_days"),
+            (
+                "[retention]\nsnapshots_full_days = 0\n",
+                "retention.snapshots_days",
+            ),
+            ("[retention]\nbatch_size = 0\n", "retention.batch_size"),
+        ] {
+            let error = load_with(file).expect_err("refused").to_string();
+            assert!(error.contains(key), "{file}: {error}");
+        }
+        let forever = load_with("[retention]\naudit_days = 0\nwebhook_events_days = 0\n")
+            .expect("0 keeps forever");
+        assert_eq!(forever.retention.audit_days, 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod freshness;
 pub mod http;
 pub mod money;
 pub mod refresh;
+pub mod retention;
 pub mod schema;
 pub mod shared_budget;
 pub mod sim;

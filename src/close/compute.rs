@@ -27,14 +27,33 @@ use crate::store::tenants::Tenant;
 pub struct CloseRules {
     pub settle: TimeDelta,
     pub settlement_days: u32,
+    /// Days more than this before the last ended day are final (their transactions are
+    /// pruned, `retention.ledger_days`): never computed or reopened again. `None`: no
+    /// day is final.
+    pub final_after_days: Option<u32>,
 }
 
 impl CloseRules {
-    pub fn from_settings(settings: &crate::config::CloseSettings) -> CloseRules {
+    pub fn from_settings(settings: &crate::config::Settings) -> CloseRules {
         CloseRules {
-            settle: TimeDelta::seconds(i64::try_from(settings.settle_secs).unwrap_or(i64::MAX)),
-            settlement_days: settings.settlement_days,
+            settle: TimeDelta::seconds(
+                i64::try_from(settings.close.settle_secs).unwrap_or(i64::MAX),
+            ),
+            settlement_days: settings.close.settlement_days,
+            final_after_days: (settings.retention.ledger_days > 0)
+                .then_some(settings.retention.ledger_days),
         }
+    }
+
+    /// The first day that is not final when `last` is the last day that ended: earlier
+    /// ones keep what they were closed with, and a late transaction for one shows as a
+    /// difference on this day instead.
+    pub fn first_open_day(&self, last: NaiveDate) -> Option<NaiveDate> {
+        let days = self.final_after_days?;
+        Some(
+            last.checked_sub_days(chrono::Days::new(u64::from(days)))
+                .unwrap_or(NaiveDate::MIN),
+        )
     }
 }
 
@@ -80,7 +99,7 @@ pub async fn bring_up_to_date(
         return Ok(pass);
     };
     let zone = tenant.close_timezone.as_str();
-    let first = store::closes::local_day(pool, zone, earliest).await?
+    let first_read = store::closes::local_day(pool, zone, earliest).await?
         + TimeDelta::days(i64::from(rules.settlement_days));
     // The last day that ended by Stripe's clock.
     let Some(last) = store::closes::local_day(pool, zone, clock)
@@ -89,6 +108,10 @@ pub async fn bring_up_to_date(
     else {
         return Ok(pass);
     };
+    // Final days' transactions are pruned: computing one again would lose them.
+    let first = rules
+        .first_open_day(last)
+        .map_or(first_read, |open| open.max(first_read));
     let known: HashMap<NaiveDate, store::closes::DayClose> =
         store::closes::days(pool, tenant.id, 400)
             .await?

@@ -33,7 +33,7 @@ pub async fn show(
     format: OutputFormat,
 ) -> anyhow::Result<String> {
     let tenant = tenant(pool, slug).await?;
-    compute::bring_up_to_date(pool, &tenant, CloseRules::from_settings(&settings.close)).await?;
+    compute::bring_up_to_date(pool, &tenant, CloseRules::from_settings(settings)).await?;
     Ok(match format {
         OutputFormat::Table => render_table(&report::day(pool, &tenant, date).await?),
         OutputFormat::Json => {

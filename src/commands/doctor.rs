@@ -1,7 +1,8 @@
 //! `tally doctor [--repair]`: recomputes the per-tenant balance totals (with the
 //! negative-balance exposure), ok/failed counts and listed-account counts from the rows they summarise, reports every one
 //! that drifted (stored vs recomputed) and, with `--repair`, sets them right in one
-//! transaction.
+//! transaction. It also reports the size of every table that grows with time and
+//! what a retention pass would free in it now.
 
 use std::fmt::Write as _;
 
@@ -10,12 +11,25 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::money::Amounts;
 use crate::store::doctor::{self, CurrencyTotal, Drift};
+use crate::store::retention::{Prunable, Table};
 
 /// What a doctor run found, and whether it fixed it.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub drift: Drift,
     pub repaired: bool,
+    pub growth: Vec<Growth>,
+}
+
+/// A table that grows with time: its size and what pruning would free now.
+#[derive(Debug, Clone)]
+pub struct Growth {
+    pub table: &'static str,
+    /// On disk, with indexes and TOAST, of every table it prunes.
+    pub bytes: i64,
+    /// Rows, as Postgres estimates them.
+    pub rows: i64,
+    pub prunable: Prunable,
 }
 
 pub async fn run(settings: &Settings, repair: bool) -> anyhow::Result<Report> {
@@ -34,7 +48,53 @@ pub async fn run(settings: &Settings, repair: bool) -> anyhow::Result<Report> {
             .context("repairing the per-tenant counters")?;
     }
     tx.commit().await.context("committing")?;
-    Ok(Report { drift, repaired })
+    let growth = growth(&pool, settings)
+        .await
+        .context("measuring the tables that grow with time")?;
+    Ok(Report {
+        drift,
+        repaired,
+        growth,
+    })
+}
+
+/// Sizes and what a retention pass would free, in one read-only snapshot.
+async fn growth(pool: &sqlx::PgPool, settings: &Settings) -> Result<Vec<Growth>, sqlx::Error> {
+    let horizons = crate::retention::horizons(&settings.retention);
+    let mut conn = pool.acquire().await?;
+    let mut tx = doctor::begin(&mut conn, false).await?;
+    let mut growth = Vec::new();
+    for table in Table::ALL {
+        let sizes = crate::store::retention::sizes(&mut *tx, table.relations()).await?;
+        let prunable = crate::store::retention::prunable(&mut tx, table, &horizons).await?;
+        growth.push(Growth {
+            table: table.name(),
+            bytes: sizes.iter().map(|s| s.bytes).sum(),
+            rows: sizes
+                .iter()
+                .find(|s| s.table == table.name())
+                .map_or(0, |s| s.rows),
+            prunable,
+        });
+    }
+    tx.commit().await?;
+    Ok(growth)
+}
+
+/// Bytes for people: B, kB, MB, GB (powers of 1024, as Postgres's pg_size_pretty).
+fn size_text(bytes: i64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if value < 1024.0 || unit == "GB" {
+            return if unit == "B" {
+                format!("{bytes} B")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    unreachable!("the loop returns at GB")
 }
 
 impl Report {
@@ -67,6 +127,21 @@ impl Report {
                 out,
                 "tenant {} listed accounts: stored {}; recomputed {}",
                 row.tenant, row.stored, row.recomputed
+            );
+        }
+        let _ = writeln!(
+            out,
+            "tables that grow with time (size; rows; what retention would prune now):"
+        );
+        for table in &self.growth {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>10}  {:>12} rows  prunable {} rows ({})",
+                table.table,
+                size_text(table.bytes),
+                table.rows,
+                table.prunable.rows,
+                size_text(table.prunable.bytes)
             );
         }
         let _ = match (self.drift.len(), self.repaired) {

@@ -116,6 +116,7 @@ async fn receive(
             &tenant,
             &state.settings.accounts.owner_metadata_key,
             state.settings.max_silence(),
+            state.settings.full_history(),
             &event,
         )
         .await

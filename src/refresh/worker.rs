@@ -118,7 +118,7 @@ impl RefresherOptions {
             sweep_interval: Duration::from_secs(settings.refresh.sweep_interval_secs),
             max_silence: settings.max_silence(),
             read_ledger: settings.close.read_ledger,
-            close: CloseRules::from_settings(&settings.close),
+            close: CloseRules::from_settings(settings),
             close_every: Duration::from_secs(settings.close.tick_secs),
         }
     }

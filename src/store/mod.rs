@@ -9,6 +9,7 @@ pub mod closes;
 pub mod doctor;
 pub mod ledger;
 pub mod refreshes;
+pub mod retention;
 pub mod snapshots;
 pub mod stripe_budgets;
 pub mod sync_runs;

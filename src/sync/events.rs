@@ -59,7 +59,8 @@ pub enum Applied {
     /// The event id was processed before; nothing changed.
     Duplicate,
     /// Older than what is stored (Stripe does not deliver in order): not applied. A
-    /// stale balance is kept in history only.
+    /// stale balance is kept in history only, or not at all once older than the
+    /// history kept at full resolution (`retention.snapshots_full_days`).
     Stale,
     /// A type tally does not act on (recorded, so a replay is a duplicate too).
     Ignored,
@@ -107,13 +108,15 @@ pub fn parse(payload: &[u8]) -> Result<Event, EventError> {
 /// event about a connected account marks it changed (fetched again shortly), except
 /// `balance.available`, whose balance is stored as the account's fetch, and the
 /// deauthorization, which removes it. Any event, a replay too, tells that the
-/// tenant's stream is alive.
+/// tenant's stream is alive. A balance older than `full_history` (every snapshot
+/// since is kept; before it history is pruned to one a day) is not stored at all.
 #[tracing::instrument(name = "webhook", skip_all, fields(tenant = %tenant.slug, event = %event.id, kind = %event.event_type))]
 pub async fn apply(
     pool: &PgPool,
     tenant: &Tenant,
     owner_key: &str,
     max_silence: Duration,
+    full_history: Option<Duration>,
     event: &Event,
 ) -> Result<Applied, EventError> {
     let received = Utc::now();
@@ -139,6 +142,9 @@ pub async fn apply(
             }
             ACCOUNT_DEAUTHORIZED => {
                 account_deauthorized(&mut tx, tenant.id, event, received).await?
+            }
+            BALANCE_AVAILABLE if before_full_history(event, received, full_history)? => {
+                Applied::Stale
             }
             BALANCE_AVAILABLE => balance_available(&mut tx, tenant.id, event, received).await?,
             _ => mark_changed(&mut tx, tenant.id, event, received).await?,
@@ -281,6 +287,19 @@ async fn balance_available(
             Applied::Applied
         }
     })
+}
+
+/// Whether the event's time lies before the snapshots kept in full: storing it there
+/// would move the totals over time against balances already pruned away.
+fn before_full_history(
+    event: &Event,
+    received: DateTime<Utc>,
+    full_history: Option<Duration>,
+) -> Result<bool, EventError> {
+    let Some(kept) = full_history.and_then(|d| chrono::TimeDelta::from_std(d).ok()) else {
+        return Ok(false);
+    };
+    Ok(event_time(event, received)? < received - kept)
 }
 
 fn connected_account(event: &Event) -> Result<StripeAccountId, EventError> {

@@ -215,6 +215,7 @@ fn rules() -> CloseRules {
     CloseRules {
         settle: chrono::TimeDelta::zero(),
         settlement_days: SETTLEMENT_DAYS,
+        final_after_days: None,
     }
 }
 

@@ -202,6 +202,41 @@ async fn an_older_balance_available_is_stale_and_kept_in_history_only() {
 }
 
 #[tokio::test]
+async fn a_balance_available_older_than_the_full_history_is_stale_and_not_stored() {
+    let scene = Scene::new(3, 0).await;
+    let balance = scene.sim.balance_of(&scene.account).expect("balance");
+    let (pool, tenant_id, account) = (&scene.app.pool, scene.tenant.id, &scene.account);
+    let stored = || async {
+        store::snapshots::history(
+            pool,
+            tenant_id,
+            &crate::helpers::acct(account),
+            None,
+            None,
+            10,
+        )
+        .await
+        .expect("history")
+        .len()
+    };
+    let before = stored().await;
+    // Older than retention.snapshots_full_days (a day): history there is pruned to a
+    // balance a day, which a balance placed among them would contradict.
+    assert_eq!(
+        scene
+            .deliver(
+                "evt_bal_ancient",
+                "balance.available",
+                now() - 2 * 86_400,
+                balance
+            )
+            .await,
+        answered("stale")
+    );
+    assert_eq!(stored().await, before, "not stored");
+}
+
+#[tokio::test]
 async fn a_sync_page_read_before_a_webhook_does_not_roll_it_back() {
     let scene = Scene::new(5, 3).await;
     // Stripe answers slowly: the webhook lands while the sync's page is in flight.

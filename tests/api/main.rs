@@ -26,6 +26,7 @@ mod openapi;
 mod pgbouncer;
 mod provision;
 mod refresh;
+mod retention;
 mod streams;
 mod sync;
 mod tenant_lifecycle;

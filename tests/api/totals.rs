@@ -143,7 +143,7 @@ impl Driver {
         .expect("recorded");
     }
 
-    async fn failed(&mut self, id: &str, fetched_at: DateTime<Utc>) {
+    pub(crate) async fn failed(&mut self, id: &str, fetched_at: DateTime<Utc>) {
         let error = tally::domain::FetchFailure {
             status: Some(400),
             error_type: Some("invalid_request_error".into()),
