@@ -131,21 +131,51 @@ async fn fanout_part() {
     println!("fan-out: N={n} accounts, latency L={latency} ms, rate R={rate}/s (simulator limit {sim_rate}/s per key), in-flight C={in_flight}");
     sim.reset_stats();
     let started = Instant::now();
+    // Where the time goes: when the simulator saw the first and the last balance request.
+    let watch = async {
+        let (mut first, mut last) = (None, None);
+        let give_up = started + Duration::from_secs(120);
+        while last.is_none() && Instant::now() < give_up {
+            let seen = sim
+                .stats()
+                .by_path
+                .get("GET /v1/balance")
+                .copied()
+                .unwrap_or(0);
+            if seen >= 1 && first.is_none() {
+                first = Some(started.elapsed());
+            }
+            if seen >= n as u64 {
+                last = Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (first.unwrap_or_default(), last.unwrap_or_default())
+    };
     // The path `tally balances --max-age 0` takes: a worker that claims, fetches
     // under the shared budget, and stores each snapshot.
-    let summary = tally::commands::balances::run(
+    let stripe = env.stripe();
+    let fan_out = tally::commands::balances::run(
         &env.pool,
-        &env.stripe(),
+        &stripe,
         &env.settings,
         &tenant.slug,
         Duration::ZERO,
         tally::commands::balances::OutputFormat::Json,
-    )
-    .await
-    .expect("fan-out");
+    );
+    let (summary, (first, last)) = tokio::join!(fan_out, watch);
+    let summary = summary.expect("fan-out");
     let wall = started.elapsed().as_secs_f64();
     let stats = sim.stats();
     let bound = (n as f64 / rate as f64).max(n as f64 * latency as f64 / 1000.0 / in_flight as f64);
+    println!(
+        "  first request at {:.3} s; last at {:.3} s (its slot-spaced ideal: {:.3} s after the first); \
+         the answer {:.3} s after the last request (latency {latency} ms included)",
+        first.as_secs_f64(),
+        last.as_secs_f64(),
+        (n as f64 - 1.0) * 1.012 / rate as f64,
+        wall - last.as_secs_f64(),
+    );
     println!(
         "  wall {wall:.2} s, bound max(N/R, N*L/C) = {bound:.2} s, wall/bound = {:.3}; fetched {}, failed {}; 429s {}; max observed rate {:?}/s; max in flight {}",
         wall / bound,

@@ -151,6 +151,9 @@ pub async fn freshen(
     };
     let deadline = tokio::time::Instant::now() + demand.wait;
     loop {
+        // Made before looking, so a refresh this process's worker ends while we look
+        // still wakes the nap below.
+        let ended = refresher.map(Refresher::ended);
         let current = store::refreshes::get(pool, demand.tenant.id, refresh.id)
             .await?
             .unwrap_or_else(|| refresh.clone());
@@ -177,7 +180,19 @@ pub async fn freshen(
                 None => return Ok(Freshness::TenantRemoved),
             }
         }
-        tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
+        // Another replica's work is seen at the next look; this process's worker says
+        // at once when it ends a refresh (the CLI's fan-out, a poll on the replica
+        // that did the work).
+        let nap = tokio::time::sleep(WAIT_POLL.min(deadline - now));
+        match ended {
+            Some(ended) => {
+                tokio::select! {
+                    () = nap => {}
+                    () = ended => {}
+                }
+            }
+            None => nap.await,
+        }
     }
 }
 
