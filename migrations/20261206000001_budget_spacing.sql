@@ -6,8 +6,10 @@
 -- 1.01 s, and R + 1 slots span R x 1.012 / R = 1.012 s > 1.01 s: at most R. Network
 -- jitter on the way to Stripe is absorbed by the gap between the tenant's rate and
 -- Stripe's limit (20/s against 25/s by default), not by the spacing. Same body as
--- 20261204000002 otherwise.
-CREATE OR REPLACE FUNCTION stripe_budget_reserve_endpoint(p_tenant BIGINT, p_configured INTEGER,
+-- 20261204000002's stripe_budget_reserve_endpoint otherwise, which stays as it was: a
+-- replica of the previous version still calls it, with its 20 ms tolerance, during a
+-- rolling upgrade (migrations add, they never edit what was released).
+CREATE FUNCTION stripe_budget_reserve_slot(p_tenant BIGINT, p_configured INTEGER,
                                                p_endpoint TEXT, p_endpoint_configured INTEGER,
                                                p_horizon_ms INTEGER)
 RETURNS TABLE (slot_at TIMESTAMPTZ, db_now TIMESTAMPTZ, granted BOOLEAN, rate INTEGER)

@@ -3,7 +3,7 @@
 //!
 //! Each request reserves the next slot of its tenant's budget and of its endpoint's
 //! (Stripe limits both: per account and per endpoint) in one round trip
-//! (`stripe_budget_reserve_endpoint`): slots are `1.012 s / rate` apart, and a request
+//! (`stripe_budget_reserve_slot`): slots are `1.012 s / rate` apart, and a request
 //! is sent within `LATE_TOLERANCE` of its slot, so however many processes ask, no
 //! one-second window holds more than either rate. The wait is the
 //! slot minus the database's clock, so the hosts' clocks never need to agree. A 429

@@ -261,7 +261,8 @@ pub async fn prune_refreshes(
     Ok(deleted.rows_affected())
 }
 
-/// Finished account syncs started more than `days` ago.
+/// Finished account syncs started more than `days` ago, except each tenant's latest
+/// (the admin page's "last sync", and the re-sync schedule, read it).
 pub async fn prune_sync_runs(
     conn: &mut PgConnection,
     days: i32,
@@ -269,9 +270,11 @@ pub async fn prune_sync_runs(
 ) -> Result<u64, sqlx::Error> {
     let deleted = sqlx::query!(
         r#"DELETE FROM sync_runs WHERE id IN (
-               SELECT id FROM sync_runs
-               WHERE started_at < now() - make_interval(days => $1) AND status <> 'running'
-               ORDER BY started_at LIMIT $2)"#,
+               SELECT r.id FROM sync_runs r
+               WHERE r.started_at < now() - make_interval(days => $1) AND r.status <> 'running'
+                 AND EXISTS (SELECT 1 FROM sync_runs n
+                             WHERE n.tenant_id = r.tenant_id AND n.started_at > r.started_at)
+               ORDER BY r.started_at LIMIT $2)"#,
         days,
         limit
     )
@@ -456,6 +459,8 @@ pub async fn prunable(
                        SELECT pg_column_size(r.*) FROM sync_runs r
                        WHERE $1 = 'sync_runs' AND r.status <> 'running'
                          AND r.started_at < now() - make_interval(days => $2)
+                         AND EXISTS (SELECT 1 FROM sync_runs n
+                                     WHERE n.tenant_id = r.tenant_id AND n.started_at > r.started_at)
                        UNION ALL
                        SELECT pg_column_size(r.*) FROM webhook_events r
                        WHERE $1 = 'webhook_events' AND r.received_at < now() - make_interval(days => $2)

@@ -39,7 +39,7 @@ pub async fn reserve(
     sqlx::query_as!(
         Slot,
         r#"SELECT slot_at AS "slot_at!", db_now AS "db_now!", granted AS "reserved!", rate AS "rate!"
-           FROM stripe_budget_reserve_endpoint($1, $2, $3, $4, $5)"#,
+           FROM stripe_budget_reserve_slot($1, $2, $3, $4, $5)"#,
         tenant_id,
         rates.tenant,
         rates.endpoint,

@@ -590,7 +590,7 @@ pub fn parse_raw_answer(answer: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) 
 }
 
 /// The shared budget's spacing: a tenant's slots are at least `SLOT_SPACING_SECS / rate`
-/// apart, whichever replica reserves them (`window_s` of `stripe_budget_reserve_endpoint`).
+/// apart, whichever replica reserves them (`window_s` of `stripe_budget_reserve_slot`).
 pub const SLOT_SPACING_SECS: f64 = 1.012;
 
 /// How late a request may reach the simulator after its slot, for the rate tests.

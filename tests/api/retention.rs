@@ -388,6 +388,17 @@ async fn age_pruned_tables_keep_their_minimums_and_running_work_and_doctor_count
         .await
         .expect("audit");
     }
+    // Another tenant's only sync is as old, but it is that tenant's latest: the admin
+    // page's "last sync" and the re-sync schedule read it.
+    let quiet = app.add_tenant("quiet").await;
+    sqlx::query(
+        "INSERT INTO sync_runs (id, tenant_id, status, started_at)
+         VALUES (gen_random_uuid(), $1, 'succeeded', now() - make_interval(days => 40))",
+    )
+    .bind(quiet)
+    .execute(&app.pool)
+    .await
+    .expect("quiet tenant's sync run");
     for (status, age_days) in [("succeeded", 40), ("running", 40), ("failed", 2)] {
         sqlx::query(
             "INSERT INTO sync_runs (id, tenant_id, status, started_at)
@@ -456,9 +467,15 @@ async fn age_pruned_tables_keep_their_minimums_and_running_work_and_doctor_count
     );
     assert_eq!(
         left("SELECT count(*) FROM sync_runs").await,
-        2,
-        "the running and the recent stay"
+        3,
+        "the running, the recent and the quiet tenant's latest stay"
     );
+    let quiet_kept: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE tenant_id = $1")
+        .bind(quiet)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(quiet_kept, 1, "a tenant's latest sync is kept however old");
     assert_eq!(
         left("SELECT count(*) FROM sync_runs WHERE status = 'running'").await,
         1
