@@ -10,18 +10,22 @@ CREATE TABLE retention_marks (
     through TIMESTAMPTZ NOT NULL
 );
 
+-- The indexes pruning needs. Built here inside the migration's transaction, which holds
+-- writes to each table while its index builds; on a large existing database create them
+-- beforehand with CREATE INDEX CONCURRENTLY under the same names (README, Retention), and
+-- IF NOT EXISTS makes this a no-op.
 -- Snapshots in time order, for the passes that look at what passed a horizon.
-CREATE INDEX balance_snapshots_by_fetched ON balance_snapshots (fetched_at, id);
+CREATE INDEX IF NOT EXISTS balance_snapshots_by_fetched ON balance_snapshots (fetched_at, id);
 -- Deleting a snapshot looks up the latest row that points to it (ON DELETE CASCADE /
 -- SET NULL); without these each deleted snapshot reads every latest_balances row.
-CREATE INDEX latest_balances_snapshot ON latest_balances (snapshot_id);
-CREATE INDEX latest_balances_good_snapshot ON latest_balances (good_snapshot_id)
+CREATE INDEX IF NOT EXISTS latest_balances_snapshot ON latest_balances (snapshot_id);
+CREATE INDEX IF NOT EXISTS latest_balances_good_snapshot ON latest_balances (good_snapshot_id)
     WHERE good_snapshot_id IS NOT NULL;
 -- The age-pruned tables, oldest first.
-CREATE INDEX webhook_events_by_received ON webhook_events (received_at);
-CREATE INDEX audit_events_by_at ON audit_events (at);
-CREATE INDEX balance_refreshes_by_started ON balance_refreshes (started_at);
-CREATE INDEX sync_runs_by_started ON sync_runs (started_at);
+CREATE INDEX IF NOT EXISTS webhook_events_by_received ON webhook_events (received_at);
+CREATE INDEX IF NOT EXISTS audit_events_by_at ON audit_events (at);
+CREATE INDEX IF NOT EXISTS balance_refreshes_by_started ON balance_refreshes (started_at);
+CREATE INDEX IF NOT EXISTS sync_runs_by_started ON sync_runs (started_at);
 
 -- Per tenant with a ledger, the first day the closer may still compute or reopen
 -- (`close::compute`: the day before Stripe's clock, as the listed accounts' reads last
