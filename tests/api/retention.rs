@@ -482,12 +482,23 @@ async fn age_pruned_tables_keep_their_minimums_and_running_work_and_doctor_count
     );
     assert_eq!(left("SELECT count(*) FROM balance_refreshes").await, 1);
 
-    // Even set to 3 days, an event id received yesterday stays (Stripe's retries).
-    let mut settings = shipped(&app);
-    settings.retention.webhook_events_days = 3;
-    prune(&app, &settings).await;
+    // The floors hold in the SQL too, whatever reaches it: asked to prune after 1 day,
+    // the 2-day-old event id stays (Stripe retries for 3), and asked to prune the audit
+    // after 30 days, the 399-day-old entry stays (the 400-day minimum).
+    let mut conn = app.pool.acquire().await.expect("connection");
+    tally::store::retention::prune_webhook_events(&mut conn, 1, 1000)
+        .await
+        .expect("prune event ids");
+    tally::store::retention::prune_audit(&mut conn, 30, 1000)
+        .await
+        .expect("prune audit");
+    drop(conn);
     assert_eq!(
         left("SELECT count(*) FROM webhook_events WHERE event_id = 'evt_recent'").await,
+        1
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM audit_events WHERE action = 'kept'").await,
         1
     );
 
