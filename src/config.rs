@@ -220,6 +220,9 @@ pub enum SettingsError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// The longest horizon a `retention.*_days` setting may name.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
 impl RetentionSettings {
     fn validate(&self) -> Result<(), SettingsError> {
         let invalid =
@@ -230,8 +233,33 @@ impl RetentionSettings {
         if !(1..=10_000).contains(&self.batch_size) {
             return invalid("retention.batch_size", "must be between 1 and 10000".into());
         }
-        if self.lock_timeout_ms < 1 {
-            return invalid("retention.lock_timeout_ms", "must be at least 1".into());
+        if !(1..=60_000).contains(&self.lock_timeout_ms) {
+            return invalid(
+                "retention.lock_timeout_ms",
+                "must be between 1 and 60000 (a batch waits that long for a row lock)".into(),
+            );
+        }
+        // A horizon is a date: a century is the most that means anything, and more would
+        // overflow the date arithmetic of the pruning task.
+        for (key, days) in [
+            ("retention.snapshots_full_days", self.snapshots_full_days),
+            ("retention.snapshots_days", self.snapshots_days),
+            ("retention.ledger_days", self.ledger_days),
+            ("retention.closes_days", self.closes_days),
+            ("retention.totals_history_days", self.totals_history_days),
+            ("retention.webhook_events_days", self.webhook_events_days),
+            ("retention.audit_days", self.audit_days),
+            ("retention.refreshes_days", self.refreshes_days),
+            ("retention.sync_runs_days", self.sync_runs_days),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                return invalid(
+                    key,
+                    format!(
+                        "must be at most {MAX_RETENTION_DAYS} (a century), or 0 to keep forever"
+                    ),
+                );
+            }
         }
         if self.audit_days != 0 && self.audit_days < AUDIT_MINIMUM_DAYS {
             return invalid(
@@ -541,6 +569,14 @@ mod tests {
                 "retention.snapshots_days",
             ),
             ("[retention]\nbatch_size = 0\n", "retention.batch_size"),
+            (
+                "[retention]\nsync_runs_days = 100000000\n",
+                "retention.sync_runs_days",
+            ),
+            (
+                "[retention]\nlock_timeout_ms = 3600000\n",
+                "retention.lock_timeout_ms",
+            ),
         ] {
             let error = load_with(file).expect_err("refused").to_string();
             assert!(error.contains(key), "{file}: {error}");

@@ -121,7 +121,11 @@ pub async fn pass(
     cancel: &CancellationToken,
 ) -> Result<Pass, sqlx::Error> {
     let mut done = Pass::default();
-    prune_snapshots(pool, settings, cancel, &mut done).await?;
+    // One table's failure (a statement error, the database gone for a moment) leaves
+    // the others to prune; that table is tried again next pass.
+    if let Err(error) = prune_snapshots(pool, settings, cancel, &mut done).await {
+        tracing::warn!(error = %error, "pruning balance snapshots failed; the other tables go on");
+    }
     let jobs = [
         days(settings.ledger_days).map(Job::Transactions),
         days(settings.closes_days).map(Job::Closes),
@@ -132,7 +136,9 @@ pub async fn pass(
         days(settings.audit_days).map(Job::Audit),
     ];
     for job in jobs.into_iter().flatten() {
-        run(pool, settings, job, cancel, &mut done).await?;
+        if let Err(error) = run(pool, settings, job, cancel, &mut done).await {
+            tracing::warn!(error = %error, job = ?job, "pruning a table failed; the other tables go on");
+        }
     }
     Ok(done)
 }
