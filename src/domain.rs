@@ -117,12 +117,6 @@ impl From<StripeAccountId> for String {
     }
 }
 
-impl fmt::Display for StripeAccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A tenant's slug: lowercase letters, digits, `-` and `_`, at most 63 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct TenantSlug(String);
@@ -158,12 +152,6 @@ impl PartialSchema for TenantSlug {
     }
 }
 impl ToSchema for TenantSlug {}
-
-impl fmt::Display for TenantSlug {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// An owner id (`accountid`): the platform's own id for the user owning connected
 /// accounts, taken from Stripe metadata. Any text a metadata value can hold: 1 to 500
@@ -249,10 +237,16 @@ impl ToSchema for Currency {}
 
 deserialize_from_text!(StripeAccountId, TenantSlug, OwnerId, Currency);
 
-/// Stores a text newtype as Postgres `text`. Decoding does not parse again: only
-/// values parsed at the edge are ever written, so what the database holds is well formed.
-macro_rules! sqlx_text_newtype {
+/// What every text newtype is besides its parsing: shown as its text, and stored as
+/// Postgres `text`. Decoding does not parse again: only values parsed at the edge are
+/// ever written, so what the database holds is well formed.
+macro_rules! text_newtype {
     ($($name:ident),* $(,)?) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
         impl sqlx::Type<sqlx::Postgres> for $name {
             fn type_info() -> sqlx::postgres::PgTypeInfo {
                 <String as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -286,19 +280,7 @@ macro_rules! sqlx_text_newtype {
         }
     )*};
 }
-sqlx_text_newtype!(StripeAccountId, TenantSlug, OwnerId, Currency);
-
-impl fmt::Display for OwnerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for Currency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(StripeAccountId, TenantSlug, OwnerId, Currency);
 
 /// An enum stored as one of a fixed set of words in a `text` column (with a CHECK
 /// constraint naming the same words) and sent in API bodies as that word.
