@@ -21,7 +21,7 @@
 //! line of a run is how many times the budget was asked per slot it granted
 //! (background work that found the queue full asks again).
 //!
-//! Part 2: one reservation in the shared budget (`stripe_budget_reserve_endpoint`, one round
+//! Part 2: one reservation in the shared budget (`stripe_budget_reserve_slot`, one round
 //! trip) timed `REFRESH_BUDGET_CALLS` (5,000) times on a tenant whose rate is so high
 //! that no reservation waits, from one task and from three tasks on three pools, then
 //! the whole `SharedBudget::acquire`, against the in-process limiter (`AdaptiveRate`).
@@ -274,13 +274,13 @@ async fn replicas_run(knobs: &Knobs, replicas: usize) {
     // The replicas' sessions have ended, so their function counts are in.
     let asked: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions
-         WHERE funcname = 'stripe_budget_reserve_endpoint'",
+         WHERE funcname = 'stripe_budget_reserve_slot'",
     )
     .fetch_one(&pool)
     .await
     .expect("function stats");
     println!(
-        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve_endpoint, {granted} slots)",
+        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve_slot, {granted} slots)",
         asked as f64 / granted.max(1) as f64
     );
     pool.close().await;
