@@ -35,6 +35,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tally::config::DatabaseSettings;
 use tally::money::Totals;
+use tally::shared_budget::SLOT_SPACING;
 use tally::store;
 use tally::store::accounts::{AccountInput, Observed};
 use tally::store::snapshots::SnapshotOutcome;
@@ -154,7 +155,7 @@ async fn hot_paths(
                     endpoint: "/v1/balance",
                     endpoint_rate: 25,
                 };
-                store::stripe_budgets::reserve(&pool, tenant_id, rates, Some(1_000))
+                store::stripe_budgets::reserve(&pool, tenant_id, rates, Some(1_000), SLOT_SPACING)
                     .await
                     .expect("reservation");
             }

@@ -12,7 +12,7 @@
 //! `Application` (HTTP server and refresher) with its own pool and its own Stripe
 //! access on the shared budget, as `tally serve` builds it, on a fresh database.
 //! Prints the time until every account has a snapshot against the bound N/R (the
-//! budget spaces slots 1.012 s / R apart, so about 1.01 is the floor), Stripe requests
+//! budget spaces slots 1.006 s / R apart, so about 1.006 is the floor), Stripe requests
 //! per account (target 1.00-1.02), the highest rate the simulator saw in any
 //! one-second window against R (target <= 1) and its 429s (target 0). Then, unless
 //! `REFRESH_STEADY=0`, it keeps running one more interval (`REFRESH_INTERVAL_SECS`,
@@ -21,7 +21,7 @@
 //! line of a run is how many times the budget was asked per slot it granted
 //! (background work that found the queue full asks again).
 //!
-//! Part 2: one reservation in the shared budget (`stripe_budget_reserve_slot`, one round
+//! Part 2: one reservation in the shared budget (`stripe_budget_reserve_spaced`, one round
 //! trip) timed `REFRESH_BUDGET_CALLS` (5,000) times on a tenant whose rate is so high
 //! that no reservation waits, from one task and from three tasks on three pools, then
 //! the whole `SharedBudget::acquire`, against the in-process limiter (`AdaptiveRate`).
@@ -39,6 +39,7 @@ use secrecy::SecretString;
 use tally::config::Settings;
 use tally::crypto::MasterKey;
 use tally::shared_budget::SharedBudget;
+use tally::shared_budget::SLOT_SPACING;
 use tally::sim::{SimConfig, SimStats};
 use tally::store;
 use tally::stripe::{AdaptiveRate, Priority, RateBudget};
@@ -274,13 +275,13 @@ async fn replicas_run(knobs: &Knobs, replicas: usize) {
     // The replicas' sessions have ended, so their function counts are in.
     let asked: i64 = sqlx::query_scalar(
         "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions
-         WHERE funcname = 'stripe_budget_reserve_slot'",
+         WHERE funcname = 'stripe_budget_reserve_spaced'",
     )
     .fetch_one(&pool)
     .await
     .expect("function stats");
     println!(
-        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve_slot, {granted} slots)",
+        "  budget: asks per granted slot {:.2} ({asked} calls of stripe_budget_reserve_spaced, {granted} slots)",
         asked as f64 / granted.max(1) as f64
     );
     pool.close().await;
@@ -305,9 +306,15 @@ async fn time_reservations(pools: &[sqlx::PgPool], tenant_id: i64, calls: usize)
                         endpoint: "/v1/balance",
                         endpoint_rate: UNCONSTRAINED_RATE as i32,
                     };
-                    store::stripe_budgets::reserve(&mut *conn, tenant_id, rates, None)
-                        .await
-                        .expect("reserve");
+                    store::stripe_budgets::reserve(
+                        &mut *conn,
+                        tenant_id,
+                        rates,
+                        None,
+                        SLOT_SPACING,
+                    )
+                    .await
+                    .expect("reserve");
                 }
                 started.elapsed()
             })

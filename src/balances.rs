@@ -17,7 +17,7 @@ use crate::fanout::{self, Aggregate, Failure, FanoutError};
 use crate::freshness::{
     self, AccountState, Confirmation, FreshnessBy, Requirement, TenantFreshness,
 };
-use crate::refresh::demand::Demand;
+use crate::refresh::demand::{Demand, Met};
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
 use crate::store::refreshes::RefreshFailure;
@@ -112,15 +112,15 @@ pub struct AccountBalance {
 }
 
 impl Balances {
-    /// Answers `Ok(None)` when the stored data of `scope` meets `fresh`, else the
-    /// refresh to poll. A refresh's result is answered over the refresh's own scope,
-    /// which the caller's must be.
+    /// Ready when the stored data of `scope` meets `fresh`, with what the look that
+    /// found it so read; else the refresh to poll. A refresh's result is answered over
+    /// the refresh's own scope, which the caller's must be.
     async fn freshen(
         &self,
         tenant: &Tenant,
         scope: RefreshScope,
         fresh: Fresh,
-    ) -> Result<Option<PendingRefresh>, BalanceError> {
+    ) -> Result<Answer<Met>, BalanceError> {
         // Said before anything is asked of Stripe or of the refreshers.
         self.stripe
             .client_for(tenant)
@@ -153,8 +153,8 @@ impl Balances {
         };
         let rate = self.stripe.rate_for(tenant);
         match refresh::freshen(&self.pool, self.refresher.as_ref(), rate, &demand).await? {
-            Freshness::Met => Ok(None),
-            Freshness::Pending(pending) => Ok(Some(pending)),
+            Freshness::Met(met) => Ok(Answer::Ready(met)),
+            Freshness::Pending(pending) => Ok(Answer::Pending(Box::new(pending))),
             Freshness::TenantRemoved => Err(BalanceError::TenantRemoved),
             Freshness::Failed(reason) => Err(BalanceError::Credential(reason)),
         }
@@ -172,8 +172,8 @@ impl Balances {
             .filter(|account| account.removed_at.is_none())
             .ok_or(BalanceError::UnknownAccount)?;
         let scope = RefreshScope::Account(stripeid.clone());
-        if let Some(pending) = self.freshen(tenant, scope, fresh).await? {
-            return Ok(Answer::Pending(Box::new(pending)));
+        if let Answer::Pending(pending) = self.freshen(tenant, scope, fresh).await? {
+            return Ok(Answer::Pending(pending));
         }
         let (snapshot, good_at) =
             store::snapshots::latest_and_good_at(&self.pool, tenant.id, stripeid)
@@ -225,17 +225,26 @@ impl Balances {
         fresh: Option<Fresh>,
     ) -> Result<Answer<Aggregate>, BalanceError> {
         let scope = self.aggregate_scope(tenant, owner, fresh).await?;
-        if let Some(fresh) = fresh {
-            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh).await? {
-                return Ok(Answer::Pending(Box::new(pending)));
-            }
-        }
+        let met = match fresh {
+            Some(fresh) => match self.freshen(tenant, scope.clone(), fresh).await? {
+                Answer::Ready(met) => Some(met),
+                Answer::Pending(pending) => return Ok(Answer::Pending(pending)),
+            },
+            None => None,
+        };
         let owner = scope.owner();
+        // What the freshness look read is the answer's: the counts it judged, and one
+        // read of the tenant's mode and stream for the stale count and the rest.
+        let (tenant_freshness, counts) = match met {
+            Some(met) => (met.tenant, met.counts),
+            None => (
+                refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?,
+                None,
+            ),
+        };
         let mut aggregate =
-            fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency).await?;
-        // One read of the tenant's mode and stream serves the stale count and the rest.
-        let tenant_freshness =
-            refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?;
+            fanout::aggregate::read(&self.pool, tenant.id, &tenant.slug, owner, currency, counts)
+                .await?;
         aggregate.accounts.stale = self.stale(tenant, &scope, &tenant_freshness).await?;
         let live = tenant_freshness.live_stream(Utc::now());
         aggregate.freshness_mode = tenant_freshness.mode;
@@ -278,8 +287,8 @@ impl Balances {
     ) -> Result<Answer<Vec<u8>>, BalanceError> {
         let scope = self.aggregate_scope(tenant, owner, fresh).await?;
         if let Some(fresh) = fresh {
-            if let Some(pending) = self.freshen(tenant, scope.clone(), fresh).await? {
-                return Ok(Answer::Pending(Box::new(pending)));
+            if let Answer::Pending(pending) = self.freshen(tenant, scope.clone(), fresh).await? {
+                return Ok(Answer::Pending(pending));
             }
         }
         let owner = scope.owner();

@@ -127,17 +127,22 @@ impl Failure {
 }
 
 /// Reads the aggregate of the whole tenant, or of one owner's accounts, optionally
-/// only one currency.
+/// only one currency. `tenant_state`: the whole tenant's kept state when the caller
+/// just read it (the freshness look did), so it is not read twice.
 pub async fn read(
     pool: &PgPool,
     tenant_id: i64,
     slug: &str,
     owner: Option<&OwnerId>,
     currency: Option<&Currency>,
+    tenant_state: Option<store::snapshots::TenantFreshness>,
 ) -> Result<Aggregate, FanoutError> {
     let (counts, oldest, totals, failures) = match owner {
         None => {
-            let freshness = store::snapshots::tenant_freshness(pool, tenant_id).await?;
+            let freshness = match tenant_state {
+                Some(state) => state,
+                None => store::snapshots::tenant_freshness(pool, tenant_id).await?,
+            };
             let listed = freshness.listed;
             let totals = store::snapshots::tenant_totals(pool, tenant_id).await?;
             let mut failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)

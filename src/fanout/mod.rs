@@ -114,14 +114,15 @@ pub async fn fetch_and_record(
     })
 }
 
-/// True when every listed account of the tenant meets `requirement`: decided from
-/// the kept counts, the oldest latest snapshot and (when a live stream vouches) the
-/// changed accounts, without scanning accounts.
-pub async fn tenant_is_fresh(
+/// The tenant's kept state when every listed account meets `requirement` (`None`
+/// otherwise): decided from the kept counts, the oldest latest snapshot and (when a
+/// live stream vouches) the changed accounts, without scanning accounts. The state is
+/// handed back so the answer is made from what was judged, not read again.
+pub async fn tenant_fresh_state(
     pool: &PgPool,
     tenant_id: i64,
     requirement: &Requirement,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<store::snapshots::TenantFreshness>, sqlx::Error> {
     let state = store::snapshots::tenant_freshness(pool, tenant_id).await?;
     let all_tried = state.ok + state.failed == state.listed;
     if !all_tried
@@ -129,11 +130,12 @@ pub async fn tenant_is_fresh(
             .oldest
             .is_some_and(|oldest| oldest < requirement.refetch_before())
     {
-        return Ok(false);
+        return Ok(None);
     }
     // Vouched for, unless an event named it since a fetch older than the cutoff.
-    Ok(requirement.vouched_since.is_none()
-        || !store::changes::any_changed_before(pool, tenant_id, requirement.fetched_since).await?)
+    let vouched = requirement.vouched_since.is_none()
+        || !store::changes::any_changed_before(pool, tenant_id, requirement.fetched_since).await?;
+    Ok(vouched.then_some(state))
 }
 
 /// The stored and reported form of a failed fetch: everything Stripe said, and a hint.

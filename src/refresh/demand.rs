@@ -64,7 +64,7 @@ pub async fn refresh_requirement(
 pub enum Freshness {
     /// Every listed account of the scope meets the rule for the demand's cutoff:
     /// answer from what is stored.
-    Met,
+    Met(Met),
     /// Not within `wait`: the refresh that will get there, to poll.
     Pending(PendingRefresh),
     /// The refresh failed: it can no longer finish (the tenant's key was rejected or
@@ -72,6 +72,15 @@ pub enum Freshness {
     Failed(String),
     /// The tenant was removed: no refresh starts for it, and the one it had ended.
     TenantRemoved,
+}
+
+/// What the look that found the data fresh enough read, for the answer to reuse.
+#[derive(Debug, Clone)]
+pub struct Met {
+    /// The tenant's mode and stream, as of when the request arrived.
+    pub tenant: TenantFreshness,
+    /// The whole tenant's kept counts and oldest snapshot (a whole-tenant scope only).
+    pub counts: Option<store::snapshots::TenantFreshness>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,8 +152,11 @@ pub async fn freshen(
     let asked_at = Utc::now();
     let tenant_freshness = tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?;
     let requirement = freshness::requirement_since(&tenant_freshness, asked_at, demand.cutoff);
-    if meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
-        return Ok(Freshness::Met);
+    if let Some(counts) = meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
+        return Ok(Freshness::Met(Met {
+            tenant: tenant_freshness,
+            counts,
+        }));
     }
     let Some(mut refresh) = start_or_join(pool, refresher, demand, &requirement).await? else {
         return Ok(Freshness::TenantRemoved);
@@ -164,8 +176,11 @@ pub async fn freshen(
             }
             None => {}
         }
-        if meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
-            return Ok(Freshness::Met);
+        if let Some(counts) = meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
+            return Ok(Freshness::Met(Met {
+                tenant: tenant_freshness,
+                counts,
+            }));
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -229,20 +244,23 @@ async fn start_or_join(
     Ok(Some(refresh))
 }
 
-/// Whether every listed account of the scope meets the requirement.
+/// `Some` when every listed account of the scope meets the requirement, with the
+/// whole tenant's kept state when that is what was judged.
 pub async fn meets(
     pool: &PgPool,
     tenant_id: i64,
     scope: &RefreshScope,
     requirement: &Requirement,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<Option<store::snapshots::TenantFreshness>>, sqlx::Error> {
     Ok(match scope {
-        RefreshScope::Tenant => fanout::tenant_is_fresh(pool, tenant_id, requirement).await?,
+        RefreshScope::Tenant => fanout::tenant_fresh_state(pool, tenant_id, requirement)
+            .await?
+            .map(Some),
         scope => {
-            store::refreshes::progress(pool, tenant_id, scope, requirement)
+            let pending = store::refreshes::progress(pool, tenant_id, scope, requirement)
                 .await?
-                .pending()
-                == 0
+                .pending();
+            (pending == 0).then_some(None)
         }
     })
 }

@@ -352,6 +352,12 @@ impl Inner {
             if cancel.is_cancelled() {
                 break;
             }
+            // Listening before the round: a demand made while the round claims (the
+            // first request of a fan-out, usually) wakes the wait below instead of
+            // being missed until the next tick.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let Some((tenant, client)) = (match self.tenant_and_client(tenant_id, &mut state).await
             {
                 Ok(found) => found,
@@ -383,7 +389,6 @@ impl Inner {
                 }
                 self.maybe_close(&tenant, &mut state, &mut inflight);
             }
-            let woken = self.wake.notified();
             if inflight.is_empty() {
                 tokio::select! {
                     () = cancel.cancelled() => break,

@@ -11,6 +11,9 @@ pub struct Slot {
     pub slot_at: DateTime<Utc>,
     /// The database's clock when it decided; `slot_at - db_now` is the wait.
     pub db_now: DateTime<Utc>,
+    /// The database's clock when the statement arrived: `db_now - db_asked` is how
+    /// long the reservation waited for the budget's row locks.
+    pub db_asked: DateTime<Utc>,
     /// False: background work found the queue too long and reserved nothing; try
     /// again when `slot_at` is within the horizon.
     pub reserved: bool,
@@ -27,24 +30,27 @@ pub struct Rates<'a> {
     pub endpoint_rate: i32,
 }
 
-/// Reserves the next slot of the tenant's budget and of the endpoint's at once.
-/// `horizon_ms` is `None` for a request a person waits on (it always queues), `Some`
-/// for background work.
+/// Reserves the next slot of the tenant's budget and of the endpoint's at once, each
+/// `spacing / rate` seconds after the one before. `horizon_ms` is `None` for a request
+/// a person waits on (it always queues), `Some` for background work.
 pub async fn reserve(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     rates: Rates<'_>,
     horizon_ms: Option<i32>,
+    spacing: f64,
 ) -> Result<Slot, sqlx::Error> {
     sqlx::query_as!(
         Slot,
-        r#"SELECT slot_at AS "slot_at!", db_now AS "db_now!", granted AS "reserved!", rate AS "rate!"
-           FROM stripe_budget_reserve_slot($1, $2, $3, $4, $5)"#,
+        r#"SELECT slot_at AS "slot_at!", db_now AS "db_now!", granted AS "reserved!", rate AS "rate!",
+                  db_asked AS "db_asked!"
+           FROM stripe_budget_reserve_spaced($1, $2, $3, $4, $5, $6)"#,
         tenant_id,
         rates.tenant,
         rates.endpoint,
         rates.endpoint_rate,
-        horizon_ms
+        horizon_ms,
+        spacing
     )
     .fetch_one(db)
     .await

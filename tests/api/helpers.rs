@@ -590,12 +590,12 @@ pub fn parse_raw_answer(answer: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) 
 }
 
 /// The shared budget's spacing: a tenant's slots are at least `SLOT_SPACING_SECS / rate`
-/// apart, whichever replica reserves them (`window_s` of `stripe_budget_reserve_slot`).
-pub const SLOT_SPACING_SECS: f64 = 1.012;
+/// apart, whichever replica reserves them (`tally::shared_budget::SLOT_SPACING`).
+pub const SLOT_SPACING_SECS: f64 = tally::shared_budget::SLOT_SPACING;
 
 /// How late a request may reach the simulator after its slot, for the rate tests.
 /// The budget guarantees when slots are, not when requests arrive: the sender gives a
-/// slot up once it wakes more than 10 ms late (`LATE_TOLERANCE`), then the request
+/// slot up once it wakes more than 5 ms late (`LATE_TOLERANCE`), then the request
 /// still goes through reqwest, loopback and the simulator's own tasks, which a busy
 /// machine (2 cores shared with builds and other tests) delays by tens of milliseconds,
 /// unevenly. Requests that arrive within one second had their slots within
@@ -606,7 +606,7 @@ pub const ARRIVAL_SPREAD_SECS: f64 = 0.25;
 /// The most requests of one tenant at `rate` the simulator can see in any one second
 /// (its `max_rate_per_key`): the slots in 1 s + `ARRIVAL_SPREAD_SECS`, which, spaced
 /// `SLOT_SPACING_SECS / rate` apart with no burst (an idle budget restarts from now,
-/// never from a backlog of unused slots), number at most ⌊W·rate/1.012⌋ + 1.
+/// never from a backlog of unused slots), number at most ⌊W·rate/SLOT_SPACING_SECS⌋ + 1.
 pub fn most_requests_in_a_second(rate: u32) -> u64 {
     let window = 1.0 + ARRIVAL_SPREAD_SECS;
     (window * f64::from(rate) / SLOT_SPACING_SECS).floor() as u64 + 1

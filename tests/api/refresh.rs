@@ -406,7 +406,7 @@ pub(crate) async fn three_replicas_fetch_each_account_once(route: &Route<'_>) {
         stats.by_path.get("GET /v1/balance").copied().unwrap_or(0),
         90
     );
-    // The shared budget spaces the tenant's slots 1.012 s / 20 apart whichever replica
+    // The shared budget spaces the tenant's slots 1.006 s / 20 apart whichever replica
     // takes them: 90 slots span at least 89 × 50.6 ms from the start, however loaded
     // the machine (a late request only makes it longer). Three replicas pacing
     // themselves alone would be done in a third of that.
@@ -1230,9 +1230,15 @@ async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_
     // horizon, the fourth is refused rather than queued.
     let mut granted = Vec::new();
     loop {
-        let slot = budget::reserve(&app.pool, tenant_id, rates("/v1/balance"), horizon)
-            .await
-            .expect("reserve");
+        let slot = budget::reserve(
+            &app.pool,
+            tenant_id,
+            rates("/v1/balance"),
+            horizon,
+            SLOT_SPACING_SECS,
+        )
+        .await
+        .expect("reserve");
         if !slot.reserved {
             break;
         }
@@ -1249,9 +1255,15 @@ async fn each_endpoint_has_its_own_limit_inside_the_tenants_and_an_endpoint_429_
     }
     // Another endpoint is not queued behind them: at most the horizon, at the tenant's
     // spacing (10.1 ms at 100/s), not after the balance reads' 304 ms.
-    let accounts = budget::reserve(&app.pool, tenant_id, rates("/v1/accounts"), horizon)
-        .await
-        .expect("reserve");
+    let accounts = budget::reserve(
+        &app.pool,
+        tenant_id,
+        rates("/v1/accounts"),
+        horizon,
+        SLOT_SPACING_SECS,
+    )
+    .await
+    .expect("reserve");
     assert!(accounts.reserved);
     assert!(
         accounts.slot_at - accounts.db_now <= chrono::Duration::milliseconds(261),
