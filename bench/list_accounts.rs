@@ -3,6 +3,7 @@
 //!
 //!   cargo bench --bench list_accounts
 //!   BENCH_ACCOUNTS=200000 BENCH_SECONDS=3 cargo bench --bench list_accounts
+//!   STREAM_ONLY=1 cargo bench --bench list_accounts    # only `all=true`
 //!
 //! Prints latency percentiles and requests/s per scenario at two table sizes (to show
 //! the first page, and a `starting_after` page at half depth, do not grow with the
@@ -153,6 +154,33 @@ fn owner_script(tenant: i64, owners: usize) -> String {
     )
 }
 
+/// Reads `all=true` to the end and prints records/s and the process's memory.
+async fn stream_all(client: &reqwest::Client, base: &str, token: &str, size: usize) {
+    let rss_before = rss_mib();
+    let started = Instant::now();
+    let response = client
+        .get(format!("{base}?all=true"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("all");
+    let mut bytes = 0usize;
+    let mut stream = response;
+    while let Some(chunk) = stream.chunk().await.expect("chunk") {
+        bytes += chunk.len();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "all=true streaming                 {size} records, {:.1} MiB in {:.2} s = {:.0} records/s; RSS {:.0} -> {:.0} MiB (peak {:.0})",
+        bytes as f64 / 1048576.0,
+        elapsed.as_secs_f64(),
+        size as f64 / elapsed.as_secs_f64(),
+        rss_before,
+        rss_mib(),
+        peak_rss_mib()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let total = env_usize("BENCH_ACCOUNTS", 1_000_000);
@@ -208,6 +236,10 @@ async fn main() {
         loaded = size;
         let owners = size / 2;
         let deep = size / 2;
+        if std::env::var("STREAM_ONLY").is_ok() {
+            stream_all(&client, &base, &token, size).await;
+            continue;
+        }
 
         let path = "/api/administrator/connect/stripe-accounts";
         let first_page = common::load(&host, &token, clients, duration, &format!("\"{path}\""), {
@@ -279,29 +311,7 @@ async fn main() {
             ratios.push((format!("{name} @ {size}"), report.p99, report.rps() / pg));
         }
 
-        let rss_before = rss_mib();
-        let started = Instant::now();
-        let response = client
-            .get(format!("{base}?all=true"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("all");
-        let mut bytes = 0usize;
-        let mut stream = response;
-        while let Some(chunk) = stream.chunk().await.expect("chunk") {
-            bytes += chunk.len();
-        }
-        let elapsed = started.elapsed();
-        println!(
-            "all=true streaming                 {size} records, {:.1} MiB in {:.2} s = {:.0} records/s; RSS {:.0} -> {:.0} MiB (peak {:.0})",
-            bytes as f64 / 1048576.0,
-            elapsed.as_secs_f64(),
-            size as f64 / elapsed.as_secs_f64(),
-            rss_before,
-            rss_mib(),
-            peak_rss_mib()
-        );
+        stream_all(&client, &base, &token, size).await;
         println!();
     }
     println!("summary (p99 target <= 10 ms for first and accountid pages, <= 5 ms for a cursor page at any depth; ratio target >= 0.5):");

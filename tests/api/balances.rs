@@ -631,3 +631,68 @@ async fn csv_text_cells_never_start_a_formula_and_amounts_stay_plain_numbers() {
         .iter()
         .any(|record| record["accountid"] == formula));
 }
+
+#[tokio::test]
+async fn stale_counts_accounts_never_fetched_and_those_older_than_the_interval() {
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    // An API-only replica: nothing fetches behind the test's back.
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.refresh.worker = false;
+        settings.refresh.interval_secs = 3600;
+    })
+    .await;
+    let tenant_id = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(tenant_id, &sim, &ids, None).await;
+    let token = app.token(Role::Reader, Some("acme")).await;
+    let mut conn = app.pool.acquire().await.expect("conn");
+    for id in &ids[..2] {
+        let balance = sim.balance_of(id).expect("balance");
+        let parsed: tally::stripe::Balance =
+            serde_json::from_value(balance.clone()).expect("balance");
+        let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
+        tally::store::snapshots::record(
+            &mut conn,
+            tenant_id,
+            &crate::helpers::acct(id),
+            chrono::Utc::now(),
+            "fetch",
+            tally::store::snapshots::SnapshotOutcome::Balance {
+                raw: &balance,
+                totals: &totals,
+            },
+        )
+        .await
+        .expect("recorded");
+    }
+    let accounts = |body: &Value| {
+        (
+            body["accounts"]["total"].as_i64(),
+            body["accounts"]["ok"].as_i64(),
+            body["accounts"]["stale"].as_i64(),
+        )
+    };
+
+    // Both balances are younger than the interval: only the account never fetched is stale.
+    let (status, body) = app.get_json(BALANCES, &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(accounts(&body), (Some(3), Some(2), Some(1)), "{body}");
+
+    // One balance is two hours old, older than the interval: it is stale too.
+    sqlx::query(
+        "UPDATE latest_balances SET fetched_at = now() - interval '2 hours'
+         WHERE tenant_id = $1 AND stripeid = $2",
+    )
+    .bind(tenant_id)
+    .bind(&ids[0])
+    .execute(&app.pool)
+    .await
+    .expect("age one balance");
+    let (_, body) = app.get_json(BALANCES, &token).await;
+    assert_eq!(accounts(&body), (Some(3), Some(2), Some(2)), "{body}");
+}
