@@ -227,8 +227,9 @@ async fn fanout_part() {
     db.drop_now().await;
 }
 
-/// Loads `size` accounts with a latest snapshot each. Accounts go through the store's
-/// upsert; the snapshots are written in bulk SQL (the per-account path would take
+/// Loads `size` accounts with a latest snapshot each, every other one two hours old
+/// (older than the refresh interval: stale, as with a refresher that is behind).
+/// Accounts go through the store's upsert; the snapshots are written in bulk SQL (the per-account path would take
 /// hours at a million) with totals computed from them, which is what the read measures.
 async fn load_snapshots(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usize) {
     let mut i = from;
@@ -254,11 +255,15 @@ async fn load_snapshots(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: us
     let statements = [
         format!(
             "INSERT INTO balance_snapshots (tenant_id, stripeid, fetched_at, source, balance)
-             SELECT {tenant_id}, 'acct_1Agg' || lpad(n::text, 10, '0'), now(), 'fetch',
+             SELECT {tenant_id}, 'acct_1Agg' || lpad(n::text, 10, '0'),
+                    now() - (n % 2) * interval '2 hours', 'fetch',
                     jsonb_build_object('object', 'balance', 'livemode', false,
                         'available', jsonb_build_array(jsonb_build_object('amount', n % 1000 - 100, 'currency', 'usd')),
                         'pending', jsonb_build_array(jsonb_build_object('amount', n % 77, 'currency', 'eur')))
              FROM generate_series({from}, {} ) AS n", to - 1),
+        // Statistics first: planned with those of the previous (smaller) step, the
+        // unfetched-accounts trigger below once joined 900,000 rows by nested loop.
+        "ANALYZE unfetched_accounts, balance_snapshots, latest_balances".to_owned(),
         format!(
             "INSERT INTO latest_balances (tenant_id, stripeid, snapshot_id, fetched_at, ok, amounts)
              SELECT tenant_id, stripeid, id, fetched_at, true, '[]' FROM balance_snapshots
@@ -294,6 +299,43 @@ async fn load_snapshots(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: us
             .await
             .expect("bulk snapshot load");
     }
+}
+
+/// Records balance snapshots of random accounts at 100/s until cancelled, as a
+/// refresher does; returns how many.
+async fn write_snapshots(
+    pool: sqlx::PgPool,
+    tenant_id: i64,
+    size: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> usize {
+    let balance = serde_json::json!({"object": "balance", "livemode": false,
+        "available": [{"amount": 500, "currency": "usd"}], "pending": []});
+    let parsed: tally::stripe::Balance = serde_json::from_value(balance.clone()).expect("balance");
+    let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut written = 0;
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let n = rand::random_range(0..size);
+        let id = tally::domain::StripeAccountId::parse(&format!("acct_1Agg{n:010}")).expect("id");
+        let mut conn = pool.acquire().await.expect("conn");
+        store::snapshots::record(
+            &mut conn,
+            tenant_id,
+            &id,
+            chrono::Utc::now(),
+            "fetch",
+            store::snapshots::SnapshotOutcome::Balance {
+                raw: &balance,
+                totals: &totals,
+            },
+        )
+        .await
+        .expect("snapshot");
+        written += 1;
+    }
+    written
 }
 
 async fn aggregate_part() {
@@ -349,18 +391,41 @@ async fn aggregate_part() {
             "every account counted: {body}"
         );
         assert_eq!(body["complete"], true);
-        let report = closed_loop(
-            &client,
-            &token,
-            clients,
-            Duration::from_secs(seconds),
-            Arc::new({
-                let url = url.clone();
-                move |_| url.clone()
-            }),
-        )
+        println!(
+            "  {} of them stale (fetched before the refresh interval)",
+            body["accounts"]["stale"]
+        );
+        let poll = |label: String| {
+            let (client, token, url) = (client.clone(), token.clone(), url.clone());
+            async move {
+                let report = closed_loop(
+                    &client,
+                    &token,
+                    clients,
+                    Duration::from_secs(seconds),
+                    Arc::new(move |_| url.clone()),
+                )
+                .await;
+                println!("  {}", report.line(&label));
+            }
+        };
+        poll(format!("{size} accounts, half stale")).await;
+        // The refresher's writes, at Stripe's live rate per account (100/s): each a
+        // snapshot through the store's own path, moving an account to this minute.
+        let writing = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(write_snapshots(
+            env.pool.clone(),
+            tenant.id,
+            size,
+            writing.clone(),
+        ));
+        poll(format!(
+            "{size} accounts, while 100 snapshots/s are written"
+        ))
         .await;
-        println!("  {}", report.line(&format!("{size} accounts")));
+        writing.cancel();
+        let written = writer.await.expect("writer");
+        println!("    ({written} snapshots written meanwhile)");
     }
     env.pool.close().await;
     db.drop_now().await;

@@ -696,3 +696,112 @@ async fn stale_counts_accounts_never_fetched_and_those_older_than_the_interval()
     let (_, body) = app.get_json(BALANCES, &token).await;
     assert_eq!(accounts(&body), (Some(3), Some(2), Some(2)), "{body}");
 }
+
+/// The stale part of a tenant as the kept minutes count it, against a scan of every
+/// latest balance, at cutoffs on and between minute boundaries, after fetches that
+/// move accounts between minutes, a failure and a removal.
+#[tokio::test]
+async fn the_kept_minutes_count_stale_accounts_exactly_as_a_scan_would() {
+    use chrono::{Duration as Age, DurationRound, Utc};
+    use tally::freshness::Requirement;
+    use tally::store::refreshes::RefreshScope;
+    use tally::store::snapshots::SnapshotOutcome;
+
+    let sim = spawn_sim(SimConfig {
+        platforms: 1,
+        accounts_per_platform: 6,
+        ..SimConfig::default()
+    })
+    .await;
+    let app = crate::helpers::spawn_app_with(|settings| settings.refresh.worker = false).await;
+    let tenant_id = app.add_sim_platform_tenant("acme", &sim, 0).await;
+    let ids = sim.keys().platforms[0].accounts.clone();
+    app.store_sim_accounts(tenant_id, &sim, &ids, None).await;
+    let minute = Utc::now().duration_trunc(Age::minutes(1)).expect("minute");
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let failure = tally::domain::FetchFailure::default();
+    let mut record = async |id: &str, at: chrono::DateTime<Utc>, ok: bool| {
+        let balance = sim.balance_of(id).expect("balance");
+        let parsed: tally::stripe::Balance =
+            serde_json::from_value(balance.clone()).expect("balance");
+        let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
+        let outcome = if ok {
+            SnapshotOutcome::Balance {
+                raw: &balance,
+                totals: &totals,
+            }
+        } else {
+            SnapshotOutcome::Error(&failure)
+        };
+        tally::store::snapshots::record(
+            &mut conn,
+            tenant_id,
+            &crate::helpers::acct(id),
+            at,
+            "fetch",
+            outcome,
+        )
+        .await
+        .expect("recorded");
+    };
+    // Accounts 0-4 fetched at, around and between minute boundaries; 5 never.
+    let seconds = |s: i64| minute - Age::seconds(s);
+    record(&ids[0], seconds(600), true).await;
+    record(&ids[1], seconds(590), true).await;
+    record(&ids[2], seconds(180), false).await;
+    record(&ids[3], seconds(175), true).await;
+    record(&ids[4], seconds(60), true).await;
+
+    let check = async |label: &str| {
+        for cutoff in [0, 30, 59, 60, 61, 175, 176, 180, 300, 590, 600, 601, 3600] {
+            let cutoff = seconds(cutoff);
+            let kept = tally::store::refreshes::progress(
+                &app.pool,
+                tenant_id,
+                &RefreshScope::Tenant,
+                &Requirement::fetched_since(cutoff),
+            )
+            .await
+            .expect("progress");
+            let (ok, failed): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE ok AND fetched_at >= $2),
+                        count(*) FILTER (WHERE NOT ok AND fetched_at >= $2)
+                 FROM latest_balances WHERE tenant_id = $1",
+            )
+            .bind(tenant_id)
+            .bind(cutoff)
+            .fetch_one(&app.pool)
+            .await
+            .expect("scan");
+            assert_eq!(
+                (kept.ok, kept.failed),
+                (ok, failed),
+                "{label}, cutoff {cutoff}"
+            );
+        }
+        let empty: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM latest_balance_minutes WHERE ok = 0 AND failed = 0",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("empty minutes");
+        assert_eq!(empty, 0, "{label}: no empty minute is kept");
+    };
+    check("first fetches").await;
+
+    // Fetched again: accounts leave their old minutes (one of them now empty), a
+    // failure becomes a balance and a balance a failure.
+    record(&ids[0], seconds(30), true).await;
+    record(&ids[2], seconds(29), true).await;
+    record(&ids[3], seconds(28), false).await;
+    record(&ids[5], seconds(1), true).await;
+    check("fetched again").await;
+
+    // A removed account's latest balance is forgotten.
+    let mut tx = app.pool.begin().await.expect("tx");
+    tally::store::snapshots::forget_latest(&mut tx, tenant_id, &[crate::helpers::acct(&ids[1])])
+        .await
+        .expect("forget");
+    tx.commit().await.expect("commit");
+    check("after a removal").await;
+}
