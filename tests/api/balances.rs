@@ -72,6 +72,34 @@ pub async fn platform_setup(accounts: usize) -> (TestApp, SimHandle, Vec<String>
     (app, sim, ids, token)
 }
 
+/// Stores the simulator's balance of `id` as the tenant's snapshot taken at `at` from
+/// `source` (`fetch` or `webhook`), as the refresher or a webhook would.
+async fn record_sim_balance(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: i64,
+    sim: &SimHandle,
+    id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    source: &str,
+) -> tally::store::snapshots::Recorded {
+    let balance = sim.balance_of(id).expect("balance");
+    let parsed: tally::stripe::Balance = serde_json::from_value(balance.clone()).expect("balance");
+    let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
+    tally::store::snapshots::record(
+        conn,
+        tenant_id,
+        &crate::helpers::acct(id),
+        at,
+        source,
+        tally::store::snapshots::SnapshotOutcome::Balance {
+            raw: &balance,
+            totals: &totals,
+        },
+    )
+    .await
+    .expect("recorded")
+}
+
 #[tokio::test]
 async fn totals_equal_the_sum_of_what_the_simulator_holds() {
     let (app, sim, ids, token) = platform_setup(40).await;
@@ -395,23 +423,16 @@ async fn a_removed_account_leaves_the_totals_and_counts_again_once_relisted() {
     assert_eq!(body["accounts"]["total"], 4);
 
     // A balance arriving for the removed account (a late webhook) is history only.
-    let balance = sim.balance_of(&ids[0]).expect("balance");
-    let parsed: tally::stripe::Balance = serde_json::from_value(balance.clone()).expect("balance");
-    let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
     let mut conn = app.pool.acquire().await.expect("conn");
-    let recorded = tally::store::snapshots::record(
+    let recorded = record_sim_balance(
         &mut conn,
         tenant_id,
-        &crate::helpers::acct(&ids[0]),
+        &sim,
+        &ids[0],
         chrono::Utc::now(),
         "webhook",
-        tally::store::snapshots::SnapshotOutcome::Balance {
-            raw: &balance,
-            totals: &totals,
-        },
     )
-    .await
-    .expect("recorded");
+    .await;
     assert!(matches!(
         recorded,
         tally::store::snapshots::Recorded::HistoryOnly(_)
@@ -652,23 +673,7 @@ async fn stale_counts_accounts_never_fetched_and_those_older_than_the_interval()
     let token = app.token(Role::Reader, Some("acme")).await;
     let mut conn = app.pool.acquire().await.expect("conn");
     for id in &ids[..2] {
-        let balance = sim.balance_of(id).expect("balance");
-        let parsed: tally::stripe::Balance =
-            serde_json::from_value(balance.clone()).expect("balance");
-        let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
-        tally::store::snapshots::record(
-            &mut conn,
-            tenant_id,
-            &crate::helpers::acct(id),
-            chrono::Utc::now(),
-            "fetch",
-            tally::store::snapshots::SnapshotOutcome::Balance {
-                raw: &balance,
-                totals: &totals,
-            },
-        )
-        .await
-        .expect("recorded");
+        record_sim_balance(&mut conn, tenant_id, &sim, id, chrono::Utc::now(), "fetch").await;
     }
     let accounts = |body: &Value| {
         (
@@ -721,28 +726,20 @@ async fn the_kept_minutes_count_stale_accounts_exactly_as_a_scan_would() {
     let mut conn = app.pool.acquire().await.expect("conn");
     let failure = tally::domain::FetchFailure::default();
     let mut record = async |id: &str, at: chrono::DateTime<Utc>, ok: bool| {
-        let balance = sim.balance_of(id).expect("balance");
-        let parsed: tally::stripe::Balance =
-            serde_json::from_value(balance.clone()).expect("balance");
-        let totals = tally::money::Totals::from_balance(&parsed).expect("totals");
-        let outcome = if ok {
-            SnapshotOutcome::Balance {
-                raw: &balance,
-                totals: &totals,
-            }
+        if ok {
+            record_sim_balance(&mut conn, tenant_id, &sim, id, at, "fetch").await;
         } else {
-            SnapshotOutcome::Error(&failure)
-        };
-        tally::store::snapshots::record(
-            &mut conn,
-            tenant_id,
-            &crate::helpers::acct(id),
-            at,
-            "fetch",
-            outcome,
-        )
-        .await
-        .expect("recorded");
+            tally::store::snapshots::record(
+                &mut conn,
+                tenant_id,
+                &crate::helpers::acct(id),
+                at,
+                "fetch",
+                SnapshotOutcome::Error(&failure),
+            )
+            .await
+            .expect("recorded");
+        }
     };
     // Accounts 0-4 fetched at, around and between minute boundaries; 5 never.
     let seconds = |s: i64| minute - Age::seconds(s);
