@@ -4,9 +4,9 @@
 //! Each request reserves the next slot of its tenant's budget and of its endpoint's
 //! (Stripe limits both: per account and per endpoint) in one round trip
 //! (`stripe_budget_reserve_spaced`): slots are `SLOT_SPACING / rate` (1.006 s / rate)
-//! apart, and a request is sent within `LATE_TOLERANCE` (5 ms) after its slot, so however many processes ask, no
-//! one-second window holds more than either rate. The wait is the
-//! slot on the database's clock, placed on this host's clock by [`DbClock`], so the
+//! apart, and a request is sent within `LATE_TOLERANCE` (5 ms) after its slot, so
+//! however many processes ask, no one-second window holds more than either rate. The
+//! slot is on the database's clock, placed on this host's clock by [`DbClock`], so the
 //! hosts' clocks never need to agree. A 429
 //! seen by any process halves the shared rate: the endpoint's when Stripe says
 //! `endpoint-rate`, the tenant's otherwise. Background work only reserves while the queue
@@ -266,8 +266,10 @@ struct Window {
 /// the row locks; that is a millisecond or two, but more on a loaded host (a reply
 /// that sat unread), and a slot placed that loosely may have to be given up. So the
 /// clock also keeps the reply with the tightest bound (half its window, plus 500 ppm of
-/// drift per second since) and places a slot by both; the reply's own window still
-/// bounds the answer, so a clock step never makes it wrong.
+/// drift per second since) and places a slot by both. The reply's own window still
+/// bounds the answer: a step of the database's clock since the best sample can shift a
+/// slot at most within that window (and a larger step, which leaves the two disjoint,
+/// drops the sample).
 #[derive(Debug, Default)]
 struct DbClock {
     best: Mutex<Option<ClockSample>>,

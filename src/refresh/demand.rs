@@ -152,11 +152,8 @@ pub async fn freshen(
     let asked_at = Utc::now();
     let tenant_freshness = tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?;
     let requirement = freshness::requirement_since(&tenant_freshness, asked_at, demand.cutoff);
-    if let Some(counts) = meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
-        return Ok(Freshness::Met(Met {
-            tenant: tenant_freshness,
-            counts,
-        }));
+    if let Some(met) = meets(pool, demand, tenant_freshness, &requirement).await? {
+        return Ok(Freshness::Met(met));
     }
     let Some(mut refresh) = start_or_join(pool, refresher, demand, &requirement).await? else {
         return Ok(Freshness::TenantRemoved);
@@ -176,11 +173,8 @@ pub async fn freshen(
             }
             None => {}
         }
-        if let Some(counts) = meets(pool, demand.tenant.id, &demand.scope, &requirement).await? {
-            return Ok(Freshness::Met(Met {
-                tenant: tenant_freshness,
-                counts,
-            }));
+        if let Some(met) = meets(pool, demand, tenant_freshness, &requirement).await? {
+            return Ok(Freshness::Met(met));
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -244,23 +238,31 @@ async fn start_or_join(
     Ok(Some(refresh))
 }
 
-/// `Some` when every listed account of the scope meets the requirement, with the
-/// whole tenant's kept state when that is what was judged.
-pub async fn meets(
+/// What the look read, when every listed account of the demand's scope meets the
+/// requirement (judged for the whole tenant from its kept counts, which the answer
+/// reuses); `None` otherwise.
+async fn meets(
     pool: &PgPool,
-    tenant_id: i64,
-    scope: &RefreshScope,
+    demand: &Demand<'_>,
+    tenant: TenantFreshness,
     requirement: &Requirement,
-) -> Result<Option<Option<store::snapshots::TenantFreshness>>, sqlx::Error> {
-    Ok(match scope {
+) -> Result<Option<Met>, sqlx::Error> {
+    let tenant_id = demand.tenant.id;
+    Ok(match &demand.scope {
         RefreshScope::Tenant => fanout::tenant_fresh_state(pool, tenant_id, requirement)
             .await?
-            .map(Some),
+            .map(|counts| Met {
+                tenant,
+                counts: Some(counts),
+            }),
         scope => {
             let pending = store::refreshes::progress(pool, tenant_id, scope, requirement)
                 .await?
                 .pending();
-            (pending == 0).then_some(None)
+            (pending == 0).then_some(Met {
+                tenant,
+                counts: None,
+            })
         }
     })
 }
