@@ -14,9 +14,7 @@ use uuid::Uuid;
 use crate::audit::{self, Actor};
 use crate::domain::{Currency, OwnerId, RefreshTrigger, StripeAccountId};
 use crate::fanout::{self, Aggregate, Failure, FanoutError};
-use crate::freshness::{
-    self, AccountState, Confirmation, FreshnessBy, Requirement, TenantFreshness,
-};
+use crate::freshness::{self, AccountState, Confirmation, FreshnessBy, Requirement};
 use crate::refresh::demand::{Demand, Met};
 use crate::refresh::{self, Freshness, PendingRefresh, RefreshScope, Refresher};
 use crate::store;
@@ -235,29 +233,30 @@ impl Balances {
         let owner = scope.owner();
         // What the freshness look read is the answer's: the counts it judged, and one
         // read of the tenant's mode and stream for the stale count and the rest.
-        let (tenant_freshness, counts) = match met {
-            Some(met) => (met.tenant, met.counts),
-            None => (
+        let (tenant_freshness, counts) = match (met, owner) {
+            (Some(met), _) => (met.tenant, met.counts),
+            (None, None) => {
+                let (tenant, counts) =
+                    refresh::demand::tenant_state(&self.pool, tenant.id, self.max_silence).await?;
+                (tenant, Some(counts))
+            }
+            (None, Some(_)) => (
                 refresh::demand::tenant_freshness(&self.pool, tenant.id, self.max_silence).await?,
                 None,
             ),
         };
-        let counts = match (owner, counts) {
-            (None, None) => Some(store::snapshots::tenant_freshness(&self.pool, tenant.id).await?),
-            (_, counts) => counts,
-        };
+        // Stale: not confirmed within the refresh interval (the refresher's backlog).
+        let backlog = freshness::requirement(&tenant_freshness, Utc::now(), self.interval);
         let mut aggregate = fanout::aggregate::read(
             &self.pool,
             tenant.id,
             &tenant.slug,
             owner,
             currency,
-            counts.clone(),
+            counts,
+            &backlog,
         )
         .await?;
-        aggregate.accounts.stale = self
-            .stale(tenant, &scope, &tenant_freshness, counts.as_ref())
-            .await?;
         let live = tenant_freshness.live_stream(Utc::now());
         aggregate.freshness_mode = tenant_freshness.mode;
         aggregate.stream_live = live.is_some();
@@ -423,38 +422,6 @@ impl Balances {
                 Ok(RefreshScope::Owner(owner.to_owned()))
             }
         }
-    }
-
-    /// Listed accounts of the scope not confirmed within the refresh interval.
-    /// `counts`: the whole tenant's kept state, when read for this answer.
-    async fn stale(
-        &self,
-        tenant: &Tenant,
-        scope: &RefreshScope,
-        tenant_freshness: &TenantFreshness,
-        counts: Option<&store::snapshots::TenantFreshness>,
-    ) -> Result<i64, BalanceError> {
-        let requirement = freshness::requirement(tenant_freshness, Utc::now(), self.interval);
-        // The usual case needs no statement: no stream vouches (whose changed accounts
-        // only the store can count) and even the oldest snapshot is younger than the
-        // interval, so only accounts never fetched are stale. The statement is also one
-        // Postgres plans at every call (with fresh data its generic plan looks far
-        // costlier than the custom one).
-        if let (RefreshScope::Tenant, Some(state), None) =
-            (scope, counts, requirement.vouched_since)
-        {
-            if state
-                .oldest
-                .is_none_or(|oldest| oldest >= requirement.fetched_since)
-            {
-                return Ok((state.listed - state.ok - state.failed).max(0));
-            }
-        }
-        Ok(
-            store::refreshes::progress(&self.pool, tenant.id, scope, &requirement)
-                .await?
-                .pending(),
-        )
     }
 }
 

@@ -10,9 +10,10 @@ use super::FanoutError;
 use crate::csv_out::Cell::{Number, Text};
 use crate::csv_out::CsvOut;
 use crate::domain::{Currency, FetchFailure, OwnerId};
-use crate::freshness::{self, AccountState, FreshnessMode, TenantFreshness};
+use crate::freshness::{self, AccountState, FreshnessMode, Requirement, TenantFreshness};
 use crate::money::{CurrencyAmounts, Exposure, Exposures, Totals};
 use crate::store;
+use crate::store::refreshes::RefreshScope;
 
 /// The balances endpoint's body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -128,7 +129,9 @@ impl Failure {
 
 /// Reads the aggregate of the whole tenant, or of one owner's accounts, optionally
 /// only one currency. `tenant_state`: the whole tenant's kept state when the caller
-/// just read it (the freshness look did), so it is not read twice.
+/// just read it (the freshness look did), so it is not read twice. `backlog`: the
+/// refresh interval's requirement; the accounts that do not meet it are counted
+/// `stale`.
 pub async fn read(
     pool: &PgPool,
     tenant_id: i64,
@@ -136,6 +139,7 @@ pub async fn read(
     owner: Option<&OwnerId>,
     currency: Option<&Currency>,
     tenant_state: Option<store::snapshots::TenantFreshness>,
+    backlog: &Requirement,
 ) -> Result<Aggregate, FanoutError> {
     let (counts, oldest, totals, failures) = match owner {
         None => {
@@ -144,9 +148,31 @@ pub async fn read(
                 None => store::snapshots::tenant_freshness(pool, tenant_id).await?,
             };
             let listed = freshness.listed;
-            let totals = store::snapshots::tenant_totals(pool, tenant_id).await?;
-            let mut failures: Vec<Failure> = store::snapshots::tenant_failures(pool, tenant_id)
-                .await?
+            // The stale count needs no count of its own when no stream vouches (whose
+            // changed accounts only the store can count) and even the oldest snapshot
+            // meets the interval: then only the accounts never fetched are stale.
+            // Otherwise it is counted with the totals, in the same round trip.
+            let all_fetched_since = backlog.vouched_since.is_none()
+                && freshness
+                    .oldest
+                    .is_none_or(|oldest| oldest >= backlog.fetched_since);
+            let (totals, progress) = store::snapshots::tenant_totals_and_progress(
+                pool,
+                tenant_id,
+                (!all_fetched_since).then_some(backlog),
+            )
+            .await?;
+            let stale = match progress {
+                Some(progress) => progress.pending(),
+                None => (listed - freshness.ok - freshness.failed).max(0),
+            };
+            // The kept counts say whether any account failed: a healthy tenant's
+            // poll does not look for failures.
+            let failed = match freshness.failed {
+                0 => Vec::new(),
+                _ => store::snapshots::tenant_failures(pool, tenant_id).await?,
+            };
+            let mut failures: Vec<Failure> = failed
                 .into_iter()
                 .map(|failed| Failure {
                     stripeid: failed.stripeid,
@@ -169,7 +195,7 @@ pub async fn read(
                 total: listed,
                 ok: freshness.ok,
                 failed: listed - freshness.ok,
-                stale: 0,
+                stale,
             };
             (counts, freshness.oldest, totals, failures)
         }
@@ -204,11 +230,14 @@ pub async fn read(
                 }
             }
             let total = rows.len() as i64;
+            let scope = RefreshScope::Owner(owner.to_owned());
             let counts = AccountCounts {
                 total,
                 ok,
                 failed: total - ok,
-                stale: 0,
+                stale: store::refreshes::progress(pool, tenant_id, &scope, backlog)
+                    .await?
+                    .pending(),
             };
             let rows = totals
                 .rows()

@@ -117,13 +117,18 @@ pub async fn fetch_and_record(
 /// The tenant's kept state when every listed account meets `requirement` (`None`
 /// otherwise): decided from the kept counts, the oldest latest snapshot and (when a
 /// live stream vouches) the changed accounts, without scanning accounts. The state is
-/// handed back so the answer is made from what was judged, not read again.
+/// handed back so the answer is made from what was judged, not read again. `read`:
+/// the state, when the caller just read it with the tenant's mode.
 pub async fn tenant_fresh_state(
     pool: &PgPool,
     tenant_id: i64,
     requirement: &Requirement,
+    read: Option<store::snapshots::TenantFreshness>,
 ) -> Result<Option<store::snapshots::TenantFreshness>, sqlx::Error> {
-    let state = store::snapshots::tenant_freshness(pool, tenant_id).await?;
+    let state = match read {
+        Some(state) => state,
+        None => store::snapshots::tenant_freshness(pool, tenant_id).await?,
+    };
     let all_tried = state.ok + state.failed == state.listed;
     if !all_tried
         || state

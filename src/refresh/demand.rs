@@ -41,6 +41,22 @@ pub async fn tenant_freshness(
     })
 }
 
+/// The tenant's side of the freshness rule and its whole kept state (counts, oldest
+/// snapshot), read now in one round trip: what a whole-tenant answer starts from.
+pub async fn tenant_state(
+    pool: &PgPool,
+    tenant_id: i64,
+    max_silence: Duration,
+) -> Result<(TenantFreshness, store::snapshots::TenantFreshness), sqlx::Error> {
+    let (mode, stream, counts) = store::snapshots::tenant_look(pool, tenant_id).await?;
+    let tenant = TenantFreshness {
+        mode,
+        stream,
+        max_silence,
+    };
+    Ok((tenant, counts))
+}
+
 /// What a refresh still asks for, judged now: its cutoff, and (unless it is a sweep,
 /// whose point is to fetch) the live stream's word for unchanged accounts.
 pub async fn refresh_requirement(
@@ -150,9 +166,19 @@ pub async fn freshen(
     // The stream's word is taken as of when the request arrived: an event that
     // arrives while it waits does not make an account it named fresh.
     let asked_at = Utc::now();
-    let tenant_freshness = tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?;
+    // A whole-tenant demand's first look reads the tenant's counts with its mode.
+    let (tenant_freshness, counts) = match demand.scope {
+        RefreshScope::Tenant => {
+            let (tenant, counts) = tenant_state(pool, demand.tenant.id, demand.max_silence).await?;
+            (tenant, Some(counts))
+        }
+        _ => (
+            tenant_freshness(pool, demand.tenant.id, demand.max_silence).await?,
+            None,
+        ),
+    };
     let requirement = freshness::requirement_since(&tenant_freshness, asked_at, demand.cutoff);
-    if let Some(met) = meets(pool, demand, tenant_freshness, &requirement).await? {
+    if let Some(met) = meets(pool, demand, tenant_freshness, &requirement, counts).await? {
         return Ok(Freshness::Met(met));
     }
     let Some(mut refresh) = start_or_join(pool, refresher, demand, &requirement).await? else {
@@ -173,7 +199,7 @@ pub async fn freshen(
             }
             None => {}
         }
-        if let Some(met) = meets(pool, demand, tenant_freshness, &requirement).await? {
+        if let Some(met) = meets(pool, demand, tenant_freshness, &requirement, None).await? {
             return Ok(Freshness::Met(met));
         }
         let now = tokio::time::Instant::now();
@@ -240,16 +266,17 @@ async fn start_or_join(
 
 /// What the look read, when every listed account of the demand's scope meets the
 /// requirement (judged for the whole tenant from its kept counts, which the answer
-/// reuses); `None` otherwise.
+/// reuses; `counts`: those counts when just read); `None` otherwise.
 async fn meets(
     pool: &PgPool,
     demand: &Demand<'_>,
     tenant: TenantFreshness,
     requirement: &Requirement,
+    counts: Option<store::snapshots::TenantFreshness>,
 ) -> Result<Option<Met>, sqlx::Error> {
     let tenant_id = demand.tenant.id;
     Ok(match &demand.scope {
-        RefreshScope::Tenant => fanout::tenant_fresh_state(pool, tenant_id, requirement)
+        RefreshScope::Tenant => fanout::tenant_fresh_state(pool, tenant_id, requirement, counts)
             .await?
             .map(|counts| Met {
                 tenant,

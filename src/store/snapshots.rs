@@ -6,8 +6,9 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, Postgres};
 
+use super::refreshes::Progress;
 use crate::domain::{FetchFailure, OwnerId, StripeAccountId};
-
+use crate::freshness::{EventStream, FreshnessMode, Requirement};
 use crate::money::{CurrencyAmounts, Exposure, MoneyOverflow, Totals};
 
 /// What a fetch produced for one account.
@@ -358,7 +359,7 @@ pub async fn forget_latest(
 /// The whole tenant's state: listed accounts, those whose latest snapshot is a
 /// balance (ok) or an error (failed), and the oldest latest snapshot. One round
 /// trip of index lookups, however many accounts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TenantFreshness {
     pub listed: i64,
     pub ok: i64,
@@ -382,39 +383,112 @@ pub async fn tenant_freshness(
     .await
 }
 
+/// A tenant's freshness mode and event stream with its kept state, in one read: a
+/// whole-tenant poll's first look needs both (one round trip fewer per poll).
+pub async fn tenant_look(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+) -> Result<(FreshnessMode, EventStream, TenantFreshness), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT t.freshness AS "freshness: FreshnessMode", s.last_event_at,
+                  s.vouched_since AS "vouched_since?",
+                  COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
+                  COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "ok!",
+                  COALESCE((SELECT failed FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "failed!",
+                  (SELECT min(fetched_at) FROM latest_balances WHERE tenant_id = $1) AS oldest
+           FROM tenants t LEFT JOIN event_streams s ON s.tenant_id = t.id
+           WHERE t.id = $1"#,
+        tenant_id
+    )
+    .fetch_optional(db)
+    .await?;
+    // A tenant that is gone has nothing kept: the defaults, as `mode_and_stream` says.
+    Ok(row
+        .map(|row| {
+            (
+                row.freshness,
+                EventStream {
+                    last_event_at: row.last_event_at,
+                    vouched_since: row.vouched_since,
+                },
+                TenantFreshness {
+                    listed: row.listed,
+                    ok: row.ok,
+                    failed: row.failed,
+                    oldest: row.oldest,
+                },
+            )
+        })
+        .unwrap_or_default())
+}
+
 /// The whole tenant's kept totals per currency (those some listed account holds), each
 /// with the exposure of the accounts below zero in it.
 pub async fn tenant_totals(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
 ) -> Result<Vec<(CurrencyAmounts, Exposure)>, sqlx::Error> {
+    Ok(tenant_totals_and_progress(db, tenant_id, None).await?.0)
+}
+
+/// The whole tenant's kept totals and, with `progress_against`, its progress against
+/// that requirement (`store::refreshes::progress`'s count, the `tenant_progress`
+/// function) in the same round trip: a poll's stale count costs no statement of its own.
+pub async fn tenant_totals_and_progress(
+    db: impl PgExecutor<'_>,
+    tenant_id: i64,
+    progress_against: Option<&Requirement>,
+) -> Result<(Vec<(CurrencyAmounts, Exposure)>, Option<Progress>), sqlx::Error> {
+    // One row per currency, each carrying the progress (or one row of NULL totals when
+    // the tenant holds none). Without a requirement the function is not called: a
+    // condition on parameters only is checked once, before its scan runs.
     let rows = sqlx::query!(
-        r#"SELECT currency, available, pending, connect_reserved, instant_available,
-                  negative, negative_accounts
-           FROM tenant_balance_totals WHERE tenant_id = $1 AND holders > 0 ORDER BY currency"#,
-        tenant_id
+        r#"WITH progress AS (
+               SELECT p.listed, p.ok, p.failed FROM tenant_progress($1, $2, $3) p
+               WHERE $2::timestamptz IS NOT NULL
+           )
+           SELECT t.currency AS "currency?", t.available AS "available?", t.pending AS "pending?",
+                  t.connect_reserved AS "connect_reserved?",
+                  t.instant_available AS "instant_available?", t.negative AS "negative?",
+                  t.negative_accounts AS "negative_accounts?",
+                  progress.listed AS "listed?", progress.ok AS "ok?", progress.failed AS "failed?"
+           FROM (VALUES (1)) AS one (row)
+           LEFT JOIN progress ON true
+           LEFT JOIN tenant_balance_totals t ON t.tenant_id = $1 AND t.holders > 0
+           ORDER BY t.currency"#,
+        tenant_id,
+        progress_against.map(|r| r.fetched_since),
+        progress_against.and_then(|r| r.vouched_since)
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
+    let progress = rows.first().and_then(|r| {
+        Some(Progress {
+            listed: r.listed?,
+            ok: r.ok?,
+            failed: r.failed?,
+        })
+    });
+    let totals = rows
         .into_iter()
-        .map(|r| {
+        .filter_map(|r| {
             let amounts = CurrencyAmounts {
-                currency: r.currency,
+                currency: r.currency?,
                 amounts: crate::money::Amounts {
-                    available: r.available,
-                    pending: r.pending,
-                    connect_reserved: r.connect_reserved,
-                    instant_available: r.instant_available,
+                    available: r.available?,
+                    pending: r.pending?,
+                    connect_reserved: r.connect_reserved?,
+                    instant_available: r.instant_available?,
                 },
             };
             let exposure = Exposure {
-                negative: r.negative,
-                accounts: r.negative_accounts,
+                negative: r.negative?,
+                accounts: r.negative_accounts?,
             };
-            (amounts, exposure)
+            Some((amounts, exposure))
         })
-        .collect())
+        .collect();
+    Ok((totals, progress))
 }
 
 /// The tenant's kept exposure in every currency it has kept totals for (0 where no

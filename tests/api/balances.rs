@@ -687,6 +687,8 @@ async fn stale_counts_accounts_never_fetched_and_those_older_than_the_interval()
     let (status, body) = app.get_json(BALANCES, &token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(accounts(&body), (Some(3), Some(2), Some(1)), "{body}");
+    let totals = body["totals"].clone();
+    assert!(!totals.as_array().expect("totals").is_empty(), "{body}");
 
     // One balance is two hours old, older than the interval: it is stale too.
     sqlx::query(
@@ -700,6 +702,49 @@ async fn stale_counts_accounts_never_fetched_and_those_older_than_the_interval()
     .expect("age one balance");
     let (_, body) = app.get_json(BALANCES, &token).await;
     assert_eq!(accounts(&body), (Some(3), Some(2), Some(2)), "{body}");
+    // Counted with the totals in one read, the totals are the same.
+    assert_eq!(body["totals"], totals, "{body}");
+    assert_eq!(body["failures"].as_array().map(Vec::len), Some(1), "{body}");
+
+    // One owner's aggregate counts its own stale accounts.
+    let owner: String = sqlx::query_scalar(
+        "SELECT accountid FROM stripe_accounts WHERE tenant_id = $1 AND stripeid = $2",
+    )
+    .bind(tenant_id)
+    .bind(&ids[0])
+    .fetch_one(&app.pool)
+    .await
+    .expect("owner");
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_accounts WHERE tenant_id = $1 AND accountid = $2",
+    )
+    .bind(tenant_id)
+    .bind(&owner)
+    .fetch_one(&app.pool)
+    .await
+    .expect("owned");
+    let (status, body) = app
+        .get_json(&format!("{BALANCES}?accountid={owner}"), &token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accounts"]["total"].as_i64(), Some(owned), "{body}");
+    let owned_stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_accounts a
+         LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
+         WHERE a.tenant_id = $1 AND a.accountid = $2
+           AND (l.fetched_at IS NULL OR l.fetched_at < now() - interval '1 hour')",
+    )
+    .bind(tenant_id)
+    .bind(&owner)
+    .fetch_one(&app.pool)
+    .await
+    .expect("owned stale");
+    assert!(owned_stale >= 1, "the aged account is the owner's");
+    assert_eq!(
+        body["accounts"]["stale"].as_i64(),
+        Some(owned_stale),
+        "{body}"
+    );
 }
 
 /// The stale part of a tenant as the kept minutes count it, against a scan of every
