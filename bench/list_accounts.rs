@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench list_accounts
 //!   BENCH_ACCOUNTS=200000 BENCH_SECONDS=3 cargo bench --bench list_accounts
-//!   STREAM_ONLY=1 cargo bench --bench list_accounts    # only `all=true`
+//!   STREAM_ONLY=1 cargo bench --bench list_accounts    # only `all=true` (STREAM_REPEAT=n: n times)
 //!
 //! Prints latency percentiles and requests/s per scenario at two table sizes (to show
 //! the first page, and a `starting_after` page at half depth, do not grow with the
@@ -158,17 +158,22 @@ fn owner_script(tenant: i64, owners: usize) -> String {
 async fn stream_all(client: &reqwest::Client, base: &str, token: &str, size: usize) {
     let rss_before = rss_mib();
     let started = Instant::now();
-    let response = client
-        .get(format!("{base}?all=true"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("all");
-    let mut bytes = 0usize;
-    let mut stream = response;
-    while let Some(chunk) = stream.chunk().await.expect("chunk") {
-        bytes += chunk.len();
-    }
+    let bytes = match curl_download(base, token).await {
+        Some(bytes) => bytes,
+        None => {
+            let mut response = client
+                .get(format!("{base}?all=true"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("all");
+            let mut bytes = 0usize;
+            while let Some(chunk) = response.chunk().await.expect("chunk") {
+                bytes += chunk.len();
+            }
+            bytes
+        }
+    };
     let elapsed = started.elapsed();
     println!(
         "all=true streaming                 {size} records, {:.1} MiB in {:.2} s = {:.0} records/s; RSS {:.0} -> {:.0} MiB (peak {:.0})",
@@ -179,6 +184,33 @@ async fn stream_all(client: &reqwest::Client, base: &str, token: &str, size: usi
         rss_mib(),
         peak_rss_mib()
     );
+}
+
+/// Downloads `all=true` with curl (outside this process, as wrk and pgbench are, so
+/// the client does not share the server's runtime); the bytes received, or `None`
+/// without curl.
+async fn curl_download(base: &str, token: &str) -> Option<usize> {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "-H",
+        ])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{base}?all=true"))
+        .output()
+        .await
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }
 
 #[tokio::main]
@@ -237,7 +269,10 @@ async fn main() {
         let owners = size / 2;
         let deep = size / 2;
         if std::env::var("STREAM_ONLY").is_ok() {
-            stream_all(&client, &base, &token, size).await;
+            // STREAM_REPEAT streams it again (for a profiler to watch).
+            for _ in 0..env_usize("STREAM_REPEAT", 1) {
+                stream_all(&client, &base, &token, size).await;
+            }
             continue;
         }
 

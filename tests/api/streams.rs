@@ -209,10 +209,14 @@ async fn a_reader_that_stops_reading_is_cut_off_and_its_slot_freed() {
 
 #[tokio::test]
 async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks() {
+    use tally::store::accounts::CHUNK_ROWS;
+
     let app = spawn_app().await;
     let tenant_id = app.add_tenant("acme").await;
     let owner = "owner_streamed";
-    accounts(&app, tenant_id, 500, Some(owner)).await;
+    // Past two chunk edges, ending inside a third chunk.
+    let n = 2 * CHUNK_ROWS + 300;
+    accounts(&app, tenant_id, n as i64, Some(owner)).await;
     let token = app.token(Role::Reader, Some("acme")).await;
     let bytes = |path: String| {
         let app = &app;
@@ -223,33 +227,57 @@ async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks
             response.bytes().await.expect("body").to_vec()
         }
     };
+    // Collected pages of 500 (the largest page not streamed), their records joined
+    // into one array: what a stream of the same records must be, byte for byte.
+    let joined_pages = |pages: Vec<Vec<u8>>| {
+        let records: Vec<&[u8]> = pages
+            .iter()
+            .map(|page| &page[1..page.len() - 1])
+            .filter(|records| !records.is_empty())
+            .collect();
+        [b"[".as_slice(), &records.join(b",".as_slice()), b"]"].concat()
+    };
 
-    // 500 records: `limit=500` is collected, `all=true` and `limit=501` streamed.
-    let page = bytes(format!("{LIST}?limit=500")).await;
-    assert_eq!(bytes(format!("{LIST}?all=true")).await, page);
-    assert_eq!(bytes(format!("{LIST}?limit=501")).await, page);
+    let mut pages = Vec::new();
+    for offset in (0..n).step_by(500) {
+        pages.push(bytes(format!("{LIST}?offset={offset}&limit=500")).await);
+    }
+    let paged_bytes = joined_pages(pages);
+    assert_eq!(bytes(format!("{LIST}?all=true")).await, paged_bytes);
+    assert_eq!(bytes(format!("{LIST}?limit={}", n + 1)).await, paged_bytes);
 
-    // Offset pages of 7, joined, are the stream, past several chunk edges.
+    // Offset pages of 97, joined, are the stream, past every chunk edge.
     let mut paged = Vec::new();
-    for offset in (0..500).step_by(7) {
+    for offset in (0..n).step_by(97) {
         let (_, body) = app
-            .get_json(&format!("{LIST}?offset={offset}&limit=7"), &token)
+            .get_json(&format!("{LIST}?offset={offset}&limit=97"), &token)
             .await;
         paged.extend(ids(&body));
     }
-    let streamed: Value = serde_json::from_slice(&page).expect("json");
+    let streamed: Value = serde_json::from_slice(&paged_bytes).expect("json");
     assert_eq!(ids(&streamed), paged);
-    // A streamed page deep in the listing, and one owner's records streamed.
+    // Streamed pages deep in the listing, one across a chunk edge, and one owner's
+    // records streamed.
     let (_, deep) = app
         .get_json(&format!("{LIST}?offset=137&limit=600"), &token)
         .await;
-    assert_eq!(ids(&deep), paged[137..]);
-    let (_, owned) = app
-        .get_json(&format!("{LIST}?accountid={owner}&all=true"), &token)
+    assert_eq!(ids(&deep), paged[137..737]);
+    let across = CHUNK_ROWS - 100;
+    let (_, across_edge) = app
+        .get_json(&format!("{LIST}?offset={across}&limit=600"), &token)
         .await;
-    let (_, owned_page) = app
-        .get_json(&format!("{LIST}?accountid={owner}&limit=500"), &token)
-        .await;
-    assert_eq!(ids(&owned).len(), 167);
-    assert_eq!(ids(&owned), ids(&owned_page));
+    assert_eq!(ids(&across_edge), paged[across..across + 600]);
+    let owned_stream = bytes(format!("{LIST}?accountid={owner}&all=true")).await;
+    let mut owned_pages = Vec::new();
+    for offset in (0..n / 3 + 1).step_by(500) {
+        owned_pages.push(
+            bytes(format!(
+                "{LIST}?accountid={owner}&offset={offset}&limit=500"
+            ))
+            .await,
+        );
+    }
+    assert_eq!(owned_stream, joined_pages(owned_pages));
+    let owned: Value = serde_json::from_slice(&owned_stream).expect("json");
+    assert_eq!(ids(&owned).len(), n.div_ceil(3));
 }

@@ -200,6 +200,25 @@ async fn a_second_sync_with_nothing_changed_changes_nothing() {
     let after = stored(&app, tenant.id, &probe).await;
     assert_eq!(after.updated_at, before.updated_at);
 
+    // Objects kept before they were stored as text have jsonb's spacing and key order:
+    // the same objects, so a sync still changes nothing.
+    sqlx::query(
+        "UPDATE stripe_accounts SET stripe_object = stripe_object::jsonb::json WHERE tenant_id = $1",
+    )
+    .bind(tenant.id)
+    .execute(&app.pool)
+    .await
+    .expect("respaced");
+    assert_ne!(
+        stored(&app, tenant.id, &probe).await.stripe_object,
+        before.stripe_object
+    );
+    assert_eq!(counts(&sync_ok(&app, &tenant).await), (0, 0, 62, 0));
+    assert_eq!(
+        stored(&app, tenant.id, &probe).await.updated_at,
+        before.updated_at
+    );
+
     // A real change is picked up, and only that one.
     sim.update_account_metadata(&probe, "accountid", Some("owner_moved"));
     let third = sync_ok(&app, &tenant).await;

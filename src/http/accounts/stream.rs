@@ -69,6 +69,7 @@ pub(super) async fn stream_listing(
         slug: scope.tenant.slug.clone(),
         owner,
         wanted,
+        tasks: state.tasks.tracker.clone(),
     };
     let body = listing.spawn(
         &state.tasks.tracker,
@@ -99,6 +100,8 @@ struct StreamedListing {
     owner: Option<OwnerId>,
     /// Records to send at most (`usize::MAX`: every one).
     wanted: usize,
+    /// Where the chunk reads run (the process's tracker).
+    tasks: TaskTracker,
 }
 
 /// Why a stream ended before its closing bracket.
@@ -165,6 +168,9 @@ impl StreamedListing {
         )
     }
 
+    /// Writes `rows` while the chunk after them is read by a task of its own, so
+    /// Postgres makes the next chunk, and this process decodes it, while this one is
+    /// serialised and sent: at most two chunks are in memory.
     async fn run(
         &self,
         slot: &StreamSlot,
@@ -175,28 +181,42 @@ impl StreamedListing {
         let mut left = self.wanted;
         loop {
             let more_stored = rows.len() >= asked;
-            for row in rows.iter().take(left) {
-                let record = StripeAccountRecord::new(row, &self.slug)
-                    .map_err(|error| StreamStop::Failed(error.into()))?;
-                out.push(&record).await?;
-            }
-            left = left.saturating_sub(rows.len());
-            let Some(last) = rows.last() else { break };
-            if left == 0 || !more_stored {
-                break;
-            }
-            let after = ListingKey::from(last);
-            rows = {
+            let sending = rows.len().min(left);
+            left -= sending;
+            let after = rows
+                .last()
+                .filter(|_| left > 0 && more_stored)
+                .map(ListingKey::from);
+            let next = async {
+                let Some(after) = after else {
+                    return Ok(None);
+                };
                 let _turn = slot.read_turn().await;
-                store::accounts::chunk_after(
-                    &self.pool,
-                    self.tenant_id,
-                    self.owner.as_ref(),
-                    &after,
-                )
-                .await
-                .map_err(|error| StreamStop::Failed(error.into()))?
+                let (pool, tenant_id, owner) =
+                    (self.pool.clone(), self.tenant_id, self.owner.clone());
+                let read = self.tasks.spawn(async move {
+                    store::accounts::chunk_after(&pool, tenant_id, owner.as_ref(), &after).await
+                });
+                match read.await {
+                    Ok(Ok(rows)) => Ok(Some(rows)),
+                    Ok(Err(error)) => Err(StreamStop::Failed(error.into())),
+                    Err(error) => Err(StreamStop::Failed(error.into())),
+                }
             };
+            let write = async {
+                for row in &rows[..sending] {
+                    let record = StripeAccountRecord::new(row, &self.slug)
+                        .map_err(|error| StreamStop::Failed(error.into()))?;
+                    out.push(&record).await?;
+                }
+                Ok::<(), StreamStop>(())
+            };
+            let (next, written) = tokio::join!(next, write);
+            written?;
+            match next? {
+                Some(chunk) => rows = chunk,
+                None => break,
+            }
             asked = CHUNK_ROWS;
         }
         out.finish().await
