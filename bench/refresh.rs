@@ -7,12 +7,16 @@
 //!   REFRESH_BUDGET_CALLS=1000 cargo bench --bench refresh
 //!
 //! Part 1, per replica count: N accounts (`REFRESH_ACCOUNTS`, 10,000) of one platform
-//! tenant paced at R (`REFRESH_RATE`, 100/s) against a simulator that answers 429
-//! above 100 requests/s per key, 50 ms per request. Each replica is a whole
-//! `Application` (HTTP server and refresher) with its own pool and its own Stripe
-//! access on the shared budget, as `tally serve` builds it, on a fresh database.
-//! Prints the time until every account has a snapshot against the bound N/R (the
-//! budget spaces slots 1.006 s / R apart, so about 1.006 is the floor), Stripe requests
+//! tenant paced at R (`REFRESH_RATE`, 100/s) and E per endpoint (`REFRESH_ENDPOINT_RATE`,
+//! `stripe.endpoint_rate_limit`: Stripe's default 25/s) against a simulator that answers
+//! 429 above 100 requests/s per key and above E per endpoint, 50 ms per request. Each
+//! replica is a whole `Application` (HTTP server and refresher) with its own pool and
+//! its own Stripe access on the shared budget, as `tally serve` builds it, on a fresh
+//! database. After each balance the refresher reads the account's new balance
+//! transactions (the daily close), which take the tenant's budget too. Prints the time
+//! until every account has a snapshot against the bound max(N/E, (N + L)/R), L the
+//! ledger reads (the budget spaces slots 1.006 s / rate apart, so about 1.006 is the
+//! floor), Stripe requests
 //! per account (target 1.00-1.02), the highest rate the simulator saw in any
 //! one-second window against R (target <= 1) and its 429s (target 0). Then, unless
 //! `REFRESH_STEADY=0`, it keeps running one more interval (`REFRESH_INTERVAL_SECS`,
@@ -27,7 +31,7 @@
 //! the whole `SharedBudget::acquire`, against the in-process limiter (`AdaptiveRate`).
 //!
 //! The accounts are stored up front and scheduled syncs are off, so what Stripe sees
-//! is the refresher's balance fetches alone. Nothing here asserts a timing.
+//! is the refresher's balance fetches and its ledger reads. Nothing here asserts a timing.
 
 mod common;
 
@@ -52,6 +56,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// A fill that makes no progress this long is reported as stalled, not waited on.
 const STALL: Duration = Duration::from_secs(60);
 const BALANCE_PATH: &str = "GET /v1/balance";
+const LEDGER_PATH: &str = "GET /v1/balance_transactions";
 /// The budget part's tenant rate: slots about 1 µs apart, far closer than one
 /// reservation takes, so none waits and only the reservation itself is timed.
 const UNCONSTRAINED_RATE: u32 = 1_000_000;
@@ -59,6 +64,7 @@ const UNCONSTRAINED_RATE: u32 = 1_000_000;
 struct Knobs {
     accounts: usize,
     rate: u32,
+    endpoint_rate: u32,
     interval: Duration,
     steady: bool,
     replicas: Vec<usize>,
@@ -70,6 +76,8 @@ impl Knobs {
         Knobs {
             accounts: env_usize("REFRESH_ACCOUNTS", 10_000),
             rate: u32::try_from(env_usize("REFRESH_RATE", 100)).expect("REFRESH_RATE fits u32"),
+            endpoint_rate: u32::try_from(env_usize("REFRESH_ENDPOINT_RATE", 25))
+                .expect("REFRESH_ENDPOINT_RATE fits u32"),
             interval: Duration::from_secs(env_usize("REFRESH_INTERVAL_SECS", 150) as u64),
             steady: env_usize("REFRESH_STEADY", 1) != 0,
             replicas: std::env::var("REFRESH_REPLICAS")
@@ -85,13 +93,14 @@ impl Knobs {
 
 /// What `tally serve` would run with (config/default.toml: tick, pool size, in-flight
 /// cap), on the scratch database, with the background refresher on at `interval`.
-fn serve_settings(db: &ScratchDb, interval: Duration) -> Settings {
+fn serve_settings(db: &ScratchDb, interval: Duration, endpoint_rate: u32) -> Settings {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut settings = Settings::load_from(&dir, "bench").expect("settings");
     settings.database.url = SecretString::from(db.url.clone());
     settings.server.bind = "127.0.0.1:0".parse().expect("address");
     settings.refresh.enabled = true;
     settings.refresh.interval_secs = interval.as_secs();
+    settings.stripe.endpoint_rate_limit = endpoint_rate;
     // The accounts are stored up front; a scheduled sync would list them again.
     settings.sync.interval_secs = 0;
     settings
@@ -168,7 +177,7 @@ fn rate_line(stats: &SimStats, rate: u32) -> String {
 async fn replicas_run(knobs: &Knobs, replicas: usize) {
     let n = knobs.accounts;
     let db = ScratchDb::create(&format!("tally_bench_refresh{replicas}")).await;
-    let settings = serve_settings(&db, knobs.interval);
+    let settings = serve_settings(&db, knobs.interval, knobs.endpoint_rate);
     let pool = side_pool(&settings, 4);
     store::migrate(&pool).await.expect("migrations");
     // Counts every call of the budget function, granted or not, in every session.
@@ -185,6 +194,7 @@ async fn replicas_run(knobs: &Knobs, replicas: usize) {
         org_accounts: 0,
         latency_ms: SIM_LATENCY_MS,
         rate_limit: SIM_RATE_LIMIT,
+        endpoint_rate_limit: knobs.endpoint_rate,
         ..SimConfig::default()
     })
     .await
@@ -225,14 +235,20 @@ async fn replicas_run(knobs: &Knobs, replicas: usize) {
         tenant.id,
     )
     .await;
-    let bound = n as f64 / f64::from(knobs.rate);
+    let ledger = stats.by_path.get(LEDGER_PATH).copied().unwrap_or(0);
+    // The balance endpoint's own limit, or the tenant's rate shared with the ledger
+    // reads, whichever is slower.
+    let by_endpoint = n as f64 / f64::from(knobs.endpoint_rate);
+    let by_tenant = (n as f64 + ledger as f64) / f64::from(knobs.rate);
+    let bound = by_endpoint.max(by_tenant);
     if let Some(wall) = filled {
         let wall = wall.as_secs_f64();
         println!(
-            "  fill: every account has a snapshot after {wall:.1} s, bound N/R = {bound:.1} s, wall/bound = {:.3}",
-            wall / bound
+            "  fill: every account has a snapshot after {wall:.1} s, bound max(N/E, (N + L)/R) = max({by_endpoint:.1}, {by_tenant:.1}) s, bound/wall = {:.3}",
+            bound / wall
         );
     }
+    println!("  fill: {ledger} ledger reads ({LEDGER_PATH}) beside the balances");
     println!(
         "  fill: requests/account {:.3} ({requests} {BALANCE_PATH} for {n} accounts; {fetched_twice} fetched twice, {failing} failing)",
         requests as f64 / n as f64
@@ -354,7 +370,7 @@ async fn time_local_limiter(tasks: usize, calls: usize) -> f64 {
 
 async fn budget_part(calls: usize) {
     let db = ScratchDb::create("tally_bench_budget").await;
-    let settings = serve_settings(&db, Duration::from_secs(300));
+    let settings = serve_settings(&db, Duration::from_secs(300), UNCONSTRAINED_RATE);
     let pools: Vec<sqlx::PgPool> = (0..3).map(|_| side_pool(&settings, 1)).collect();
     store::migrate(&pools[0]).await.expect("migrations");
     let master = MasterKey::generate_base64();
@@ -432,9 +448,10 @@ async fn main() {
         tally::telemetry::init(tally::config::LogFormat::Pretty, "warn");
     }
     println!(
-        "refresh: N={} accounts on one platform tenant, tenant rate R={}/s, simulator limit {SIM_RATE_LIMIT}/s per key, latency {SIM_LATENCY_MS} ms, refresh.interval_secs={}",
+        "refresh: N={} accounts on one platform tenant, tenant rate R={}/s, E={}/s per endpoint, simulator limit {SIM_RATE_LIMIT}/s per key and E per endpoint, latency {SIM_LATENCY_MS} ms, refresh.interval_secs={}",
         knobs.accounts,
         knobs.rate,
+        knobs.endpoint_rate,
         knobs.interval.as_secs()
     );
     for replicas in &knobs.replicas {
