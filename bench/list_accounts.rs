@@ -97,7 +97,7 @@ fn pgbench(db_url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
         })
 }
 
-const ROW: &str = "a.stripeid, a.accountid, a.platform_id, a.stripe_object::text, a.created_at, a.updated_at, a.removed_at";
+const ROW: &str = "a.stripeid, a.accountid, a.platform_id, COALESCE(a.stripe_object_text::text, a.stripe_object::text), a.created_at, a.updated_at, a.removed_at";
 
 /// store::accounts::page_with_total, as one pgbench statement.
 fn page_script(tenant: i64, offset: usize) -> String {

@@ -280,4 +280,14 @@ async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks
     assert_eq!(owned_stream, joined_pages(owned_pages));
     let owned: Value = serde_json::from_slice(&owned_stream).expect("json");
     assert_eq!(ids(&owned).len(), n.div_ceil(3));
+
+    // Rows written before the object was also kept as text stream the same records.
+    sqlx::query("UPDATE stripe_accounts SET stripe_object_text = NULL WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .execute(&app.pool)
+        .await
+        .expect("rows from before");
+    let from_jsonb: Value =
+        serde_json::from_slice(&bytes(format!("{LIST}?all=true")).await).expect("json");
+    assert_eq!(from_jsonb, streamed);
 }
