@@ -148,18 +148,18 @@ pub async fn read(
                 None => store::snapshots::tenant_freshness(pool, tenant_id).await?,
             };
             let listed = freshness.listed;
-            // The stale count needs no count of its own when no stream vouches (whose
-            // changed accounts only the store can count) and even the oldest snapshot
-            // meets the interval: then only the accounts never fetched are stale.
-            // Otherwise it is counted with the totals, in the same round trip.
-            let all_fetched_since = backlog.vouched_since.is_none()
-                && freshness
-                    .oldest
-                    .is_none_or(|oldest| oldest >= backlog.fetched_since);
+            // The stale count needs no count of its own when even the oldest snapshot
+            // was fetched since the interval's cutoff: every fetched account meets the
+            // rule by its fetch, whatever the stream says, so only the accounts never
+            // fetched are stale. Otherwise it is counted with the totals, in the same
+            // round trip.
+            let every_fetched_meets = freshness
+                .oldest
+                .is_none_or(|oldest| oldest >= backlog.fetched_since);
             let (totals, progress) = store::snapshots::tenant_totals_and_progress(
                 pool,
                 tenant_id,
-                (!all_fetched_since).then_some(backlog),
+                (!every_fetched_meets).then_some(backlog),
             )
             .await?;
             let stale = match progress {

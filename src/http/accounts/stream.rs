@@ -212,6 +212,9 @@ impl StreamedListing {
                 Ok::<(), StreamStop>(())
             };
             let (next, written) = tokio::join!(next, write);
+            if let (Err(_), Err(StreamStop::Failed(error))) = (&written, &next) {
+                tracing::error!(error = ?error, "reading the next chunk of a listing failed");
+            }
             written?;
             match next? {
                 Some(chunk) => rows = chunk,
