@@ -574,33 +574,6 @@ pub async fn scope_latest(
     .await
 }
 
-/// Listed accounts of the scope with no snapshot, or only one older than `cutoff`.
-pub async fn stale_accounts(
-    db: impl PgExecutor<'_>,
-    tenant_id: i64,
-    owner: Option<&OwnerId>,
-    cutoff: DateTime<Utc>,
-) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT a.stripeid, a.platform_id
-           FROM stripe_accounts a
-           LEFT JOIN latest_balances l ON l.tenant_id = a.tenant_id AND l.stripeid = a.stripeid
-           WHERE a.tenant_id = $1 AND a.removed_at IS NULL
-             AND ($2::text IS NULL OR a.accountid = $2)
-             AND (l.fetched_at IS NULL OR l.fetched_at < $3)
-           ORDER BY a.created_at DESC, a.stripeid"#,
-        tenant_id,
-        owner.map(OwnerId::as_str),
-        cutoff
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.stripeid, r.platform_id))
-        .collect())
-}
-
 /// Listed accounts of the tenant with no snapshot yet. Only asked when the kept
 /// counts say some exist, so the whole-tenant aggregate scans nothing when complete.
 pub async fn never_fetched(
