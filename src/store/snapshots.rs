@@ -371,16 +371,7 @@ pub async fn tenant_freshness(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
 ) -> Result<TenantFreshness, sqlx::Error> {
-    sqlx::query_as!(
-        TenantFreshness,
-        r#"SELECT COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0) AS "listed!",
-                  COALESCE((SELECT ok FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "ok!",
-                  COALESCE((SELECT failed FROM tenant_balance_counts WHERE tenant_id = $1), 0) AS "failed!",
-                  (SELECT min(fetched_at) FROM latest_balances WHERE tenant_id = $1) AS oldest"#,
-        tenant_id
-    )
-    .fetch_one(db)
-    .await
+    Ok(tenant_look(db, tenant_id).await?.2)
 }
 
 /// A tenant's freshness mode and event stream with its kept state, in one read: a

@@ -71,13 +71,7 @@ pub(super) async fn stream_listing(
         wanted,
         tasks: state.tasks.tracker.clone(),
     };
-    let body = listing.spawn(
-        &state.tasks.tracker,
-        slot,
-        first.rows,
-        first_chunk,
-        connection,
-    );
+    let body = listing.spawn(slot, first.rows, first_chunk, connection);
     let mut response = (
         [(
             header::CONTENT_TYPE,
@@ -100,7 +94,7 @@ struct StreamedListing {
     owner: Option<OwnerId>,
     /// Records to send at most (`usize::MAX`: every one).
     wanted: usize,
-    /// Where the chunk reads run (the process's tracker).
+    /// The process's tracker: the stream and its chunk reads run on it.
     tasks: TaskTracker,
 }
 
@@ -123,7 +117,6 @@ impl StreamedListing {
     /// on the process's tracker, so a shutdown waits for the streams being sent.
     fn spawn(
         self,
-        tasks: &TaskTracker,
         slot: StreamSlot,
         first: Vec<AccountRow>,
         first_asked: usize,
@@ -131,6 +124,7 @@ impl StreamedListing {
     ) -> Body {
         let (pieces, receiver) = mpsc::channel::<Bytes>(PIECES_BUFFERED);
         let (finished, completed) = oneshot::channel::<()>();
+        let tasks = self.tasks.clone();
         tasks.spawn(async move {
             let mut out = ArrayWriter::new(pieces, slot.idle_timeout());
             let outcome = self.run(&slot, &mut out, first, first_asked).await;
