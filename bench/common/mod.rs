@@ -65,6 +65,81 @@ pub struct LoadReport {
     pub p90: Duration,
     pub p99: Duration,
     pub max: Duration,
+    /// CPU this process (the server, and the client when it runs in-process) and
+    /// Postgres's backends used while the load ran.
+    pub cpu: Option<CpuUse>,
+}
+
+/// CPU used over a stretch of load: by this process, and by every Postgres process.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    pub own: Duration,
+    pub postgres: Duration,
+}
+
+impl CpuUse {
+    /// Starts counting; `since` gives what was used from here.
+    pub fn start() -> CpuUse {
+        CpuUse {
+            own: process_cpu("self", false),
+            postgres: postgres_cpu(),
+        }
+    }
+
+    pub fn since(self) -> CpuUse {
+        CpuUse {
+            own: process_cpu("self", false).saturating_sub(self.own),
+            postgres: postgres_cpu().saturating_sub(self.postgres),
+        }
+    }
+
+    /// Microseconds of each per unit of work (a request, a query).
+    pub fn per(&self, units: usize) -> (f64, f64) {
+        let units = units.max(1) as f64;
+        (
+            self.own.as_secs_f64() * 1e6 / units,
+            self.postgres.as_secs_f64() * 1e6 / units,
+        )
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat` (the fields after the command's closing paren),
+/// and with `reaped` the CPU of its children that exited (cutime + cstime).
+fn process_cpu(pid: &str, reaped: bool) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields_used: &[usize] = if reaped { &[11, 12, 13, 14] } else { &[11, 12] };
+    let ticks: u64 = fields_used
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(ticks as f64 / per_second)
+}
+
+/// CPU used so far by Postgres: every running process named `postgres`, and the
+/// backends that exited (the postmaster reaps them: its children's time), so the
+/// connections of a pgbench that has ended count too.
+pub fn postgres_cpu() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .map(|pid| process_cpu(&pid, true))
+        .sum()
 }
 
 impl LoadReport {
@@ -73,8 +148,12 @@ impl LoadReport {
     }
 
     pub fn line(&self, name: &str) -> String {
+        let cpu = self.cpu.map_or(String::new(), |cpu| {
+            let (own, postgres) = cpu.per(self.requests);
+            format!("; CPU per request: tally {own:.0} us, Postgres {postgres:.0} us")
+        });
         format!(
-            "{name:<34} {:>8.0} req/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} requests, {} errors)",
+            "{name:<34} {:>8.0} req/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} requests, {} errors{cpu})",
             self.rps(),
             ms(self.p50),
             ms(self.p90),
@@ -154,6 +233,7 @@ pub async fn closed_loop(
         p90: percentile(&all, 90.0),
         p99: percentile(&all, 99.0),
         max: all.last().copied().unwrap_or_default(),
+        cpu: None,
     }
 }
 
@@ -243,6 +323,7 @@ pub fn wrk(
         p90: percentile("90%")?,
         p99: percentile("99%")?,
         max,
+        cpu: None,
     })
 }
 
@@ -277,11 +358,12 @@ pub async fn load(
     url_for: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> LoadReport {
     let (host, token_owned, lua_path) = (host.to_owned(), token.to_owned(), lua_path.to_owned());
+    let cpu = CpuUse::start();
     let external =
         tokio::task::spawn_blocking(move || wrk(&host, &token_owned, clients, duration, &lua_path))
             .await
             .expect("wrk task");
-    match external {
+    let report = match external {
         Some(report) => report,
         None => {
             let client = reqwest::Client::builder()
@@ -290,6 +372,10 @@ pub async fn load(
                 .expect("client");
             closed_loop(&client, token, clients, duration, Arc::new(url_for)).await
         }
+    };
+    LoadReport {
+        cpu: Some(cpu.since()),
+        ..report
     }
 }
 

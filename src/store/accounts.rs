@@ -340,65 +340,88 @@ impl From<&AccountRow> for ListingKey {
     }
 }
 
-/// Rows [`chunk_after`] returns at most. Written into its statements as a literal,
-/// for the reason [`page_with_total`] gives. Large enough that a statement's own cost
-/// (a round trip, a plan, a wake-up) is small beside its rows (`all=true` streamed
-/// 372,000–408,000 records/s with 1,024 and 431,000–454,000/s with 2,048 on two
-/// cores, objects of 370 bytes); a stream holds two chunks, so 2 × 2,048 × the object
-/// size (about 2 MB here, 20 MB for 5 KB objects).
+/// Rows a chunk of a streamed listing holds at most. Large enough that a statement's
+/// own cost (a round trip, a plan, a wake-up) is small beside its rows (`all=true`
+/// streamed 372,000–408,000 records/s with 1,024 and 431,000–454,000/s with 2,048 on
+/// two cores, objects of 370 bytes). The stream asks for fewer when objects are large
+/// (`http::accounts::stream` sizes each chunk by bytes).
 pub const CHUNK_ROWS: usize = 2048;
 
-/// The next [`CHUNK_ROWS`] listed records after `after`, in listing order (of one
-/// owner's records when `owner` is given). Each call is one short query, so a long
-/// `all=true` stream holds a pooled connection only while a chunk is read, never
-/// while the client reads it; the index walk starts at the key, so it costs the same
-/// deep in the listing as at its start.
+/// The next `rows` listed records after `after`, in listing order (of one owner's
+/// records when `owner` is given). Each call is one short query, so a long `all=true`
+/// stream holds a pooled connection only while a chunk is read, never while the
+/// client reads it; the index walk starts at the key, so it costs the same deep in the
+/// listing as at its start. `rows` is written into the statement as an integer, for
+/// the reason [`page_with_total`] gives; callers ask for few distinct sizes (powers of
+/// two), so each keeps one cached plan.
 pub async fn chunk_after(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
     owner: Option<&OwnerId>,
     after: &ListingKey,
+    rows: usize,
 ) -> Result<Vec<AccountRow>, sqlx::Error> {
-    // `created_at <= $k` bounds the index range; the OR only drops the key's ties
+    let owner_filter = if owner.is_some() {
+        "AND accountid = $4"
+    } else {
+        ""
+    };
+    // `created_at <= $2` bounds the index range; the OR only drops the key's ties
     // up to and including the key itself.
-    match owner {
-        None => {
-            sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, COALESCE(stripe_object_text::text, stripe_object::text) AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND removed_at IS NULL
-                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
-                   ORDER BY created_at DESC, stripeid
-                   LIMIT 2048"#,
-                tenant_id,
-                after.created_at,
-                after.stripeid
-            )
-            .fetch_all(db)
-            .await
-        }
-        Some(owner) => {
-            sqlx::query_as!(
-                AccountRow,
-                r#"SELECT stripeid, accountid, platform_id, COALESCE(stripe_object_text::text, stripe_object::text) AS "stripe_object!",
-                          created_at, updated_at, removed_at
-                   FROM stripe_accounts
-                   WHERE tenant_id = $1 AND accountid = $4 AND removed_at IS NULL
-                     AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
-                   ORDER BY created_at DESC, stripeid
-                   LIMIT 2048"#,
-                tenant_id,
-                after.created_at,
-                after.stripeid,
-                owner.as_str()
-            )
-            .fetch_all(db)
-            .await
-        }
+    let sql = format!(
+        "SELECT stripeid, accountid, platform_id,
+                COALESCE(stripe_object_text::text, stripe_object::text),
+                created_at, updated_at, removed_at
+         FROM stripe_accounts
+         WHERE tenant_id = $1 {owner_filter} AND removed_at IS NULL
+           AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
+         ORDER BY created_at DESC, stripeid
+         LIMIT {rows}"
+    );
+    let mut query = sqlx::query_as::<_, ChunkRow>(&sql)
+        .bind(tenant_id)
+        .bind(after.created_at)
+        .bind(&after.stripeid);
+    if let Some(owner) = owner {
+        query = query.bind(owner);
     }
+    let chunk = query.fetch_all(db).await?;
+    Ok(chunk
+        .into_iter()
+        .map(
+            |(
+                stripeid,
+                accountid,
+                platform_id,
+                stripe_object,
+                created_at,
+                updated_at,
+                removed_at,
+            )| {
+                AccountRow {
+                    stripeid,
+                    accountid,
+                    platform_id,
+                    stripe_object,
+                    created_at,
+                    updated_at,
+                    removed_at,
+                }
+            },
+        )
+        .collect())
 }
+
+/// One row of [`chunk_after`]: an [`AccountRow`]'s columns in order.
+type ChunkRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 /// Listed accounts of the tenant, from the trigger-kept counter (no scan).
 pub async fn count(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<i64, sqlx::Error> {

@@ -81,8 +81,27 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        // sqlx pings every connection it hands out (and, unless it is patched, every
+        // one it takes back): round trips to Postgres beside each statement's own. A
+        // connection in steady use has just proven itself; only one idle for a while
+        // (Postgres restarted, PgBouncer or a firewall dropped it) is tested first, and
+        // a broken one is closed and another taken. The vendored driver's `ping` skips
+        // the round trip when nothing is outstanding, so the test is a query.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TEST_IDLE_AFTER {
+                    sqlx::Executor::execute(&mut *conn, "SELECT 1").await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
+
+/// A pooled connection idle longer than this is tested before it is handed out; a
+/// broken one is closed and another taken, so the statement does not fail with it.
+const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await

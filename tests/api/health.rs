@@ -158,3 +158,46 @@ pub(crate) async fn a_locking_transaction_left_idle_is_ended(
     assert_eq!(updated.rows_affected(), 1);
     assert!(sqlx::query("SELECT 1").execute(&mut *stuck).await.is_err());
 }
+
+/// Postgres restarted, or a proxy dropped idle connections: every pooled connection is
+/// dead. The statements that come next must still run; the pool tests a connection that
+/// sat idle before handing it out (not one in steady use: that round trip per statement
+/// cost a busy listing a fifth of its rate). The server's own pool, without the server,
+/// so no background task meets the dead connections first.
+#[tokio::test]
+async fn statements_after_postgres_dropped_the_pools_connections_run() {
+    let db = crate::helpers::TestDb::create().await;
+    let mut settings = test_settings();
+    settings.database.url = SecretString::from(db.url.clone());
+    let pool = tally::store::pool(&settings.database).expect("pool");
+    let statements =
+        || {
+            futures::future::join_all((0..6).map(|_| {
+                sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.05)").fetch_one(&pool)
+            }))
+        };
+    // Several at once, so the pool holds several connections.
+    for answer in statements().await {
+        answer.expect("runs");
+    }
+    assert!(pool.num_idle() >= 2, "the pool keeps its connections");
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::admin_url())
+        .await
+        .expect("connect");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(ended.len() >= 2, "the pool's connections were ended");
+    // Idle past the pool's test threshold, as connections are after a restart.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    for answer in statements().await {
+        answer.expect("runs over a fresh connection");
+    }
+    pool.close().await;
+}

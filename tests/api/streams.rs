@@ -214,7 +214,8 @@ async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks
     let app = spawn_app().await;
     let tenant_id = app.add_tenant("acme").await;
     let owner = "owner_streamed";
-    // Past two chunk edges, ending inside a third chunk.
+    // Past many chunk edges (a first chunk of 256, then as many as a megabyte holds),
+    // ending inside a chunk.
     let n = 2 * CHUNK_ROWS + 300;
     accounts(&app, tenant_id, n as i64, Some(owner)).await;
     let token = app.token(Role::Reader, Some("acme")).await;
@@ -290,4 +291,53 @@ async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks
     let from_jsonb: Value =
         serde_json::from_slice(&bytes(format!("{LIST}?all=true")).await).expect("json");
     assert_eq!(from_jsonb, streamed);
+}
+
+/// Chunks are sized by bytes: large account objects are read a few dozen at a time and
+/// small ones thousands at a time, and a stream whose objects change size partway gives
+/// exactly the pages' records, in their order, across every edge.
+#[tokio::test]
+async fn a_stream_of_objects_whose_size_changes_partway_is_the_pages_joined() {
+    let app = spawn_app().await;
+    let tenant_id = app.add_tenant("acme").await;
+    let n: i64 = 700;
+    let objects: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut object =
+                account_object(&format!("acct_1Big{i:06}"), 1_600_000_000 + i / 10, None);
+            // The newest 300 (listed first) carry 30 KB each, the rest 100 bytes.
+            let size = if i >= 400 { 30_000 } else { 100 };
+            object["business_profile"]["support_address"] = Value::String("y".repeat(size));
+            object
+        })
+        .collect();
+    for batch in objects.chunks(100) {
+        app.store_accounts(tenant_id, batch).await;
+    }
+    let token = app.token(Role::Reader, Some("acme")).await;
+
+    let streamed = app.get(&format!("{LIST}?all=true"), &token).await;
+    assert_eq!(streamed.status(), 200);
+    let streamed = streamed.bytes().await.expect("body").to_vec();
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for offset in (0..n).step_by(500) {
+        let page = app
+            .get(&format!("{LIST}?offset={offset}&limit=500"), &token)
+            .await
+            .bytes()
+            .await
+            .expect("page")
+            .to_vec();
+        records.push(page[1..page.len() - 1].to_vec());
+    }
+    let joined = [b"[".as_slice(), &records.join(b",".as_slice()), b"]"].concat();
+    assert_eq!(streamed, joined, "the stream is the pages, byte for byte");
+    let listed: Value = serde_json::from_slice(&streamed).expect("json");
+    // Newest `created` first, ties by stripeid.
+    let mut expected: Vec<(i64, String)> = (0..n)
+        .map(|i| (-(i / 10), format!("acct_1Big{i:06}")))
+        .collect();
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids(&listed), expected);
 }

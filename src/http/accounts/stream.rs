@@ -26,6 +26,19 @@ use crate::store::accounts::{AccountRow, ListingKey, CHUNK_ROWS};
 
 /// Records per piece written to a streamed body.
 const ROWS_PER_PIECE: usize = 64;
+/// A piece is sent at this size too, whatever its records: large objects do not pile
+/// up in one.
+const PIECE_BYTES: usize = 64 * 1024;
+/// What a chunk's rows should come to, in bytes: a stream holds two chunks (one
+/// written while the next is read), so about twice this per stream however large the
+/// account objects are, 128 MiB with `api.max_streams` (32) all open. Objects of
+/// 370 bytes still come [`CHUNK_ROWS`] at a time.
+const CHUNK_BYTES: usize = 2 << 20;
+/// The first chunk's rows, read before any object's size is known: two megabytes with
+/// 8 KiB objects.
+const FIRST_CHUNK_ROWS: usize = 256;
+/// The fewest rows a chunk asks for, whatever the objects' size.
+const MIN_CHUNK_ROWS: usize = 16;
 /// Pieces buffered between a stream's reader and its client.
 const PIECES_BUFFERED: usize = 4;
 
@@ -48,7 +61,7 @@ pub(super) async fn stream_listing(
         (query.offset, limit)
     };
     let owner = query.owner;
-    let first_chunk = wanted.min(CHUNK_ROWS);
+    let first_chunk = wanted.min(FIRST_CHUNK_ROWS);
     let first = {
         let _turn = slot.read_turn().await;
         store::accounts::page_with_total(
@@ -181,6 +194,7 @@ impl StreamedListing {
                 .last()
                 .filter(|_| left > 0 && more_stored)
                 .map(ListingKey::from);
+            let next_rows = chunk_rows(&rows);
             let next = async {
                 let Some(after) = after else {
                     return Ok(None);
@@ -189,7 +203,14 @@ impl StreamedListing {
                 let (pool, tenant_id, owner) =
                     (self.pool.clone(), self.tenant_id, self.owner.clone());
                 let read = self.tasks.spawn(async move {
-                    store::accounts::chunk_after(&pool, tenant_id, owner.as_ref(), &after).await
+                    store::accounts::chunk_after(
+                        &pool,
+                        tenant_id,
+                        owner.as_ref(),
+                        &after,
+                        next_rows,
+                    )
+                    .await
                 });
                 match read.await {
                     Ok(Ok(rows)) => Ok(Some(rows)),
@@ -214,13 +235,36 @@ impl StreamedListing {
                 Some(chunk) => rows = chunk,
                 None => break,
             }
-            asked = CHUNK_ROWS;
+            asked = next_rows;
         }
         out.finish().await
     }
 }
 
-/// Writes records as one JSON array, a piece of [`ROWS_PER_PIECE`] at a time.
+/// How many rows the chunk after `rows` asks for: as many as fit [`CHUNK_BYTES`] at
+/// the size `rows` had, rounded down to a power of two (few statement shapes, each
+/// with its cached plan), from [`MIN_CHUNK_ROWS`] to [`CHUNK_ROWS`].
+fn chunk_rows(rows: &[AccountRow]) -> usize {
+    if rows.is_empty() {
+        return CHUNK_ROWS;
+    }
+    let bytes: usize = rows.iter().map(row_bytes).sum();
+    let per_row = (bytes / rows.len()).max(1);
+    let fit = (CHUNK_BYTES / per_row).max(1);
+    (1usize << fit.ilog2()).clamp(MIN_CHUNK_ROWS, CHUNK_ROWS)
+}
+
+/// What a row holds in memory, roughly: its text and the struct around it.
+fn row_bytes(row: &AccountRow) -> usize {
+    std::mem::size_of::<AccountRow>()
+        + row.stripe_object.len()
+        + row.stripeid.len()
+        + row.accountid.as_ref().map_or(0, String::len)
+        + row.platform_id.as_ref().map_or(0, String::len)
+}
+
+/// Writes records as one JSON array, a piece of [`ROWS_PER_PIECE`] records (or
+/// [`PIECE_BYTES`]) at a time.
 struct ArrayWriter {
     pieces: mpsc::Sender<Bytes>,
     idle_timeout: Duration,
@@ -248,7 +292,7 @@ impl ArrayWriter {
             .map_err(|error| StreamStop::Failed(error.into()))?;
         self.written += 1;
         self.buffered += 1;
-        if self.buffered >= ROWS_PER_PIECE {
+        if self.buffered >= ROWS_PER_PIECE || self.buffer.len() >= PIECE_BYTES {
             self.send().await?;
         }
         Ok(())
@@ -267,5 +311,46 @@ impl ArrayWriter {
             Ok(Err(_)) => Err(StreamStop::Gone),
             Err(_) => Err(StreamStop::Idle),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_of(object_bytes: usize, n: usize) -> Vec<AccountRow> {
+        let row = AccountRow {
+            stripeid: "acct_1Chunk0000000001".to_owned(),
+            accountid: Some("owner_1".to_owned()),
+            platform_id: None,
+            stripe_object: "x".repeat(object_bytes),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            removed_at: None,
+        };
+        vec![row; n]
+    }
+
+    #[test]
+    fn chunks_hold_about_two_megabytes_whatever_the_objects_size() {
+        // Small objects (the bench's 370 bytes): the row cap rules.
+        assert_eq!(chunk_rows(&rows_of(370, 256)), CHUNK_ROWS);
+        for object_bytes in [2_000, 5_000, 20_000, 100_000] {
+            let rows = chunk_rows(&rows_of(object_bytes, 256));
+            assert!(rows.is_power_of_two(), "{rows}");
+            let chunk = rows_of(object_bytes, rows);
+            let held: usize = chunk.iter().map(row_bytes).sum();
+            assert!(
+                held <= CHUNK_BYTES,
+                "{object_bytes}: {rows} rows, {held} bytes"
+            );
+            // At most a power of two below the fit: never less than half the target.
+            assert!(
+                2 * held > CHUNK_BYTES,
+                "{object_bytes}: {rows} rows, {held} bytes"
+            );
+        }
+        // Huge objects still move: a few rows per chunk.
+        assert_eq!(chunk_rows(&rows_of(1 << 20, 4)), MIN_CHUNK_ROWS);
     }
 }

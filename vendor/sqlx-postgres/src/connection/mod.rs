@@ -179,6 +179,18 @@ impl Connection for PgConnection {
         // self.execute("/* SQLx ping */").map_ok(|_| ()).boxed()
 
         Box::pin(async move {
+            // tally patch: sqlx's pool pings every connection it takes back, a second
+            // round trip for each statement. One whose every message was sent and
+            // answered (its last ReadyForQuery read) is where a Sync would leave it, and
+            // proved alive just now: nothing to ask. One with anything outstanding (a
+            // future dropped mid-statement, a queued ROLLBACK, an I/O error) still
+            // syncs, so it is drained or found broken as upstream does. tally tests a
+            // connection that sat idle with a query of its own (`store::pool`).
+            if self.inner.pending_ready_for_query_count == 0
+                && self.inner.stream.write_buffer().is_empty()
+            {
+                return Ok(());
+            }
             // The simplest call-and-response that's possible.
             self.write_sync();
             self.wait_until_ready().await
