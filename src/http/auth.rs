@@ -2,7 +2,7 @@
 //! signature says who may call it (DESIGN §3).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -26,8 +26,9 @@ pub struct Caller {
     pub token_id: i64,
     pub role: Role,
     /// The tenant an admin or reader token is bound to, as read with the token
-    /// (cached with it, so at most [`TOKEN_CACHE_TTL`] old); `None` for owners.
-    pub tenant: Option<Tenant>,
+    /// (cached with it, so at most [`TOKEN_CACHE_TTL`] old); `None` for owners. Shared,
+    /// not copied: every request of the token reads the same row.
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 /// A caller allowed to read one tenant: an owner naming it with `?tenant=`, or that
@@ -36,7 +37,7 @@ pub struct Caller {
 pub struct TenantScope {
     pub role: Role,
     /// The tenant's row, read once by the extractor: handlers never load it again.
-    pub tenant: Tenant,
+    pub tenant: Arc<Tenant>,
     /// The token's id (what per-token limits count by).
     pub token_id: i64,
 }
@@ -177,11 +178,11 @@ pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiEr
     let role = Role::parse(&grant.role)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored token has unknown role")))?;
     let tenant = match grant.tenant_id {
-        Some(id) => Some(
+        Some(id) => Some(Arc::new(
             store::tenants::find_by_id(&state.pool, id)
                 .await?
                 .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid or revoked token"))?,
-        ),
+        )),
         None => None,
     };
     let caller = Caller {
@@ -241,7 +242,7 @@ impl FromRequestParts<AppState> for TenantScope {
                 if tenant.disabled_at.is_some() {
                     return Err(ApiError::tenant_removed());
                 }
-                tenant
+                Arc::new(tenant)
             }
             (_, Some(own)) => match requested {
                 // Another tenant's slug gets exactly the answer an unknown one gets.

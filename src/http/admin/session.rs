@@ -152,7 +152,7 @@ pub async fn current(parts: &Parts, state: &AppState) -> Result<Option<AdminSess
         .ok_or_else(|| AdminError::internal("stored token has an unknown role"))?;
     let tenant = match grant.tenant_id {
         Some(id) => match store::tenants::find_by_id(&state.pool, id).await? {
-            Some(tenant) => Some(tenant),
+            Some(tenant) => Some(std::sync::Arc::new(tenant)),
             None => return Ok(None),
         },
         None => None,
