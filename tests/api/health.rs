@@ -180,6 +180,13 @@ async fn statements_after_postgres_dropped_the_pools_connections_run() {
     for answer in statements().await {
         answer.expect("runs");
     }
+    // Dropped connections go back to the pool in tasks of their own.
+    for _ in 0..200 {
+        if pool.num_idle() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(pool.num_idle() >= 2, "the pool keeps its connections");
 
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::admin_url())
@@ -199,5 +206,45 @@ async fn statements_after_postgres_dropped_the_pools_connections_run() {
     for answer in statements().await {
         answer.expect("runs over a fresh connection");
     }
+    pool.close().await;
+}
+
+/// A `BEGIN` whose answer was never read by a `Transaction` (its future dropped in
+/// that window) leaves the session inside a transaction no one owns. Put back in the
+/// pool, the next borrower's statements would run inside it, and be lost with it; the
+/// pool closes such a connection instead.
+#[tokio::test]
+async fn a_connection_left_inside_a_transaction_no_one_owns_is_not_reused() {
+    let db = crate::helpers::TestDb::create().await;
+    let mut settings = test_settings();
+    settings.database.url = SecretString::from(db.url.clone());
+    settings.database.max_connections = 1;
+    let pool = tally::store::pool(&settings.database).expect("pool");
+    let mut conn = pool.acquire().await.expect("connection");
+    // What the dropped `BEGIN` leaves: the session in a transaction, no owner.
+    sqlx::query("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .expect("begin");
+    let orphaned: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pid");
+    drop(conn);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let next = || async {
+        sqlx::query_as::<_, (i64, i32)>("SELECT txid_current(), pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .expect("the next statement runs")
+    };
+    let (first, pid) = next().await;
+    let (second, _) = next().await;
+    assert_ne!(
+        first, second,
+        "each statement runs in a transaction of its own"
+    );
+    assert_ne!(pid, orphaned, "the orphaned session was closed, not reused");
     pool.close().await;
 }

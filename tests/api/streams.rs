@@ -214,8 +214,8 @@ async fn a_stream_is_byte_for_byte_the_page_and_keeps_offset_order_across_chunks
     let app = spawn_app().await;
     let tenant_id = app.add_tenant("acme").await;
     let owner = "owner_streamed";
-    // Past many chunk edges (a first chunk of 256, then as many as a megabyte holds),
-    // ending inside a chunk.
+    // Past many chunk edges (a first chunk of 64, then as many as 2 MiB holds, at most
+    // 2,048), ending inside a chunk.
     let n = 2 * CHUNK_ROWS + 300;
     accounts(&app, tenant_id, n as i64, Some(owner)).await;
     let token = app.token(Role::Reader, Some("acme")).await;

@@ -30,13 +30,15 @@ const ROWS_PER_PIECE: usize = 64;
 /// up in one.
 const PIECE_BYTES: usize = 64 * 1024;
 /// What a chunk's rows should come to, in bytes: a stream holds two chunks (one
-/// written while the next is read), so about twice this per stream however large the
-/// account objects are, 128 MiB with `api.max_streams` (32) all open. Objects of
-/// 370 bytes still come [`CHUNK_ROWS`] at a time.
+/// written while the next is read), so about twice this per stream while its objects
+/// keep their size, 128 MiB with `api.max_streams` (32) all open. Objects of 370 bytes
+/// still come [`CHUNK_ROWS`] at a time. A chunk is sized from the one before it, so a
+/// jump from small objects to large ones reads one chunk of up to [`CHUNK_ROWS`] large
+/// ones before the size follows.
 const CHUNK_BYTES: usize = 2 << 20;
 /// The first chunk's rows, read before any object's size is known: two megabytes with
-/// 8 KiB objects.
-const FIRST_CHUNK_ROWS: usize = 256;
+/// 32 KiB objects.
+const FIRST_CHUNK_ROWS: usize = 64;
 /// The fewest rows a chunk asks for, whatever the objects' size.
 const MIN_CHUNK_ROWS: usize = 16;
 /// Pieces buffered between a stream's reader and its client.

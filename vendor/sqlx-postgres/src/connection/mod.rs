@@ -131,6 +131,24 @@ impl PgConnection {
         Ok(())
     }
 
+    /// tally patch: a session inside a transaction that no `Transaction` owns (a
+    /// `BEGIN` whose future was dropped before its answer was read, or a custom begin
+    /// statement that failed after `BEGIN`: transact-rs/sqlx#4385) must not go back to
+    /// the pool, where the next borrower's statements would run inside it. An error
+    /// here makes the pool close the connection.
+    fn refuse_orphan_transaction(&self) -> Result<(), Error> {
+        if self.inner.transaction_depth == 0 && self.in_transaction_or_failed() {
+            return Err(err_protocol!(
+                "connection left inside a transaction no one owns; closing it"
+            ));
+        }
+        Ok(())
+    }
+
+    fn in_transaction_or_failed(&self) -> bool {
+        !matches!(self.inner.transaction_status, TransactionStatus::Idle)
+    }
+
     pub(crate) fn in_transaction(&self) -> bool {
         match self.inner.transaction_status {
             TransactionStatus::Transaction => true,
@@ -189,11 +207,12 @@ impl Connection for PgConnection {
             if self.inner.pending_ready_for_query_count == 0
                 && self.inner.stream.write_buffer().is_empty()
             {
-                return Ok(());
+                return self.refuse_orphan_transaction();
             }
             // The simplest call-and-response that's possible.
             self.write_sync();
-            self.wait_until_ready().await
+            self.wait_until_ready().await?;
+            self.refuse_orphan_transaction()
         })
     }
 
