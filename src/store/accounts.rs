@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, Row};
 
 use crate::domain::{without_nul, OwnerId, StripeAccountId};
 
@@ -378,50 +378,30 @@ pub async fn chunk_after(
          ORDER BY created_at DESC, stripeid
          LIMIT {rows}"
     );
-    let mut query = sqlx::query_as::<_, ChunkRow>(&sql)
+    let mut query = sqlx::query(&sql)
         .bind(tenant_id)
         .bind(after.created_at)
         .bind(&after.stripeid);
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    let chunk = query.fetch_all(db).await?;
-    Ok(chunk
-        .into_iter()
-        .map(
-            |(
-                stripeid,
-                accountid,
-                platform_id,
-                stripe_object,
-                created_at,
-                updated_at,
-                removed_at,
-            )| {
-                AccountRow {
-                    stripeid,
-                    accountid,
-                    platform_id,
-                    stripe_object,
-                    created_at,
-                    updated_at,
-                    removed_at,
-                }
-            },
-        )
-        .collect())
+    // By position and without sqlx's per-value type check (as `query_as!` decodes):
+    // the statement above fixes each column's type, and a stream decodes millions.
+    query
+        .try_map(|row: sqlx::postgres::PgRow| {
+            Ok(AccountRow {
+                stripeid: row.try_get_unchecked(0)?,
+                accountid: row.try_get_unchecked(1)?,
+                platform_id: row.try_get_unchecked(2)?,
+                stripe_object: row.try_get_unchecked(3)?,
+                created_at: row.try_get_unchecked(4)?,
+                updated_at: row.try_get_unchecked(5)?,
+                removed_at: row.try_get_unchecked(6)?,
+            })
+        })
+        .fetch_all(db)
+        .await
 }
-
-/// One row of [`chunk_after`]: an [`AccountRow`]'s columns in order.
-type ChunkRow = (
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
 
 /// Listed accounts of the tenant, from the trigger-kept counter (no scan).
 pub async fn count(db: impl PgExecutor<'_>, tenant_id: i64) -> Result<i64, sqlx::Error> {
