@@ -207,6 +207,12 @@ pub async fn upsert(
     })
 }
 
+/// The account object's JSON text, as the listing statements (which name the table
+/// `a`) read it: the kept text, or for a row not written since migration
+/// `20261208000002`, the `jsonb` converted. Where to drop the fallback once every row
+/// has its text (with [`get`], whose query macro needs it spelt out).
+const OBJECT_TEXT: &str = "COALESCE(a.stripe_object_text::text, a.stripe_object::text)";
+
 /// A stored account as the API renders it. The Stripe object stays JSON text so a
 /// page of records is streamed out without re-parsing it.
 #[derive(Debug, Clone)]
@@ -273,7 +279,7 @@ pub async fn page_with_total(
     // statement on every request; as literals, each page shape gets one cached plan,
     // which is most of the per-request cost of a small page.
     let sql = format!(
-        "SELECT true, {total}, a.stripeid, a.accountid, a.platform_id, COALESCE(a.stripe_object_text::text, a.stripe_object::text),
+        "SELECT true, {total}, a.stripeid, a.accountid, a.platform_id, {OBJECT_TEXT},
                 a.created_at, a.updated_at, a.removed_at
          FROM (SELECT 1) AS one
          LEFT JOIN LATERAL (
@@ -362,20 +368,19 @@ pub async fn chunk_after(
     rows: usize,
 ) -> Result<Vec<AccountRow>, sqlx::Error> {
     let owner_filter = if owner.is_some() {
-        "AND accountid = $4"
+        "AND a.accountid = $4"
     } else {
         ""
     };
     // `created_at <= $2` bounds the index range; the OR only drops the key's ties
     // up to and including the key itself.
     let sql = format!(
-        "SELECT stripeid, accountid, platform_id,
-                COALESCE(stripe_object_text::text, stripe_object::text),
-                created_at, updated_at, removed_at
-         FROM stripe_accounts
-         WHERE tenant_id = $1 {owner_filter} AND removed_at IS NULL
-           AND created_at <= $2 AND (created_at < $2 OR stripeid > $3)
-         ORDER BY created_at DESC, stripeid
+        "SELECT a.stripeid, a.accountid, a.platform_id, {OBJECT_TEXT},
+                a.created_at, a.updated_at, a.removed_at
+         FROM stripe_accounts a
+         WHERE a.tenant_id = $1 {owner_filter} AND a.removed_at IS NULL
+           AND a.created_at <= $2 AND (a.created_at < $2 OR a.stripeid > $3)
+         ORDER BY a.created_at DESC, a.stripeid
          LIMIT {rows}"
     );
     let mut query = sqlx::query(&sql)
@@ -668,7 +673,7 @@ pub async fn page_from_cursor(
         "WITH k AS (SELECT created_at, stripeid FROM stripe_accounts
                     WHERE tenant_id = $1 AND stripeid = $2 AND removed_at IS NULL)
          SELECT EXISTS (SELECT 1 FROM k), {total}, a.stripeid, a.accountid, a.platform_id,
-                COALESCE(a.stripe_object_text::text, a.stripe_object::text), a.created_at, a.updated_at, a.removed_at
+                {OBJECT_TEXT}, a.created_at, a.updated_at, a.removed_at
          FROM (SELECT 1) AS one
          LEFT JOIN LATERAL (
              SELECT a.* FROM stripe_accounts a

@@ -137,16 +137,13 @@ impl PgConnection {
     /// the pool, where the next borrower's statements would run inside it. An error
     /// here makes the pool close the connection.
     fn refuse_orphan_transaction(&self) -> Result<(), Error> {
-        if self.inner.transaction_depth == 0 && self.in_transaction_or_failed() {
+        let idle = matches!(self.inner.transaction_status, TransactionStatus::Idle);
+        if self.inner.transaction_depth == 0 && !idle {
             return Err(err_protocol!(
                 "connection left inside a transaction no one owns; closing it"
             ));
         }
         Ok(())
-    }
-
-    fn in_transaction_or_failed(&self) -> bool {
-        !matches!(self.inner.transaction_status, TransactionStatus::Idle)
     }
 
     pub(crate) fn in_transaction(&self) -> bool {
