@@ -405,15 +405,14 @@ async fn aggregate_part() {
             body["accounts"]["stale"]
         );
         let poll = |label: String| {
-            let (host, token, url) = (host.clone(), token.clone(), url.clone());
+            let (host, token) = (host.clone(), token.clone());
             async move {
                 let report = common::load(
                     &host,
                     &token,
                     clients,
                     Duration::from_secs(seconds),
-                    &format!("\"{path}\""),
-                    move |_| url.clone(),
+                    vec![path.to_owned()],
                 )
                 .await;
                 println!("  {}", report.line(&label));

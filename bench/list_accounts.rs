@@ -7,7 +7,9 @@
 //!
 //! Prints latency percentiles and requests/s per scenario at two table sizes (to show
 //! the first page, and a `starting_after` page at half depth, do not grow with the
-//! table while a deep `offset` does), and tally's rate over pgbench's.
+//! table while a deep `offset` does), and tally's rate over pgbench's: each scenario
+//! runs tally and pgbench back to back BENCH_ROUNDS times (3), and the median pair
+//! is reported with every pair's ratio.
 
 mod common;
 
@@ -71,6 +73,8 @@ async fn load_accounts(pool: &sqlx::PgPool, tenant_id: i64, from: usize, to: usi
 struct Pgbench {
     tps: f64,
     postgres_us: f64,
+    /// The share of the machine's cores that were busy.
+    busy: f64,
 }
 
 /// Runs pgbench with `clients` clients for `seconds`.
@@ -95,6 +99,7 @@ fn pgbench(db_url: &str, script: &str, clients: usize, seconds: u64) -> Pgbench 
         .arg(db_url)
         .output()
         .expect("pgbench runs (package postgresql-contrib / postgresql client)");
+    let machine = common::MachineCpu::now().minus(cpu.machine);
     // The postmaster reaps pgbench's backends just after they exit; then they count.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let cpu = cpu.since();
@@ -117,6 +122,7 @@ fn pgbench(db_url: &str, script: &str, clients: usize, seconds: u64) -> Pgbench 
     Pgbench {
         tps: number("tps = ", 2),
         postgres_us: cpu.per(transactions as usize).1,
+        busy: machine.busy_share(),
     }
 }
 
@@ -241,9 +247,10 @@ async fn main() {
     let total = env_usize("BENCH_ACCOUNTS", 1_000_000);
     let clients = env_usize("BENCH_CLIENTS", 16);
     let seconds = env_usize("BENCH_SECONDS", 5) as u64;
+    let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
     let sizes = [total / 10, total];
     println!(
-        "list_accounts: {total} accounts, {clients} concurrent clients, {seconds} s per scenario\n"
+        "list_accounts: {total} accounts, {clients} concurrent clients, {seconds} s per run, {rounds} tally/pgbench pairs per scenario\n"
     );
 
     let common::BenchTenant {
@@ -300,78 +307,57 @@ async fn main() {
         }
 
         let path = "/api/administrator/connect/stripe-accounts";
-        let first_page = common::load(&host, &token, clients, duration, &format!("\"{path}\""), {
-            let base = base.clone();
-            move |_| base.clone()
-        })
-        .await;
-        let owner_page = common::load(
-            &host,
-            &token,
-            clients,
-            duration,
-            &format!("\"{path}?accountid=owner_\" .. ((n * 7919) % {owners})"),
-            {
-                let base = base.clone();
-                move |i| format!("{base}?accountid=owner_{}", (i * 7919) % owners)
-            },
-        )
-        .await;
-        let deep_page = common::load(
-            &host,
-            &token,
-            clients,
-            duration,
-            &format!("\"{path}?offset={deep}\""),
-            {
-                let base = base.clone();
-                move |_| format!("{base}?offset={deep}")
-            },
-        )
-        .await;
-
         let after = stripeid_at(&pool, tenant_id, deep - 1).await;
-        let cursor_page = common::load(
-            &host,
-            &token,
-            clients,
-            duration,
-            &format!("\"{path}?starting_after={after}\""),
-            {
-                let base = base.clone();
-                let after = after.clone();
-                move |_| format!("{base}?starting_after={after}")
-            },
-        )
-        .await;
-
-        // pgbench runs the statements tally itself runs for each request (the SQL of
-        // store::accounts), so the ratio is tally's overhead over the database's.
-        let pg_first = pgbench(&db.url, &page_script(tenant_id, 0), clients, seconds);
-        let pg_owner = pgbench(&db.url, &owner_script(tenant_id, owners), clients, seconds);
-        let pg_deep = pgbench(&db.url, &page_script(tenant_id, deep), clients, seconds);
-        let pg_cursor = pgbench(&db.url, &cursor_script(tenant_id, &after), clients, seconds);
-
+        // Each scenario: tally's paths (wrk) and the statement tally runs for them
+        // (pgbench), so the ratio is tally's overhead over the database's.
+        let scenarios = [
+            (
+                "first page (limit 10)".to_owned(),
+                vec![path.to_owned()],
+                page_script(tenant_id, 0),
+            ),
+            (
+                "accountid page".to_owned(),
+                (0..4096)
+                    .map(|i| format!("{path}?accountid=owner_{}", (i * 7919) % owners))
+                    .collect(),
+                owner_script(tenant_id, owners),
+            ),
+            (
+                format!("deep offset ({deep})"),
+                vec![format!("{path}?offset={deep}")],
+                page_script(tenant_id, deep),
+            ),
+            (
+                format!("cursor at depth {deep}"),
+                vec![format!("{path}?starting_after={after}")],
+                cursor_script(tenant_id, &after),
+            ),
+        ];
         println!("\n-- {size} accounts --");
-        for (name, report, pg) in [
-            ("first page (limit 10)", &first_page, pg_first),
-            ("accountid page", &owner_page, pg_owner),
-            (&*format!("deep offset ({deep})"), &deep_page, pg_deep),
-            (&*format!("cursor at depth {deep}"), &cursor_page, pg_cursor),
-        ] {
-            println!("{}", report.line(name));
+        for (name, paths, script) in scenarios {
+            // tally and pgbench back to back, `rounds` times: whatever else the machine
+            // does drifts over minutes, so pairs measured together are compared, and
+            // the median pair is reported.
+            let mut pairs = Vec::new();
+            for _ in 0..rounds {
+                let report = common::load(&host, &token, clients, duration, paths.clone()).await;
+                let pg = pgbench(&db.url, &script, clients, seconds);
+                pairs.push((report.rps() / pg.tps, report, pg));
+            }
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let each: Vec<String> = pairs.iter().map(|(r, _, _)| format!("{r:.2}")).collect();
+            let (ratio, report, pg) = &pairs[pairs.len() / 2];
+            println!("{}", report.line(&name));
             println!(
-                "{:<34} {:>8.0} tps (pgbench, same query; Postgres {:.0} us CPU each)   tally / Postgres = {:.2}",
+                "{:<34} {:>8.0} tps (pgbench, same query; Postgres {:.0} us CPU each; cores {:.0} % busy)   tally / Postgres = {ratio:.2} (median of {rounds} pairs: {})",
                 "",
                 pg.tps,
                 pg.postgres_us,
-                report.rps() / pg.tps
+                pg.busy * 100.0,
+                each.join(" ")
             );
-            ratios.push((
-                format!("{name} @ {size}"),
-                report.p99,
-                report.rps() / pg.tps,
-            ));
+            ratios.push((format!("{name} @ {size}"), report.p99, *ratio));
         }
 
         stream_all(&client, &base, &token, size).await;

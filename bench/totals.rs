@@ -294,16 +294,7 @@ async fn main() {
         ("1000 hours", &hourly, clients),
         ("365 days, one owner (scans)", &owner, clients),
     ] {
-        let url = format!("{host}{path}");
-        let report = common::load(
-            &host,
-            &token,
-            concurrency,
-            duration,
-            &format!("\"{path}\""),
-            move |_| url.clone(),
-        )
-        .await;
+        let report = common::load(&host, &token, concurrency, duration, vec![path.clone()]).await;
         println!(
             "{}",
             report.line(&format!("{name} ({concurrency} clients)"))

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,7 +18,64 @@ use utoipa::{PartialSchema, ToSchema};
 /// How every timestamp leaves tally (API bodies, CSV): RFC 3339 in UTC with
 /// milliseconds, as the Dashboard module writes `createdAt`.
 pub fn api_timestamp(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    ApiTimestamp(*at).to_string()
+}
+
+/// A timestamp written as [`api_timestamp`] writes it, straight into what is being
+/// written (a listing page writes two per record, a stream millions) rather than
+/// through a `String`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiTimestamp(pub DateTime<Utc>);
+
+impl ApiTimestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the digits written in place; `None` for what that
+    /// shape cannot hold (a year outside 0..=9999, a leap second), which chrono writes.
+    fn fixed_width(&self) -> Option<[u8; 24]> {
+        let (date, time) = (self.0.date_naive(), self.0.time());
+        let year = u32::try_from(date.year())
+            .ok()
+            .filter(|year| *year <= 9999)?;
+        let millis = time.nanosecond() / 1_000_000;
+        if millis >= 1000 {
+            return None;
+        }
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        for (at, width, value) in [
+            (0, 4, year),
+            (5, 2, date.month()),
+            (8, 2, date.day()),
+            (11, 2, time.hour()),
+            (14, 2, time.minute()),
+            (17, 2, time.second()),
+            (20, 3, millis),
+        ] {
+            let mut value = value;
+            for digit in text[at..at + width].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(text)
+    }
+}
+
+impl fmt::Display for ApiTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.fixed_width() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            None => f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        }
+    }
+}
+
+impl Serialize for ApiTimestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.fixed_width() {
+            Some(text) => serializer
+                .serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?),
+            None => serializer.collect_str(self),
+        }
+    }
 }
 
 /// A value read from text at the edge (a query parameter, a JSON string): how it is
@@ -508,6 +565,42 @@ mod tests {
         for bad in ["", "acct_", "acct_12 3", "cus_123", "acct_1;drop", "ACCT_1"] {
             assert!(StripeAccountId::parse(bad).is_none(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn api_timestamps_are_rfc3339_in_utc_with_milliseconds() {
+        use chrono::{SecondsFormat, TimeZone};
+        let instants = [
+            Utc.timestamp_opt(0, 0).unwrap(),
+            Utc.timestamp_opt(1_600_000_000, 123_456_789).unwrap(),
+            Utc.timestamp_opt(1_600_000_000, 999_999_999).unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(9999, 1, 2, 3, 4, 5).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 12, 31, 0, 0, 0).unwrap(),
+            // A leap second (nanoseconds past one second), as chrono represents it.
+            Utc.from_utc_datetime(
+                &chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                    .unwrap()
+                    .and_hms_milli_opt(23, 59, 59, 1_500)
+                    .unwrap(),
+            ),
+        ];
+        for at in instants {
+            assert_eq!(
+                api_timestamp(&at),
+                at.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+            assert_eq!(
+                serde_json::to_string(&ApiTimestamp(at)).unwrap(),
+                format!("\"{}\"", at.to_rfc3339_opts(SecondsFormat::Millis, true))
+            );
+        }
+        assert_eq!(
+            api_timestamp(&instants[1]),
+            "2020-09-13T12:26:40.123Z",
+            "milliseconds are truncated, as chrono's own formatting does"
+        );
     }
 
     #[test]

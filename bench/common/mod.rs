@@ -70,11 +70,55 @@ pub struct LoadReport {
     pub cpu: Option<CpuUse>,
 }
 
-/// CPU used over a stretch of load: by this process, and by every Postgres process.
+/// CPU used over a stretch of load: by this process (and how much of it in the
+/// kernel), by every Postgres process, and by the whole machine (busy over all).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUse {
     pub own: Duration,
+    pub own_kernel: Duration,
     pub postgres: Duration,
+    pub machine: MachineCpu,
+}
+
+/// `/proc/stat`'s first line: ticks every core spent busy, and in all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    pub busy: u64,
+    pub total: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        let total: u64 = ticks.iter().take(8).sum();
+        // idle and iowait are the 4th and 5th.
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        MachineCpu {
+            busy: total.saturating_sub(idle),
+            total,
+        }
+    }
+
+    /// What was used from `earlier` to `self`.
+    pub fn minus(self, earlier: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy: self.busy.saturating_sub(earlier.busy),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+
+    /// The share of the machine's cores that were busy.
+    pub fn busy_share(&self) -> f64 {
+        self.busy as f64 / self.total.max(1) as f64
+    }
 }
 
 impl CpuUse {
@@ -82,14 +126,18 @@ impl CpuUse {
     pub fn start() -> CpuUse {
         CpuUse {
             own: process_cpu("self", false),
+            own_kernel: process_kernel_cpu("self"),
             postgres: postgres_cpu(),
+            machine: MachineCpu::now(),
         }
     }
 
     pub fn since(self) -> CpuUse {
         CpuUse {
             own: process_cpu("self", false).saturating_sub(self.own),
+            own_kernel: process_kernel_cpu("self").saturating_sub(self.own_kernel),
             postgres: postgres_cpu().saturating_sub(self.postgres),
+            machine: MachineCpu::now().minus(self.machine),
         }
     }
 
@@ -106,6 +154,16 @@ impl CpuUse {
 /// utime + stime of `/proc/<pid>/stat` (the fields after the command's closing paren),
 /// and with `reaped` the CPU of its children that exited (cutime + cstime).
 fn process_cpu(pid: &str, reaped: bool) -> Duration {
+    let fields_used: &[usize] = if reaped { &[11, 12, 13, 14] } else { &[11, 12] };
+    stat_ticks(pid, fields_used)
+}
+
+/// stime alone: the process's time in the kernel (system calls, its socket work).
+fn process_kernel_cpu(pid: &str) -> Duration {
+    stat_ticks(pid, &[12])
+}
+
+fn stat_ticks(pid: &str, fields_used: &[usize]) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
@@ -113,7 +171,6 @@ fn process_cpu(pid: &str, reaped: bool) -> Duration {
         return Duration::ZERO;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let fields_used: &[usize] = if reaped { &[11, 12, 13, 14] } else { &[11, 12] };
     let ticks: u64 = fields_used
         .iter()
         .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
@@ -150,7 +207,11 @@ impl LoadReport {
     pub fn line(&self, name: &str) -> String {
         let cpu = self.cpu.map_or(String::new(), |cpu| {
             let (own, postgres) = cpu.per(self.requests);
-            format!("; CPU per request: tally {own:.0} us, Postgres {postgres:.0} us")
+            let kernel = cpu.own_kernel.as_secs_f64() * 1e6 / self.requests.max(1) as f64;
+            format!(
+                "; CPU per request: tally {own:.0} us ({kernel:.0} in the kernel), Postgres {postgres:.0} us; cores {:.0} % busy",
+                cpu.machine.busy_share() * 100.0
+            )
         });
         format!(
             "{name:<34} {:>8.0} req/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} requests, {} errors{cpu})",
@@ -262,19 +323,33 @@ pub fn rss_mib() -> f64 {
 
 /// Runs `wrk` (an external C load generator, like pgbench on the database side)
 /// when it is installed, so the load generator does not compete with tally inside
-/// its own process. `path_expr` is a Lua expression for each request's path, with
-/// `n` the thread's request counter. Returns `None` without wrk.
+/// its own process. Requests go to `paths` in turn; one path is wrk's static request
+/// (formatted once), several are formatted once in `init` and cycled through, so wrk
+/// spends no Lua per request (its docs: building a request per call is expensive).
+/// Returns `None` without wrk.
 pub fn wrk(
     host: &str,
     token: &str,
     clients: usize,
     duration: Duration,
-    path_expr: &str,
+    paths: &[String],
 ) -> Option<LoadReport> {
-    let script = format!(
-        "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(\"GET\", {path_expr}, \
-         {{[\"Authorization\"] = \"Bearer {token}\"}})\nend\n"
-    );
+    let script = match paths {
+        [path] => format!(
+            "wrk.method = \"GET\"\nwrk.path = \"{path}\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ),
+        _ => {
+            let listed: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+            format!(
+                "local paths = {{{}}}\nlocal requests = {{}}\nlocal i = 0\n\
+                 init = function(args)\n  for k, p in ipairs(paths) do\n    \
+                 requests[k] = wrk.format(\"GET\", p, {{[\"Authorization\"] = \"Bearer {token}\"}})\n  \
+                 end\nend\n\
+                 request = function()\n  i = i % #requests + 1\n  return requests[i]\nend\n",
+                listed.join(", ")
+            )
+        }
+    };
     let path = std::env::temp_dir().join(format!("tally-wrk-{}.lua", std::process::id()));
     std::fs::write(&path, script).ok()?;
     let output = std::process::Command::new("wrk")
@@ -348,21 +423,23 @@ pub fn which_wrk() -> bool {
         .is_ok()
 }
 
-/// Load through wrk when installed (off the runtime's threads), else in-process.
+/// Load through wrk when installed (off the runtime's threads), else in-process:
+/// `clients` clients asking for `paths` (under `host`) in turn.
 pub async fn load(
     host: &str,
     token: &str,
     clients: usize,
     duration: Duration,
-    lua_path: &str,
-    url_for: impl Fn(usize) -> String + Send + Sync + 'static,
+    paths: Vec<String>,
 ) -> LoadReport {
-    let (host, token_owned, lua_path) = (host.to_owned(), token.to_owned(), lua_path.to_owned());
+    let paths = Arc::new(paths);
+    let (host_owned, token_owned, wrk_paths) = (host.to_owned(), token.to_owned(), paths.clone());
     let cpu = CpuUse::start();
-    let external =
-        tokio::task::spawn_blocking(move || wrk(&host, &token_owned, clients, duration, &lua_path))
-            .await
-            .expect("wrk task");
+    let external = tokio::task::spawn_blocking(move || {
+        wrk(&host_owned, &token_owned, clients, duration, &wrk_paths)
+    })
+    .await
+    .expect("wrk task");
     let report = match external {
         Some(report) => report,
         None => {
@@ -370,6 +447,8 @@ pub async fn load(
                 .pool_max_idle_per_host(clients)
                 .build()
                 .expect("client");
+            let host = host.to_owned();
+            let url_for = move |i: usize| format!("{host}{}", paths[i % paths.len()]);
             closed_loop(&client, token, clients, duration, Arc::new(url_for)).await
         }
     };

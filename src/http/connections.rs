@@ -157,7 +157,13 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // A response goes out as soon as it is written: Nagle's algorithm
+                    // would hold a stream's next piece until the client acknowledged
+                    // the last one.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(error) => {
                     if !is_connection_error(&error) {
                         // Out of file descriptors (the cap should prevent it) or the

@@ -46,9 +46,14 @@ use crate::refresh::{Refresher, RefresherOptions, WorkerKind};
 use crate::tasks::Tasks;
 use crate::tenants::StripeTenants;
 
-/// What every handler can reach.
+/// What every handler can reach. One `Arc`: axum clones the state for each request
+/// (and each `State` extractor), and every clone of a struct of handles bumped one
+/// shared counter per handle, each a cache line the two cores passed back and forth.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The handles behind [`AppState`].
+pub struct Shared {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     /// Stripe access per tenant (sealed keys open with the master key).
@@ -61,6 +66,14 @@ pub struct AppState {
     /// Last uses of tokens, written in batches by the composition root.
     pub token_uses: Arc<auth::TokenUses>,
     streams: Arc<streams::Streams>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -77,7 +90,7 @@ impl AppState {
             WorkerKind::Serve,
             tasks.clone(),
         );
-        AppState {
+        AppState(Arc::new(Shared {
             pool,
             streams: Arc::new(streams::Streams::from_settings(&settings)),
             settings,
@@ -86,7 +99,7 @@ impl AppState {
             tasks,
             tokens: Arc::new(auth::TokenCache::default()),
             token_uses: Arc::new(auth::TokenUses::default()),
-        }
+        }))
     }
 
     /// The balance use cases, with this process's refresher.

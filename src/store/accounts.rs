@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
+use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
 use crate::domain::{without_nul, OwnerId, StripeAccountId};
@@ -226,23 +227,6 @@ pub struct AccountRow {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
-/// One row of [`page_with_total`]: the total, then an account's columns (all null
-/// when the page is empty).
-/// One row of a page statement: whether its anchor exists (always true for an
-/// offset page; the cursor's record for a cursor page), the total, then the record's
-/// columns (all NULL on the single row of an empty page).
-type PageRow = (
-    bool,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-
 /// A page and the total the listing walks.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -293,40 +277,50 @@ pub async fn page_with_total(
          ) AS a ON true
          ORDER BY a.created_at DESC, a.stripeid"
     );
-    let mut query = sqlx::query_as::<_, PageRow>(&sql).bind(tenant_id);
+    let mut query = sqlx::query(&sql).bind(tenant_id);
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    let rows = query.fetch_all(db).await?;
-    Ok(page_of(rows).unwrap_or(Page {
+    Ok(page_of(query.fetch_all(db).await?)?.unwrap_or(Page {
         total: 0,
         rows: Vec::new(),
     }))
 }
 
 /// The page a page statement returned; `None` when its anchor does not exist.
-fn page_of(rows: Vec<PageRow>) -> Option<Page> {
-    let (found, total) = rows.first().map_or((false, 0), |row| (row.0, row.1));
-    if !found {
-        return None;
+///
+/// A page statement's row is whether its anchor exists (always true for an offset
+/// page; the cursor's record for a cursor page), the total, then the record's columns,
+/// all NULL on the single row of an empty page. Decoded by position without sqlx's
+/// per-value type check, as `query_as!` and [`chunk_after`] do: the statement fixes
+/// each column's type, and every listing request decodes a page.
+fn page_of(rows: Vec<PgRow>) -> Result<Option<Page>, sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    if !first.try_get_unchecked::<bool, _>(0)? {
+        return Ok(None);
     }
-    let rows = rows
-        .into_iter()
-        .filter_map(
-            |(_, _, stripeid, accountid, platform_id, object, created, updated, removed)| {
-                Some(AccountRow {
-                    stripeid: stripeid?,
-                    accountid,
-                    platform_id,
-                    stripe_object: object?,
-                    created_at: created?,
-                    updated_at: updated?,
-                    removed_at: removed,
-                })
-            },
-        )
-        .collect();
-    Some(Page { total, rows })
+    let total = first.try_get_unchecked(1)?;
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(stripeid) = row.try_get_unchecked::<Option<String>, _>(2)? else {
+            continue;
+        };
+        records.push(AccountRow {
+            stripeid,
+            accountid: row.try_get_unchecked(3)?,
+            platform_id: row.try_get_unchecked(4)?,
+            stripe_object: row.try_get_unchecked(5)?,
+            created_at: row.try_get_unchecked(6)?,
+            updated_at: row.try_get_unchecked(7)?,
+            removed_at: row.try_get_unchecked(8)?,
+        });
+    }
+    Ok(Some(Page {
+        total,
+        rows: records,
+    }))
 }
 
 /// Where a keyset read resumes: just after this record in listing order
@@ -393,7 +387,7 @@ pub async fn chunk_after(
     // By position and without sqlx's per-value type check (as `query_as!` decodes):
     // the statement above fixes each column's type, and a stream decodes millions.
     query
-        .try_map(|row: sqlx::postgres::PgRow| {
+        .try_map(|row: PgRow| {
             Ok(AccountRow {
                 stripeid: row.try_get_unchecked(0)?,
                 accountid: row.try_get_unchecked(1)?,
@@ -683,13 +677,11 @@ pub async fn page_from_cursor(
          ) AS a ON true
          ORDER BY a.created_at DESC, a.stripeid"
     );
-    let mut query = sqlx::query_as::<_, PageRow>(&sql)
-        .bind(tenant_id)
-        .bind(cursor);
+    let mut query = sqlx::query(&sql).bind(tenant_id).bind(cursor);
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    Ok(page_of(query.fetch_all(db).await?))
+    page_of(query.fetch_all(db).await?)
 }
 
 /// Which side of a cursor a page is read from.

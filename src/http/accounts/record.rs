@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::domain::api_timestamp;
+use crate::domain::ApiTimestamp;
 use crate::http::error::ApiError;
 use crate::store::accounts::AccountRow;
 
@@ -33,14 +33,14 @@ pub struct StripeAccountRecord<'a> {
     #[schema(value_type = Object)]
     stripe_object: &'a RawValue,
     /// Stripe's `created`.
-    #[schema(format = DateTime)]
-    created_at: String,
-    #[schema(format = DateTime)]
-    updated_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: ApiTimestamp,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: ApiTimestamp,
     /// Only on records Stripe no longer returns; they are kept, not deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(format = DateTime)]
-    removed_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    removed_at: Option<ApiTimestamp>,
 }
 
 fn stripe_account_kind() -> utoipa::openapi::schema::Schema {
@@ -58,9 +58,9 @@ impl<'a> StripeAccountRecord<'a> {
             appid,
             platformid: row.platform_id.as_deref(),
             stripe_object,
-            created_at: api_timestamp(&row.created_at),
-            updated_at: api_timestamp(&row.updated_at),
-            removed_at: row.removed_at.as_ref().map(api_timestamp),
+            created_at: ApiTimestamp(row.created_at),
+            updated_at: ApiTimestamp(row.updated_at),
+            removed_at: row.removed_at.map(ApiTimestamp),
         })
     }
 }
