@@ -4,6 +4,7 @@
 //!   cargo bench --bench list_accounts
 //!   BENCH_ACCOUNTS=200000 BENCH_SECONDS=3 cargo bench --bench list_accounts
 //!   STREAM_ONLY=1 cargo bench --bench list_accounts    # only `all=true` (STREAM_REPEAT=n: n times)
+//!   BENCH_SCENARIOS=cursor,first cargo bench --bench list_accounts   # only those pages
 //!
 //! Prints latency percentiles and requests/s per scenario at two table sizes (to show
 //! the first page, and a `starting_after` page at half depth, do not grow with the
@@ -335,7 +336,10 @@ async fn main() {
             ),
         ];
         println!("\n-- {size} accounts --");
-        for (name, paths, script) in scenarios {
+        // BENCH_SCENARIOS=cursor,first: only the scenarios whose name has one of these.
+        let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
+        let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| name.contains(w));
+        for (name, paths, script) in scenarios.into_iter().filter(|s| wanted(&s.0)) {
             // tally and pgbench back to back, `rounds` times: whatever else the machine
             // does drifts over minutes, so pairs measured together are compared, and
             // the median pair is reported.
