@@ -281,20 +281,21 @@ pub async fn page_with_total(
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    Ok(page_of(query.fetch_all(db).await?)?.unwrap_or(Page {
+    Ok(page_of(query.fetch_all(db).await?, None)?.unwrap_or(Page {
         total: 0,
         rows: Vec::new(),
     }))
 }
 
-/// The page a page statement returned; `None` when its anchor does not exist.
+/// The page a page statement returned, without its row `skip`; `None` when its
+/// anchor does not exist.
 ///
 /// A page statement's row is whether its anchor exists (always true for an offset
 /// page; the cursor's record for a cursor page), the total, then the record's columns,
 /// all NULL on the single row of an empty page. Decoded by position without sqlx's
 /// per-value type check, as `query_as!` and [`chunk_after`] do: the statement fixes
 /// each column's type, and every listing request decodes a page.
-fn page_of(rows: Vec<PgRow>) -> Result<Option<Page>, sqlx::Error> {
+fn page_of(rows: Vec<PgRow>, skip: Option<usize>) -> Result<Option<Page>, sqlx::Error> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -303,7 +304,7 @@ fn page_of(rows: Vec<PgRow>) -> Result<Option<Page>, sqlx::Error> {
     }
     let total = first.try_get_unchecked(1)?;
     let mut records = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for (_, row) in rows.iter().enumerate().filter(|(at, _)| Some(*at) != skip) {
         let Some(stripeid) = row.try_get_unchecked::<Option<String>, _>(2)? else {
             continue;
         };
@@ -622,11 +623,20 @@ mod tests {
     }
 }
 
-/// The page just after the listed record `cursor` (`Forward`, `starting_after`) or
-/// just before it (`Backward`, `ending_before`), in listing order either way, of one
-/// owner's records when `owner` is given, with the total: one round trip, like
-/// [`page_with_total`]. The index walk starts at the cursor's key, so a page costs the
-/// same at any depth. `None` when no listed record has that stripeid.
+/// A page read from a cursor: the total, up to `limit` records, and whether the walk
+/// goes on past them.
+#[derive(Debug, Clone)]
+pub struct CursorPage {
+    pub total: i64,
+    pub rows: Vec<AccountRow>,
+    pub more: bool,
+}
+
+/// The page of up to `limit` records just after the listed record `cursor` (`Forward`,
+/// `starting_after`) or just before it (`Backward`, `ending_before`), in listing order
+/// either way, of one owner's records when `owner` is given, with the total: one round
+/// trip, like [`page_with_total`]. The index walk starts at the cursor's key, so a page
+/// costs the same at any depth. `None` when no listed record has that stripeid.
 pub async fn page_from_cursor(
     db: impl PgExecutor<'_>,
     tenant_id: i64,
@@ -634,7 +644,7 @@ pub async fn page_from_cursor(
     cursor: &str,
     direction: Direction,
     limit: i64,
-) -> Result<Option<Page>, sqlx::Error> {
+) -> Result<Option<CursorPage>, sqlx::Error> {
     let (total, owner_filter) = match owner {
         None => (
             "COALESCE((SELECT listed FROM tenant_account_counts WHERE tenant_id = $1), 0)",
@@ -662,7 +672,9 @@ pub async fn page_from_cursor(
         ),
     };
     // The limit is written in as an integer, as in `page_with_total`, so each page
-    // shape keeps one cached plan. The first column says whether the cursor exists.
+    // shape keeps one cached plan. One record more than asked says whether the walk
+    // goes on. The first column says whether the cursor exists.
+    let walked = limit.saturating_add(1);
     let sql = format!(
         "WITH k AS (SELECT created_at, stripeid FROM stripe_accounts
                     WHERE tenant_id = $1 AND stripeid = $2 AND removed_at IS NULL)
@@ -673,7 +685,7 @@ pub async fn page_from_cursor(
              SELECT a.* FROM stripe_accounts a
              WHERE a.tenant_id = $1 {owner_filter} AND a.removed_at IS NULL AND {beyond_key}
              ORDER BY {walk_order}
-             LIMIT {limit}
+             LIMIT {walked}
          ) AS a ON true
          ORDER BY a.created_at DESC, a.stripeid"
     );
@@ -681,7 +693,19 @@ pub async fn page_from_cursor(
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    page_of(query.fetch_all(db).await?)
+    let rows = query.fetch_all(db).await?;
+    let more = usize::try_from(limit).is_ok_and(|limit| rows.len() > limit);
+    // The record beyond the page, farthest from the cursor (last in listing order
+    // walking forward, first walking backward), is not decoded.
+    let beyond = more.then(|| match direction {
+        Direction::Forward => rows.len() - 1,
+        Direction::Backward => 0,
+    });
+    Ok(page_of(rows, beyond)?.map(|page| CursorPage {
+        total: page.total,
+        rows: page.rows,
+        more,
+    }))
 }
 
 /// Which side of a cursor a page is read from.

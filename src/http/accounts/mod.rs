@@ -146,14 +146,13 @@ async fn list(
                 Direction::Forward => (Code::InvalidStartingAfter, "starting_after"),
                 Direction::Backward => (Code::InvalidEndingBefore, "ending_before"),
             };
-            // One more than asked says whether the walk goes on past this page.
             let page = store::accounts::page_from_cursor(
                 &state.pool,
                 scope.tenant.id,
                 owner,
                 stripeid.as_str(),
                 *direction,
-                query.limit + 1,
+                query.limit,
             )
             .await?
             .ok_or_else(|| {
@@ -165,19 +164,9 @@ async fn list(
             if owner.is_some() && page.total == 0 {
                 return Err(unknown_owner());
             }
-            let (mut rows, total) = (page.rows, page.total);
-            let more = rows.len() as i64 > query.limit;
             match direction {
-                Direction::Forward => {
-                    rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
-                    (rows, total, true, more)
-                }
-                Direction::Backward => {
-                    if more {
-                        rows.remove(0);
-                    }
-                    (rows, total, more, true)
-                }
+                Direction::Forward => (page.rows, page.total, true, page.more),
+                Direction::Backward => (page.rows, page.total, page.more, true),
             }
         }
     };
