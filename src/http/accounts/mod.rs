@@ -9,6 +9,7 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use url::form_urlencoded;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -211,6 +212,7 @@ fn page_body(records: &[StripeAccountRecord<'_>], rows: &[AccountRow]) -> Respon
 
 /// The RFC 8288 `Link` header of a page: `rel="next"` (records after its last) and
 /// `rel="prev"` (records before its first), by cursor, keeping the other parameters.
+/// The kept parameters are encoded once for both links.
 fn page_links(
     query: &ListQuery,
     rows: &[AccountRow],
@@ -218,28 +220,34 @@ fn page_links(
     has_next: bool,
     raw: Option<&str>,
 ) -> Option<String> {
-    let kept: Vec<(String, String)> = super::query::pairs(raw)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "offset" | "starting_after" | "ending_before"))
-        .collect();
-    let link = |cursor: &str, id: &str, rel: &str| {
-        let mut pairs = kept.clone();
-        if !pairs.iter().any(|(key, _)| key == "limit") {
-            pairs.push(("limit".into(), query.limit.to_string()));
+    let prev = rows.first().filter(|_| has_prev);
+    let next = rows.last().filter(|_| has_next);
+    if prev.is_none() && next.is_none() {
+        return None;
+    }
+    let mut kept = form_urlencoded::Serializer::new(String::new());
+    let mut has_limit = false;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match &*key {
+            "offset" | "starting_after" | "ending_before" => continue,
+            "limit" => has_limit = true,
+            _ => {}
         }
-        pairs.push((cursor.into(), id.into()));
-        let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
-        format!("</api/administrator/connect/stripe-accounts?{encoded}>; rel=\"{rel}\"")
+        kept.append_pair(&key, &value);
+    }
+    if !has_limit {
+        kept.append_pair("limit", &query.limit.to_string());
+    }
+    let kept = kept.finish();
+    let link = |cursor: &str, row: &AccountRow, rel: &str| {
+        let id: String = form_urlencoded::byte_serialize(row.stripeid.as_bytes()).collect();
+        format!("</api/administrator/connect/stripe-accounts?{kept}&{cursor}={id}>; rel=\"{rel}\"")
     };
-    let mut links = Vec::new();
-    if let (true, Some(first)) = (has_prev, rows.first()) {
-        links.push(link("ending_before", &first.stripeid, "prev"));
-    }
-    if let (true, Some(last)) = (has_next, rows.last()) {
-        links.push(link("starting_after", &last.stripeid, "next"));
-    }
-    (!links.is_empty()).then(|| links.join(", "))
+    let links = [
+        prev.map(|row| link("ending_before", row, "prev")),
+        next.map(|row| link("starting_after", row, "next")),
+    ];
+    Some(links.into_iter().flatten().collect::<Vec<_>>().join(", "))
 }
 
 /// `GET /api/administrator/connect/stripe-accounts-count`
