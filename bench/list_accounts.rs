@@ -4,13 +4,14 @@
 //!   cargo bench --bench list_accounts
 //!   BENCH_ACCOUNTS=200000 BENCH_SECONDS=3 cargo bench --bench list_accounts
 //!   STREAM_ONLY=1 cargo bench --bench list_accounts    # only `all=true` (STREAM_REPEAT=n: n times)
-//!   BENCH_SCENARIOS=cursor,first cargo bench --bench list_accounts   # only those pages
+//!   BENCH_SCENARIOS=cursor,first cargo bench --bench list_accounts   # only those pages (no all=true)
 //!
 //! Prints latency percentiles and requests/s per scenario at two table sizes (to show
 //! the first page, and a `starting_after` page at half depth, do not grow with the
 //! table while a deep `offset` does), and tally's rate over pgbench's: each scenario
-//! runs tally and pgbench back to back BENCH_ROUNDS times (3), and the median pair
-//! is reported with every pair's ratio.
+//! runs tally and pgbench back to back BENCH_ROUNDS times (3; odd, for a median),
+//! taking turns at going first, and the median pair is reported with every pair's
+//! ratio in run order.
 
 mod common;
 
@@ -169,10 +170,20 @@ async fn stripeid_at(pool: &sqlx::PgPool, tenant: i64, position: usize) -> Strin
     .expect("account at depth")
 }
 
-/// store::accounts::page_with_total for one owner, as one pgbench statement.
+/// The owners the owner-page scenario asks for, in turn: the same set for wrk and for
+/// pgbench, so both touch the same pages of the table.
+const OWNER_PATHS: usize = 4096;
+
+fn owner_number(i: usize, owners: usize) -> usize {
+    (i * 7919) % owners
+}
+
+/// store::accounts::page_with_total for one owner, as one pgbench statement, for a
+/// random owner of the scenario's set.
 fn owner_script(tenant: i64, owners: usize) -> String {
     format!(
-        "\\set n random(0, {})\n\
+        "\\set k random(0, {})\n\
+         \\set n (:k * 7919) % {owners}\n\
          SELECT (SELECT count(*) FROM stripe_accounts WHERE tenant_id = {tenant} \
          AND accountid = 'owner_' || :n AND removed_at IS NULL), {ROW} \
          FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT a.* FROM (SELECT stripeid FROM stripe_accounts \
@@ -180,7 +191,7 @@ fn owner_script(tenant: i64, owners: usize) -> String {
          ORDER BY created_at DESC, stripeid OFFSET 0 LIMIT 10) AS page JOIN stripe_accounts a \
          ON a.tenant_id = {tenant} AND a.stripeid = page.stripeid) AS a ON true \
          ORDER BY a.created_at DESC, a.stripeid;\n",
-        owners - 1
+        OWNER_PATHS - 1
     )
 }
 
@@ -249,6 +260,12 @@ async fn main() {
     let clients = env_usize("BENCH_CLIENTS", 16);
     let seconds = env_usize("BENCH_SECONDS", 5) as u64;
     let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
+    let scenarios_wanted: Vec<String> = std::env::var("BENCH_SCENARIOS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty())
+        .collect();
     let sizes = [total / 10, total];
     println!(
         "list_accounts: {total} accounts, {clients} concurrent clients, {seconds} s per run, {rounds} tally/pgbench pairs per scenario\n"
@@ -319,8 +336,8 @@ async fn main() {
             ),
             (
                 "accountid page".to_owned(),
-                (0..4096)
-                    .map(|i| format!("{path}?accountid=owner_{}", (i * 7919) % owners))
+                (0..OWNER_PATHS)
+                    .map(|i| format!("{path}?accountid=owner_{}", owner_number(i, owners)))
                     .collect(),
                 owner_script(tenant_id, owners),
             ),
@@ -337,34 +354,40 @@ async fn main() {
         ];
         println!("\n-- {size} accounts --");
         // BENCH_SCENARIOS=cursor,first: only the scenarios whose name has one of these.
-        let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
-        let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| name.contains(w));
+        let wanted = |name: &str| {
+            scenarios_wanted.is_empty()
+                || scenarios_wanted.iter().any(|w| name.contains(w.as_str()))
+        };
         for (name, paths, script) in scenarios.into_iter().filter(|s| wanted(&s.0)) {
-            // tally and pgbench back to back, `rounds` times: whatever else the machine
-            // does drifts over minutes, so pairs measured together are compared, and
-            // the median pair is reported.
+            // tally and pgbench back to back, `rounds` times, taking turns at going first:
+            // whatever else the machine does drifts over minutes, so pairs measured
+            // together are compared, and the median pair is reported.
             let mut pairs = Vec::new();
-            for _ in 0..rounds {
+            for round in 0..rounds {
+                let tally_first = round % 2 == 0;
+                let pg_before = (!tally_first).then(|| pgbench(&db.url, &script, clients, seconds));
                 let report = common::load(&host, &token, clients, duration, paths.clone()).await;
-                let pg = pgbench(&db.url, &script, clients, seconds);
+                let pg = pg_before.unwrap_or_else(|| pgbench(&db.url, &script, clients, seconds));
                 pairs.push((report.rps() / pg.tps, report, pg));
             }
+            let in_order: Vec<String> = pairs.iter().map(|(r, _, _)| format!("{r:.2}")).collect();
             pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let each: Vec<String> = pairs.iter().map(|(r, _, _)| format!("{r:.2}")).collect();
-            let (ratio, report, pg) = &pairs[pairs.len() / 2];
+            let (ratio, report, pg) = &pairs[(pairs.len() - 1) / 2];
             println!("{}", report.line(&name));
             println!(
-                "{:<34} {:>8.0} tps (pgbench, same query; Postgres {:.0} us CPU each; cores {:.0} % busy)   tally / Postgres = {ratio:.2} (median of {rounds} pairs: {})",
+                "{:<34} {:>8.0} tps (pgbench, same query; Postgres {:.0} us CPU each; cores {:.0} % busy)   tally / Postgres = {ratio:.2} (median of {rounds} pairs; in run order: {})",
                 "",
                 pg.tps,
                 pg.postgres_us,
                 pg.busy * 100.0,
-                each.join(" ")
+                in_order.join(" ")
             );
             ratios.push((format!("{name} @ {size}"), report.p99, *ratio));
         }
 
-        stream_all(&client, &base, &token, size).await;
+        if scenarios_wanted.is_empty() {
+            stream_all(&client, &base, &token, size).await;
+        }
         println!();
     }
     println!("summary (p99 target <= 10 ms for first and accountid pages, <= 5 ms for a cursor page at any depth; ratio target >= 0.5):");

@@ -6,7 +6,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, Row};
+use sqlx::{PgExecutor, Row, ValueRef};
 
 use crate::domain::{without_nul, OwnerId, StripeAccountId};
 
@@ -694,7 +694,11 @@ pub async fn page_from_cursor(
         query = query.bind(owner);
     }
     let rows = query.fetch_all(db).await?;
-    let more = usize::try_from(limit).is_ok_and(|limit| rows.len() > limit);
+    // The single row of an empty page holds no record (its columns are NULL).
+    let empty = rows
+        .first()
+        .is_none_or(|row| row.try_get_raw(2).is_ok_and(|stripeid| stripeid.is_null()));
+    let more = !empty && usize::try_from(limit).is_ok_and(|limit| rows.len() > limit);
     // The record beyond the page, farthest from the cursor (last in listing order
     // walking forward, first walking backward), is not decoded.
     let beyond = more.then(|| match direction {
