@@ -292,9 +292,7 @@ pub async fn page_with_total(
 ///
 /// A page statement's row is whether its anchor exists (always true for an offset
 /// page; the cursor's record for a cursor page), the total, then the record's columns,
-/// all NULL on the single row of an empty page. Decoded by position without sqlx's
-/// per-value type check, as `query_as!` and [`chunk_after`] do: the statement fixes
-/// each column's type, and every listing request decodes a page.
+/// all NULL on the single row of an empty page. Decoded as [`account_row`] does.
 fn page_of(rows: Vec<PgRow>, skip: Option<usize>) -> Result<Option<Page>, sqlx::Error> {
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -305,18 +303,10 @@ fn page_of(rows: Vec<PgRow>, skip: Option<usize>) -> Result<Option<Page>, sqlx::
     let total = first.try_get_unchecked(1)?;
     let mut records = Vec::with_capacity(rows.len());
     for (_, row) in rows.iter().enumerate().filter(|(at, _)| Some(*at) != skip) {
-        let Some(stripeid) = row.try_get_unchecked::<Option<String>, _>(2)? else {
+        if row.try_get_raw(2)?.is_null() {
             continue;
-        };
-        records.push(AccountRow {
-            stripeid,
-            accountid: row.try_get_unchecked(3)?,
-            platform_id: row.try_get_unchecked(4)?,
-            stripe_object: row.try_get_unchecked(5)?,
-            created_at: row.try_get_unchecked(6)?,
-            updated_at: row.try_get_unchecked(7)?,
-            removed_at: row.try_get_unchecked(8)?,
-        });
+        }
+        records.push(account_row(row, 2)?);
     }
     Ok(Some(Page {
         total,
@@ -385,22 +375,25 @@ pub async fn chunk_after(
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    // By position and without sqlx's per-value type check (as `query_as!` decodes):
-    // the statement above fixes each column's type, and a stream decodes millions.
     query
-        .try_map(|row: PgRow| {
-            Ok(AccountRow {
-                stripeid: row.try_get_unchecked(0)?,
-                accountid: row.try_get_unchecked(1)?,
-                platform_id: row.try_get_unchecked(2)?,
-                stripe_object: row.try_get_unchecked(3)?,
-                created_at: row.try_get_unchecked(4)?,
-                updated_at: row.try_get_unchecked(5)?,
-                removed_at: row.try_get_unchecked(6)?,
-            })
-        })
+        .try_map(|row: PgRow| account_row(&row, 0))
         .fetch_all(db)
         .await
+}
+
+/// A record's columns, starting at column `first` in [`AccountRow`]'s field order, read
+/// by position and without sqlx's per-value type check (as `query_as!` decodes): the
+/// listing statements fix each column's type, and a stream decodes millions of rows.
+fn account_row(row: &PgRow, first: usize) -> Result<AccountRow, sqlx::Error> {
+    Ok(AccountRow {
+        stripeid: row.try_get_unchecked(first)?,
+        accountid: row.try_get_unchecked(first + 1)?,
+        platform_id: row.try_get_unchecked(first + 2)?,
+        stripe_object: row.try_get_unchecked(first + 3)?,
+        created_at: row.try_get_unchecked(first + 4)?,
+        updated_at: row.try_get_unchecked(first + 5)?,
+        removed_at: row.try_get_unchecked(first + 6)?,
+    })
 }
 
 /// Listed accounts of the tenant, from the trigger-kept counter (no scan).
